@@ -1,0 +1,1 @@
+//! Mesh exports: GLB (embedded texture), OBJ + MTL + PNG, PLY, STL. Always atomic.

@@ -1,0 +1,1 @@
+//! Job history in SQLite (WAL): jobs, parameters, outputs, scores, errors.

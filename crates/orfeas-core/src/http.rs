@@ -1,0 +1,1 @@
+//! HTTP server (tiny_http): `/health`, `/metrics`, `/api/*`.

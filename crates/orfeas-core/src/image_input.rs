@@ -1,0 +1,1 @@
+//! Image decoding with limits: PNG, JPEG, WebP; everything else rejected clearly.

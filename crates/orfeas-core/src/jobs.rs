@@ -1,0 +1,1 @@
+//! Job engine: typed jobs on tokio with a concurrency limit, progress, cancellation.

@@ -1,0 +1,1 @@
+//! The Prometheus + Alertmanager + Grafana stack, generated from the code's definitions.

@@ -1,0 +1,1 @@
+//! Quality score (0..1) for generated meshes and images.

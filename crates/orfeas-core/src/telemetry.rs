@@ -1,0 +1,1 @@
+//! Metrics registry (the contract), system sampler, alert engine.

@@ -1,0 +1,1 @@
+//! Models on candle: Stable Diffusion text→image and the weights registry.

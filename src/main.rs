@@ -1,0 +1,5 @@
+//! `orfeas`: the ORFEAS Studio desktop app (GUI by default) and its command line.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,2 @@
+//! One integration-test binary for the app (CLI and GUI).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs the system packages and external checkers the test suite runs against:
+# Xvfb + Mesa lavapipe (UI and renderer tests), Prometheus, promtool, Alertmanager,
+# amtool, wrk (Debian); a Python venv with trimesh and check-jsonschema (PyPI);
+# the Khronos glTF-Validator (npm). Idempotent; prints `export` lines for the
+# environment the tests read.      usage: eval "$(scripts/install-tools.sh)"
+set -euo pipefail
+TOOLS=${ORFEAS_TOOLS:-$HOME/.cache/orfeas-tools}
+mkdir -p "$TOOLS"
+need_apt=()
+for pair in xvfb-run:xvfb promtool:prometheus amtool:prometheus-alertmanager wrk:wrk \
+    pkg-config:pkg-config; do
+  command -v "${pair%%:*}" >/dev/null || need_apt+=("${pair#*:}")
+done
+[ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ -e /usr/share/vulkan/icd.d/lvp_icd.json ] \
+  || need_apt+=(mesa-vulkan-drivers libvulkan1)
+dpkg -s libxkbcommon-x11-0 >/dev/null 2>&1 || need_apt+=(libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 libx11-xcb1 libegl1)
+dpkg -s python3-venv >/dev/null 2>&1 || python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${need_apt[*]}" >&2
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >&2
+fi
+if [ ! -x "$TOOLS/venv/bin/check-jsonschema" ]; then
+  echo "installing Python checkers into $TOOLS/venv" >&2
+  python3 -m venv "$TOOLS/venv" >&2
+  "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check \
+    trimesh==4.5.3 numpy scipy networkx prometheus_client==0.21.1 check-jsonschema==0.29.4 >&2
+fi
+if [ ! -d "$TOOLS/node/node_modules/gltf-validator" ]; then
+  echo "installing the Khronos glTF-Validator into $TOOLS/node" >&2
+  mkdir -p "$TOOLS/node"
+  (cd "$TOOLS/node" && npm init -y >/dev/null && npm install -s gltf-validator@2.0.0-dev.3.10 >/dev/null) >&2
+fi
+echo "export ORFEAS_TOOLS='$TOOLS'"
+echo "export ORFEAS_PYTHON='$TOOLS/venv/bin/python'"
+echo "export ORFEAS_NODE_MODULES='$TOOLS/node/node_modules'"
+echo "export ORFEAS_REQUIRE_TOOLS=1"

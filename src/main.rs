@@ -1,5 +1,5 @@
 //! `orfeas`: the ORFEAS Studio desktop app (GUI by default) and its command line.
 
 fn main() -> anyhow::Result<()> {
-    Ok(())
+    orfeas::app::run_gui(orfeas::app::AppConfig::default())
 }

@@ -35,12 +35,16 @@ impl Mesh {
     /// Axis-aligned bounds `(min, max)`, or `None` for a mesh without vertices.
     pub fn bounds(&self) -> Option<([f32; 3], [f32; 3])> {
         let first = *self.positions.first()?;
-        Some(self.positions.iter().fold((first, first), |(mut lo, mut hi), p| {
-            for axis in 0..3 {
-                lo[axis] = lo[axis].min(p[axis]);
-                hi[axis] = hi[axis].max(p[axis]);
-            }
-            (lo, hi)
-        }))
+        Some(
+            self.positions
+                .iter()
+                .fold((first, first), |(mut lo, mut hi), p| {
+                    for axis in 0..3 {
+                        lo[axis] = lo[axis].min(p[axis]);
+                        hi[axis] = hi[axis].max(p[axis]);
+                    }
+                    (lo, hi)
+                }),
+        )
     }
 }

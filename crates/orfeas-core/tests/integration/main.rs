@@ -1,2 +1,5 @@
 //! One integration-test binary for orfeas-core (every file in `tests/` relinks the crate).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+mod bad_input;
+mod export;
+mod image_to_3d;

@@ -28,11 +28,17 @@ fn figure(size: u32) -> RgbaImage {
 fn main() {
     let runs = 7;
     println!("image_to_3d: median of {runs} runs (release build expected)");
-    println!("{:>6} {:>9} {:>10} {:>10} {:>10} {:>10}", "input", "quality", "mesh_ms", "score_ms", "vertices", "triangles");
+    println!(
+        "{:>6} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "input", "quality", "mesh_ms", "score_ms", "vertices", "triangles"
+    );
     for size in [512u32, 1024] {
         let image = figure(size);
         for quality in Quality::ALL {
-            let params = ImageTo3dParams { quality, ..Default::default() };
+            let params = ImageTo3dParams {
+                quality,
+                ..Default::default()
+            };
             let mut mesh_ms = Vec::new();
             let mut score_ms = Vec::new();
             let mut counts = (0, 0);

@@ -22,7 +22,12 @@ pub enum ExportFormat {
 }
 
 impl ExportFormat {
-    pub const ALL: [ExportFormat; 4] = [ExportFormat::Glb, ExportFormat::Obj, ExportFormat::Ply, ExportFormat::Stl];
+    pub const ALL: [ExportFormat; 4] = [
+        ExportFormat::Glb,
+        ExportFormat::Obj,
+        ExportFormat::Ply,
+        ExportFormat::Stl,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -40,10 +45,12 @@ impl ExportFormat {
 
     /// The format named by the path's extension (case-insensitive).
     pub fn from_path(path: &Path) -> Result<Self, ExportError> {
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .ok_or_else(|| ExportError::UnknownExtension { path: path.to_path_buf(), extension: String::new() })?;
+        let ext = path.extension().and_then(|e| e.to_str()).ok_or_else(|| {
+            ExportError::UnknownExtension {
+                path: path.to_path_buf(),
+                extension: String::new(),
+            }
+        })?;
         ext.parse().map_err(|_| ExportError::UnknownExtension {
             path: path.to_path_buf(),
             extension: ext.to_owned(),
@@ -81,7 +88,9 @@ pub enum ExportError {
     EmptyMesh,
     #[error("output folder {dir} does not exist; create it or choose another output path")]
     MissingDir { dir: PathBuf },
-    #[error("{path} is not a folder, so the output cannot go inside it; choose another output path")]
+    #[error(
+        "{path} is not a folder, so the output cannot go inside it; choose another output path"
+    )]
     NotADir { path: PathBuf },
     #[error("the output path {path} is a folder; give a file name such as model.glb")]
     OutputIsDir { path: PathBuf },
@@ -98,7 +107,10 @@ impl ExportError {
             Self::UnknownExtension { .. } | Self::UnknownFormat { .. } => "invalid_parameter",
             Self::EmptyMesh => "empty_mesh",
             Self::Encode { .. } => "encode",
-            Self::MissingDir { .. } | Self::NotADir { .. } | Self::OutputIsDir { .. } | Self::Write(_) => "io",
+            Self::MissingDir { .. }
+            | Self::NotADir { .. }
+            | Self::OutputIsDir { .. }
+            | Self::Write(_) => "io",
         }
     }
 }
@@ -108,7 +120,9 @@ impl ExportError {
 /// only known when writing (which is atomic).
 pub fn check_output(path: &Path, _format: ExportFormat) -> Result<(), ExportError> {
     if path.is_dir() {
-        return Err(ExportError::OutputIsDir { path: path.to_path_buf() });
+        return Err(ExportError::OutputIsDir {
+            path: path.to_path_buf(),
+        });
     }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -119,7 +133,11 @@ pub fn check_output(path: &Path, _format: ExportFormat) -> Result<(), ExportErro
     loop {
         match std::fs::metadata(probe) {
             Ok(meta) if meta.is_dir() => break,
-            Ok(_) => return Err(ExportError::NotADir { path: probe.to_path_buf() }),
+            Ok(_) => {
+                return Err(ExportError::NotADir {
+                    path: probe.to_path_buf(),
+                });
+            }
             Err(_) => match probe.parent() {
                 Some(parent) if !parent.as_os_str().is_empty() => probe = parent,
                 _ => break,
@@ -134,7 +152,11 @@ pub fn check_output(path: &Path, _format: ExportFormat) -> Result<(), ExportErro
 
 /// Writes `mesh` to `path` as `format`; returns every file written (OBJ:
 /// the .obj, its .mtl and the .png texture beside it).
-pub fn export_mesh(mesh: &Mesh, path: &Path, format: ExportFormat) -> Result<Vec<PathBuf>, ExportError> {
+pub fn export_mesh(
+    mesh: &Mesh,
+    path: &Path,
+    format: ExportFormat,
+) -> Result<Vec<PathBuf>, ExportError> {
     if mesh.is_empty() {
         return Err(ExportError::EmptyMesh);
     }
@@ -168,7 +190,15 @@ pub(crate) fn png_bytes(image: &image::RgbaImage) -> Result<Vec<u8>, ExportError
         image::codecs::png::CompressionType::Fast,
         image::codecs::png::FilterType::Adaptive,
     )
-    .write_image(image.as_raw(), image.width(), image.height(), image::ExtendedColorType::Rgba8)
-    .map_err(|e| ExportError::Encode { what: "texture PNG", detail: e.to_string() })?;
+    .write_image(
+        image.as_raw(),
+        image.width(),
+        image.height(),
+        image::ExtendedColorType::Rgba8,
+    )
+    .map_err(|e| ExportError::Encode {
+        what: "texture PNG",
+        detail: e.to_string(),
+    })?;
     Ok(out)
 }

@@ -46,7 +46,9 @@ pub enum ImageInputError {
     Empty,
     #[error("the input is {found}, which is not supported; convert it to PNG, JPEG or WebP")]
     UnsupportedFormat { found: String },
-    #[error("the input image is damaged or truncated ({detail}); re-export it as PNG, JPEG or WebP")]
+    #[error(
+        "the input image is damaged or truncated ({detail}); re-export it as PNG, JPEG or WebP"
+    )]
     Corrupt { detail: String },
     #[error(
         "the input image is too large ({detail}); the limit is {max_width}×{max_height} pixels, \
@@ -59,8 +61,14 @@ pub enum ImageInputError {
         max_pixels: u64,
         max_bytes: u64,
     },
-    #[error("the input image is only {width}×{height} pixels; use an image at least {min_side}×{min_side}")]
-    TooSmall { width: u32, height: u32, min_side: u32 },
+    #[error(
+        "the input image is only {width}×{height} pixels; use an image at least {min_side}×{min_side}"
+    )]
+    TooSmall {
+        width: u32,
+        height: u32,
+        min_side: u32,
+    },
 }
 
 impl ImageInputError {
@@ -79,7 +87,10 @@ impl ImageInputError {
 }
 
 /// Decodes a PNG, JPEG or WebP image held in memory to RGBA8.
-pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<image::RgbaImage, ImageInputError> {
+pub fn decode_image(
+    bytes: &[u8],
+    limits: &ImageLimits,
+) -> Result<image::RgbaImage, ImageInputError> {
     if bytes.is_empty() {
         return Err(ImageInputError::Empty);
     }
@@ -94,10 +105,19 @@ pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<image::RgbaIma
         return Err(too_large(format!("{} bytes", bytes.len())));
     }
     let format = match image::guess_format(bytes) {
-        Ok(f @ (image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP)) => f,
+        Ok(f @ (image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP)) => {
+            f
+        }
         Ok(other) => {
             return Err(ImageInputError::UnsupportedFormat {
-                found: format!("a {} image", other.extensions_str().first().unwrap_or(&"?").to_uppercase()),
+                found: format!(
+                    "a {} image",
+                    other
+                        .extensions_str()
+                        .first()
+                        .unwrap_or(&"?")
+                        .to_uppercase()
+                ),
             });
         }
         Err(_) => {
@@ -106,7 +126,9 @@ pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<image::RgbaIma
             });
         }
     };
-    let corrupt = |e: image::ImageError| ImageInputError::Corrupt { detail: e.to_string() };
+    let corrupt = |e: image::ImageError| ImageInputError::Corrupt {
+        detail: e.to_string(),
+    };
     let (width, height) = image::ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
         .map_err(corrupt)?;
@@ -140,8 +162,13 @@ pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<image::RgbaIma
 /// Reads and decodes an image file (see [`decode_image`]).
 pub fn load_image(path: &Path, limits: &ImageLimits) -> Result<image::RgbaImage, ImageInputError> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => ImageInputError::NotFound { path: path.to_path_buf() },
-        _ => ImageInputError::Read { path: path.to_path_buf(), source: e },
+        std::io::ErrorKind::NotFound => ImageInputError::NotFound {
+            path: path.to_path_buf(),
+        },
+        _ => ImageInputError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        },
     })?;
     if meta.is_dir() {
         return Err(ImageInputError::UnsupportedFormat {
@@ -157,6 +184,9 @@ pub fn load_image(path: &Path, limits: &ImageLimits) -> Result<image::RgbaImage,
             max_bytes: limits.max_bytes,
         });
     }
-    let bytes = std::fs::read(path).map_err(|e| ImageInputError::Read { path: path.to_path_buf(), source: e })?;
+    let bytes = std::fs::read(path).map_err(|e| ImageInputError::Read {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     decode_image(&bytes, limits)
 }

@@ -25,7 +25,9 @@ use crate::mesh::Mesh;
 use crate::quality::{self, MeshReport};
 
 /// Resolution presets.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Quality {
     Draft,
@@ -127,28 +129,47 @@ impl Default for ImageTo3dParams {
 
 impl ImageTo3dParams {
     pub fn validate(&self) -> Result<(), ImageTo3dError> {
-        let bad = |field: &'static str, detail: String| Err(ImageTo3dError::InvalidParameter { field, detail });
-        let in_range = |v: f32, lo: f32, hi: f32, lo_open: bool| v.is_finite() && v <= hi && if lo_open { v > lo } else { v >= lo };
+        let bad = |field: &'static str, detail: String| {
+            Err(ImageTo3dError::InvalidParameter { field, detail })
+        };
+        let in_range = |v: f32, lo: f32, hi: f32, lo_open: bool| {
+            v.is_finite() && v <= hi && if lo_open { v > lo } else { v >= lo }
+        };
         if !in_range(self.foreground_ratio, 0.1, 1.0, false) {
-            return bad("foreground_ratio", format!("{} is outside 0.1..=1", self.foreground_ratio));
+            return bad(
+                "foreground_ratio",
+                format!("{} is outside 0.1..=1", self.foreground_ratio),
+            );
         }
         if !in_range(self.border_tolerance, 0.0, 1.0, false) {
-            return bad("border_tolerance", format!("{} is outside 0..=1", self.border_tolerance));
+            return bad(
+                "border_tolerance",
+                format!("{} is outside 0..=1", self.border_tolerance),
+            );
         }
         if self.erode_px > 64 {
             return bad("erode_px", format!("{} is above 64", self.erode_px));
         }
         if self.smooth_iterations > 50 {
-            return bad("smooth_iterations", format!("{} is above 50", self.smooth_iterations));
+            return bad(
+                "smooth_iterations",
+                format!("{} is above 50", self.smooth_iterations),
+            );
         }
         if !in_range(self.decimate_ratio, 0.0, 1.0, true) {
-            return bad("decimate_ratio", format!("{} is outside (0, 1]", self.decimate_ratio));
+            return bad(
+                "decimate_ratio",
+                format!("{} is outside (0, 1]", self.decimate_ratio),
+            );
         }
         if !in_range(self.thickness, 0.0, 4.0, true) {
             return bad("thickness", format!("{} is outside (0, 4]", self.thickness));
         }
         if !in_range(self.min_component_share, 0.0, 1.0, false) {
-            return bad("min_component_share", format!("{} is outside 0..=1", self.min_component_share));
+            return bad(
+                "min_component_share",
+                format!("{} is outside 0..=1", self.min_component_share),
+            );
         }
         Ok(())
     }
@@ -159,7 +180,9 @@ impl ImageTo3dParams {
 pub enum ImageTo3dError {
     #[error(transparent)]
     Input(#[from] ImageInputError),
-    #[error("no foreground found: {detail}; use an image with a transparent background or an object on a plain backdrop")]
+    #[error(
+        "no foreground found: {detail}; use an image with a transparent background or an object on a plain backdrop"
+    )]
     NoForeground { detail: String },
     #[error("invalid parameter {field}: {detail}")]
     InvalidParameter { field: &'static str, detail: String },
@@ -223,9 +246,19 @@ fn generate_timed(
         timings.push((name, clock.elapsed().as_secs_f64() * 1000.0));
         clock = Instant::now();
         progress(name, fraction);
-        if cancelled() { Err(ImageTo3dError::Cancelled) } else { Ok(()) }
+        if cancelled() {
+            Err(ImageTo3dError::Cancelled)
+        } else {
+            Ok(())
+        }
     };
-    let check = || if cancelled() { Err(ImageTo3dError::Cancelled) } else { Ok(()) };
+    let check = || {
+        if cancelled() {
+            Err(ImageTo3dError::Cancelled)
+        } else {
+            Ok(())
+        }
+    };
     check()?;
 
     let mask = mask::foreground_mask(image, params)?;
@@ -252,7 +285,10 @@ fn generate_timed(
     let mut mesh = texture::apply(&mesh, atlas);
     mesh.compute_normals();
     stage("texture", 0.9, timings)?;
-    Ok(Generated { mesh, mask: scoring_mask })
+    Ok(Generated {
+        mesh,
+        mask: scoring_mask,
+    })
 }
 
 /// A whole file → file generation.

@@ -35,13 +35,17 @@ impl Mesh {
     /// Axis-aligned bounds `(min, max)`, or `None` for a mesh without vertices.
     pub fn bounds(&self) -> Option<([f32; 3], [f32; 3])> {
         let first = *self.positions.first()?;
-        Some(self.positions.iter().fold((first, first), |(mut lo, mut hi), p| {
-            for axis in 0..3 {
-                lo[axis] = lo[axis].min(p[axis]);
-                hi[axis] = hi[axis].max(p[axis]);
-            }
-            (lo, hi)
-        }))
+        Some(
+            self.positions
+                .iter()
+                .fold((first, first), |(mut lo, mut hi), p| {
+                    for axis in 0..3 {
+                        lo[axis] = lo[axis].min(p[axis]);
+                        hi[axis] = hi[axis].max(p[axis]);
+                    }
+                    (lo, hi)
+                }),
+        )
     }
 }
 
@@ -141,7 +145,11 @@ impl Mesh {
                 let n = acc[rep as usize];
                 let len = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt();
                 if len > 1e-30 {
-                    [(n[0] / len) as f32, (n[1] / len) as f32, (n[2] / len) as f32]
+                    [
+                        (n[0] / len) as f32,
+                        (n[1] / len) as f32,
+                        (n[2] / len) as f32,
+                    ]
                 } else {
                     [0.0, 0.0, 1.0]
                 }

@@ -107,17 +107,23 @@ pub fn render_silhouette(mesh: &Mesh, width: u32, height: u32) -> image::GrayIma
         if x1 < 0.0 || y1 < 0.0 {
             continue;
         }
-        let edge = |p: [f64; 2], q: [f64; 2], x: f64, y: f64| ((q[0] - p[0]) * (y - p[1]) - (q[1] - p[1]) * (x - p[0])) * sign;
+        let edge = |p: [f64; 2], q: [f64; 2], x: f64, y: f64| {
+            ((q[0] - p[0]) * (y - p[1]) - (q[1] - p[1]) * (x - p[0])) * sign
+        };
         for y in y0..=y1 as usize {
             for x in x0..=x1 as usize {
                 let (fx, fy) = (x as f64, y as f64);
-                if edge(a, b, fx, fy) >= 0.0 && edge(b, c, fx, fy) >= 0.0 && edge(c, a, fx, fy) >= 0.0 {
+                if edge(a, b, fx, fy) >= 0.0
+                    && edge(b, c, fx, fy) >= 0.0
+                    && edge(c, a, fx, fy) >= 0.0
+                {
                     out[y * w + x] = 255;
                 }
             }
         }
     }
-    image::GrayImage::from_raw(width, height, out).unwrap_or_else(|| image::GrayImage::new(width, height))
+    image::GrayImage::from_raw(width, height, out)
+        .unwrap_or_else(|| image::GrayImage::new(width, height))
 }
 
 /// IoU of the rendered silhouette and `mask` (1.0 when both are empty).
@@ -129,5 +135,9 @@ pub fn silhouette_iou(mesh: &Mesh, mask: &image::GrayImage) -> f32 {
         inter += u64::from(r && m);
         union += u64::from(r || m);
     }
-    if union == 0 { 1.0 } else { inter as f32 / union as f32 }
+    if union == 0 {
+        1.0
+    } else {
+        inter as f32 / union as f32
+    }
 }

@@ -23,7 +23,8 @@ impl Builder {
         while self.bin.len() % 4 != 0 {
             self.bin.push(0);
         }
-        let mut view = json!({ "buffer": 0, "byteOffset": self.bin.len(), "byteLength": bytes.len() });
+        let mut view =
+            json!({ "buffer": 0, "byteOffset": self.bin.len(), "byteLength": bytes.len() });
         if let Some(t) = target {
             view["target"] = json!(t);
         }
@@ -32,8 +33,16 @@ impl Builder {
         self.views.len() - 1
     }
 
-    fn accessor(&mut self, view: usize, component: u32, count: usize, kind: &str, extra: Value) -> usize {
-        let mut acc = json!({ "bufferView": view, "componentType": component, "count": count, "type": kind });
+    fn accessor(
+        &mut self,
+        view: usize,
+        component: u32,
+        count: usize,
+        kind: &str,
+        extra: Value,
+    ) -> usize {
+        let mut acc =
+            json!({ "bufferView": view, "componentType": component, "count": count, "type": kind });
         if let (Some(obj), Value::Object(more)) = (acc.as_object_mut(), extra) {
             obj.extend(more);
         }
@@ -43,19 +52,30 @@ impl Builder {
 }
 
 fn f32_bytes<const N: usize>(items: &[[f32; N]]) -> Vec<u8> {
-    items.iter().flat_map(|v| v.iter().flat_map(|x| x.to_le_bytes())).collect()
+    items
+        .iter()
+        .flat_map(|v| v.iter().flat_map(|x| x.to_le_bytes()))
+        .collect()
 }
 
 /// sRGB → linear, because glTF vertex colours are linear.
 fn srgb_to_linear(c: u8) -> u8 {
     let s = c as f32 / 255.0;
-    let l = if s <= 0.04045 { s / 12.92 } else { ((s + 0.055) / 1.055).powf(2.4) };
+    let l = if s <= 0.04045 {
+        s / 12.92
+    } else {
+        ((s + 0.055) / 1.055).powf(2.4)
+    };
     (l * 255.0).round() as u8
 }
 
 pub(super) fn glb_bytes(mesh: &Mesh) -> Result<Vec<u8>, ExportError> {
     let n = mesh.positions.len();
-    let mut b = Builder { bin: Vec::new(), views: Vec::new(), accessors: Vec::new() };
+    let mut b = Builder {
+        bin: Vec::new(),
+        views: Vec::new(),
+        accessors: Vec::new(),
+    };
     let (lo, hi) = mesh.bounds().ok_or(ExportError::EmptyMesh)?;
     let view = b.view(&f32_bytes(&mesh.positions), Some(ARRAY_BUFFER));
     let position = b.accessor(view, FLOAT, n, "VEC3", json!({ "min": lo, "max": hi }));
@@ -80,10 +100,23 @@ pub(super) fn glb_bytes(mesh: &Mesh) -> Result<Vec<u8>, ExportError> {
         let bytes: Vec<u8> = mesh
             .colors
             .iter()
-            .flat_map(|c| [srgb_to_linear(c[0]), srgb_to_linear(c[1]), srgb_to_linear(c[2]), c[3]])
+            .flat_map(|c| {
+                [
+                    srgb_to_linear(c[0]),
+                    srgb_to_linear(c[1]),
+                    srgb_to_linear(c[2]),
+                    c[3],
+                ]
+            })
             .collect();
         let view = b.view(&bytes, Some(ARRAY_BUFFER));
-        attributes["COLOR_0"] = json!(b.accessor(view, UNSIGNED_BYTE, n, "VEC4", json!({ "normalized": true })));
+        attributes["COLOR_0"] = json!(b.accessor(
+            view,
+            UNSIGNED_BYTE,
+            n,
+            "VEC4",
+            json!({ "normalized": true })
+        ));
     }
 
     let index_bytes: Vec<u8> = mesh.indices.iter().flat_map(|i| i.to_le_bytes()).collect();
@@ -103,7 +136,8 @@ pub(super) fn glb_bytes(mesh: &Mesh) -> Result<Vec<u8>, ExportError> {
         let view = b.view(&png, None);
         pbr["baseColorTexture"] = json!({ "index": 0 });
         doc["images"] = json!([{ "bufferView": view, "mimeType": "image/png" }]);
-        doc["samplers"] = json!([{ "magFilter": 9729, "minFilter": 9987, "wrapS": 33071, "wrapT": 33071 }]);
+        doc["samplers"] =
+            json!([{ "magFilter": 9729, "minFilter": 9987, "wrapS": 33071, "wrapT": 33071 }]);
         doc["textures"] = json!([{ "source": 0, "sampler": 0 }]);
     }
     doc["materials"] = json!([{ "name": "orfeas-material", "pbrMetallicRoughness": pbr }]);
@@ -114,7 +148,10 @@ pub(super) fn glb_bytes(mesh: &Mesh) -> Result<Vec<u8>, ExportError> {
     doc["bufferViews"] = Value::Array(b.views);
     doc["buffers"] = json!([{ "byteLength": b.bin.len() }]);
 
-    let mut json_bytes = serde_json::to_vec(&doc).map_err(|e| ExportError::Encode { what: "glTF JSON", detail: e.to_string() })?;
+    let mut json_bytes = serde_json::to_vec(&doc).map_err(|e| ExportError::Encode {
+        what: "glTF JSON",
+        detail: e.to_string(),
+    })?;
     while json_bytes.len() % 4 != 0 {
         json_bytes.push(b' ');
     }

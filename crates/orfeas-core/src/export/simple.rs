@@ -8,7 +8,11 @@ use crate::mesh::Mesh;
 
 /// The .obj, and when textured its .mtl and .png, named after the .obj's stem.
 pub(super) fn obj_files(mesh: &Mesh, path: &Path) -> Result<Vec<(PathBuf, Vec<u8>)>, ExportError> {
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_owned();
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("model")
+        .to_owned();
     let n = mesh.positions.len();
     let textured = mesh.texture.is_some() && mesh.uvs.len() == n;
     let has_normals = mesh.normals.len() == n;
@@ -67,7 +71,9 @@ pub(super) fn ply_bytes(mesh: &Mesh) -> Vec<u8> {
         m.positions.len()
     );
     if colors {
-        header.push_str("property uchar red\nproperty uchar green\nproperty uchar blue\nproperty uchar alpha\n");
+        header.push_str(
+            "property uchar red\nproperty uchar green\nproperty uchar blue\nproperty uchar alpha\n",
+        );
     }
     let _ = write!(
         header,
@@ -102,7 +108,8 @@ pub(super) fn stl_bytes(mesh: &Mesh) -> Vec<u8> {
     out.extend_from_slice(&header);
     out.extend_from_slice(&(tris as u32).to_le_bytes());
     for t in mesh.indices.chunks_exact(3) {
-        let p = [t[0], t[1], t[2]].map(|i| mesh.positions.get(i as usize).copied().unwrap_or_default());
+        let p =
+            [t[0], t[1], t[2]].map(|i| mesh.positions.get(i as usize).copied().unwrap_or_default());
         let n = crate::mesh::triangle_normal(p[0], p[1], p[2]);
         let len = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt().max(1e-30);
         for x in n {

@@ -16,7 +16,10 @@ pub(super) struct Mask {
 /// within `border_tolerance` of the border colour, plus enclosed regions of
 /// that colour big enough to be holes (the inside of a mug handle), so holes
 /// survive on opaque images too. Then eroded by `erode_px`.
-pub(super) fn foreground_mask(image: &RgbaImage, params: &ImageTo3dParams) -> Result<Mask, ImageTo3dError> {
+pub(super) fn foreground_mask(
+    image: &RgbaImage,
+    params: &ImageTo3dParams,
+) -> Result<Mask, ImageTo3dError> {
     let (w, h) = image.dimensions();
     let px = image.as_raw();
     let n = (w as usize) * (h as usize);
@@ -36,16 +39,25 @@ pub(super) fn foreground_mask(image: &RgbaImage, params: &ImageTo3dParams) -> Re
         border_mask(image, params.border_tolerance, &mut data);
         if !data.contains(&1) {
             return Err(ImageTo3dError::NoForeground {
-                detail: "the whole image is the background colour (nothing stands out from the border)".to_owned(),
+                detail:
+                    "the whole image is the background colour (nothing stands out from the border)"
+                        .to_owned(),
             });
         }
     }
-    let mut mask = Mask { width: w, height: h, data };
+    let mut mask = Mask {
+        width: w,
+        height: h,
+        data,
+    };
     if params.erode_px > 0 {
         erode(&mut mask, params.erode_px);
         if !mask.data.contains(&1) {
             return Err(ImageTo3dError::NoForeground {
-                detail: format!("nothing is left after eroding the mask by {} px; lower erode_px", params.erode_px),
+                detail: format!(
+                    "nothing is left after eroding the mask by {} px; lower erode_px",
+                    params.erode_px
+                ),
             });
         }
     }
@@ -86,7 +98,9 @@ fn border_mask(image: &RgbaImage, tolerance: f32, out: &mut [u8]) {
     // 0 = unvisited, 1 = foreground, 2 = background-coloured.
     for (i, o) in out.iter_mut().enumerate() {
         let c = rgb(i);
-        let d = (c[0] - reference[0]).pow(2) + (c[1] - reference[1]).pow(2) + (c[2] - reference[2]).pow(2);
+        let d = (c[0] - reference[0]).pow(2)
+            + (c[1] - reference[1]).pow(2)
+            + (c[2] - reference[2]).pow(2);
         *o = if d <= limit_sq { 2 } else { 1 };
     }
     // Label 4-connected background-coloured regions; those touching the border
@@ -127,7 +141,11 @@ fn border_mask(image: &RgbaImage, tolerance: f32, out: &mut [u8]) {
                 visit(i + w);
             }
         }
-        let value = if touches_border || region.len() >= min_hole_px { 0 } else { 1 };
+        let value = if touches_border || region.len() >= min_hole_px {
+            0
+        } else {
+            1
+        };
         for &i in &region {
             out[i] = value;
         }
@@ -192,7 +210,10 @@ pub(super) fn frame(mask: &Mask, foreground_ratio: f32) -> Frame {
     let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
     for y in 0..h {
         let row = &mask.data[y * w..(y + 1) * w];
-        if let (Some(first), Some(last)) = (row.iter().position(|&m| m != 0), row.iter().rposition(|&m| m != 0)) {
+        if let (Some(first), Some(last)) = (
+            row.iter().position(|&m| m != 0),
+            row.iter().rposition(|&m| m != 0),
+        ) {
             x0 = x0.min(first);
             x1 = x1.max(last + 1);
             y0 = y0.min(y);
@@ -221,16 +242,22 @@ pub(super) fn coverage(mask: &Mask, frame: Frame, n: usize) -> Vec<f32> {
         let sat = summed_area(&mask.data, w, h);
         for j in 0..n {
             let y0 = (frame.top + j as f64 * cell).round().clamp(0.0, h as f64) as usize;
-            let y1 = (frame.top + (j + 1) as f64 * cell).round().clamp(0.0, h as f64) as usize;
+            let y1 = (frame.top + (j + 1) as f64 * cell)
+                .round()
+                .clamp(0.0, h as f64) as usize;
             for i in 0..n {
                 let x0 = (frame.left + i as f64 * cell).round().clamp(0.0, w as f64) as usize;
-                let x1 = (frame.left + (i + 1) as f64 * cell).round().clamp(0.0, w as f64) as usize;
+                let x1 = (frame.left + (i + 1) as f64 * cell)
+                    .round()
+                    .clamp(0.0, w as f64) as usize;
                 if x1 <= x0 || y1 <= y0 {
                     continue;
                 }
                 // Pixels of the cell outside the image count as background.
-                let cell_px = ((frame.left + (i + 1) as f64 * cell).round() - (frame.left + i as f64 * cell).round())
-                    * ((frame.top + (j + 1) as f64 * cell).round() - (frame.top + j as f64 * cell).round());
+                let cell_px = ((frame.left + (i + 1) as f64 * cell).round()
+                    - (frame.left + i as f64 * cell).round())
+                    * ((frame.top + (j + 1) as f64 * cell).round()
+                        - (frame.top + j as f64 * cell).round());
                 let inside = box_sum(&sat, w, x0, y0, x1, y1) as f64;
                 field[(j + 1) * g + i + 1] = (inside / cell_px.max(1.0)) as f32;
             }

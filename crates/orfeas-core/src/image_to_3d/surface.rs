@@ -51,7 +51,8 @@ fn edt_1d(f: &[f32], d: &mut [f32], v: &mut [usize], z: &mut [f32]) {
     for q in 1..n {
         loop {
             let p = v[k];
-            let s = ((f[q] + (q * q) as f32) - (f[p] + (p * p) as f32)) / (2.0 * (q as f32 - p as f32));
+            let s =
+                ((f[q] + (q * q) as f32) - (f[p] + (p * p) as f32)) / (2.0 * (q as f32 - p as f32));
             if s <= z[k] && k > 0 {
                 k -= 1;
                 continue;
@@ -174,10 +175,18 @@ pub(super) fn build(field: &mut [f32], n: usize, thickness: f32, min_component_s
     let mut cross_h = vec![OUTSIDE; g * g];
     let mut cross_v = vec![OUTSIDE; g * g];
     let mut crossing = |a: usize, b: usize, vertical: bool, positions: &mut Vec<[f32; 3]>| -> u32 {
-        let slot = if vertical { &mut cross_v[a] } else { &mut cross_h[a] };
+        let slot = if vertical {
+            &mut cross_v[a]
+        } else {
+            &mut cross_h[a]
+        };
         if *slot == OUTSIDE {
             let (fa, fb) = (field[a], field[b]);
-            let t = if (fa - fb).abs() > 1e-6 { (fa - 0.5) / (fa - fb) } else { 0.5 };
+            let t = if (fa - fb).abs() > 1e-6 {
+                (fa - 0.5) / (fa - fb)
+            } else {
+                0.5
+            };
             // Keep crossings off the corners so no edge or face degenerates.
             let t = t.clamp(0.05, 0.95);
             let (ax, ay) = ((a % g) as f32, (a / g) as f32);
@@ -207,7 +216,11 @@ pub(super) fn build(field: &mut [f32], n: usize, thickness: f32, min_component_s
             V::Cross(c) => c,
         };
         for k in 1..m - 1 {
-            let (a, b, c) = (poly[start], poly[(start + k) % m], poly[(start + k + 1) % m]);
+            let (a, b, c) = (
+                poly[start],
+                poly[(start + k) % m],
+                poly[(start + k + 1) % m],
+            );
             // Cells are walked clockwise in mesh space (x right, y up), so the
             // front (seen from +z) reverses the walk, the back keeps it.
             indices.extend_from_slice(&[id(a, false), id(c, false), id(b, false)]);
@@ -218,7 +231,12 @@ pub(super) fn build(field: &mut [f32], n: usize, thickness: f32, min_component_s
     for j in 0..g - 1 {
         for i in 0..g - 1 {
             // Corners in walking order: (i,j) (i+1,j) (i+1,j+1) (i,j+1).
-            let c = [j * g + i, j * g + i + 1, (j + 1) * g + i + 1, (j + 1) * g + i];
+            let c = [
+                j * g + i,
+                j * g + i + 1,
+                (j + 1) * g + i + 1,
+                (j + 1) * g + i,
+            ];
             let ins = c.map(|s| inside[s]);
             let count = ins.iter().filter(|&&b| b).count();
             if count == 0 {

@@ -60,7 +60,12 @@ pub(super) fn atlas(image: &RgbaImage, mask: &Mask, frame: Frame, s: u32) -> Rgb
         } else {
             back[y * s as usize + (2 * s as usize - 1 - x)]
         };
-        image::Rgba([v[0].round() as u8, v[1].round() as u8, v[2].round() as u8, 255])
+        image::Rgba([
+            v[0].round() as u8,
+            v[1].round() as u8,
+            v[2].round() as u8,
+            255,
+        ])
     })
 }
 
@@ -111,7 +116,11 @@ fn dilate_fill(rgb: &mut [[f32; 3]], known: &mut [bool], s: usize) {
             count += 1.0;
         }
     }
-    let mean = if count > 0.0 { mean.map(|m| m / count) } else { [128.0; 3] };
+    let mean = if count > 0.0 {
+        mean.map(|m| m / count)
+    } else {
+        [128.0; 3]
+    };
     for (v, &k) in rgb.iter_mut().zip(known.iter()) {
         if !k {
             *v = mean;
@@ -127,7 +136,13 @@ fn blur(src: &[[f32; 3]], s: usize, r: usize) -> Vec<[f32; 3]> {
     for _ in 0..2 {
         for horizontal in [true, false] {
             for line in 0..s {
-                let at = |k: usize| if horizontal { line * s + k } else { k * s + line };
+                let at = |k: usize| {
+                    if horizontal {
+                        line * s + k
+                    } else {
+                        k * s + line
+                    }
+                };
                 let mut acc = [0.0f32; 3];
                 // The window centred on 0, edges clamped: a[0] counts r+1 times.
                 for k in 0..=r {
@@ -174,7 +189,10 @@ pub(super) fn apply(mesh: &Mesh, atlas: RgbaImage) -> Mesh {
             if *slot == u32::MAX {
                 *slot = out.positions.len() as u32;
                 let [x, y, _] = mesh.positions[v as usize];
-                let (s, tv) = (((x + 1.0) * 0.5).clamp(0.0, 1.0), ((1.0 - y) * 0.5).clamp(0.0, 1.0));
+                let (s, tv) = (
+                    ((x + 1.0) * 0.5).clamp(0.0, 1.0),
+                    ((1.0 - y) * 0.5).clamp(0.0, 1.0),
+                );
                 let u = if back { 0.5 + (1.0 - s) * 0.5 } else { s * 0.5 };
                 out.positions.push(mesh.positions[v as usize]);
                 out.uvs.push([u, tv]);

@@ -112,7 +112,13 @@ pub fn decimate(mesh: &Mesh, ratio: f32) -> Mesh {
                 continue;
             }
             let before = normal(pos[t[0] as usize], pos[t[1] as usize], pos[t[2] as usize]);
-            let moved = t.map(|v| if v == a || v == b { target_pos } else { pos[v as usize] });
+            let moved = t.map(|v| {
+                if v == a || v == b {
+                    target_pos
+                } else {
+                    pos[v as usize]
+                }
+            });
             let after = normal(moved[0], moved[1], moved[2]);
             let (lb, la) = (len(before), len(after));
             if la <= 1e-12 * lb.max(1e-300) || dot(before, after) < 0.17 * lb * la {
@@ -191,10 +197,28 @@ pub fn decimate(mesh: &Mesh, ratio: f32) -> Mesh {
 /// so that entries made stale by a later collapse are skipped.
 type Heap = BinaryHeap<Reverse<(u64, u32, u32, u32, u32)>>;
 
-fn push_edge(heap: &mut Heap, a: u32, b: u32, stamp: &[u32], quadric: &[[f64; 10]], pos: &[[f64; 3]]) {
-    let (cost, _) = best_position(&quadric[a as usize], &quadric[b as usize], pos[a as usize], pos[b as usize]);
+fn push_edge(
+    heap: &mut Heap,
+    a: u32,
+    b: u32,
+    stamp: &[u32],
+    quadric: &[[f64; 10]],
+    pos: &[[f64; 3]],
+) {
+    let (cost, _) = best_position(
+        &quadric[a as usize],
+        &quadric[b as usize],
+        pos[a as usize],
+        pos[b as usize],
+    );
     // Non-negative floats order like their bit patterns.
-    heap.push(Reverse((cost.max(0.0).to_bits(), a, b, stamp[a as usize], stamp[b as usize])));
+    heap.push(Reverse((
+        cost.max(0.0).to_bits(),
+        a,
+        b,
+        stamp[a as usize],
+        stamp[b as usize],
+    )));
 }
 
 fn neighbours(v: u32, around: &[u32], faces: &[[u32; 3]], out: &mut Vec<u32>) {
@@ -211,7 +235,11 @@ fn neighbours(v: u32, around: &[u32], faces: &[[u32; 3]], out: &mut Vec<u32>) {
 fn normal(a: [f64; 3], b: [f64; 3], c: [f64; 3]) -> [f64; 3] {
     let u = [b[0] - a[0], b[1] - a[1], b[2] - a[2]];
     let v = [c[0] - a[0], c[1] - a[1], c[2] - a[2]];
-    [u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]]
+    [
+        u[1] * v[2] - u[2] * v[1],
+        u[2] * v[0] - u[0] * v[2],
+        u[0] * v[1] - u[1] * v[0],
+    ]
 }
 
 fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
@@ -234,18 +262,30 @@ fn plane_quadric(a: [f64; 3], b: [f64; 3], c: [f64; 3]) -> [f64; 10] {
     let d = -(x * a[0] + y * a[1] + z * a[2]);
     let w = l * 0.5;
     [
-        w * x * x, w * x * y, w * x * z, w * x * d,
-        w * y * y, w * y * z, w * y * d,
-        w * z * z, w * z * d,
+        w * x * x,
+        w * x * y,
+        w * x * z,
+        w * x * d,
+        w * y * y,
+        w * y * z,
+        w * y * d,
+        w * z * z,
+        w * z * d,
         w * d * d,
     ]
 }
 
 fn quadric_error(q: &[f64; 10], p: [f64; 3]) -> f64 {
     let [x, y, z] = p;
-    q[0] * x * x + 2.0 * q[1] * x * y + 2.0 * q[2] * x * z + 2.0 * q[3] * x
-        + q[4] * y * y + 2.0 * q[5] * y * z + 2.0 * q[6] * y
-        + q[7] * z * z + 2.0 * q[8] * z
+    q[0] * x * x
+        + 2.0 * q[1] * x * y
+        + 2.0 * q[2] * x * z
+        + 2.0 * q[3] * x
+        + q[4] * y * y
+        + 2.0 * q[5] * y * z
+        + 2.0 * q[6] * y
+        + q[7] * z * z
+        + 2.0 * q[8] * z
         + q[9]
 }
 
@@ -256,9 +296,16 @@ fn best_position(qa: &[f64; 10], qb: &[f64; 10], a: [f64; 3], b: [f64; 3]) -> (f
     for k in 0..10 {
         q[k] = qa[k] + qb[k];
     }
-    let mid = [(a[0] + b[0]) * 0.5, (a[1] + b[1]) * 0.5, (a[2] + b[2]) * 0.5];
+    let mid = [
+        (a[0] + b[0]) * 0.5,
+        (a[1] + b[1]) * 0.5,
+        (a[2] + b[2]) * 0.5,
+    ];
     [a, b, mid]
         .into_iter()
         .map(|p| (quadric_error(&q, p), p))
-        .fold((f64::INFINITY, mid), |best, c| if c.0 < best.0 { c } else { best })
+        .fold(
+            (f64::INFINITY, mid),
+            |best, c| if c.0 < best.0 { c } else { best },
+        )
 }

@@ -67,7 +67,11 @@ pub(super) fn analyze(mesh: &Mesh) -> Topology {
 
     let diag_sq = mesh
         .bounds()
-        .map(|(lo, hi)| (0..3).map(|k| ((hi[k] - lo[k]) as f64).powi(2)).sum::<f64>())
+        .map(|(lo, hi)| {
+            (0..3)
+                .map(|k| ((hi[k] - lo[k]) as f64).powi(2))
+                .sum::<f64>()
+        })
         .unwrap_or(0.0);
     let degenerate_faces = faces
         .iter()

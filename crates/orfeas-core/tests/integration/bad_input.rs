@@ -15,7 +15,9 @@ struct Case {
 
 impl Case {
     fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap() }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn input(&self, bytes: &[u8]) -> PathBuf {
@@ -25,7 +27,12 @@ impl Case {
     }
 
     fn run(&self, input: PathBuf, output: PathBuf) -> ImageTo3dError {
-        let req = ImageTo3dRequest { input, output, format: ExportFormat::Glb, params: ImageTo3dParams::default() };
+        let req = ImageTo3dRequest {
+            input,
+            output,
+            format: ExportFormat::Glb,
+            params: ImageTo3dParams::default(),
+        };
         let err = image_to_3d::run_file(&req, &mut |_, _| {}, &|| false).unwrap_err();
         // Nothing but the input is left in the folder.
         let files: Vec<String> = std::fs::read_dir(self.dir.path())
@@ -59,8 +66,15 @@ fn png(image: &RgbaImage) -> Vec<u8> {
 #[test]
 fn missing_and_empty_files() {
     let case = Case::new();
-    let err = case.run(case.dir.path().join("nope.png"), case.dir.path().join("out.glb"));
-    assert_eq!((err.reason(), input_reason(&err)), ("invalid_image", "not_found"), "{err}");
+    let err = case.run(
+        case.dir.path().join("nope.png"),
+        case.dir.path().join("out.glb"),
+    );
+    assert_eq!(
+        (err.reason(), input_reason(&err)),
+        ("invalid_image", "not_found"),
+        "{err}"
+    );
     assert!(err.to_string().contains("nope.png"), "{err}");
     let err = case.run_bytes(b"");
     assert_eq!(input_reason(&err), "empty", "{err}");
@@ -94,7 +108,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -118,14 +136,20 @@ fn decompression_bomb_is_refused_from_the_header() {
     ihdr.extend_from_slice(&[8, 6, 0, 0, 0]);
     let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
     bytes.extend(chunk(b"IHDR", &ihdr));
-    bytes.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+    bytes.extend(chunk(
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    ));
     bytes.extend(chunk(b"IEND", &[]));
     let case = Case::new();
     let err = case.run_bytes(&bytes);
     assert_eq!(input_reason(&err), "too_large", "{err}");
     assert!(err.to_string().contains("40000×40000"), "{err}");
     // Tighter limits refuse smaller images too.
-    let limits = ImageLimits { max_pixels: 100, ..Default::default() };
+    let limits = ImageLimits {
+        max_pixels: 100,
+        ..Default::default()
+    };
     let err = image_input::decode_image(&png(&disc()), &limits).unwrap_err();
     assert_eq!(err.reason(), "too_large");
 }
@@ -148,8 +172,13 @@ fn a_one_pixel_image_is_too_small() {
     let err = case.run_bytes(&png(&RgbaImage::from_pixel(1, 1, Rgba([255, 0, 0, 255]))));
     assert_eq!(input_reason(&err), "too_small", "{err}");
     assert!(err.to_string().contains("1×1"), "{err}");
-    let err = image_to_3d::generate(&RgbaImage::new(1, 1), &ImageTo3dParams::default(), &mut |_, _| {}, &|| false)
-        .unwrap_err();
+    let err = image_to_3d::generate(
+        &RgbaImage::new(1, 1),
+        &ImageTo3dParams::default(),
+        &mut |_, _| {},
+        &|| false,
+    )
+    .unwrap_err();
     assert_eq!(input_reason(&err), "too_small");
 }
 
@@ -178,18 +207,28 @@ fn read_only_is_enforced(dir: &Path) -> bool {
 fn output_in_a_read_only_folder_is_refused_without_partial_files() {
     use std::os::unix::fs::PermissionsExt as _;
     let case = Case::new();
-    let mesh = image_to_3d::generate(&disc(), &ImageTo3dParams::default(), &mut |_, _| {}, &|| false).unwrap().mesh;
+    let mesh = image_to_3d::generate(
+        &disc(),
+        &ImageTo3dParams::default(),
+        &mut |_, _| {},
+        &|| false,
+    )
+    .unwrap()
+    .mesh;
     let ro = case.dir.path().join("ro");
     std::fs::create_dir(&ro).unwrap();
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
     if read_only_is_enforced(&ro) {
         for format in ExportFormat::ALL {
-            let err = export::export_mesh(&mesh, &ro.join(format!("out.{format}")), format).unwrap_err();
+            let err =
+                export::export_mesh(&mesh, &ro.join(format!("out.{format}")), format).unwrap_err();
             assert_eq!(err.reason(), "io", "{err}");
             assert!(err.to_string().contains("writable"), "{err}");
         }
     } else {
-        eprintln!("note: running as root, chmod does not stop writes; testing a read-only filesystem path instead");
+        eprintln!(
+            "note: running as root, chmod does not stop writes; testing a read-only filesystem path instead"
+        );
         let _ = std::fs::remove_file(ro.join("probe"));
         // /proc is not writable for regular files even for root.
         let target = Path::new("/proc/orfeas-test-out.glb");
@@ -197,7 +236,11 @@ fn output_in_a_read_only_folder_is_refused_without_partial_files() {
         assert_eq!(err.reason(), "io", "{err}");
         assert!(!target.exists());
     }
-    assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0, "partial files in the read-only folder");
+    assert_eq!(
+        std::fs::read_dir(&ro).unwrap().count(),
+        0,
+        "partial files in the read-only folder"
+    );
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
@@ -205,5 +248,8 @@ fn output_in_a_read_only_folder_is_refused_without_partial_files() {
 fn unknown_output_extension_is_refused_before_any_work() {
     let err = ExportFormat::from_path(Path::new("out.fbx")).unwrap_err();
     assert!(err.to_string().contains("'fbx'"), "{err}");
-    assert!(err.to_string().contains(".glb, .obj, .ply or .stl"), "{err}");
+    assert!(
+        err.to_string().contains(".glb, .obj, .ply or .stl"),
+        "{err}"
+    );
 }

@@ -1,5 +1,8 @@
 //! One integration-test binary for orfeas-core (every file in `tests/` relinks the crate).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
+mod bad_input;
+mod export;
 mod history;
+mod image_to_3d;
 mod jobs;

@@ -1,6 +1,9 @@
 //! One integration-test binary for orfeas-core (every file in `tests/` relinks the crate).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
 mod alerts;
+mod history;
 mod http_metrics;
+mod jobs;
 mod monitoring;
 mod telemetry;

@@ -723,3 +723,81 @@ fn sampler_reports_cpu_memory_disk_and_explains_missing_gpus() {
         assert!(!note.contains('\n') && note.contains("NVIDIA"), "{note}");
     }
 }
+
+#[test]
+fn job_engine_events_update_generation_metrics_and_active_jobs() {
+    use orfeas_core::jobs::{Engine, EngineConfig, JobFailure, JobKind, JobOutput, JobSpec};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = dir.path().join("out.stl");
+    std::fs::write(&mesh, vec![0u8; 5000]).unwrap();
+    let telemetry = Telemetry::without_sampler().unwrap();
+    let engine = Engine::new(EngineConfig::default(), None).unwrap();
+    engine.add_observer(Arc::new(telemetry.clone()));
+    let mesh_path = mesh.clone();
+    engine.register(
+        JobKind::ImageTo3d,
+        Arc::new(move |spec: &JobSpec, _: &orfeas_core::jobs::JobContext| {
+            if spec.label == "bad" {
+                Err(JobFailure::new("invalid_image", "not an image"))
+            } else {
+                Ok(JobOutput {
+                    files: vec![mesh_path.clone()],
+                    quality: Some(0.35),
+                    summary: serde_json::json!({ "quality": "high" }),
+                })
+            }
+        }),
+    );
+    let mut ids = Vec::new();
+    for label in ["good", "bad", "good"] {
+        ids.push(
+            engine
+                .submit(JobSpec {
+                    kind: JobKind::ImageTo3d,
+                    params: serde_json::json!({}),
+                    label: label.into(),
+                })
+                .unwrap(),
+        );
+    }
+    support::wait_for(Duration::from_secs(20), "jobs finished", || {
+        let exp = parse_exposition(&telemetry.encode());
+        (exp.sum("successful_generations_total", &[]) + exp.sum("failed_generations_total", &[])
+            == 3.0)
+            .then_some(())
+    });
+    let exp = parse_exposition(&telemetry.encode());
+    assert_eq!(
+        exp.sum(
+            "model_3d_generations_total",
+            &[
+                ("format", "stl"),
+                ("quality", "high"),
+                ("status", "success")
+            ]
+        ),
+        2.0
+    );
+    assert_eq!(
+        exp.sum(
+            "failed_generations_total",
+            &[("kind", "image_to_3d"), ("reason", "invalid_image")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        exp.sum(
+            "generated_file_size_bytes_bucket",
+            &[("format", "stl"), ("le", "16384")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        exp.sum("generation_quality_score_bucket", &[("le", "0.4")]),
+        2.0
+    );
+    support::wait_for(Duration::from_secs(5), "active_jobs back to 0", || {
+        (parse_exposition(&telemetry.encode()).sum("active_jobs", &[]) == 0.0).then_some(())
+    });
+}

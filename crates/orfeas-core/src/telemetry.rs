@@ -8,6 +8,7 @@
 pub mod alerts;
 pub mod derive;
 pub mod metrics;
+mod observer;
 pub mod panels;
 pub mod sampler;
 pub mod store;

@@ -93,7 +93,6 @@ fn variable(name: &str, label: &str, query: &str) -> Value {
         "type": "query",
         "datasource": datasource(),
         "query": { "query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery" },
-        "definition": query,
         "refresh": 2,
         "includeAll": true,
         "multi": true,

@@ -158,26 +158,34 @@ impl ClipTokenizer {
         })
     }
 
-    /// Ids with BOS and EOS, unpadded; long prompts are cut to `max_length` keeping EOS.
+    /// Ids between BOS and EOS, neither truncated nor padded.
     pub fn encode_unpadded(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self
             .inner
             .encode(text, false)
             .map_err(|e| SdError::Tokenizer(e.to_string()))?;
-        let body = enc.get_ids();
-        let keep = body.len().min(self.max_length.saturating_sub(2));
-        let mut ids = Vec::with_capacity(keep + 2);
+        let mut ids = Vec::with_capacity(enc.get_ids().len() + 2);
         ids.push(self.bos_id);
-        ids.extend_from_slice(&body[..keep]);
+        ids.extend_from_slice(enc.get_ids());
         ids.push(self.eos_id);
         Ok(ids)
     }
 
-    /// Ids padded with the pad token to exactly `max_length` (what the text encoder gets).
+    /// What the text encoder gets: exactly `max_length` ids, long prompts cut
+    /// to BOS + (max_length - 2) tokens + EOS, short ones padded with the pad token.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let mut ids = self.encode_unpadded(text)?;
+        if ids.len() > self.max_length {
+            ids.truncate(self.max_length.saturating_sub(1));
+            ids.push(self.eos_id);
+        }
         ids.resize(self.max_length, self.pad_id);
         Ok(ids)
+    }
+
+    /// Whether `text` is longer than the encoder sees (the UI warns about the cut).
+    pub fn is_truncated(&self, text: &str) -> Result<bool> {
+        Ok(self.encode_unpadded(text)?.len() > self.max_length)
     }
 
     pub fn pad_id(&self) -> u32 {

@@ -115,7 +115,17 @@ fn seeds_are_reproducible_and_batch_items_follow_seed_plus_index() {
     assert_eq!(batch.len(), 2);
     assert_eq!(batch[0], a[0], "batch item 0 uses the seed itself");
     let next = one(8, 1);
-    assert_eq!(batch[1], next[0], "batch item 1 uses seed + 1");
+    // The noise is identical; batched convolutions round differently from single
+    // ones, which the random tiny model amplifies to +-1 on some pixel values.
+    let dev = candle_core::Device::Cpu;
+    let batch_noise = orfeas_ml::sd::noise::initial_noise(7, 2, (4, 8, 12), &dev).unwrap();
+    let alone = orfeas_ml::sd::noise::initial_noise(8, 1, (4, 8, 12), &dev).unwrap();
+    let noise_diff = (batch_noise.get(1).unwrap() - alone.get(0).unwrap()).unwrap().abs().unwrap();
+    assert_eq!(noise_diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    let differ = batch[1].as_raw().iter().zip(next[0].as_raw()).filter(|(a, b)| a != b).count();
+    let max = batch[1].as_raw().iter().zip(next[0].as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    eprintln!("batch item 1 vs seed+1 alone: {differ} values differ, max {max}");
+    assert!(max <= 1, "batch item 1 uses seed + 1");
     assert_ne!(batch[0], batch[1]);
 }
 

@@ -203,7 +203,7 @@ impl HeadlessRenderer {
         options.check_size()?;
         let target = FrameTarget::new(&self.renderer, &self.device, options.width, options.height, 1.0);
         let mut camera = options.camera_for(mesh.bounds);
-        let mut frame = |camera: &OrbitCamera| -> Result<(), RenderError> {
+        let frame = |camera: &OrbitCamera| -> Result<(), RenderError> {
             let mut encoder = self.device.create_command_encoder(&Default::default());
             self.renderer.render(&self.queue, &mut encoder, &target, Some(mesh), &settings_for(options, *camera));
             let index = self.queue.submit([encoder.finish()]);

@@ -116,7 +116,7 @@ pub struct ViewerState {
 
 impl Default for ViewerState {
     fn default() -> Self {
-        Self::new(egui::Id::new("orfeas_viewer"))
+        Self::new(egui::Id::unique("orfeas_viewer"))
     }
 }
 
@@ -297,7 +297,7 @@ pub fn viewer_ui(
             command = Some(ViewerCommand::OpenDialog);
         }
         ui.separator();
-        egui::ComboBox::from_id_salt(state.id.with("mode"))
+        egui::ComboBox::from_label("Shading")
             .selected_text(mode_label(state.mode))
             .show_ui(ui, |ui| {
                 for mode in ShadingMode::ALL {
@@ -432,7 +432,7 @@ fn camera_input(ui: &egui::Ui, state: &mut ViewerState, response: &egui::Respons
 }
 
 fn open_dropped_files(ui: &egui::Ui, state: &mut ViewerState) {
-    let dropped: Vec<PathBuf> = ui.input(|i| i.raw.dropped_files.iter().filter_map(|f| f.path.clone()).collect());
+    let dropped: Vec<PathBuf> = ui.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_owned()).collect());
     if let Some(path) = dropped.iter().find(|p| MeshFormat::from_path(p).is_some()) {
         state.open_file(ui.ctx(), path);
     } else if let Some(path) = dropped.first() {

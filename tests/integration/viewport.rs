@@ -40,7 +40,7 @@ fn harness(render_state: &egui_wgpu::RenderState) -> Harness<'static, ViewerStat
             move |ui, state: &mut ViewerState| {
                 viewport::viewer_ui(ui, state, Some(&in_ui));
             },
-            ViewerState::new(egui::Id::new("test viewer")),
+            ViewerState::new(egui::Id::unique("test viewer")),
         )
 }
 
@@ -76,7 +76,7 @@ fn viewer_shows_a_mesh_and_dragging_orbits_it() {
     harness.get_by_label("watertight");
     let shown = harness.render().unwrap();
     assert!(changed_fraction(&empty, &shown) > 0.05, "the mesh appears");
-    harness.snapshot_options("viewer_box", &egui_kittest::SnapshotOptions::new().threshold(2.0).failed_pixel_count_threshold(200));
+    harness.snapshot_options("viewer_box", &egui_kittest::SnapshotOptions::new().threshold(2.0).max_failed_pixels(200));
 
     // Drag across the middle of the view (below the toolbar) with the primary button.
     let start = egui::pos2(SIZE.x * 0.5, SIZE.y * 0.6);

@@ -12,3 +12,4 @@ pub mod monitoring;
 pub mod paths;
 pub mod quality;
 pub mod telemetry;
+pub mod import;

@@ -7,6 +7,7 @@ mod export;
 mod history;
 mod http_metrics;
 mod image_to_3d;
+mod import;
 mod jobs;
 mod monitoring;
 mod telemetry;

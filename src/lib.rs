@@ -1,4 +1,12 @@
-//! ORFEAS Studio desktop app: the GUI shell (`app`, `ui`) shared by the binary and its tests.
+//! ORFEAS Studio app library: the GUI, the viewport and the CLI share these modules,
+//! and the integration tests reach them through it.
 
 pub mod app;
+pub mod cli;
 pub mod ui;
+pub mod viewport;
+
+/// Opens the desktop studio.
+pub fn run_gui() -> anyhow::Result<()> {
+    app::run_gui(app::AppConfig::default())
+}

@@ -180,7 +180,14 @@ fn a_text_file_named_png_fails_with_a_toast_and_is_recorded() {
         "no output file for a bad input"
     );
 
-    // TODO: assert the failure is in the history database once the engine lands on main.
+    // The failure is in the history database (what the Gallery and `orfeas history` read).
+    let history =
+        orfeas_core::history::History::open(&data.join(orfeas_core::history::HISTORY_FILE_NAME))
+            .unwrap();
+    let records = history.list(10, 0, None).unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].state, orfeas_core::jobs::JobState::Failed);
+    assert!(records[0].error_message.as_deref().is_some_and(|m| !m.is_empty()));
 }
 
 #[test]

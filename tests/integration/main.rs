@@ -2,3 +2,5 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
 mod gui;
+mod render;
+mod viewport;

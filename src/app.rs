@@ -492,7 +492,7 @@ fn top_bar_ui(studio: &StudioCtx<'_>, ui: &mut egui::Ui) {
                 for tab in Tab::ALL {
                     let selected = studio.saved.tab == tab;
                     let text = egui::RichText::new(tab.label()).size(15.0);
-                    let text = if selected { text.color(p.accent).strong() } else { text };
+                    let text = if selected { text.color(p.on_accent).strong() } else { text };
                     if ui.selectable_label(selected, text).clicked() && !selected {
                         studio.send(Command::SelectTab(tab));
                     }

@@ -25,20 +25,29 @@ pub fn create_tab_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
             });
         });
 
-    egui::CentralPanel::no_frame().show(ui, |ui| {
-        egui::ScrollArea::vertical()
-            .id_salt("create-scroll")
-            .show(ui, |ui| {
-                theme::card(ui.ctx()).show(ui, |ui| {
-                    ui.set_width(ui.available_width());
-                    input_ui(ctx, ui);
-                });
-                ui.add_space(space::LG);
-                theme::card(ui.ctx()).show(ui, |ui| {
-                    ui.set_width(ui.available_width());
-                    params_ui(ctx, ui);
-                });
+    egui::Panel::left("create-params")
+        .resizable(false)
+        .exact_size(360.0)
+        .show_separator_line(false)
+        .frame(egui::Frame::new().inner_margin(egui::Margin {
+            right: space::LG as i8,
+            ..Default::default()
+        }))
+        .show(ui, |ui| {
+            theme::card(ui.ctx()).show(ui, |ui| {
+                ui.set_min_height(ui.available_height());
+                egui::ScrollArea::vertical()
+                    .id_salt("params-scroll")
+                    .show(ui, |ui| params_ui(ctx, ui));
             });
+        });
+
+    egui::CentralPanel::no_frame().show(ui, |ui| {
+        theme::card(ui.ctx()).show(ui, |ui| {
+            ui.set_width(ui.available_width());
+            ui.set_min_height(ui.available_height());
+            input_ui(ctx, ui);
+        });
     });
 }
 
@@ -48,7 +57,7 @@ fn input_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     if let Some(err) = ctx.engine_error {
         ui.colored_label(p.danger, err);
     }
-    let zone_height = 260.0;
+    let zone_height = (ui.available_height() - 140.0).clamp(240.0, 520.0);
     let frame = egui::Frame::new()
         .fill(p.surface_alt)
         .stroke(egui::Stroke::new(1.5, p.border))
@@ -173,9 +182,11 @@ fn preview_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, path: &std::path::Path, si
 fn params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     section_heading_ui(ui, "Parameters");
     let mut params: CreateParams = ctx.saved.params.clone();
+    ui.spacing_mut().slider_width = 100.0;
+    ui.spacing_mut().combo_width = 120.0;
     egui::Grid::new("create-params")
         .num_columns(2)
-        .spacing([space::LG, space::SM])
+        .spacing([space::MD, space::SM])
         .show(ui, |ui| {
             let label = ui.label("Quality");
             egui::ComboBox::from_id_salt("quality")

@@ -151,6 +151,7 @@ fn style_for(theme: Theme) -> egui::Style {
     w.noninteractive.bg_stroke = Stroke::new(1.0, p.border);
     w.noninteractive.fg_stroke = Stroke::new(1.0, p.text);
     w.inactive.fg_stroke = Stroke::new(1.0, p.text);
+    w.inactive.bg_stroke = Stroke::new(1.0, p.border);
     w.hovered.fg_stroke = Stroke::new(1.5, p.text);
     w.hovered.bg_stroke = Stroke::new(1.0, p.accent);
     w.active.fg_stroke = Stroke::new(1.5, p.on_accent);

@@ -229,8 +229,9 @@ impl StudioApp {
 
     fn resubmit(&mut self, record: JobKey, format: Option<state::FormatChoice>) {
         let Some(item) = self.gallery.items.iter().find(|i| i.record == record) else {
-            self.toasts
-                .error(format!("job {record} is no longer in the history; refresh the Gallery"));
+            self.toasts.error(format!(
+                "job {record} is no longer in the history; refresh the Gallery"
+            ));
             return;
         };
         let output_dir = self.output_dir();
@@ -309,8 +310,9 @@ impl StudioApp {
                             continue;
                         }
                         let before = self.jobs.iter().position(|j| j.key == view.key);
-                        let was_finished =
-                            before.is_some_and(|i| self.jobs.get(i).is_some_and(|j| j.phase.is_finished()));
+                        let was_finished = before.is_some_and(|i| {
+                            self.jobs.get(i).is_some_and(|j| j.phase.is_finished())
+                        });
                         if view.phase.is_finished() && !was_finished {
                             refresh_gallery = true;
                             match view.phase {
@@ -323,11 +325,13 @@ impl StudioApp {
                                         format!(": {}", view.message)
                                     }
                                 )),
-                                JobPhase::Failed | JobPhase::Interrupted => self.toasts.error(format!(
-                                    "{} failed: {}",
-                                    view.label,
-                                    view.error.as_deref().unwrap_or("unknown error")
-                                )),
+                                JobPhase::Failed | JobPhase::Interrupted => {
+                                    self.toasts.error(format!(
+                                        "{} failed: {}",
+                                        view.label,
+                                        view.error.as_deref().unwrap_or("unknown error")
+                                    ))
+                                }
                                 _ => {}
                             }
                         }
@@ -492,7 +496,11 @@ fn top_bar_ui(studio: &StudioCtx<'_>, ui: &mut egui::Ui) {
                 for tab in Tab::ALL {
                     let selected = studio.saved.tab == tab;
                     let text = egui::RichText::new(tab.label()).size(15.0);
-                    let text = if selected { text.color(p.on_accent).strong() } else { text };
+                    let text = if selected {
+                        text.color(p.on_accent).strong()
+                    } else {
+                        text
+                    };
                     if ui.selectable_label(selected, text).clicked() && !selected {
                         studio.send(Command::SelectTab(tab));
                     }

@@ -27,7 +27,9 @@ pub enum BackendUpdate {
     /// Current state of the engine's jobs (only sent after something changed).
     Jobs(Vec<JobView>),
     Gallery(Vec<GalleryItem>),
-    Deleted { label: String },
+    Deleted {
+        label: String,
+    },
     Error(String),
 }
 
@@ -79,7 +81,10 @@ impl Backend {
             Some(history.clone()),
         )
         .context("cannot start the job engine")?;
-        engine.register(JobKind::ImageTo3d, Arc::new(orfeas_core::runner::ImageTo3dRunner));
+        engine.register(
+            JobKind::ImageTo3d,
+            Arc::new(orfeas_core::runner::ImageTo3dRunner),
+        );
         let dirty = Arc::new(AtomicBool::new(true));
         engine.add_observer(Arc::new(UiObserver {
             dirty: dirty.clone(),
@@ -94,10 +99,12 @@ impl Backend {
                 for request in req_rx {
                     let update = match request {
                         WorkerRequest::List => match history.list(GALLERY_LIMIT, 0, None) {
-                            Ok(records) => BackendUpdate::Gallery(
-                                records.iter().map(gallery_item).collect(),
-                            ),
-                            Err(err) => BackendUpdate::Error(format!("cannot read the history: {err}")),
+                            Ok(records) => {
+                                BackendUpdate::Gallery(records.iter().map(gallery_item).collect())
+                            }
+                            Err(err) => {
+                                BackendUpdate::Error(format!("cannot read the history: {err}"))
+                            }
                         },
                         WorkerRequest::Delete(key) => delete_record(&history, key),
                     };
@@ -147,7 +154,10 @@ impl Backend {
         output_dir: &Path,
     ) -> anyhow::Result<JobKey> {
         let mut job = item.params.clone().with_context(|| {
-            format!("“{}” has no image→3D parameters that this build can re-run", item.label)
+            format!(
+                "“{}” has no image→3D parameters that this build can re-run",
+                item.label
+            )
         })?;
         if let Some(format) = format {
             job.format = runner::export_format(format);
@@ -218,7 +228,11 @@ fn job_view(s: &JobSnapshot) -> JobView {
         stage: s.stage.clone(),
         fraction: s.fraction,
         message,
-        outputs: s.output.as_ref().map(|o| o.files.clone()).unwrap_or_default(),
+        outputs: s
+            .output
+            .as_ref()
+            .map(|o| o.files.clone())
+            .unwrap_or_default(),
         error: s.failure.as_ref().map(|f| f.message.clone()),
         duration_secs: s.run_secs.filter(|_| s.state.is_terminal()),
     }
@@ -234,7 +248,9 @@ fn gallery_item(r: &JobRecord) -> GalleryItem {
         input: params.as_ref().map(|p| p.input.clone()),
         outputs: r.outputs.clone(),
         format: params.as_ref().map(|p| runner::format_choice(p.format)),
-        quality_preset: params.as_ref().map(|p| runner::quality_choice(p.params.quality)),
+        quality_preset: params
+            .as_ref()
+            .map(|p| runner::quality_choice(p.params.quality)),
         quality_score: r.quality,
         duration_secs: r.duration_secs,
         error: r.error_message.clone(),
@@ -262,7 +278,9 @@ fn delete_record(history: &History, key: JobKey) -> BackendUpdate {
         Ok(_) => BackendUpdate::Deleted {
             label: record.label,
         },
-        Err(err) => BackendUpdate::Error(format!("cannot delete job {key} from the history: {err}")),
+        Err(err) => {
+            BackendUpdate::Error(format!("cannot delete job {key} from the history: {err}"))
+        }
     }
 }
 

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use crate::app::state::{FormatChoice, JobKey, QualityChoice};
 
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobPhase {
     Queued,

@@ -218,7 +218,9 @@ pub enum Command {
     /// Make this image the Create tab's input (loads its preview).
     SelectInput(PathBuf),
     /// Start an image→3D job on `input` with the current parameters.
-    Generate { input: PathBuf },
+    Generate {
+        input: PathBuf,
+    },
     Cancel(JobKey),
     ClearFinished,
     SetParams(CreateParams),
@@ -228,12 +230,21 @@ pub enum Command {
     /// Show the native folder picker for the output folder.
     PickOutputFolder,
     /// Re-run a history entry with its own parameters but another output format.
-    ExportAs { record: JobKey, format: FormatChoice },
+    ExportAs {
+        record: JobKey,
+        format: FormatChoice,
+    },
     /// Re-run a history entry with its own parameters.
-    Rerun { record: JobKey },
+    Rerun {
+        record: JobKey,
+    },
     /// Ask for confirmation before deleting.
-    RequestDelete { record: JobKey },
-    ConfirmDelete { record: JobKey },
+    RequestDelete {
+        record: JobKey,
+    },
+    ConfirmDelete {
+        record: JobKey,
+    },
     CancelDelete,
     DismissToast(u64),
 }

@@ -105,7 +105,10 @@ fn input_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     ui.add_space(space::MD);
     ui.horizontal(|ui| {
         let enabled = ctx.input.is_some() && ctx.engine_error.is_none();
-        let button = ui.add_enabled(enabled, theme::primary_button(ui.ctx(), "Generate 3D model"));
+        let button = ui.add_enabled(
+            enabled,
+            theme::primary_button(ui.ctx(), "Generate 3D model"),
+        );
         if button.clicked()
             && let Some(path) = ctx.input
         {
@@ -275,7 +278,10 @@ fn queue_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
         });
     });
     if ctx.jobs.is_empty() {
-        hint_ui(ui, "No jobs yet. Generated models appear here while they run, then in the Gallery.");
+        hint_ui(
+            ui,
+            "No jobs yet. Generated models appear here while they run, then in the Gallery.",
+        );
         return;
     }
     egui::ScrollArea::vertical()
@@ -299,7 +305,11 @@ fn job_row_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, job: &JobView) {
                 ctx.send(Command::Cancel(job.key));
             }
             if let Some(secs) = job.duration_secs {
-                ui.label(RichText::new(format!("{:.1} s", secs)).small().color(p.text_muted));
+                ui.label(
+                    RichText::new(format!("{:.1} s", secs))
+                        .small()
+                        .color(p.text_muted),
+                );
             }
         });
     });
@@ -307,7 +317,11 @@ fn job_row_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, job: &JobView) {
         JobPhase::Running | JobPhase::Queued => {
             ui.add(
                 egui::ProgressBar::new(job.fraction)
-                    .text(if job.stage.is_empty() { job.phase.label().to_owned() } else { job.stage.clone() })
+                    .text(if job.stage.is_empty() {
+                        job.phase.label().to_owned()
+                    } else {
+                        job.stage.clone()
+                    })
                     .desired_height(16.0),
             );
         }

@@ -28,7 +28,10 @@ pub fn gallery_tab_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
         return;
     }
     if ctx.gallery.items.is_empty() {
-        hint_ui(ui, "Nothing here yet. Drop an image on the window to make your first model.");
+        hint_ui(
+            ui,
+            "Nothing here yet. Drop an image on the window to make your first model.",
+        );
         return;
     }
     egui::ScrollArea::vertical()

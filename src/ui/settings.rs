@@ -67,7 +67,9 @@ pub fn settings_tab_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                 let label = ui.label("Jobs at once");
                 ui.add(egui::Slider::new(&mut s.concurrency, 1..=MAX_CONCURRENCY))
                     .labelled_by(label.id)
-                    .on_hover_text("How many generations run in parallel. Takes effect at the next start.");
+                    .on_hover_text(
+                        "How many generations run in parallel. Takes effect at the next start.",
+                    );
                 ui.end_row();
 
                 ui.label("Data folder");

@@ -103,11 +103,23 @@ fn style_for(theme: Theme) -> egui::Style {
     };
 
     style.text_styles = [
-        (TextStyle::Heading, FontId::new(20.0, FontFamily::Proportional)),
+        (
+            TextStyle::Heading,
+            FontId::new(20.0, FontFamily::Proportional),
+        ),
         (TextStyle::Body, FontId::new(14.0, FontFamily::Proportional)),
-        (TextStyle::Button, FontId::new(14.0, FontFamily::Proportional)),
-        (TextStyle::Small, FontId::new(11.5, FontFamily::Proportional)),
-        (TextStyle::Monospace, FontId::new(13.0, FontFamily::Monospace)),
+        (
+            TextStyle::Button,
+            FontId::new(14.0, FontFamily::Proportional),
+        ),
+        (
+            TextStyle::Small,
+            FontId::new(11.5, FontFamily::Proportional),
+        ),
+        (
+            TextStyle::Monospace,
+            FontId::new(13.0, FontFamily::Monospace),
+        ),
     ]
     .into();
 
@@ -172,8 +184,12 @@ pub fn card(ctx: &egui::Context) -> egui::Frame {
 /// The accent-filled primary button (Generate).
 pub fn primary_button(ctx: &egui::Context, text: &str) -> egui::Button<'static> {
     let p = palette(ctx);
-    egui::Button::new(egui::RichText::new(text.to_owned()).color(p.on_accent).strong())
-        .fill(p.accent)
-        .corner_radius(CornerRadius::same(radius::MD))
-        .min_size(Vec2::new(140.0, 34.0))
+    egui::Button::new(
+        egui::RichText::new(text.to_owned())
+            .color(p.on_accent)
+            .strong(),
+    )
+    .fill(p.accent)
+    .corner_radius(CornerRadius::same(radius::MD))
+    .min_size(Vec2::new(140.0, 34.0))
 }

@@ -117,15 +117,14 @@ pub fn toasts_ui(ctx: &egui::Context, toasts: &Toasts) -> Option<u64> {
                     .show(ui, |ui| {
                         ui.horizontal(|ui| {
                             ui.label(RichText::new(title).color(accent).strong());
-                            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                                if ui
-                                    .small_button("×")
-                                    .on_hover_text("Dismiss")
-                                    .clicked()
-                                {
-                                    dismissed = Some(toast.id);
-                                }
-                            });
+                            ui.with_layout(
+                                egui::Layout::right_to_left(egui::Align::Center),
+                                |ui| {
+                                    if ui.small_button("×").on_hover_text("Dismiss").clicked() {
+                                        dismissed = Some(toast.id);
+                                    }
+                                },
+                            );
                         });
                         ui.add(egui::Label::new(RichText::new(&toast.text).color(p.text)).wrap());
                     });

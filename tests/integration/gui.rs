@@ -43,7 +43,10 @@ fn step_until(
 ) {
     let start = Instant::now();
     while !done(h) {
-        assert!(start.elapsed() < JOB_TIMEOUT, "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < JOB_TIMEOUT,
+            "timed out waiting for {what}"
+        );
         h.step();
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -117,9 +120,18 @@ fn dropping_an_image_generates_a_model_that_appears_in_the_gallery() {
         h.state().jobs().iter().any(|j| j.phase.is_finished())
     });
     let job = h.state().jobs()[0].clone();
-    assert_eq!(job.phase, JobPhase::Succeeded, "job failed: {:?}", job.error);
+    assert_eq!(
+        job.phase,
+        JobPhase::Succeeded,
+        "job failed: {:?}",
+        job.error
+    );
     let glb = job.outputs.first().expect("the job names its output file");
-    assert!(glb.starts_with(data.join("outputs")), "output outside the data dir: {}", glb.display());
+    assert!(
+        glb.starts_with(data.join("outputs")),
+        "output outside the data dir: {}",
+        glb.display()
+    );
     let bytes = std::fs::read(glb).unwrap();
     assert_eq!(&bytes[..4], b"glTF", "the output is a binary glTF");
 
@@ -132,8 +144,14 @@ fn dropping_an_image_generates_a_model_that_appears_in_the_gallery() {
     step_until(&mut h, "the gallery card with its thumbnail", |h| {
         h.query_by_label("Thumbnail of disc.png").is_some()
     });
-    assert!(h.query_by_label("Re-run").is_some(), "the card offers re-run");
-    assert!(h.query_by_label("Export as…").is_some(), "the card offers export");
+    assert!(
+        h.query_by_label("Re-run").is_some(),
+        "the card offers re-run"
+    );
+    assert!(
+        h.query_by_label("Export as…").is_some(),
+        "the card offers export"
+    );
 }
 
 #[test]
@@ -141,12 +159,21 @@ fn tabs_switch_and_unfinished_tabs_say_what_is_coming() {
     let tmp = tempfile::tempdir().unwrap();
     let mut h = harness(tmp.path(), None);
     h.run();
-    assert!(h.query_by_label("Open image…").is_some(), "Create is the first tab");
+    assert!(
+        h.query_by_label("Open image…").is_some(),
+        "Create is the first tab"
+    );
 
     h.get_by_role_and_label(Role::Button, "Settings").click();
     h.run();
-    assert!(h.query_by_role_and_label(Role::Slider, "Jobs at once").is_some());
-    assert!(h.query_by_label("Open image…").is_none(), "Create is hidden");
+    assert!(
+        h.query_by_role_and_label(Role::Slider, "Jobs at once")
+            .is_some()
+    );
+    assert!(
+        h.query_by_label("Open image…").is_none(),
+        "Create is hidden"
+    );
 
     for tab in ["Viewer", "Metrics", "Alerts", "Models"] {
         h.get_by_role_and_label(Role::Button, tab).click();
@@ -187,7 +214,12 @@ fn a_text_file_named_png_fails_with_a_toast_and_is_recorded() {
     let records = history.list(10, 0, None).unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].state, orfeas_core::jobs::JobState::Failed);
-    assert!(records[0].error_message.as_deref().is_some_and(|m| !m.is_empty()));
+    assert!(
+        records[0]
+            .error_message
+            .as_deref()
+            .is_some_and(|m| !m.is_empty())
+    );
 }
 
 #[test]
@@ -198,7 +230,8 @@ fn settings_survive_a_restart_through_eframe_storage() {
     h.run();
     h.get_by_label("Light").click();
     h.run();
-    h.get_by_role_and_label(Role::ComboBox, "Default format").click();
+    h.get_by_role_and_label(Role::ComboBox, "Default format")
+        .click();
     h.run();
     h.get_by_label("OBJ").click();
     h.run();
@@ -211,9 +244,20 @@ fn settings_survive_a_restart_through_eframe_storage() {
     h.run();
     let saved: &SavedState = h.state().saved_state();
     assert_eq!(saved.settings.theme, ThemeChoice::Light);
-    assert_eq!(saved.settings.default_format, orfeas::app::state::FormatChoice::Obj);
-    assert_eq!(saved.tab, orfeas::app::state::Tab::Settings, "reopens on the last tab");
-    assert_eq!(h.ctx.theme(), egui::Theme::Light, "the light theme is in use");
+    assert_eq!(
+        saved.settings.default_format,
+        orfeas::app::state::FormatChoice::Obj
+    );
+    assert_eq!(
+        saved.tab,
+        orfeas::app::state::Tab::Settings,
+        "reopens on the last tab"
+    );
+    assert_eq!(
+        h.ctx.theme(),
+        egui::Theme::Light,
+        "the light theme is in use"
+    );
     assert_eq!(
         h.get_by_label("Light").accesskit_node().toggled(),
         Some(egui::accesskit::Toggled::True),

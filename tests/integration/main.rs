@@ -1,4 +1,6 @@
 //! One integration-test binary for the app (CLI and GUI).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
+mod cli;
 mod render;
 mod viewport;

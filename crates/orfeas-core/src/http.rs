@@ -214,11 +214,13 @@ fn serve_one(request: tiny_http::Request, state: &HttpState) {
     let (route, endpoint) = route(&method, request.url());
     let reply = handle(route, state);
     let status = reply.status;
+    let length = reply.body.len();
+    // A known length: no chunked encoding, one write for small bodies.
     let mut response = tiny_http::Response::new(
         tiny_http::StatusCode(status),
         Vec::new(),
         Cursor::new(reply.body),
-        None,
+        Some(length),
         None,
     );
     let header = |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).ok();

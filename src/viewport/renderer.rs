@@ -132,16 +132,14 @@ pub struct MeshVertices {
 
 impl MeshVertices {
     pub fn from_mesh(mesh: &Mesh) -> Self {
-        let normals = if mesh.normals.len() == mesh.positions.len() {
-            mesh.normals.clone()
-        } else {
-            smooth_normals(mesh)
-        };
+        let has_normals = mesh.normals.len() == mesh.positions.len();
+        let creased = if has_normals { Vec::new() } else { crease_normals(mesh) };
         let has_uvs = mesh.uvs.len() == mesh.positions.len();
         let has_colors = mesh.colors.len() == mesh.positions.len();
-        let vertex = |index: u32| -> GpuVertex {
+        let vertex = |corner: usize, index: u32| -> GpuVertex {
             let i = index as usize;
-            let normal = normals.get(i).copied().unwrap_or_default();
+            let normal = if has_normals { mesh.normals.get(i) } else { creased.get(corner) };
+            let normal = normal.copied().unwrap_or_default();
             GpuVertex {
                 position: mesh.positions.get(i).copied().unwrap_or_default(),
                 // Clamped to -1..1 first, so the scaled value fits in i8.
@@ -155,10 +153,15 @@ impl MeshVertices {
                 color: if has_colors { mesh.colors.get(i).copied().unwrap_or([255; 4]) } else { [255; 4] },
             }
         };
-        let chunks = mesh
-            .indices
+        // A trailing partial triangle (a malformed mesh) is dropped.
+        let whole_triangles = &mesh.indices[..mesh.indices.len() / 3 * 3];
+        let chunks = whole_triangles
             .chunks(TRIANGLES_PER_CHUNK * 3)
-            .map(|chunk| chunk.chunks_exact(3).flat_map(|t| [vertex(t[0]), vertex(t[1]), vertex(t[2])]).collect())
+            .enumerate()
+            .map(|(chunk_index, chunk)| {
+                let first_corner = chunk_index * TRIANGLES_PER_CHUNK * 3;
+                chunk.iter().enumerate().map(|(k, &index)| vertex(first_corner + k, index)).collect()
+            })
             .collect();
         Self {
             chunks,
@@ -170,23 +173,56 @@ impl MeshVertices {
     }
 }
 
-/// Area-weighted vertex normals, for meshes that come without any.
-pub fn smooth_normals(mesh: &Mesh) -> Vec<[f32; 3]> {
-    let mut sums = vec![Vec3::ZERO; mesh.positions.len()];
-    for triangle in mesh.indices.chunks_exact(3) {
-        let corners = [triangle[0], triangle[1], triangle[2]].map(|i| i as usize);
-        let [Some(a), Some(b), Some(c)] = corners.map(|i| mesh.positions.get(i).copied().map(Vec3::from)) else {
-            continue;
-        };
-        // The cross product's length is twice the area: larger faces weigh more.
-        let face = (b - a).cross(c - a);
-        for i in corners {
-            if let Some(sum) = sums.get_mut(i) {
-                *sum += face;
-            }
-        }
+/// Faces meeting at a vertex at an angle above this are shaded with a hard edge.
+const CREASE_COS: f32 = 0.707; // 45°
+
+/// Per-corner normals for meshes that come without any: area-weighted averages
+/// of the faces around each vertex, but only over faces within the crease angle,
+/// so a box keeps sharp edges while a scanned or generated surface stays smooth.
+/// Returns one normal per entry of `mesh.indices`.
+pub fn crease_normals(mesh: &Mesh) -> Vec<[f32; 3]> {
+    let vertex_count = mesh.positions.len();
+    let position = |i: u32| mesh.positions.get(i as usize).copied().map(Vec3::from).unwrap_or(Vec3::ZERO);
+    // The cross product's length is twice the area: larger faces weigh more.
+    let face_normals: Vec<Vec3> = mesh
+        .indices
+        .chunks_exact(3)
+        .map(|t| (position(t[1]) - position(t[0])).cross(position(t[2]) - position(t[0])))
+        .collect();
+    // Faces around each vertex, as compressed rows (offsets into one list).
+    let mut offsets = vec![0usize; vertex_count + 1];
+    // Out-of-range indices (unvalidated meshes) are skipped, never indexed.
+    let in_range = |i: u32| (i as usize) < vertex_count;
+    for &i in mesh.indices.iter().filter(|&&i| in_range(i)) {
+        offsets[i as usize + 1] += 1;
     }
-    sums.into_iter().map(|n| n.normalize_or_zero().to_array()).collect()
+    for v in 0..vertex_count {
+        offsets[v + 1] += offsets[v];
+    }
+    let mut fill = offsets.clone();
+    let mut faces_of = vec![0u32; offsets[vertex_count]];
+    for (corner, &i) in mesh.indices.iter().enumerate().filter(|(_, i)| in_range(**i)) {
+        let slot = &mut fill[i as usize];
+        // Face numbers fit in u32: indices are u32, so there are fewer than 2³² faces.
+        faces_of[*slot] = (corner / 3) as u32;
+        *slot += 1;
+    }
+    mesh.indices
+        .iter()
+        .enumerate()
+        .map(|(corner, &i)| {
+            let own = face_normals.get(corner / 3).copied().unwrap_or(Vec3::ZERO);
+            let own_unit = own.normalize_or_zero();
+            let neighbours = offsets.get(i as usize..=i as usize + 1).map_or(&[][..], |r| &faces_of[r[0]..r[1]]);
+            let sum: Vec3 = neighbours
+                .iter()
+                .map(|&f| face_normals[f as usize])
+                .filter(|n| n.normalize_or_zero().dot(own_unit) >= CREASE_COS)
+                .sum();
+            let sum = if sum == Vec3::ZERO { own } else { sum };
+            sum.normalize_or_zero().to_array()
+        })
+        .collect()
 }
 
 /// A mesh resident on the GPU.

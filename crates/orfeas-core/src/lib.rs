@@ -12,4 +12,5 @@ pub mod mesh;
 pub mod monitoring;
 pub mod paths;
 pub mod quality;
+pub mod runner;
 pub mod telemetry;

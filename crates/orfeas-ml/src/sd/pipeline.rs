@@ -1,0 +1,515 @@
+//! The text→image stages, each usable (and tested) on its own, and `generate` which chains them.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::clip::{ClipConfig, ClipTextModel};
+use super::schedulers::{self, Scheduler, SchedulerConfig, SchedulerKind};
+use super::tokenizer::ClipTokenizer;
+use super::unet::{UNet, UNetConfig};
+use super::vae::{Vae, VaeConfig};
+use crate::error::{Result, SdError};
+
+/// Which device to run on; `Auto` picks CUDA, then Metal, then the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DevicePref {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+    Metal,
+}
+
+impl std::str::FromStr for DevicePref {
+    type Err = SdError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            "metal" => Ok(Self::Metal),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| SdError::invalid("device", format!("'{s}' is not one of auto, cpu, cuda, cuda:N, metal"))),
+        }
+    }
+}
+
+/// Number format of the weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f16 on GPUs, f32 on the CPU.
+    #[default]
+    Auto,
+    F32,
+    F16,
+}
+
+impl Precision {
+    /// The dtype for `device`.
+    pub fn dtype_on(self, device: &Device) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Auto if device.is_cpu() => DType::F32,
+            Self::Auto => DType::F16,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = SdError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "f32" | "fp32" => Ok(Self::F32),
+            "f16" | "fp16" => Ok(Self::F16),
+            _ => Err(SdError::invalid("precision", format!("'{s}' is not one of auto, f32, f16"))),
+        }
+    }
+}
+
+/// The device and the dtype used on it: f16 on GPUs, f32 on the CPU.
+pub fn select_device(pref: DevicePref) -> Result<(Device, DType)> {
+    let gpu = |d: Device| (d, DType::F16);
+    match pref {
+        DevicePref::Cpu => Ok((Device::Cpu, DType::F32)),
+        DevicePref::Cuda(i) => {
+            if !candle_core::utils::cuda_is_available() {
+                return Err(SdError::DeviceUnavailable(format!("cuda:{i}")));
+            }
+            Ok(gpu(Device::new_cuda(i)?))
+        }
+        DevicePref::Metal => {
+            if !candle_core::utils::metal_is_available() {
+                return Err(SdError::DeviceUnavailable("metal".into()));
+            }
+            Ok(gpu(Device::new_metal(0)?))
+        }
+        DevicePref::Auto => {
+            if candle_core::utils::cuda_is_available()
+                && let Ok(d) = Device::new_cuda(0)
+            {
+                return Ok(gpu(d));
+            }
+            if candle_core::utils::metal_is_available()
+                && let Ok(d) = Device::new_metal(0)
+            {
+                return Ok(gpu(d));
+            }
+            Ok((Device::Cpu, DType::F32))
+        }
+    }
+}
+
+/// Turns candle's allocation failures into a message that says what to try.
+pub(crate) fn map_oom(err: SdError, device: &Device) -> SdError {
+    if let SdError::Candle(e) = &err {
+        let text = e.to_string().to_ascii_lowercase();
+        if text.contains("out of memory") || text.contains("out_of_memory") || text.contains("alloc") {
+            return SdError::OutOfMemory {
+                device: format!("{device:?}"),
+                detail: e.to_string(),
+            };
+        }
+    }
+    err
+}
+
+fn missing(dir: &Path, part: String) -> SdError {
+    SdError::MissingPart {
+        dir: dir.parent().map(Path::to_path_buf).unwrap_or_default(),
+        part: format!(
+            "{}/{part}",
+            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        ),
+    }
+}
+
+/// The weight files of one component: the first of `names` present in `dir`,
+/// either as one file or sharded with a `NAME.index.json` (HF layout).
+pub fn weight_files(dir: &Path, names: &[&str]) -> Result<Vec<PathBuf>> {
+    for name in names {
+        let single = dir.join(name);
+        if single.is_file() {
+            return Ok(vec![single]);
+        }
+        let index = dir.join(format!("{name}.index.json"));
+        if index.is_file() {
+            let json: serde_json::Value = crate::sd::read_config(&index)?;
+            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| SdError::Config {
+                path: index.clone(),
+                reason: "no weight_map object".into(),
+            })?;
+            let mut files: Vec<PathBuf> = Vec::new();
+            for shard in map.values().filter_map(|v| v.as_str()) {
+                let p = dir.join(shard);
+                if !p.is_file() {
+                    return Err(missing(dir, shard.to_owned()));
+                }
+                if !files.contains(&p) {
+                    files.push(p);
+                }
+            }
+            files.sort();
+            return Ok(files);
+        }
+    }
+    Err(missing(dir, names.first().copied().unwrap_or("weights").to_owned()))
+}
+
+/// Reads safetensors files into a VarBuilder in `dtype`, reporting damage as `CorruptWeights`.
+pub fn load_weights(files: &[PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    let mut all = std::collections::HashMap::new();
+    for path in files {
+        crate::models::check_safetensors(path)?;
+        // Read into memory rather than mmap: this crate forbids `unsafe`, and the
+        // copy is small next to the model's run time.
+        let bytes = std::fs::read(path).map_err(|e| SdError::io(path, e))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| SdError::CorruptWeights {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        for (name, t) in tensors {
+            // Convert once here so f32 checkpoints do not sit on the GPU twice.
+            let t = if t.dtype().is_float() { t.to_dtype(dtype)? } else { t };
+            all.insert(name, t);
+        }
+    }
+    Ok(VarBuilder::from_tensors(all, dtype, device))
+}
+
+/// Wraps tensor-lookup failures while building a model as a damaged/mismatched weights file.
+fn weights_err(files: &[PathBuf]) -> impl Fn(SdError) -> SdError + '_ {
+    move |e| match e {
+        SdError::Candle(c) => SdError::CorruptWeights {
+            path: files.first().cloned().unwrap_or_default(),
+            reason: format!("does not match its config: {c}"),
+        },
+        other => other,
+    }
+}
+
+const TEXT_ENCODER_FILES: &[&str] = &["model.safetensors", "model.fp16.safetensors"];
+const DIFFUSERS_FILES: &[&str] = &[
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+];
+
+/// A loaded diffusers-format Stable Diffusion folder.
+#[derive(Debug)]
+pub struct SdModel {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+    pub unet: UNet,
+    pub vae: Vae,
+    pub scheduler_config: SchedulerConfig,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl SdModel {
+    /// Checks every part exists before reading any weights, so a half-downloaded
+    /// folder fails fast with the missing part's name.
+    pub fn check_dir(dir: &Path) -> Result<()> {
+        if !dir.is_dir() {
+            return Err(SdError::MissingPart {
+                dir: dir.to_path_buf(),
+                part: "the folder itself".into(),
+            });
+        }
+        for cfg in ["text_encoder/config.json", "unet/config.json", "vae/config.json"] {
+            if !dir.join(cfg).is_file() {
+                return Err(SdError::MissingPart {
+                    dir: dir.to_path_buf(),
+                    part: cfg.into(),
+                });
+            }
+        }
+        weight_files(&dir.join("text_encoder"), TEXT_ENCODER_FILES)?;
+        weight_files(&dir.join("unet"), DIFFUSERS_FILES)?;
+        weight_files(&dir.join("vae"), DIFFUSERS_FILES)?;
+        if !dir.join("tokenizer").is_dir() {
+            return Err(SdError::MissingPart {
+                dir: dir.to_path_buf(),
+                part: "tokenizer/".into(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        Self::check_dir(dir)?;
+        let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
+        let clip_cfg = ClipConfig::from_file(&dir.join("text_encoder/config.json"))?;
+        let unet_cfg = UNetConfig::from_file(&dir.join("unet/config.json"))?;
+        let vae_cfg = VaeConfig::from_file(&dir.join("vae/config.json"))?;
+        let sched_path = dir.join("scheduler/scheduler_config.json");
+        let scheduler_config = if sched_path.is_file() {
+            SchedulerConfig::from_file(&sched_path)?
+        } else {
+            SchedulerConfig::default()
+        };
+        let te = weight_files(&dir.join("text_encoder"), TEXT_ENCODER_FILES)?;
+        let text_encoder = ClipTextModel::load(load_weights(&te, dtype, device)?, &clip_cfg).map_err(weights_err(&te))?;
+        let un = weight_files(&dir.join("unet"), DIFFUSERS_FILES)?;
+        let unet = UNet::load(load_weights(&un, dtype, device)?, &unet_cfg).map_err(weights_err(&un))?;
+        let va = weight_files(&dir.join("vae"), DIFFUSERS_FILES)?;
+        let vae = Vae::load(load_weights(&va, dtype, device)?, &vae_cfg).map_err(weights_err(&va))?;
+        Ok(Self {
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            scheduler_config,
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Pixels per latent cell.
+    pub fn vae_scale(&self) -> usize {
+        self.vae.config.downscale()
+    }
+}
+
+/// Stage 1+2: token ids → text embeddings. With CFG the batch is `[uncond, cond]`.
+pub fn encode_prompt(model: &SdModel, prompt: &str, negative: &str, cfg: bool) -> Result<Tensor> {
+    let embed = |text: &str| -> Result<Tensor> {
+        let ids = model.tokenizer.encode(text)?;
+        let ids = Tensor::new(ids.as_slice(), &model.device)?.unsqueeze(0)?;
+        model.text_encoder.forward(&ids)
+    };
+    let cond = embed(prompt)?;
+    if cfg {
+        Ok(Tensor::cat(&[&embed(negative)?, &cond], 0)?)
+    } else {
+        Ok(cond)
+    }
+}
+
+/// What a progress callback hears.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// Before denoising; `total` steps follow.
+    Started { total: usize },
+    /// After denoising step `step` (1-based) of `total`, with a cheap preview.
+    Step { step: usize, total: usize, preview: Option<image::RgbImage> },
+    /// Denoising done, VAE decode running.
+    Decoding,
+}
+
+/// Options of the denoising loop.
+#[derive(Debug, Clone, Copy)]
+pub struct DenoiseOptions {
+    pub guidance: f64,
+    /// Build a latent→RGB preview for each step's progress event.
+    pub previews: bool,
+}
+
+/// Classifier-free guidance is on when the scale is above 1 (as in diffusers).
+pub fn uses_cfg(guidance: f64) -> bool {
+    guidance > 1.0
+}
+
+/// Stage 3: the denoising loop. `latents` are the initial noise already scaled by
+/// `init_noise_sigma`; `context` is `[uncond, cond]` per image when CFG is on.
+pub fn denoise(
+    unet: &UNet,
+    scheduler: &mut dyn Scheduler,
+    mut latents: Tensor,
+    context: &Tensor,
+    opts: DenoiseOptions,
+    progress: &mut dyn FnMut(Progress),
+    cancelled: &AtomicBool,
+) -> Result<Tensor> {
+    let cfg = uses_cfg(opts.guidance);
+    let batch = latents.dim(0)?;
+    // Embeddings for the whole batch: [uncond×B, cond×B] to match cat([lat×B, lat×B]).
+    let context = if cfg {
+        let ctx_batch = context.dim(0)?;
+        if ctx_batch != 2 {
+            return Err(SdError::invalid("context", "CFG needs [uncond, cond] embeddings"));
+        }
+        let u = context.narrow(0, 0, 1)?.repeat((batch, 1, 1))?;
+        let c = context.narrow(0, 1, 1)?.repeat((batch, 1, 1))?;
+        Tensor::cat(&[&u, &c], 0)?
+    } else {
+        context.repeat((batch, 1, 1))?
+    };
+    let timesteps = scheduler.timesteps().to_vec();
+    let total = timesteps.len();
+    progress(Progress::Started { total });
+    for (i, &t) in timesteps.iter().enumerate() {
+        if cancelled.load(Ordering::Relaxed) {
+            return Err(SdError::Cancelled);
+        }
+        let input = if cfg {
+            Tensor::cat(&[&latents, &latents], 0)?
+        } else {
+            latents.clone()
+        };
+        let input = scheduler.scale_model_input(&input, i)?;
+        let out = unet.forward(&input, t, &context, None)?;
+        let eps = if cfg {
+            let u = out.narrow(0, 0, batch)?;
+            let c = out.narrow(0, batch, batch)?;
+            (&u + ((c - &u)? * opts.guidance)?)?
+        } else {
+            out
+        };
+        latents = scheduler.step(&eps, i, &latents)?;
+        let preview = if opts.previews { Some(latent_preview(&latents)?) } else { None };
+        progress(Progress::Step {
+            step: i + 1,
+            total,
+            preview,
+        });
+    }
+    Ok(latents)
+}
+
+/// How to run the VAE decoder.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum DecodeMode {
+    #[default]
+    Full,
+    /// Overlapping tiles of `tile` latent cells (overlap `overlap`).
+    Tiled { tile: usize, overlap: usize },
+}
+
+/// Stage 4: latents → image tensor in about [-1, 1] (NCHW).
+pub fn decode_latents(vae: &Vae, latents: &Tensor, mode: DecodeMode) -> Result<Tensor> {
+    let scaled = (latents / vae.config.scaling_factor)?;
+    match mode {
+        DecodeMode::Full => vae.decode(&scaled),
+        DecodeMode::Tiled { tile, overlap } => vae.decode_tiled(&scaled, tile, overlap),
+    }
+}
+
+/// `round(clamp(x/2 + 0.5, 0, 1) * 255)` per image, as diffusers' `numpy_to_pil`.
+pub fn to_rgb_images(decoded: &Tensor) -> Result<Vec<image::RgbImage>> {
+    let (b, c, h, w) = decoded.dims4()?;
+    if c != 3 {
+        return Err(SdError::invalid("vae.out_channels", format!("{c} channels; expected 3")));
+    }
+    let pixels = ((decoded.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
+    let pixels = (pixels * 255.0)?.round()?.permute((0, 2, 3, 1))?.contiguous()?;
+    let data = pixels.flatten_all()?.to_vec1::<f32>()?;
+    let per = h * w * 3;
+    (0..b)
+        .map(|i| {
+            let bytes: Vec<u8> = data
+                .get(i * per..(i + 1) * per)
+                .unwrap_or(&[])
+                .iter()
+                .map(|&v| v as u8)
+                .collect();
+            image::RgbImage::from_raw(w as u32, h as u32, bytes)
+                .ok_or_else(|| SdError::invalid("image", "decoded buffer has the wrong size"))
+        })
+        .collect()
+}
+
+/// Linear latent→RGB factors for the SD 1.x/2.x VAE (the widely used approximation).
+const LATENT_RGB: [[f32; 3]; 4] = [
+    [0.3512, 0.2297, 0.3227],
+    [0.3250, 0.4974, 0.2350],
+    [-0.2829, 0.1762, 0.2721],
+    [-0.2120, -0.2616, -0.7177],
+];
+
+/// A cheap preview of the first image of a latent batch: one RGB pixel per
+/// latent cell through a fixed linear map (no VAE), so it costs microseconds.
+pub fn latent_preview(latents: &Tensor) -> Result<image::RgbImage> {
+    let first = latents.get(0)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    let (c, h, w) = first.dims3()?;
+    let data = first.flatten_all()?.to_vec1::<f32>()?;
+    let mut img = image::RgbImage::new(w as u32, h as u32);
+    for y in 0..h {
+        for x in 0..w {
+            let mut rgb = [0f32; 3];
+            for (ch, factors) in LATENT_RGB.iter().enumerate().take(c) {
+                let v = data.get((ch * h + y) * w + x).copied().unwrap_or(0.0);
+                for k in 0..3 {
+                    rgb[k] += v * factors[k];
+                }
+            }
+            let px = rgb.map(|v| (((v + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0).round() as u8);
+            img.put_pixel(x as u32, y as u32, image::Rgb(px));
+        }
+    }
+    Ok(img)
+}
+
+/// Everything `generate` needs besides the model.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    pub negative: String,
+    pub steps: usize,
+    pub guidance: f64,
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    pub batch: usize,
+    pub scheduler: Option<SchedulerKind>,
+    /// Initial unit noise (before `init_noise_sigma`), shape (1 or batch, 4, h/8, w/8).
+    pub init_noise: Option<Tensor>,
+    pub decode: DecodeMode,
+    pub previews: bool,
+}
+
+/// All stages in order. Returns one RGB image per batch item.
+pub fn generate(
+    model: &SdModel,
+    req: &GenerateRequest,
+    progress: &mut dyn FnMut(Progress),
+    cancelled: &AtomicBool,
+) -> Result<Vec<image::RgbImage>> {
+    let f = model.vae_scale();
+    let latent_shape = (model.unet.config.in_channels, req.height / f, req.width / f);
+    let kind = req.scheduler.unwrap_or_else(|| model.scheduler_config.default_kind());
+    let mut scheduler = schedulers::build(kind, &model.scheduler_config, req.steps, req.seed.wrapping_add(0x5eed))?;
+    let cfg = uses_cfg(req.guidance);
+    let context = encode_prompt(model, &req.prompt, &req.negative, cfg)?;
+    let noise = match &req.init_noise {
+        Some(n) => {
+            let (nb, c, h, w) = n.dims4()?;
+            if (c, h, w) != latent_shape || (nb != 1 && nb != req.batch) {
+                return Err(SdError::invalid(
+                    "init_latents",
+                    format!(
+                        "shape {:?} does not match (batch, {}, {}, {}) for {}x{}",
+                        n.dims(),
+                        latent_shape.0,
+                        latent_shape.1,
+                        latent_shape.2,
+                        req.width,
+                        req.height
+                    ),
+                ));
+            }
+            let n = n.to_device(&model.device)?.to_dtype(DType::F32)?;
+            if nb == 1 { n.repeat((req.batch, 1, 1, 1))? } else { n }
+        }
+        None => super::noise::initial_noise(req.seed, req.batch, latent_shape, &model.device)?,
+    };
+    let latents = (noise * scheduler.init_noise_sigma())?.to_dtype(model.dtype)?;
+    let opts = DenoiseOptions {
+        guidance: req.guidance,
+        previews: req.previews,
+    };
+    let latents = denoise(&model.unet, scheduler.as_mut(), latents, &context, opts, progress, cancelled)?;
+    if cancelled.load(Ordering::Relaxed) {
+        return Err(SdError::Cancelled);
+    }
+    progress(Progress::Decoding);
+    let decoded = decode_latents(&model.vae, &latents, req.decode)?;
+    to_rgb_images(&decoded)
+}

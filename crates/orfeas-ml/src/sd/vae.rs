@@ -1,0 +1,322 @@
+//! `AutoencoderKL`: encoder (with the latent distribution exposed) and decoder.
+//!
+//! Built from candle-transformers' public VAE blocks (they match diffusers);
+//! the model wrapper is ours because candle keeps the encoder and the
+//! distribution's mean/std private, which img2img and the parity tests need.
+
+use std::path::Path;
+
+use candle_core::{Module, Result as CResult, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
+    DownEncoderBlock2D, DownEncoderBlock2DConfig, UNetMidBlock2D, UNetMidBlock2DConfig, UpDecoderBlock2D,
+    UpDecoderBlock2DConfig,
+};
+use serde::Deserialize;
+
+use crate::error::{Result, SdError};
+
+fn d_three() -> usize {
+    3
+}
+fn d_four() -> usize {
+    4
+}
+fn d_groups() -> usize {
+    32
+}
+fn d_true() -> bool {
+    true
+}
+fn d_scale() -> f64 {
+    0.18215
+}
+
+/// Mirrors `vae/config.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VaeConfig {
+    #[serde(default = "d_three")]
+    pub in_channels: usize,
+    #[serde(default = "d_three")]
+    pub out_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    #[serde(default = "d_four")]
+    pub latent_channels: usize,
+    #[serde(default = "d_groups")]
+    pub norm_num_groups: usize,
+    #[serde(default = "d_scale")]
+    pub scaling_factor: f64,
+    #[serde(default = "d_true")]
+    pub use_quant_conv: bool,
+    #[serde(default = "d_true")]
+    pub use_post_quant_conv: bool,
+    #[serde(default)]
+    pub shift_factor: Option<f64>,
+}
+
+impl VaeConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        crate::sd::read_config(path)
+    }
+
+    /// Pixels per latent cell (8 for every SD VAE).
+    pub fn downscale(&self) -> usize {
+        1 << self.block_out_channels.len().saturating_sub(1)
+    }
+}
+
+fn conv3(cin: usize, cout: usize, vb: VarBuilder) -> CResult<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: 1,
+        ..Default::default()
+    };
+    candle_nn::conv2d(cin, cout, 3, cfg, vb)
+}
+
+fn mid_block(vb: VarBuilder, ch: usize, groups: usize) -> CResult<UNetMidBlock2D> {
+    let cfg = UNetMidBlock2DConfig {
+        resnet_eps: 1e-6,
+        output_scale_factor: 1.0,
+        attn_num_head_channels: None,
+        resnet_groups: Some(groups),
+        ..Default::default()
+    };
+    UNetMidBlock2D::new(vb, ch, None, cfg)
+}
+
+#[derive(Debug)]
+struct Encoder {
+    conv_in: Conv2d,
+    blocks: Vec<DownEncoderBlock2D>,
+    mid: UNetMidBlock2D,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+#[derive(Debug)]
+struct Decoder {
+    conv_in: Conv2d,
+    mid: UNetMidBlock2D,
+    blocks: Vec<UpDecoderBlock2D>,
+    norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+/// The latent distribution `encode` returns (diffusers' `DiagonalGaussianDistribution`).
+#[derive(Debug, Clone)]
+pub struct LatentDist {
+    /// `quant_conv(encoder(x))`: mean then unclamped log-variance along channels.
+    pub moments: Tensor,
+    pub mean: Tensor,
+    /// Clamped to [-30, 20] like diffusers.
+    pub logvar: Tensor,
+    pub std: Tensor,
+}
+
+impl LatentDist {
+    /// `mean + std * eps` for a given standard-normal `eps`.
+    pub fn sample_with(&self, eps: &Tensor) -> Result<Tensor> {
+        Ok((&self.mean + (&self.std * eps)?)?)
+    }
+}
+
+/// The VAE.
+#[derive(Debug)]
+pub struct Vae {
+    encoder: Encoder,
+    decoder: Decoder,
+    quant_conv: Option<Conv2d>,
+    post_quant_conv: Option<Conv2d>,
+    pub config: VaeConfig,
+}
+
+impl Vae {
+    pub fn load(vb: VarBuilder, cfg: &VaeConfig) -> Result<Self> {
+        let ch = &cfg.block_out_channels;
+        let (Some(&first), Some(&last)) = (ch.first(), ch.last()) else {
+            return Err(SdError::invalid("vae.block_out_channels", "is empty"));
+        };
+        let g = cfg.norm_num_groups;
+        let lc = cfg.latent_channels;
+        let enc = vb.pp("encoder");
+        let mut blocks = Vec::new();
+        let mut cin = first;
+        for (i, &cout) in ch.iter().enumerate() {
+            let bc = DownEncoderBlock2DConfig {
+                num_layers: cfg.layers_per_block,
+                resnet_eps: 1e-6,
+                resnet_groups: g,
+                add_downsample: i + 1 < ch.len(),
+                downsample_padding: 0,
+                ..Default::default()
+            };
+            blocks.push(DownEncoderBlock2D::new(enc.pp("down_blocks").pp(i), cin, cout, bc)?);
+            cin = cout;
+        }
+        let encoder = Encoder {
+            conv_in: conv3(cfg.in_channels, first, enc.pp("conv_in"))?,
+            blocks,
+            mid: mid_block(enc.pp("mid_block"), last, g)?,
+            norm_out: candle_nn::group_norm(g, last, 1e-6, enc.pp("conv_norm_out"))?,
+            conv_out: conv3(last, 2 * lc, enc.pp("conv_out"))?,
+        };
+        let dec = vb.pp("decoder");
+        let mut blocks = Vec::new();
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let mut cin = last;
+        for (i, &cout) in rev.iter().enumerate() {
+            let bc = UpDecoderBlock2DConfig {
+                num_layers: cfg.layers_per_block + 1,
+                resnet_eps: 1e-6,
+                resnet_groups: g,
+                add_upsample: i + 1 < rev.len(),
+                ..Default::default()
+            };
+            blocks.push(UpDecoderBlock2D::new(dec.pp("up_blocks").pp(i), cin, cout, bc)?);
+            cin = cout;
+        }
+        let decoder = Decoder {
+            conv_in: conv3(lc, last, dec.pp("conv_in"))?,
+            mid: mid_block(dec.pp("mid_block"), last, g)?,
+            blocks,
+            norm_out: candle_nn::group_norm(g, first, 1e-6, dec.pp("conv_norm_out"))?,
+            conv_out: conv3(first, cfg.out_channels, dec.pp("conv_out"))?,
+        };
+        let quant_conv = if cfg.use_quant_conv {
+            Some(candle_nn::conv2d(2 * lc, 2 * lc, 1, Default::default(), vb.pp("quant_conv"))?)
+        } else {
+            None
+        };
+        let post_quant_conv = if cfg.use_post_quant_conv {
+            Some(candle_nn::conv2d(lc, lc, 1, Default::default(), vb.pp("post_quant_conv"))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            encoder,
+            decoder,
+            quant_conv,
+            post_quant_conv,
+            config: cfg.clone(),
+        })
+    }
+
+    /// The raw encoder output (2 × latent channels), before `quant_conv`.
+    pub fn encoder_forward(&self, image: &Tensor) -> Result<Tensor> {
+        let e = &self.encoder;
+        let mut xs = e.conv_in.forward(image)?;
+        for b in &e.blocks {
+            xs = b.forward(&xs)?;
+        }
+        let xs = e.mid.forward(&xs, None)?;
+        let xs = candle_nn::ops::silu(&e.norm_out.forward(&xs)?)?;
+        Ok(e.conv_out.forward(&xs)?)
+    }
+
+    /// Encodes an image in [-1, 1], NCHW, into its latent distribution (unscaled).
+    pub fn encode(&self, image: &Tensor) -> Result<LatentDist> {
+        let h = self.encoder_forward(image)?;
+        let moments = match &self.quant_conv {
+            Some(q) => q.forward(&h)?,
+            None => h,
+        };
+        let lc = self.config.latent_channels;
+        let mean = moments.narrow(1, 0, lc)?;
+        let logvar = moments.narrow(1, lc, lc)?.clamp(-30f32, 20f32)?;
+        let std = (&logvar * 0.5)?.exp()?;
+        Ok(LatentDist {
+            moments,
+            mean,
+            logvar,
+            std,
+        })
+    }
+
+    /// Decodes unscaled latents (already divided by `scaling_factor`) into an image in about [-1, 1].
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let xs = match &self.post_quant_conv {
+            Some(p) => p.forward(latents)?,
+            None => latents.clone(),
+        };
+        let d = &self.decoder;
+        let mut xs = d.mid.forward(&d.conv_in.forward(&xs)?, None)?;
+        for b in &d.blocks {
+            xs = b.forward(&xs)?;
+        }
+        let xs = candle_nn::ops::silu(&d.norm_out.forward(&xs)?)?;
+        Ok(d.conv_out.forward(&xs)?)
+    }
+
+    /// Decodes in overlapping latent tiles blended linearly across the overlap,
+    /// so peak memory follows the tile size rather than the image size.
+    /// The mid-block attention then only sees a tile, so results differ slightly
+    /// from `decode` (as diffusers' tiled decode does).
+    pub fn decode_tiled(&self, latents: &Tensor, tile_latent: usize, overlap_latent: usize) -> Result<Tensor> {
+        let (b, _c, h, w) = latents.dims4()?;
+        if tile_latent == 0 || overlap_latent >= tile_latent {
+            return Err(SdError::invalid("vae tile", "tile must be larger than the overlap"));
+        }
+        if h <= tile_latent && w <= tile_latent {
+            return self.decode(latents);
+        }
+        let f = self.config.downscale();
+        let stride = tile_latent - overlap_latent;
+        let starts = |len: usize| -> Vec<usize> {
+            if len <= tile_latent {
+                return vec![0];
+            }
+            let mut v: Vec<usize> = (0..).map(|i| i * stride).take_while(|&s| s + tile_latent < len).collect();
+            v.push(len - tile_latent);
+            v
+        };
+        let (ys, xs) = (starts(h), starts(w));
+        let dev = latents.device();
+        let out_c = self.config.out_channels;
+        let (ph, pw) = (h * f, w * f);
+        let mut acc = vec![0f32; b * out_c * ph * pw];
+        let mut weight = vec![0f32; ph * pw];
+        let ramp = (overlap_latent * f).max(1) as f32;
+        for &y0 in &ys {
+            for &x0 in &xs {
+                let th = tile_latent.min(h);
+                let tw = tile_latent.min(w);
+                let tile = latents.narrow(2, y0, th)?.narrow(3, x0, tw)?;
+                let out = self.decode(&tile)?.to_dtype(candle_core::DType::F32)?;
+                let out = out.flatten_all()?.to_vec1::<f32>()?;
+                let (oh, ow) = (th * f, tw * f);
+                // Weights ramp up from tile edges that border another tile.
+                let wy = |y: usize| {
+                    let top = if y0 > 0 { ((y as f32 + 0.5) / ramp).min(1.0) } else { 1.0 };
+                    let bot = if y0 + th < h { (((oh - y) as f32 - 0.5) / ramp).min(1.0) } else { 1.0 };
+                    top.min(bot)
+                };
+                let wx = |x: usize| {
+                    let l = if x0 > 0 { ((x as f32 + 0.5) / ramp).min(1.0) } else { 1.0 };
+                    let r = if x0 + tw < w { (((ow - x) as f32 - 0.5) / ramp).min(1.0) } else { 1.0 };
+                    l.min(r)
+                };
+                for y in 0..oh {
+                    let wyv = wy(y);
+                    for x in 0..ow {
+                        let wv = wyv * wx(x);
+                        let (gy, gx) = (y0 * f + y, x0 * f + x);
+                        weight[gy * pw + gx] += wv;
+                        for bc in 0..b * out_c {
+                            acc[(bc * ph + gy) * pw + gx] += wv * out[(bc * oh + y) * ow + x];
+                        }
+                    }
+                }
+            }
+        }
+        for bc in 0..b * out_c {
+            for i in 0..ph * pw {
+                let wv = weight[i];
+                if wv > 0.0 {
+                    acc[bc * ph * pw + i] /= wv;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(acc, (b, out_c, ph, pw), dev)?.to_dtype(latents.dtype())?)
+    }
+}

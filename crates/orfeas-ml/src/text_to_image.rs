@@ -1,0 +1,280 @@
+//! One-call text→image for the CLI, the GUI and the job runner.
+//!
+//! Input rules (checked before any weights are read, so bad input fails in
+//! milliseconds and writes nothing):
+//! - the prompt must contain something other than whitespace: an empty prompt
+//!   gives an arbitrary unconditional picture, which is almost always a
+//!   mistake in an app (the negative prompt may be empty);
+//! - width and height are multiples of 8 between 64 and 2048;
+//! - steps 1..=500, guidance 0..=30 (CFG runs when guidance > 1), batch 1..=16.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{DType, Device};
+use parking_lot::Mutex;
+
+use crate::error::{Result, SdError};
+use crate::models;
+use crate::sd::pipeline::{self, DecodeMode, DevicePref, GenerateRequest, Precision, Progress, SdModel};
+use crate::sd::schedulers::SchedulerKind;
+
+pub const MIN_SIDE: usize = 64;
+pub const MAX_SIDE: usize = 2048;
+pub const MAX_STEPS: usize = 500;
+pub const MAX_BATCH: usize = 16;
+pub const MAX_GUIDANCE: f64 = 30.0;
+pub const MAX_PROMPT_CHARS: usize = 4000;
+
+/// Everything that decides the pictures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextToImageParams {
+    pub prompt: String,
+    pub negative: String,
+    /// Registry name (`sd-turbo`, `sd-1.5`, …); ignored when `model_dir` is set.
+    pub model: String,
+    /// A diffusers-format folder to use instead of the registry.
+    pub model_dir: Option<PathBuf>,
+    pub steps: usize,
+    pub guidance: f64,
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    pub batch: usize,
+    /// `None`: the model's own scheduler from its scheduler_config.json.
+    pub scheduler: Option<SchedulerKind>,
+    /// A safetensors file with a tensor `latents` (1 or batch, 4, h/8, w/8): the
+    /// initial noise exactly as diffusers' pipeline takes it (before init_noise_sigma).
+    pub init_latents: Option<PathBuf>,
+    /// Decode in overlapping tiles (less memory, slightly different seams).
+    pub tiled_decode: bool,
+    /// f16 on GPUs and f32 on the CPU unless overridden.
+    pub precision: Precision,
+}
+
+impl Default for TextToImageParams {
+    fn default() -> Self {
+        Self::for_model("sd-turbo")
+    }
+}
+
+impl TextToImageParams {
+    /// Defaults suited to a registry model (SD-Turbo: 1 step, no CFG; SD 1.5: 25 steps, 7.5).
+    pub fn for_model(name: &str) -> Self {
+        let (steps, guidance, size) = models::known(name)
+            .map(|m| (m.default_steps, m.default_guidance, m.default_size))
+            .unwrap_or((1, 0.0, 512));
+        Self {
+            prompt: String::new(),
+            negative: String::new(),
+            model: name.to_owned(),
+            model_dir: None,
+            steps,
+            guidance,
+            seed: 0,
+            width: size,
+            height: size,
+            batch: 1,
+            scheduler: None,
+            init_latents: None,
+            tiled_decode: false,
+            precision: Precision::Auto,
+        }
+    }
+
+    /// Checks the parameters that need no model; see the module docs for the rules.
+    pub fn validate(&self) -> Result<()> {
+        if self.prompt.trim().is_empty() {
+            return Err(SdError::invalid("prompt", "is empty; describe the picture you want"));
+        }
+        if self.prompt.chars().count() > MAX_PROMPT_CHARS || self.negative.chars().count() > MAX_PROMPT_CHARS {
+            return Err(SdError::invalid(
+                "prompt",
+                format!("is longer than {MAX_PROMPT_CHARS} characters (only the first 75 tokens are used anyway)"),
+            ));
+        }
+        for (field, v) in [("width", self.width), ("height", self.height)] {
+            if !(MIN_SIDE..=MAX_SIDE).contains(&v) || v % 8 != 0 {
+                return Err(SdError::invalid(
+                    field,
+                    format!("{v} must be a multiple of 8 between {MIN_SIDE} and {MAX_SIDE}"),
+                ));
+            }
+        }
+        if !(1..=MAX_STEPS).contains(&self.steps) {
+            return Err(SdError::invalid("steps", format!("{} must be between 1 and {MAX_STEPS}", self.steps)));
+        }
+        if !self.guidance.is_finite() || !(0.0..=MAX_GUIDANCE).contains(&self.guidance) {
+            return Err(SdError::invalid(
+                "guidance",
+                format!("{} must be between 0 and {MAX_GUIDANCE}", self.guidance),
+            ));
+        }
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return Err(SdError::invalid("batch", format!("{} must be between 1 and {MAX_BATCH}", self.batch)));
+        }
+        if self.model_dir.is_none() {
+            let m = models::known(&self.model)?;
+            if m.architecture != models::Architecture::Sd {
+                return Err(SdError::invalid(
+                    "model",
+                    format!("'{}' (SDXL) is not supported by this build yet; use sd-turbo or sd-1.5", m.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The folder the weights come from (registry lookup unless `model_dir` is set).
+    pub fn resolve_model_dir(&self) -> Result<PathBuf> {
+        match &self.model_dir {
+            Some(d) => Ok(d.clone()),
+            None => models::resolve(&self.model),
+        }
+    }
+}
+
+/// Loads the `latents` tensor of an init-latents file.
+pub fn load_init_latents(path: &Path) -> Result<candle_core::Tensor> {
+    models::check_safetensors(path)?;
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| SdError::CorruptWeights {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let t = tensors.remove("latents").ok_or_else(|| {
+        SdError::invalid("init_latents", format!("{} has no tensor named 'latents'", path.display()))
+    })?;
+    Ok(t.to_dtype(DType::F32)?)
+}
+
+/// Keeps the last loaded model so consecutive jobs skip the load.
+#[derive(Default)]
+pub struct Engine {
+    cached: Mutex<Option<(PathBuf, String, Arc<SdModel>)>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    fn model(&self, dir: &Path, device: &Device, dtype: DType) -> Result<Arc<SdModel>> {
+        let key = format!("{device:?}/{dtype:?}");
+        let mut guard = self.cached.lock();
+        if let Some((d, k, m)) = guard.as_ref()
+            && d == dir
+            && *k == key
+        {
+            return Ok(m.clone());
+        }
+        // Drop the old model first so two never sit in memory together.
+        *guard = None;
+        let model = Arc::new(SdModel::load(dir, device, dtype).map_err(|e| pipeline::map_oom(e, device))?);
+        *guard = Some((dir.to_path_buf(), key, model.clone()));
+        Ok(model)
+    }
+
+    /// Validates, loads (or reuses) the model, and generates `params.batch` images.
+    pub fn run(
+        &self,
+        params: &TextToImageParams,
+        device: DevicePref,
+        progress: &mut dyn FnMut(Progress),
+        cancelled: &AtomicBool,
+    ) -> Result<Vec<image::RgbImage>> {
+        params.validate()?;
+        let init_noise = params.init_latents.as_deref().map(load_init_latents).transpose()?;
+        let dir = params.resolve_model_dir()?;
+        SdModel::check_dir(&dir)?;
+        let (dev, _) = pipeline::select_device(device)?;
+        let dtype = params.precision.dtype_on(&dev);
+        let model = self.model(&dir, &dev, dtype)?;
+        let f = model.vae_scale();
+        if params.width % f != 0 || params.height % f != 0 {
+            return Err(SdError::invalid("width", format!("size must be a multiple of {f} for this model")));
+        }
+        let req = GenerateRequest {
+            prompt: params.prompt.clone(),
+            negative: params.negative.clone(),
+            steps: params.steps,
+            guidance: params.guidance,
+            seed: params.seed,
+            width: params.width,
+            height: params.height,
+            batch: params.batch,
+            scheduler: params.scheduler,
+            init_noise,
+            decode: if params.tiled_decode {
+                DecodeMode::Tiled { tile: 64, overlap: 16 }
+            } else {
+                DecodeMode::Full
+            },
+            previews: true,
+        };
+        pipeline::generate(&model, &req, progress, cancelled).map_err(|e| pipeline::map_oom(e, &dev))
+    }
+}
+
+/// Generates with a fresh engine (loads the model every call; keep an `Engine` to reuse it).
+pub fn run(
+    params: &TextToImageParams,
+    device: DevicePref,
+    progress: &mut dyn FnMut(Progress),
+    cancelled: &AtomicBool,
+) -> Result<Vec<image::RgbImage>> {
+    Engine::default().run(params, device, progress, cancelled)
+}
+
+/// The text chunks written into each PNG (keys as A1111/ComfyUI readers expect, plus ours).
+pub fn png_text_chunks(params: &TextToImageParams, index: usize) -> Vec<(String, String)> {
+    let scheduler = params.scheduler.map_or_else(|| "model default".to_owned(), |s| s.to_string());
+    let model = params
+        .model_dir
+        .as_ref()
+        .and_then(|d| d.file_name())
+        .map_or_else(|| params.model.clone(), |n| n.to_string_lossy().into_owned());
+    let seed = params.seed.wrapping_add(index as u64);
+    let summary = format!(
+        "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
+        params.prompt, params.negative, params.steps, scheduler, params.guidance, seed, params.width, params.height, model
+    );
+    vec![
+        ("parameters".into(), summary),
+        ("prompt".into(), params.prompt.clone()),
+        ("negative_prompt".into(), params.negative.clone()),
+        ("model".into(), model),
+        ("steps".into(), params.steps.to_string()),
+        ("guidance".into(), params.guidance.to_string()),
+        ("seed".into(), seed.to_string()),
+        ("size".into(), format!("{}x{}", params.width, params.height)),
+        ("scheduler".into(), scheduler),
+        ("Software".into(), format!("ORFEAS Studio {}", env!("CARGO_PKG_VERSION"))),
+    ]
+}
+
+/// Writes image `index` of a batch as PNG with the parameters in tEXt/iTXt chunks, atomically.
+pub fn write_png_with_params(img: &image::RgbImage, params: &TextToImageParams, index: usize, path: &Path) -> Result<()> {
+    let chunks = png_text_chunks(params, index);
+    let (w, h) = img.dimensions();
+    orfeas_core::paths::write_atomic(path, |out| {
+        let mut enc = png::Encoder::new(out, w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        for (k, v) in &chunks {
+            // tEXt is Latin-1 only; prompts in other scripts go to iTXt (UTF-8).
+            let res = if v.chars().all(|c| (c as u32) < 256) {
+                enc.add_text_chunk(k.clone(), v.clone())
+            } else {
+                enc.add_itxt_chunk(k.clone(), v.clone())
+            };
+            res.map_err(std::io::Error::other)?;
+        }
+        let mut writer = enc.write_header().map_err(std::io::Error::other)?;
+        writer.write_image_data(img.as_raw()).map_err(std::io::Error::other)?;
+        writer.finish().map_err(std::io::Error::other)
+    })?;
+    Ok(())
+}

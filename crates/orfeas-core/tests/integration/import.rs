@@ -426,3 +426,91 @@ fn points_only_unknown_extension_and_missing_file() {
         Err(ImportError::Io { .. })
     ));
 }
+
+/// A closed box with per-vertex colours and UVs, as the generators produce.
+fn coloured_box() -> Mesh {
+    let corner = |i: u32| {
+        [
+            (i & 1) as f32,
+            ((i >> 1) & 1) as f32 * 2.0,
+            ((i >> 2) & 1) as f32 * 0.5,
+        ]
+    };
+    let faces: [[u32; 4]; 6] = [
+        [0, 2, 3, 1],
+        [4, 5, 7, 6],
+        [0, 1, 5, 4],
+        [2, 6, 7, 3],
+        [0, 4, 6, 2],
+        [1, 3, 7, 5],
+    ];
+    Mesh {
+        positions: (0..8).map(corner).collect(),
+        uvs: (0..8)
+            .map(|i| [(i & 1) as f32, ((i >> 1) & 1) as f32])
+            .collect(),
+        colors: (0..8u8).map(|i| [i * 30, 255 - i * 30, 100, 255]).collect(),
+        indices: faces
+            .iter()
+            .flat_map(|f| [f[0], f[1], f[2], f[0], f[2], f[3]])
+            .collect(),
+        ..Mesh::default()
+    }
+}
+
+/// Colour of the vertex at `position` (positions are unique in `coloured_box`).
+fn colour_at(mesh: &Mesh, position: [f32; 3]) -> [u8; 4] {
+    let i = mesh.positions.iter().position(|p| *p == position).unwrap();
+    mesh.colors[i]
+}
+
+#[test]
+fn round_trip_through_the_exporters() {
+    use orfeas_core::export::{ExportFormat, export_mesh};
+    let dir = tempfile::tempdir().unwrap();
+    let original = coloured_box();
+    for format in ExportFormat::ALL {
+        let path = dir.path().join(format!("box.{}", format.extension()));
+        export_mesh(&original, &path, format).unwrap();
+        let back = import_mesh(&path).unwrap_or_else(|err| panic!("{format:?}: {err}"));
+        assert_eq!(
+            triangle_set(&back),
+            triangle_set(&original),
+            "{format:?}: same triangles"
+        );
+        if matches!(format, ExportFormat::Glb | ExportFormat::Ply) {
+            for p in &original.positions {
+                let (want, got) = (colour_at(&original, *p), colour_at(&back, *p));
+                // GLB stores linear 8-bit colours, so dark sRGB values lose a little.
+                let tolerance = if format == ExportFormat::Glb { 6 } else { 0 };
+                assert!(
+                    want.iter()
+                        .zip(got)
+                        .all(|(w, g)| w.abs_diff(g) <= tolerance),
+                    "{format:?} at {p:?}: {want:?} → {got:?}"
+                );
+            }
+        }
+    }
+
+    // A textured mesh keeps its texture and UV orientation through GLB and OBJ.
+    let mut textured = coloured_box();
+    textured.colors.clear();
+    textured.texture = Some(image::RgbaImage::from_fn(4, 2, |x, y| {
+        image::Rgba([x as u8 * 60, y as u8 * 200, 7, 255])
+    }));
+    for format in [ExportFormat::Glb, ExportFormat::Obj] {
+        let path = dir.path().join(format!("textured.{}", format.extension()));
+        export_mesh(&textured, &path, format).unwrap();
+        let back = import_mesh(&path).unwrap();
+        assert_eq!(
+            back.texture.as_ref(),
+            textured.texture.as_ref(),
+            "{format:?}: the texture survives"
+        );
+        for (i, p) in textured.positions.iter().enumerate() {
+            let j = back.positions.iter().position(|q| q == p).unwrap();
+            assert_eq!(back.uvs[j], textured.uvs[i], "{format:?}: UV at {p:?}");
+        }
+    }
+}

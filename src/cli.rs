@@ -200,7 +200,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::History(args)) => history(&args),
         Some(Command::Render(args)) => render(&args),
         Some(Command::View { mesh }) => {
-            crate::run_gui_with(crate::GuiStart { open_mesh: Some(absolute(&mesh)) })?;
+            crate::app::run_gui(crate::app::AppConfig {
+                open_mesh: Some(absolute(&mesh)),
+                ..Default::default()
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Serve(args)) => serve(&args),

@@ -1,0 +1,553 @@
+//! The desktop app: owns the state, runs the frame loop, applies [`Command`]s.
+//!
+//! Per frame: poll background work (engine, history worker, thumbnails, dialogs) →
+//! turn dropped files into commands → draw panels (which only read a [`StudioCtx`]
+//! and emit commands) → apply all commands at one point.
+
+pub mod backend;
+pub mod jobs;
+pub mod runner;
+pub mod state;
+pub mod thumbnails;
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use crate::app::backend::{Backend, BackendUpdate};
+use crate::app::jobs::{JobPhase, JobView};
+use crate::app::state::{Command, JobKey, SavedState, Tab, ThemeChoice};
+use crate::app::thumbnails::Thumbnails;
+use crate::ui::theme::{self, space};
+use crate::ui::toast::Toasts;
+use crate::ui::{GalleryView, StudioCtx};
+
+/// How the app is started; tests pass their own data dir instead of setting env vars.
+#[derive(Clone, Debug, Default)]
+pub struct AppConfig {
+    /// `None` = the platform data dir (`ORFEAS_DATA_DIR` overrides).
+    pub data_dir: Option<PathBuf>,
+    /// A mesh to show on the Viewer tab at start (`orfeas view MESH`).
+    pub open_mesh: Option<PathBuf>,
+}
+
+/// Opens the main window and runs until it is closed.
+pub fn run_gui(config: AppConfig) -> anyhow::Result<()> {
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("ORFEAS Studio")
+            .with_inner_size([1320.0, 860.0])
+            .with_min_inner_size([960.0, 620.0])
+            .with_drag_and_drop(true),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "ORFEAS Studio",
+        options,
+        Box::new(move |cc| Ok(Box::new(StudioApp::new(cc, config)))),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot open the ORFEAS Studio window: {e}"))
+}
+
+/// A native dialog running on its own thread (rfd blocks until the user answers).
+enum PendingDialog {
+    OpenImage(mpsc::Receiver<Option<PathBuf>>),
+    OutputFolder(mpsc::Receiver<Option<PathBuf>>),
+}
+
+pub struct StudioApp {
+    saved: SavedState,
+    data_dir: PathBuf,
+    backend: Result<Backend, String>,
+    /// Jobs of this session shown in the queue, oldest first.
+    jobs: Vec<JobView>,
+    /// Jobs the user cleared from the queue (they stay in the Gallery).
+    cleared: std::collections::HashSet<JobKey>,
+    gallery: GalleryView,
+    input: Option<PathBuf>,
+    thumbs: Thumbnails,
+    toasts: Toasts,
+    dialog: Option<PendingDialog>,
+    applied_theme: Option<ThemeChoice>,
+}
+
+impl StudioApp {
+    pub fn new(cc: &eframe::CreationContext<'_>, config: AppConfig) -> Self {
+        Self::with_storage(&cc.egui_ctx, cc.storage, config)
+    }
+
+    /// Builds the app from an egui context and (optionally) saved state; used by
+    /// [`Self::new`] and by tests, whose creation context has no storage.
+    pub fn with_storage(
+        ctx: &egui::Context,
+        storage: Option<&dyn eframe::Storage>,
+        config: AppConfig,
+    ) -> Self {
+        let saved: SavedState = storage
+            .and_then(|s| eframe::get_value(s, SavedState::STORAGE_KEY))
+            .unwrap_or_default();
+        let mut toasts = Toasts::default();
+        let data_dir = match config.data_dir {
+            Some(dir) => dir,
+            None => orfeas_core::paths::data_dir().unwrap_or_else(|err| {
+                toasts.error(format!("{err}"));
+                PathBuf::from("orfeas-data")
+            }),
+        };
+        let repaint_ctx = ctx.clone();
+        let backend = Backend::start(&data_dir, saved.settings.concurrency, move || {
+            repaint_ctx.request_repaint()
+        })
+        .map_err(|e| format!("{e:#}"));
+        if let Err(err) = &backend {
+            toasts.error(err.clone());
+        }
+        let repaint_ctx = ctx.clone();
+        let thumbs = match Thumbnails::new(move || repaint_ctx.request_repaint()) {
+            Ok(t) => t,
+            Err(err) => {
+                // Without a decoder thread previews stay "loading"; generation still works.
+                toasts.error(format!("cannot start the preview thread: {err}"));
+                Thumbnails::disabled()
+            }
+        };
+        let mut app = Self {
+            saved,
+            data_dir,
+            backend,
+            jobs: Vec::new(),
+            cleared: Default::default(),
+            gallery: GalleryView::default(),
+            input: None,
+            thumbs,
+            toasts,
+            dialog: None,
+            applied_theme: None,
+        };
+        app.apply(Command::RefreshGallery);
+        app
+    }
+
+    pub fn saved_state(&self) -> &SavedState {
+        &self.saved
+    }
+
+    pub fn jobs(&self) -> &[JobView] {
+        &self.jobs
+    }
+
+    pub fn gallery(&self) -> &GalleryView {
+        &self.gallery
+    }
+
+    pub fn toasts(&self) -> &Toasts {
+        &self.toasts
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Where new outputs go: the chosen folder or the data dir's `outputs/`.
+    pub fn output_dir(&self) -> PathBuf {
+        self.saved
+            .settings
+            .output_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("outputs"))
+    }
+
+    /// Applies one command. Public so tests can drive the app the way panels do.
+    pub fn apply(&mut self, command: Command) {
+        match command {
+            Command::SelectTab(tab) => {
+                self.saved.tab = tab;
+                if tab == Tab::Gallery {
+                    self.apply(Command::RefreshGallery);
+                }
+            }
+            Command::OpenFileDialog => self.open_dialog(false),
+            Command::PickOutputFolder => self.open_dialog(true),
+            Command::SelectInput(path) => {
+                self.thumbs.forget(&path);
+                self.input = Some(path);
+            }
+            Command::Generate { input } => {
+                let output_dir = self.output_dir();
+                match &self.backend {
+                    Ok(backend) => {
+                        if let Err(err) = backend.submit(&input, &self.saved.params, &output_dir) {
+                            self.toasts.error(format!("{err:#}"));
+                        }
+                    }
+                    Err(err) => self.toasts.error(err.clone()),
+                }
+            }
+            Command::Cancel(key) => {
+                if let Ok(backend) = &self.backend {
+                    backend.cancel(key);
+                }
+            }
+            Command::ClearFinished => {
+                let finished: Vec<JobKey> = self
+                    .jobs
+                    .iter()
+                    .filter(|j| j.phase.is_finished())
+                    .map(|j| j.key)
+                    .collect();
+                self.cleared.extend(finished);
+                self.jobs.retain(|j| !j.phase.is_finished());
+            }
+            Command::SetParams(params) => self.saved.params = params,
+            Command::SetSettings(settings) => {
+                if settings.concurrency != self.saved.settings.concurrency {
+                    self.toasts
+                        .info("The new number of parallel jobs takes effect at the next start.");
+                }
+                self.saved.settings = settings;
+            }
+            Command::RefreshGallery => {
+                if let Ok(backend) = &self.backend {
+                    backend.refresh_gallery();
+                }
+            }
+            Command::OpenFolder(dir) => {
+                if let Err(err) = open_in_file_manager(&dir) {
+                    self.toasts.error(err);
+                }
+            }
+            Command::ExportAs { record, format } => self.resubmit(record, Some(format)),
+            Command::Rerun { record } => self.resubmit(record, None),
+            Command::RequestDelete { record } => self.gallery.confirm_delete = Some(record),
+            Command::ConfirmDelete { record } => {
+                self.gallery.confirm_delete = None;
+                if let Ok(backend) = &self.backend {
+                    backend.delete(record);
+                }
+            }
+            Command::CancelDelete => self.gallery.confirm_delete = None,
+            Command::DismissToast(id) => self.toasts.dismiss(id),
+        }
+    }
+
+    fn resubmit(&mut self, record: JobKey, format: Option<state::FormatChoice>) {
+        let Some(item) = self.gallery.items.iter().find(|i| i.record == record) else {
+            self.toasts.error(format!(
+                "job {record} is no longer in the history; refresh the Gallery"
+            ));
+            return;
+        };
+        let output_dir = self.output_dir();
+        if let Ok(backend) = &self.backend
+            && let Err(err) = backend.resubmit(item, format, &output_dir)
+        {
+            self.toasts.error(format!("{err:#}"));
+        }
+        self.saved.tab = Tab::Create;
+    }
+
+    fn open_dialog(&mut self, folder: bool) {
+        if self.dialog.is_some() {
+            return; // one native dialog at a time
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("orfeas-file-dialog".into())
+            .spawn(move || {
+                let picked = if folder {
+                    rfd::FileDialog::new()
+                        .set_title("Choose the output folder")
+                        .pick_folder()
+                } else {
+                    rfd::FileDialog::new()
+                        .set_title("Open an image")
+                        .add_filter("Images", &["png", "jpg", "jpeg", "webp"])
+                        .pick_file()
+                };
+                let _ = tx.send(picked); // the app may have closed meanwhile
+            });
+        match spawned {
+            Ok(_) => {
+                self.dialog = Some(if folder {
+                    PendingDialog::OutputFolder(rx)
+                } else {
+                    PendingDialog::OpenImage(rx)
+                });
+            }
+            Err(err) => self.toasts.error(format!(
+                "cannot open a file dialog ({err}); drop the image on the window instead"
+            )),
+        }
+    }
+
+    fn poll_dialog(&mut self) -> Option<Command> {
+        let (rx, folder) = match &self.dialog {
+            Some(PendingDialog::OpenImage(rx)) => (rx, false),
+            Some(PendingDialog::OutputFolder(rx)) => (rx, true),
+            None => return None,
+        };
+        let picked = match rx.try_recv() {
+            Ok(picked) => picked,
+            Err(mpsc::TryRecvError::Empty) => return None,
+            Err(mpsc::TryRecvError::Disconnected) => None,
+        };
+        self.dialog = None;
+        let path = picked?;
+        if folder {
+            let mut settings = self.saved.settings.clone();
+            settings.output_dir = Some(path);
+            Some(Command::SetSettings(settings))
+        } else {
+            Some(Command::SelectInput(path))
+        }
+    }
+
+    fn poll_backend(&mut self) {
+        let Ok(backend) = &self.backend else { return };
+        let mut refresh_gallery = false;
+        for update in backend.poll() {
+            match update {
+                BackendUpdate::Jobs(views) => {
+                    for view in views {
+                        if self.cleared.contains(&view.key) {
+                            continue;
+                        }
+                        let before = self.jobs.iter().position(|j| j.key == view.key);
+                        let was_finished = before.is_some_and(|i| {
+                            self.jobs.get(i).is_some_and(|j| j.phase.is_finished())
+                        });
+                        if view.phase.is_finished() && !was_finished {
+                            refresh_gallery = true;
+                            match view.phase {
+                                JobPhase::Succeeded => self.toasts.success(format!(
+                                    "{} is ready{}",
+                                    view.label,
+                                    if view.message.is_empty() {
+                                        String::new()
+                                    } else {
+                                        format!(": {}", view.message)
+                                    }
+                                )),
+                                JobPhase::Failed | JobPhase::Interrupted => {
+                                    self.toasts.error(format!(
+                                        "{} failed: {}",
+                                        view.label,
+                                        view.error.as_deref().unwrap_or("unknown error")
+                                    ))
+                                }
+                                _ => {}
+                            }
+                        }
+                        match before {
+                            Some(i) => {
+                                if let Some(slot) = self.jobs.get_mut(i) {
+                                    *slot = view;
+                                }
+                            }
+                            None => self.jobs.push(view),
+                        }
+                    }
+                }
+                BackendUpdate::Gallery(items) => {
+                    self.gallery.items = items;
+                    self.gallery.loaded = true;
+                }
+                BackendUpdate::Deleted { label } => {
+                    self.toasts.info(format!("Deleted {label}"));
+                    refresh_gallery = true;
+                }
+                BackendUpdate::Error(err) => self.toasts.error(err),
+            }
+        }
+        if refresh_gallery {
+            self.apply(Command::RefreshGallery);
+        }
+    }
+}
+
+/// Opens a folder in the platform file manager without waiting for it.
+fn open_in_file_manager(dir: &Path) -> Result<(), String> {
+    if !dir.is_dir() {
+        return Err(format!(
+            "{} does not exist yet; it is created with the first generated model",
+            dir.display()
+        ));
+    }
+    let program = if cfg!(target_os = "macos") {
+        "open"
+    } else if cfg!(target_os = "windows") {
+        "explorer"
+    } else {
+        "xdg-open"
+    };
+    let mut child = std::process::Command::new(program)
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {program} to open {}: {e}", dir.display()))?;
+    // Reap the child off the UI thread so it does not linger as a zombie.
+    let _ = std::thread::Builder::new()
+        .name("orfeas-open-folder".into())
+        .spawn(move || child.wait());
+    Ok(())
+}
+
+impl eframe::App for StudioApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let ctx = ui.ctx().clone();
+        if self.applied_theme != Some(self.saved.settings.theme) {
+            theme::apply(&ctx, self.saved.settings.theme);
+            self.applied_theme = Some(self.saved.settings.theme);
+        }
+        self.thumbs.poll(&ctx);
+        self.poll_backend();
+        let mut commands: Vec<Command> = self.poll_dialog().into_iter().collect();
+
+        // A file dropped anywhere on the window starts a job right away.
+        let (dropped, hovering) = ctx.input(|i| {
+            (
+                i.raw
+                    .dropped_files
+                    .iter()
+                    .map(|f| f.path().to_path_buf())
+                    .collect::<Vec<_>>(),
+                !i.raw.hovered_files.is_empty(),
+            )
+        });
+        for path in dropped {
+            commands.push(Command::SelectTab(Tab::Create));
+            commands.push(Command::SelectInput(path.clone()));
+            commands.push(Command::Generate { input: path });
+        }
+
+        let output_dir = self.output_dir();
+        let engine_error = self.backend.as_ref().err().map(String::as_str);
+        let studio = StudioCtx::new(
+            &self.saved,
+            &self.jobs,
+            &self.gallery,
+            self.input.as_deref(),
+            &self.thumbs,
+            &self.data_dir,
+            &output_dir,
+            engine_error,
+        );
+        top_bar_ui(&studio, ui);
+        egui::CentralPanel::default()
+            .frame(
+                egui::Frame::new()
+                    .fill(theme::palette(&ctx).bg)
+                    .inner_margin(egui::Margin::same(space::XL as i8)),
+            )
+            .show(ui, |ui| match studio.saved.tab {
+                Tab::Create => crate::ui::create::create_tab_ui(&studio, ui),
+                Tab::Viewer => crate::ui::placeholders::viewer_tab_ui(&studio, ui),
+                Tab::Gallery => crate::ui::gallery::gallery_tab_ui(&studio, ui),
+                Tab::Metrics => crate::ui::placeholders::metrics_tab_ui(&studio, ui),
+                Tab::Alerts => crate::ui::placeholders::alerts_tab_ui(&studio, ui),
+                Tab::Models => crate::ui::placeholders::models_tab_ui(&studio, ui),
+                Tab::Settings => crate::ui::settings::settings_tab_ui(&studio, ui),
+            });
+        commands.extend(studio.into_commands());
+
+        self.toasts.expire(&ctx);
+        if let Some(id) = crate::ui::toast::toasts_ui(&ctx, &self.toasts) {
+            commands.push(Command::DismissToast(id));
+        }
+        if hovering {
+            drop_overlay_ui(&ctx);
+        }
+
+        for command in commands {
+            self.apply(command);
+        }
+        if self.jobs.iter().any(|j| !j.phase.is_finished()) || self.dialog.is_some() {
+            // Progress arrives with a repaint request; this is a fallback for missed wakes.
+            ctx.request_repaint_after(std::time::Duration::from_millis(250));
+        }
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, SavedState::STORAGE_KEY, &self.saved);
+    }
+
+    fn clear_color(&self, visuals: &egui::Visuals) -> [f32; 4] {
+        visuals.panel_fill.to_normalized_gamma_f32()
+    }
+}
+
+fn top_bar_ui(studio: &StudioCtx<'_>, ui: &mut egui::Ui) {
+    let p = theme::palette(ui.ctx());
+    egui::Panel::top("top-bar")
+        .frame(
+            egui::Frame::new()
+                .fill(p.surface)
+                .stroke(egui::Stroke::new(1.0, p.border))
+                .inner_margin(egui::Margin::symmetric(space::XL as i8, space::SM as i8)),
+        )
+        .show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.label(
+                    egui::RichText::new("ORFEAS Studio")
+                        .size(17.0)
+                        .strong()
+                        .color(p.accent),
+                );
+                ui.add_space(space::XL);
+                for tab in Tab::ALL {
+                    let selected = studio.saved.tab == tab;
+                    let text = egui::RichText::new(tab.label()).size(15.0);
+                    let text = if selected {
+                        text.color(p.on_accent).strong()
+                    } else {
+                        text
+                    };
+                    if ui.selectable_label(selected, text).clicked() && !selected {
+                        studio.send(Command::SelectTab(tab));
+                    }
+                }
+                ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                    let running = studio
+                        .jobs
+                        .iter()
+                        .filter(|j| j.phase == JobPhase::Running)
+                        .count();
+                    let queued = studio
+                        .jobs
+                        .iter()
+                        .filter(|j| j.phase == JobPhase::Queued)
+                        .count();
+                    let text = match (running, queued) {
+                        (0, 0) => "Idle".to_owned(),
+                        (r, 0) => format!("{r} running"),
+                        (r, q) => format!("{r} running · {q} queued"),
+                    };
+                    ui.label(egui::RichText::new(text).color(p.text_muted));
+                });
+            });
+        });
+}
+
+fn drop_overlay_ui(ctx: &egui::Context) {
+    let p = theme::palette(ctx);
+    let rect = ctx.content_rect();
+    let painter = ctx.layer_painter(egui::LayerId::new(
+        egui::Order::Foreground,
+        egui::Id::unique("drop-overlay"),
+    ));
+    painter.rect_filled(rect, 0.0, p.bg.gamma_multiply(0.85));
+    painter.rect_stroke(
+        rect.shrink(space::XL),
+        egui::CornerRadius::same(theme::radius::LG),
+        egui::Stroke::new(2.0, p.accent),
+        egui::StrokeKind::Inside,
+    );
+    painter.text(
+        rect.center(),
+        egui::Align2::CENTER_CENTER,
+        "Drop the image to make a 3D model",
+        egui::FontId::proportional(24.0),
+        p.text,
+    );
+}

@@ -1,0 +1,66 @@
+//! What the panels see of jobs and history: plain view types, filled by the backend.
+
+use std::path::PathBuf;
+
+use crate::app::state::{FormatChoice, JobKey, QualityChoice};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobPhase {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Interrupted,
+}
+
+impl JobPhase {
+    pub fn label(self) -> &'static str {
+        match self {
+            JobPhase::Queued => "queued",
+            JobPhase::Running => "running",
+            JobPhase::Succeeded => "done",
+            JobPhase::Failed => "failed",
+            JobPhase::Cancelled => "cancelled",
+            JobPhase::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        !matches!(self, JobPhase::Queued | JobPhase::Running)
+    }
+}
+
+/// A job of this session, as shown in the Create tab's queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobView {
+    pub key: JobKey,
+    pub label: String,
+    pub phase: JobPhase,
+    pub stage: String,
+    /// 0..=1 within the whole job.
+    pub fraction: f32,
+    pub message: String,
+    pub outputs: Vec<PathBuf>,
+    pub error: Option<String>,
+    pub duration_secs: Option<f64>,
+}
+
+/// One history entry, as shown in the Gallery.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GalleryItem {
+    pub record: JobKey,
+    pub label: String,
+    pub phase: JobPhase,
+    pub created_at_ms: i64,
+    pub input: Option<PathBuf>,
+    pub outputs: Vec<PathBuf>,
+    pub format: Option<FormatChoice>,
+    pub quality_preset: Option<QualityChoice>,
+    /// 0..=1 generation quality score.
+    pub quality_score: Option<f32>,
+    pub duration_secs: Option<f64>,
+    pub error: Option<String>,
+    /// The job's parameters, when this build can read them (for re-run and export).
+    pub params: Option<crate::app::runner::ImageTo3dJobParams>,
+}

@@ -1,0 +1,250 @@
+//! The app's state, split the way eframe wants it: [`SavedState`] is restored from
+//! eframe storage on start and written back by `App::save`; everything else is runtime
+//! state rebuilt on each start. Panels never mutate either directly: they emit [`Command`]s.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The top-level tabs, in the order they appear in the top bar.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Tab {
+    #[default]
+    Create,
+    Viewer,
+    Gallery,
+    Metrics,
+    Alerts,
+    Models,
+    Settings,
+}
+
+impl Tab {
+    pub const ALL: [Tab; 7] = [
+        Tab::Create,
+        Tab::Viewer,
+        Tab::Gallery,
+        Tab::Metrics,
+        Tab::Alerts,
+        Tab::Models,
+        Tab::Settings,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Tab::Create => "Create",
+            Tab::Viewer => "Viewer",
+            Tab::Gallery => "Gallery",
+            Tab::Metrics => "Metrics",
+            Tab::Alerts => "Alerts",
+            Tab::Models => "Models",
+            Tab::Settings => "Settings",
+        }
+    }
+}
+
+/// Colour theme preference. `System` follows the OS setting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ThemeChoice {
+    #[default]
+    System,
+    Dark,
+    Light,
+}
+
+impl ThemeChoice {
+    pub const ALL: [ThemeChoice; 3] = [ThemeChoice::System, ThemeChoice::Dark, ThemeChoice::Light];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ThemeChoice::System => "System",
+            ThemeChoice::Dark => "Dark",
+            ThemeChoice::Light => "Light",
+        }
+    }
+}
+
+/// Image→3D quality preset as saved in settings. Kept separate from the core enum so the
+/// saved format does not change when the engine's types do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QualityChoice {
+    Draft,
+    #[default]
+    Standard,
+    High,
+}
+
+impl QualityChoice {
+    pub const ALL: [QualityChoice; 3] = [
+        QualityChoice::Draft,
+        QualityChoice::Standard,
+        QualityChoice::High,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            QualityChoice::Draft => "Draft",
+            QualityChoice::Standard => "Standard",
+            QualityChoice::High => "High",
+        }
+    }
+}
+
+/// Mesh output format as saved in settings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FormatChoice {
+    #[default]
+    Glb,
+    Obj,
+    Ply,
+    Stl,
+}
+
+impl FormatChoice {
+    pub const ALL: [FormatChoice; 4] = [
+        FormatChoice::Glb,
+        FormatChoice::Obj,
+        FormatChoice::Ply,
+        FormatChoice::Stl,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FormatChoice::Glb => "GLB",
+            FormatChoice::Obj => "OBJ",
+            FormatChoice::Ply => "PLY",
+            FormatChoice::Stl => "STL",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            FormatChoice::Glb => "glb",
+            FormatChoice::Obj => "obj",
+            FormatChoice::Ply => "ply",
+            FormatChoice::Stl => "stl",
+        }
+    }
+
+    pub fn from_extension(ext: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.extension().eq_ignore_ascii_case(ext))
+    }
+}
+
+/// The image→3D parameters shown on the Create tab (the last used values are saved).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CreateParams {
+    pub quality: QualityChoice,
+    pub format: FormatChoice,
+    /// Share of the output frame the foreground fills, 0.5..=1.0.
+    pub foreground_ratio: f32,
+    /// Alpha at or above this (0..=255) is foreground (images with transparency).
+    pub mask_threshold: u8,
+    /// Colour distance (share of the largest) within which a pixel matches the
+    /// border colour (opaque images), 0..=1.
+    pub border_tolerance: f32,
+    /// Pixels shaved off the mask edge before inflation.
+    pub erode_px: u32,
+    pub smooth_iterations: u32,
+    /// Fraction of faces kept; 1.0 = no decimation.
+    pub decimate_ratio: f32,
+}
+
+impl Default for CreateParams {
+    fn default() -> Self {
+        Self {
+            quality: QualityChoice::Standard,
+            format: FormatChoice::Glb,
+            foreground_ratio: 0.85,
+            mask_threshold: 128,
+            border_tolerance: 0.12,
+            erode_px: 0,
+            smooth_iterations: 2,
+            decimate_ratio: 1.0,
+        }
+    }
+}
+
+/// User settings (Settings tab).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub theme: ThemeChoice,
+    pub default_quality: QualityChoice,
+    pub default_format: FormatChoice,
+    /// `None` = the data dir's `outputs/` folder.
+    pub output_dir: Option<PathBuf>,
+    /// How many generations may run at once.
+    pub concurrency: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            theme: ThemeChoice::System,
+            default_quality: QualityChoice::Standard,
+            default_format: FormatChoice::Glb,
+            output_dir: None,
+            concurrency: 1,
+        }
+    }
+}
+
+/// Everything persisted through eframe storage, under [`SavedState::STORAGE_KEY`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SavedState {
+    pub tab: Tab,
+    pub settings: Settings,
+    pub params: CreateParams,
+}
+
+impl SavedState {
+    pub const STORAGE_KEY: &'static str = "orfeas-studio";
+}
+
+/// Identifies a generation job in the app (the engine's id once it exists).
+pub type JobKey = i64;
+
+/// What panels ask for. Applied in order at one point per frame by `StudioApp`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    SelectTab(Tab),
+    /// Show the native file picker (on its own thread).
+    OpenFileDialog,
+    /// Make this image the Create tab's input (loads its preview).
+    SelectInput(PathBuf),
+    /// Start an image→3D job on `input` with the current parameters.
+    Generate {
+        input: PathBuf,
+    },
+    Cancel(JobKey),
+    ClearFinished,
+    SetParams(CreateParams),
+    SetSettings(Settings),
+    RefreshGallery,
+    OpenFolder(PathBuf),
+    /// Show the native folder picker for the output folder.
+    PickOutputFolder,
+    /// Re-run a history entry with its own parameters but another output format.
+    ExportAs {
+        record: JobKey,
+        format: FormatChoice,
+    },
+    /// Re-run a history entry with its own parameters.
+    Rerun {
+        record: JobKey,
+    },
+    /// Ask for confirmation before deleting.
+    RequestDelete {
+        record: JobKey,
+    },
+    ConfirmDelete {
+        record: JobKey,
+    },
+    CancelDelete,
+    DismissToast(u64),
+}

@@ -1,0 +1,106 @@
+//! Panels. Each reads a borrowed [`StudioCtx`] and emits [`Command`]s; none of them
+//! mutates app state or does slow work (file dialogs, decoding, generation run elsewhere).
+
+pub mod create;
+pub mod gallery;
+pub mod placeholders;
+pub mod settings;
+pub mod theme;
+pub mod toast;
+
+use std::cell::RefCell;
+use std::path::Path;
+
+use crate::app::jobs::{GalleryItem, JobPhase, JobView};
+use crate::app::state::{Command, SavedState};
+use crate::app::thumbnails::Thumbnails;
+
+/// What the Gallery shows: the last history listing and any pending delete confirmation.
+#[derive(Debug, Default)]
+pub struct GalleryView {
+    pub items: Vec<GalleryItem>,
+    /// False until the first listing arrived.
+    pub loaded: bool,
+    pub confirm_delete: Option<crate::app::state::JobKey>,
+}
+
+/// The per-frame context every panel gets.
+pub struct StudioCtx<'a> {
+    pub saved: &'a SavedState,
+    /// Jobs of this session, oldest first.
+    pub jobs: &'a [JobView],
+    pub gallery: &'a GalleryView,
+    /// The Create tab's selected input image.
+    pub input: Option<&'a Path>,
+    pub thumbs: &'a Thumbnails,
+    pub data_dir: &'a Path,
+    pub output_dir: &'a Path,
+    /// Why generation is unavailable, if it is (shown instead of failing silently).
+    pub engine_error: Option<&'a str>,
+    commands: RefCell<Vec<Command>>,
+}
+
+impl<'a> StudioCtx<'a> {
+    #[allow(clippy::too_many_arguments)] // a plain bundle of borrows, built in one place
+    pub fn new(
+        saved: &'a SavedState,
+        jobs: &'a [JobView],
+        gallery: &'a GalleryView,
+        input: Option<&'a Path>,
+        thumbs: &'a Thumbnails,
+        data_dir: &'a Path,
+        output_dir: &'a Path,
+        engine_error: Option<&'a str>,
+    ) -> Self {
+        Self {
+            saved,
+            jobs,
+            gallery,
+            input,
+            thumbs,
+            data_dir,
+            output_dir,
+            engine_error,
+            commands: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub fn send(&self, command: Command) {
+        self.commands.borrow_mut().push(command);
+    }
+
+    pub fn into_commands(self) -> Vec<Command> {
+        self.commands.into_inner()
+    }
+}
+
+/// A small coloured state badge ("running", "failed", …).
+pub fn phase_badge_ui(ui: &mut egui::Ui, phase: JobPhase) {
+    let p = theme::palette(ui.ctx());
+    let color = match phase {
+        JobPhase::Queued => p.text_muted,
+        JobPhase::Running => p.accent,
+        JobPhase::Succeeded => p.success,
+        JobPhase::Failed | JobPhase::Interrupted => p.danger,
+        JobPhase::Cancelled => p.warning,
+    };
+    egui::Frame::new()
+        .stroke(egui::Stroke::new(1.0, color))
+        .corner_radius(egui::CornerRadius::same(theme::radius::SM))
+        .inner_margin(egui::Margin::symmetric(6, 1))
+        .show(ui, |ui| {
+            ui.label(egui::RichText::new(phase.label()).small().color(color));
+        });
+}
+
+/// A section heading with consistent spacing.
+pub fn section_heading_ui(ui: &mut egui::Ui, text: &str) {
+    ui.label(egui::RichText::new(text).heading());
+    ui.add_space(theme::space::XS);
+}
+
+/// Muted helper text.
+pub fn hint_ui(ui: &mut egui::Ui, text: &str) {
+    let p = theme::palette(ui.ctx());
+    ui.add(egui::Label::new(egui::RichText::new(text).color(p.text_muted)).wrap());
+}

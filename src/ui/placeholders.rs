@@ -1,0 +1,55 @@
+//! Tabs whose content arrives with later work. They say plainly what will be there and
+//! show no made-up data.
+
+use crate::ui::theme::{self, space};
+use crate::ui::{StudioCtx, hint_ui, section_heading_ui};
+
+fn coming_ui(ui: &mut egui::Ui, title: &str, what: &str, until: &str) {
+    theme::card(ui.ctx()).show(ui, |ui| {
+        ui.set_max_width(720.0);
+        section_heading_ui(ui, title);
+        hint_ui(ui, what);
+        ui.add_space(space::SM);
+        hint_ui(ui, until);
+    });
+}
+
+pub fn viewer_tab_ui(_ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
+    coming_ui(
+        ui,
+        "Viewer",
+        "A wgpu 3D viewport for the selected generation: orbit, pan and zoom, lit and \
+         textured shading, wireframe and vertex-colour views.",
+        "Not in this build yet. Open generated files from the Gallery in any glTF viewer meanwhile.",
+    );
+}
+
+pub fn metrics_tab_ui(_ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
+    coming_ui(
+        ui,
+        "Metrics",
+        "Live charts of generation throughput, durations, success and failure, quality \
+         scores, and CPU, memory, disk and GPU use, from 5 minutes to 30 days.",
+        "Not in this build yet: nothing is measured or shown here until telemetry arrives.",
+    );
+}
+
+pub fn alerts_tab_ui(_ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
+    coming_ui(
+        ui,
+        "Alerts",
+        "Alert rules (error rate, latency, CPU, memory, disk, generation failures) with their \
+         state — inactive, pending, firing, resolved — and a banner when one fires.",
+        "Not in this build yet: no rules are evaluated until telemetry arrives.",
+    );
+}
+
+pub fn models_tab_ui(_ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
+    coming_ui(
+        ui,
+        "Models",
+        "Stable Diffusion and TripoSR weights: where they were found, their size, download \
+         and verify buttons. The built-in image-to-3D method needs no weights and always works.",
+        "Not in this build yet: text-to-image and TripoSR arrive with the model work.",
+    );
+}

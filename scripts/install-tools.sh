@@ -32,6 +32,11 @@ if [ ! -d "$TOOLS/node/node_modules/gltf-validator" ]; then
   mkdir -p "$TOOLS/node"
   (cd "$TOOLS/node" && npm init -y >/dev/null && npm install -s gltf-validator@2.0.0-dev.3.10 >/dev/null) >&2
 fi
+# check-jsonschema >= 0.30 ships the Compose spec (`--builtin-schema vendor.compose-spec`).
+if ! "$TOOLS/venv/bin/check-jsonschema" --help 2>/dev/null | grep -q compose-spec; then
+  echo "upgrading check-jsonschema in $TOOLS/venv (Compose spec schema)" >&2
+  "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check check-jsonschema==0.39.0 >&2
+fi
 echo "export ORFEAS_TOOLS='$TOOLS'"
 echo "export ORFEAS_PYTHON='$TOOLS/venv/bin/python'"
 echo "export ORFEAS_NODE_MODULES='$TOOLS/node/node_modules'"

@@ -1,2 +1,4 @@
 //! One integration-test binary for the app (CLI and GUI).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+mod render;
+mod viewport;

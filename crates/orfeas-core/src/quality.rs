@@ -1,1 +1,143 @@
 //! Quality score (0..1) for generated meshes and images.
+//!
+//! Mesh score:
+//! `score = (0.6·IoU + 0.1·watertight + 0.1·manifold + 0.1·consistent_winding
+//!          + 0.1·(1 − degenerate_share)) × 0.9^floating_components`,
+//! where IoU is the silhouette of the mesh rendered orthographically from the
+//! input view against the input mask, the booleans count 1 when true, and a
+//! floating component is a connected piece with under 1 % of the triangles.
+
+use crate::mesh::{Mesh, Topology};
+
+/// Everything the score is made of, for the history and the UI.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MeshReport {
+    /// Every edge has exactly two faces (after welding UV seams).
+    pub watertight: bool,
+    /// No edge with three or more faces, no vertex where two sheets touch.
+    pub manifold: bool,
+    /// Neighbouring faces agree on orientation.
+    pub consistent_winding: bool,
+    /// Share of faces with zero area or a repeated vertex (0..1).
+    pub degenerate_share: f32,
+    pub components: usize,
+    /// Components with under 1 % of the triangles.
+    pub floating_components: usize,
+    /// Positive signed volume: the outside is outside.
+    pub positive_volume: bool,
+    /// Intersection over union of the rendered silhouette and the input mask (0..1).
+    pub silhouette_iou: f32,
+    /// The weighted score above (0..1).
+    pub score: f32,
+}
+
+/// The connectivity facts of a mesh (see [`Topology`]).
+pub fn analyze_mesh(mesh: &Mesh) -> Topology {
+    mesh.topology()
+}
+
+/// Scores `mesh` against the input-view `mask` (foreground > 127), whose
+/// pixels cover the mesh's xy square [-1, 1]² (y up, row 0 at y = +1).
+pub fn score_mesh(mesh: &Mesh, mask: &image::GrayImage) -> MeshReport {
+    let topo = analyze_mesh(mesh);
+    let iou = silhouette_iou(mesh, mask);
+    let degenerate_share = if topo.faces == 0 {
+        1.0
+    } else {
+        topo.degenerate_faces as f32 / topo.faces as f32
+    };
+    let floating = topo
+        .component_faces
+        .iter()
+        .filter(|&&f| (f as f64) < 0.01 * topo.faces as f64)
+        .count();
+    let watertight = topo.is_closed();
+    let manifold = topo.is_manifold();
+    let winding = topo.is_consistently_wound();
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    let score = (0.6 * iou
+        + 0.1 * flag(watertight)
+        + 0.1 * flag(manifold)
+        + 0.1 * flag(winding)
+        + 0.1 * (1.0 - degenerate_share))
+        * 0.9f32.powi(floating as i32);
+    MeshReport {
+        watertight,
+        manifold,
+        consistent_winding: winding,
+        degenerate_share,
+        components: topo.components(),
+        floating_components: floating,
+        positive_volume: topo.signed_volume > 0.0,
+        silhouette_iou: iou,
+        score: score.clamp(0.0, 1.0),
+    }
+}
+
+/// Orthographic silhouette of the mesh seen along −Z, in the framing of a
+/// `width`×`height` mask (see [`score_mesh`]); 255 where any triangle covers
+/// the pixel centre.
+pub fn render_silhouette(mesh: &Mesh, width: u32, height: u32) -> image::GrayImage {
+    let (w, h) = (width as usize, height as usize);
+    let mut out = vec![0u8; w * h];
+    let to_px = |p: [f32; 3]| {
+        [
+            (p[0] as f64 + 1.0) * 0.5 * w as f64 - 0.5,
+            (1.0 - p[1] as f64) * 0.5 * h as f64 - 0.5,
+        ]
+    };
+    for t in mesh.indices.chunks_exact(3) {
+        let (Some(&a), Some(&b), Some(&c)) = (
+            mesh.positions.get(t[0] as usize),
+            mesh.positions.get(t[1] as usize),
+            mesh.positions.get(t[2] as usize),
+        ) else {
+            continue;
+        };
+        let (a, b, c) = (to_px(a), to_px(b), to_px(c));
+        let area = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0]);
+        if area.abs() < 1e-12 {
+            continue;
+        }
+        let sign = area.signum();
+        let x0 = a[0].min(b[0]).min(c[0]).ceil().max(0.0) as usize;
+        let y0 = a[1].min(b[1]).min(c[1]).ceil().max(0.0) as usize;
+        let x1 = a[0].max(b[0]).max(c[0]).floor().min(w as f64 - 1.0);
+        let y1 = a[1].max(b[1]).max(c[1]).floor().min(h as f64 - 1.0);
+        if x1 < 0.0 || y1 < 0.0 {
+            continue;
+        }
+        let edge = |p: [f64; 2], q: [f64; 2], x: f64, y: f64| {
+            ((q[0] - p[0]) * (y - p[1]) - (q[1] - p[1]) * (x - p[0])) * sign
+        };
+        for y in y0..=y1 as usize {
+            for x in x0..=x1 as usize {
+                let (fx, fy) = (x as f64, y as f64);
+                if edge(a, b, fx, fy) >= 0.0
+                    && edge(b, c, fx, fy) >= 0.0
+                    && edge(c, a, fx, fy) >= 0.0
+                {
+                    out[y * w + x] = 255;
+                }
+            }
+        }
+    }
+    image::GrayImage::from_raw(width, height, out)
+        .unwrap_or_else(|| image::GrayImage::new(width, height))
+}
+
+/// IoU of the rendered silhouette and `mask` (1.0 when both are empty).
+pub fn silhouette_iou(mesh: &Mesh, mask: &image::GrayImage) -> f32 {
+    let rendered = render_silhouette(mesh, mask.width(), mask.height());
+    let (mut inter, mut union) = (0u64, 0u64);
+    for (r, m) in rendered.as_raw().iter().zip(mask.as_raw()) {
+        let (r, m) = (*r > 127, *m > 127);
+        inter += u64::from(r && m);
+        union += u64::from(r || m);
+    }
+    if union == 0 {
+        1.0
+    } else {
+        inter as f32 / union as f32
+    }
+}

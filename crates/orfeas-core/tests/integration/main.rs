@@ -1,2 +1,13 @@
 //! One integration-test binary for orfeas-core (every file in `tests/` relinks the crate).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
+
+mod alerts;
+mod bad_input;
+mod export;
+mod history;
+mod http_metrics;
+mod image_to_3d;
+mod import;
+mod jobs;
+mod monitoring;
+mod telemetry;

@@ -1,0 +1,373 @@
+//! The command line: `orfeas [COMMAND]`. With no command the desktop studio opens.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use orfeas_core::export::ExportFormat;
+use orfeas_core::history::History;
+use orfeas_core::image_to_3d::{ImageTo3dParams, ImageTo3dRequest, Quality};
+use orfeas_core::jobs::{Engine, EngineConfig, JobEventKind, JobKind};
+use orfeas_core::runner::{ImageTo3dRunner, image_to_3d_spec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "orfeas",
+    version,
+    about = "ORFEAS Studio: text → image → 3D mesh on your own GPU, with live monitoring.",
+    long_about = "ORFEAS Studio: text → image → 3D mesh on your own GPU, with live monitoring.\n\n\
+        Run without a command to open the desktop studio. Every generation is recorded in the \
+        history database in the data folder (ORFEAS_DATA_DIR overrides it).",
+    after_help = "Examples:\n  orfeas                                   open the studio\n  \
+        orfeas image-to-3d cat.png -o cat.glb    turn a picture into a mesh (no weights needed)\n  \
+        orfeas history                           list recent jobs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Open the desktop studio (the default).
+    Gui,
+    /// Turn an image (PNG, JPEG, WebP) into a 3D mesh (GLB, OBJ, PLY, STL).
+    #[command(name = "image-to-3d")]
+    ImageTo3d(ImageTo3dArgs),
+    /// List recent jobs from the history database.
+    History(HistoryArgs),
+    /// Run headless: the HTTP API and `/metrics` for Prometheus.
+    Serve(ServeArgs),
+    /// The Prometheus + Alertmanager + Grafana stack for watching studios.
+    #[command(subcommand)]
+    Monitoring(MonitoringCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MonitoringCommand {
+    /// Write the monitoring stack (compose file, Prometheus, Alertmanager, Grafana) into DIR.
+    Export {
+        /// Target folder (created if missing; existing files are replaced).
+        dir: PathBuf,
+    },
+    /// Print the Prometheus alerting rules generated from the studio's alert definitions.
+    Rules,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. A non-loopback address requires an API token.
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    pub bind: String,
+    /// Seconds between system samples (CPU, memory, disk, GPU).
+    #[arg(long, default_value_t = 1.0)]
+    pub sample_interval_secs: f64,
+    /// Alertmanager base URL to send firing and resolved alerts to (e.g. http://127.0.0.1:9093).
+    #[arg(long)]
+    pub alertmanager_url: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    /// Built-in silhouette inflation: no weights, runs anywhere.
+    Inflate,
+    /// TripoSR neural reconstruction (needs its weights).
+    Triposr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum QualityArg {
+    Draft,
+    Standard,
+    High,
+}
+
+impl From<QualityArg> for Quality {
+    fn from(q: QualityArg) -> Quality {
+        match q {
+            QualityArg::Draft => Quality::Draft,
+            QualityArg::Standard => Quality::Standard,
+            QualityArg::High => Quality::High,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Glb,
+    Obj,
+    Ply,
+    Stl,
+}
+
+impl From<FormatArg> for ExportFormat {
+    fn from(f: FormatArg) -> ExportFormat {
+        match f {
+            FormatArg::Glb => ExportFormat::Glb,
+            FormatArg::Obj => ExportFormat::Obj,
+            FormatArg::Ply => ExportFormat::Ply,
+            FormatArg::Stl => ExportFormat::Stl,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ImageTo3dArgs {
+    /// The input image: PNG, JPEG or WebP. Transparent pixels (or the border colour) are background.
+    pub input: PathBuf,
+    /// Where to write the mesh; the extension picks the format unless --format is given.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Output format (default: from the output file's extension).
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+    /// Reconstruction method.
+    #[arg(long, value_enum, default_value = "inflate")]
+    pub method: Method,
+    /// Mesh resolution preset.
+    #[arg(long, value_enum, default_value = "standard")]
+    pub quality: QualityArg,
+    /// Share of the frame the object fills after cropping (0.1–1.0).
+    #[arg(long, default_value_t = 0.85)]
+    pub foreground_ratio: f32,
+    /// Alpha (0–255) above which a pixel counts as foreground.
+    #[arg(long)]
+    pub mask_threshold: Option<u8>,
+    /// Shrink the mask by this many pixels before meshing (removes halos).
+    #[arg(long)]
+    pub erode: Option<u32>,
+    /// Smoothing passes over the finished mesh.
+    #[arg(long)]
+    pub smooth: Option<u32>,
+    /// Keep this share of the triangles (0.05–1.0; 1 = no decimation).
+    #[arg(long)]
+    pub decimate: Option<f32>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// How many jobs to list, newest first.
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub limit: usize,
+}
+
+/// Runs the parsed command line and says how the process should exit.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        None | Some(Command::Gui) => {
+            crate::run_gui()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::ImageTo3d(args)) => image_to_3d(args),
+        Some(Command::History(args)) => history(&args),
+        Some(Command::Serve(args)) => serve(&args),
+        Some(Command::Monitoring(MonitoringCommand::Export { dir })) => {
+            orfeas_core::monitoring::export(&dir)
+                .with_context(|| format!("cannot export the monitoring stack to {}", dir.display()))?;
+            println!("wrote the monitoring stack to {}; see its README.md", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Monitoring(MonitoringCommand::Rules)) => {
+            print!("{}", orfeas_core::telemetry::alerts::prometheus_rules_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn open_history() -> anyhow::Result<Arc<History>> {
+    let history = History::open_default().context("cannot open the history database")?;
+    Ok(Arc::new(history))
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
+    if args.method == Method::Triposr {
+        anyhow::bail!(
+            "TripoSR is not available in this build yet; use `--method inflate` (the default), \
+             which needs no weights"
+        );
+    }
+    let history = open_history()?;
+    let mut params = ImageTo3dParams {
+        quality: args.quality.into(),
+        foreground_ratio: args.foreground_ratio,
+        ..ImageTo3dParams::default()
+    };
+    if let Some(v) = args.mask_threshold {
+        params.mask_threshold = v;
+    }
+    if let Some(v) = args.erode {
+        params.erode_px = v;
+    }
+    if let Some(v) = args.smooth {
+        params.smooth_iterations = v;
+    }
+    if let Some(v) = args.decimate {
+        params.decimate_ratio = v;
+    }
+    let input = absolute(&args.input);
+    let output = absolute(&args.output);
+    let format = match args.format {
+        Some(f) => ExportFormat::from(f),
+        None => match ExportFormat::from_path(&output) {
+            Ok(f) => f,
+            Err(err) => {
+                // Record the refusal like any other failed job, so the history tells the whole story.
+                let label = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let params = serde_json::json!({"input": input, "output": output, "params": params});
+                if let Ok(id) = history.insert_job(JobKind::ImageTo3d, &label, &params) {
+                    let _ = history.mark_failed(id, err.reason(), &err.to_string(), &Default::default());
+                }
+                return Err(err.into());
+            }
+        },
+    };
+    let request = ImageTo3dRequest { input, output, format, params };
+    let spec = image_to_3d_spec(&request)?;
+
+    let engine = Engine::new(EngineConfig { concurrency: 1, ..EngineConfig::default() }, Some(history))?;
+    engine.register(JobKind::ImageTo3d, Arc::new(ImageTo3dRunner));
+    let mut events = engine.subscribe();
+    let started = Instant::now();
+    let id = engine.submit(spec)?;
+    let mut bar = ProgressBar::new();
+    let outcome = loop {
+        let event = match events.blocking_recv() {
+            Ok(event) => event,
+            // A lagging receiver skipped some progress events; the terminal one still comes.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                anyhow::bail!("the job engine stopped before job {id} finished")
+            }
+        };
+        if event.id != id {
+            continue;
+        }
+        match event.event {
+            JobEventKind::Progress { stage, fraction, .. } => bar.update(&stage, fraction),
+            kind if kind.is_terminal() => break kind,
+            _ => {}
+        }
+    };
+    bar.finish();
+    engine.shutdown(Duration::from_secs(5));
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match outcome {
+        JobEventKind::Succeeded(output) => {
+            let s = &output.summary;
+            let main_file = output.files.first().map(|p| p.display().to_string()).unwrap_or_default();
+            println!(
+                "wrote {main_file}: {} vertices, {} faces, quality {:.2}, {elapsed_ms:.0} ms (job {id})",
+                s["vertices"],
+                s["triangles"],
+                output.quality.unwrap_or(0.0),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        JobEventKind::Failed(failure) => {
+            eprintln!("error: {} (job {id})", failure.message);
+            Ok(ExitCode::FAILURE)
+        }
+        _ => {
+            eprintln!("job {id} was cancelled; nothing was written");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn history(args: &HistoryArgs) -> anyhow::Result<ExitCode> {
+    let history = open_history()?;
+    let jobs = history.list(args.limit, 0, None)?;
+    if jobs.is_empty() {
+        println!("no jobs yet; try `orfeas image-to-3d IMAGE -o mesh.glb`");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:>5}  {:<13} {:<11} {:>8} {:>7}  {}", "id", "kind", "state", "secs", "quality", "input → output / error");
+    for job in jobs {
+        let secs = job.duration_secs.map(|d| format!("{d:.2}")).unwrap_or_else(|| "-".into());
+        let quality = job.quality.map(|q| format!("{q:.2}")).unwrap_or_else(|| "-".into());
+        let detail = match (&job.error_message, job.outputs.first()) {
+            (Some(err), _) => format!("{}: {err}", job.label),
+            (None, Some(out)) => format!("{} → {}", job.label, out.display()),
+            (None, None) => job.label.clone(),
+        };
+        println!(
+            "{:>5}  {:<13} {:<11} {:>8} {:>7}  {detail}",
+            job.id.0,
+            job.kind.as_str(),
+            job.state.as_str(),
+            secs,
+            quality
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A one-line progress bar on stderr; plain lines when stderr is not a terminal.
+struct ProgressBar {
+    tty: bool,
+    last_stage: String,
+}
+
+impl ProgressBar {
+    fn new() -> ProgressBar {
+        ProgressBar { tty: std::io::stderr().is_terminal(), last_stage: String::new() }
+    }
+
+    fn update(&mut self, stage: &str, fraction: f32) {
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let width = 30;
+            let filled = ((fraction.clamp(0.0, 1.0) * width as f32).round() as usize).min(width);
+            let _ = write!(
+                err,
+                "\r[{}{}] {:>3.0}% {stage:<12}",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                fraction * 100.0
+            );
+            let _ = err.flush();
+        } else if stage != self.last_stage {
+            let _ = writeln!(err, "{:>3.0}% {stage}", fraction * 100.0);
+        }
+        self.last_stage = stage.to_owned();
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
+
+fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    use orfeas_core::telemetry::{Telemetry, TelemetryConfig};
+    anyhow::ensure!(
+        args.sample_interval_secs.is_finite() && args.sample_interval_secs >= 0.1,
+        "--sample-interval-secs must be at least 0.1"
+    );
+    let data_dir = orfeas_core::paths::data_dir()?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data folder {}", data_dir.display()))?;
+    let telemetry = Telemetry::start(TelemetryConfig {
+        sample_interval: Duration::from_secs_f64(args.sample_interval_secs),
+        data_dir: Some(data_dir),
+        alertmanager_url: args.alertmanager_url.clone(),
+        ..TelemetryConfig::default()
+    })?;
+    let server = orfeas_core::http::serve(
+        orfeas_core::http::ServeConfig { bind: args.bind.clone(), ..Default::default() },
+        orfeas_core::http::HttpState { telemetry },
+    )?;
+    eprintln!("serving /metrics and /health on http://{}", server.addr());
+    server.join();
+    Ok(ExitCode::SUCCESS)
+}

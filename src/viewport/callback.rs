@@ -1,0 +1,267 @@
+//! The viewport inside egui: GPU resources live in egui-wgpu's
+//! `callback_resources`; each frame a [`ViewportCallback`] renders the scene into
+//! the viewer's own offscreen target in `prepare` (own depth buffer and MSAA,
+//! whatever egui's pass has) and copies it into egui's pass in `paint`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use eframe::egui;
+use eframe::egui_wgpu::{self, wgpu};
+
+use super::renderer::{
+    COLOR_FORMAT, COLOR_FORMAT_RAW, FrameTarget, GpuMesh, MeshVertices, SceneRenderer,
+    SceneSettings, pick_sample_count,
+};
+
+/// The attachments of egui's render pass, which the blit pipeline must match.
+/// eframe builds them from `NativeOptions::{multisampling, depth_buffer}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EguiPassConfig {
+    pub target_format: wgpu::TextureFormat,
+    pub msaa_samples: u32,
+    pub depth_format: Option<wgpu::TextureFormat>,
+}
+
+impl EguiPassConfig {
+    /// eframe's defaults (`multisampling: 0`, `depth_buffer: 0`).
+    pub fn eframe_default(target_format: wgpu::TextureFormat) -> Self {
+        Self {
+            target_format,
+            msaa_samples: 1,
+            depth_format: None,
+        }
+    }
+
+    /// What eframe sets up for `options` (call from `App::new` with
+    /// `cc.wgpu_render_state`'s target format).
+    pub fn from_native_options(options: &eframe::NativeOptions, target_format: wgpu::TextureFormat) -> Self {
+        Self {
+            target_format,
+            msaa_samples: u32::from(options.multisampling).max(1),
+            depth_format: egui_wgpu::depth_format_from_bits(options.depth_buffer, options.stencil_buffer),
+        }
+    }
+}
+
+/// Puts the viewport's pipelines into the egui renderer's callback resources.
+/// Call once at start-up with the pass configuration the app asked eframe for;
+/// [`super::viewer_ui`] installs eframe's defaults itself if this was not done.
+pub fn install(render_state: &egui_wgpu::RenderState, egui_pass: EguiPassConfig) {
+    let resources = ViewportResources::new(render_state, egui_pass);
+    render_state.renderer.write().callback_resources.insert(resources);
+}
+
+pub fn is_installed(render_state: &egui_wgpu::RenderState) -> bool {
+    render_state
+        .renderer
+        .read()
+        .callback_resources
+        .contains::<ViewportResources>()
+}
+
+pub struct ViewportResources {
+    scene: SceneRenderer,
+    blit_pipeline: wgpu::RenderPipeline,
+    blit_layout: wgpu::BindGroupLayout,
+    blit_sampler: wgpu::Sampler,
+    /// Whether egui's target decodes sRGB itself (then we hand it linear values).
+    target_is_srgb: bool,
+    viewers: HashMap<egui::Id, ViewerGpu>,
+}
+
+/// GPU state of one viewer widget.
+struct ViewerGpu {
+    target: FrameTarget,
+    blit_bind_group: wgpu::BindGroup,
+    mesh: Option<(u64, GpuMesh)>,
+}
+
+impl ViewportResources {
+    fn new(render_state: &egui_wgpu::RenderState, egui_pass: EguiPassConfig) -> Self {
+        let device = &render_state.device;
+        let scene = SceneRenderer::new(device, &render_state.queue, pick_sample_count(&render_state.adapter));
+        let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("viewport blit"),
+            source: wgpu::ShaderSource::Wgsl(include_str!("../../shaders/blit.wgsl").into()),
+        });
+        let blit_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("viewport blit"),
+            entries: &[
+                wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::FRAGMENT,
+                    ty: wgpu::BindingType::Texture {
+                        sample_type: wgpu::TextureSampleType::Float { filterable: true },
+                        view_dimension: wgpu::TextureViewDimension::D2,
+                        multisampled: false,
+                    },
+                    count: None,
+                },
+                wgpu::BindGroupLayoutEntry {
+                    binding: 1,
+                    visibility: wgpu::ShaderStages::FRAGMENT,
+                    ty: wgpu::BindingType::Sampler(wgpu::SamplerBindingType::Filtering),
+                    count: None,
+                },
+            ],
+        });
+        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("viewport blit"),
+            bind_group_layouts: &[Some(&blit_layout)],
+            immediate_size: 0,
+        });
+        let blit_pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
+            label: Some("viewport blit"),
+            layout: Some(&layout),
+            vertex: wgpu::VertexState {
+                module: &shader,
+                entry_point: Some("vs_blit"),
+                compilation_options: Default::default(),
+                buffers: &[],
+            },
+            primitive: Default::default(),
+            // egui's pass may carry a depth buffer; the blit neither tests nor writes it.
+            depth_stencil: egui_pass.depth_format.map(|format| wgpu::DepthStencilState {
+                format,
+                depth_write_enabled: Some(false),
+                depth_compare: Some(wgpu::CompareFunction::Always),
+                stencil: Default::default(),
+                bias: Default::default(),
+            }),
+            multisample: wgpu::MultisampleState {
+                count: egui_pass.msaa_samples.max(1),
+                ..Default::default()
+            },
+            fragment: Some(wgpu::FragmentState {
+                module: &shader,
+                entry_point: Some("fs_blit"),
+                compilation_options: Default::default(),
+                targets: &[Some(egui_pass.target_format.into())],
+            }),
+            multiview_mask: None,
+            cache: None,
+        });
+        let blit_sampler = device.create_sampler(&wgpu::SamplerDescriptor {
+            label: Some("viewport blit"),
+            mag_filter: wgpu::FilterMode::Linear,
+            min_filter: wgpu::FilterMode::Linear,
+            ..Default::default()
+        });
+        Self {
+            scene,
+            blit_pipeline,
+            blit_layout,
+            blit_sampler,
+            target_is_srgb: egui_pass.target_format.is_srgb(),
+            viewers: HashMap::new(),
+        }
+    }
+
+    fn blit_bind_group(&self, device: &wgpu::Device, target: &FrameTarget) -> wgpu::BindGroup {
+        // egui writes gamma-encoded values into a non-sRGB target, so the image is
+        // read back raw there; an sRGB target re-encodes, so it gets decoded texels.
+        let view = target.color_view_as(if self.target_is_srgb { COLOR_FORMAT } else { COLOR_FORMAT_RAW });
+        device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("viewport blit"),
+            layout: &self.blit_layout,
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::TextureView(&view),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: wgpu::BindingResource::Sampler(&self.blit_sampler),
+                },
+            ],
+        })
+    }
+}
+
+/// One frame of one viewer, queued with `ui.painter().add(...)`.
+pub struct ViewportCallback {
+    pub viewer_id: egui::Id,
+    pub size_px: [u32; 2],
+    pub pixels_per_point: f32,
+    /// The mesh and a number that changes whenever the mesh does.
+    pub mesh: Option<(u64, Arc<MeshVertices>)>,
+    pub settings: SceneSettings,
+}
+
+static WARNED_MISSING: AtomicBool = AtomicBool::new(false);
+
+fn warn_missing_once() {
+    if !WARNED_MISSING.swap(true, Ordering::Relaxed) {
+        tracing::error!("viewport GPU resources are missing; call viewport::install at start-up");
+    }
+}
+
+impl egui_wgpu::CallbackTrait for ViewportCallback {
+    fn prepare(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        _screen_descriptor: &egui_wgpu::ScreenDescriptor,
+        egui_encoder: &mut wgpu::CommandEncoder,
+        callback_resources: &mut egui_wgpu::CallbackResources,
+    ) -> Vec<wgpu::CommandBuffer> {
+        let Some(resources) = callback_resources.get_mut::<ViewportResources>() else {
+            warn_missing_once();
+            return Vec::new();
+        };
+        let [width, height] = self.size_px.map(|side| side.clamp(1, super::headless::MAX_SIZE_PX));
+        let stale = resources.viewers.get(&self.viewer_id).is_none_or(|viewer| {
+            viewer.target.width != width
+                || viewer.target.height != height
+                || viewer.target.pixels_per_point != self.pixels_per_point
+        });
+        if stale {
+            let target = FrameTarget::new(&resources.scene, device, width, height, self.pixels_per_point);
+            let blit_bind_group = resources.blit_bind_group(device, &target);
+            let mesh = resources.viewers.remove(&self.viewer_id).and_then(|viewer| viewer.mesh);
+            resources.viewers.insert(
+                self.viewer_id,
+                ViewerGpu {
+                    target,
+                    blit_bind_group,
+                    mesh,
+                },
+            );
+        }
+        let ViewportResources { scene, viewers, .. } = resources;
+        let Some(viewer) = viewers.get_mut(&self.viewer_id) else {
+            return Vec::new();
+        };
+        match &self.mesh {
+            Some((generation, vertices)) => {
+                if viewer.mesh.as_ref().is_none_or(|(uploaded, _)| uploaded != generation) {
+                    viewer.mesh = Some((*generation, GpuMesh::upload(scene, device, queue, vertices)));
+                }
+            }
+            None => viewer.mesh = None,
+        }
+        let mesh = viewer.mesh.as_ref().map(|(_, mesh)| mesh).filter(|m| m.triangle_count > 0);
+        scene.render(queue, egui_encoder, &viewer.target, mesh, &self.settings);
+        Vec::new()
+    }
+
+    fn paint(
+        &self,
+        _info: egui::PaintCallbackInfo,
+        render_pass: &mut wgpu::RenderPass<'static>,
+        callback_resources: &egui_wgpu::CallbackResources,
+    ) {
+        let Some(resources) = callback_resources.get::<ViewportResources>() else {
+            warn_missing_once();
+            return;
+        };
+        let Some(viewer) = resources.viewers.get(&self.viewer_id) else {
+            return;
+        };
+        render_pass.set_pipeline(&resources.blit_pipeline);
+        render_pass.set_bind_group(0, &viewer.blit_bind_group, &[]);
+        render_pass.draw(0..3, 0..1);
+    }
+}

@@ -1,0 +1,668 @@
+//! The scene renderer: pipelines, per-mesh GPU buffers and offscreen frame
+//! targets. It knows nothing of egui; the paint callback and the headless
+//! renderer both drive it with a command encoder and a [`FrameTarget`].
+
+use eframe::egui_wgpu::wgpu;
+use glam::{Vec3, Vec4};
+use orfeas_core::mesh::Mesh;
+use wgpu::util::DeviceExt as _;
+
+use super::camera::{Bounds, OrbitCamera};
+
+/// Colour format of the offscreen image (sRGB-encoded, shaders write linear).
+pub const COLOR_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8UnormSrgb;
+/// The same texels read without decoding, for blitting into a non-sRGB egui target.
+pub const COLOR_FORMAT_RAW: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8Unorm;
+pub const DEPTH_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Depth32Float;
+
+/// Triangles per vertex buffer. Meshes are drawn unindexed (three vertices per
+/// triangle, for the barycentric wireframe), so a million triangles take 84 MB;
+/// chunking keeps every buffer under wgpu's default 256 MiB buffer-size limit.
+const TRIANGLES_PER_CHUNK: usize = 1 << 20;
+
+/// How the mesh surface is coloured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ShadingMode {
+    /// Texture × vertex colour, lit by key + fill + ambient light, smooth normals.
+    #[default]
+    Lit,
+    /// As `Lit`, with one normal per face (faceted).
+    Flat,
+    /// Uniform grey clay, lit: shows the shape alone.
+    Clay,
+    /// Texture × vertex colour without lighting.
+    Textured,
+    /// Vertex colours without lighting (grey where the mesh has none).
+    VertexColor,
+    /// World-space normals as colours.
+    Normals,
+}
+
+impl ShadingMode {
+    pub const ALL: [Self; 6] = [
+        Self::Lit,
+        Self::Flat,
+        Self::Clay,
+        Self::Textured,
+        Self::VertexColor,
+        Self::Normals,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lit => "lit",
+            Self::Flat => "flat",
+            Self::Clay => "clay",
+            Self::Textured => "textured",
+            Self::VertexColor => "vertex-color",
+            Self::Normals => "normals",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name().eq_ignore_ascii_case(name))
+    }
+
+    /// The `MODE_*` constant of `shaders/scene.wgsl`.
+    fn shader_code(self) -> u32 {
+        match self {
+            Self::Lit => 0,
+            Self::Flat => 1,
+            Self::Clay => 2,
+            Self::Textured => 3,
+            Self::VertexColor => 4,
+            Self::Normals => 5,
+        }
+    }
+}
+
+/// What fills the image behind the mesh; colours are sRGB bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Background {
+    Solid([u8; 3]),
+    Gradient { top: [u8; 3], bottom: [u8; 3] },
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Self::Gradient {
+            top: [58, 62, 72],
+            bottom: [22, 23, 27],
+        }
+    }
+}
+
+/// Everything about a frame except the mesh and the target.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SceneSettings {
+    pub camera: OrbitCamera,
+    pub mode: ShadingMode,
+    pub wireframe: bool,
+    pub grid: bool,
+    pub background: Background,
+}
+
+/// One vertex as the GPU reads it (28 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct GpuVertex {
+    position: [f32; 3],
+    normal: [i8; 4],
+    uv: [f32; 2],
+    color: [u8; 4],
+}
+
+const VERTEX_ATTRIBUTES: [wgpu::VertexAttribute; 4] = wgpu::vertex_attr_array![
+    0 => Float32x3,
+    1 => Snorm8x4,
+    2 => Float32x2,
+    3 => Unorm8x4,
+];
+
+/// A mesh expanded into GPU vertices on the CPU: the slow part of an upload,
+/// done on a background thread for large meshes.
+#[derive(Clone, Debug)]
+pub struct MeshVertices {
+    chunks: Vec<Vec<GpuVertex>>,
+    texture: Option<image::RgbaImage>,
+    has_colors: bool,
+    pub triangle_count: usize,
+    pub bounds: Option<Bounds>,
+}
+
+impl MeshVertices {
+    pub fn from_mesh(mesh: &Mesh) -> Self {
+        let normals = if mesh.normals.len() == mesh.positions.len() {
+            mesh.normals.clone()
+        } else {
+            smooth_normals(mesh)
+        };
+        let has_uvs = mesh.uvs.len() == mesh.positions.len();
+        let has_colors = mesh.colors.len() == mesh.positions.len();
+        let vertex = |index: u32| -> GpuVertex {
+            let i = index as usize;
+            let normal = normals.get(i).copied().unwrap_or_default();
+            GpuVertex {
+                position: mesh.positions.get(i).copied().unwrap_or_default(),
+                // Clamped to -1..1 first, so the scaled value fits in i8.
+                normal: [
+                    (normal[0].clamp(-1.0, 1.0) * 127.0).round() as i8,
+                    (normal[1].clamp(-1.0, 1.0) * 127.0).round() as i8,
+                    (normal[2].clamp(-1.0, 1.0) * 127.0).round() as i8,
+                    0,
+                ],
+                uv: if has_uvs { mesh.uvs.get(i).copied().unwrap_or_default() } else { [0.0; 2] },
+                color: if has_colors { mesh.colors.get(i).copied().unwrap_or([255; 4]) } else { [255; 4] },
+            }
+        };
+        let chunks = mesh
+            .indices
+            .chunks(TRIANGLES_PER_CHUNK * 3)
+            .map(|chunk| chunk.chunks_exact(3).flat_map(|t| [vertex(t[0]), vertex(t[1]), vertex(t[2])]).collect())
+            .collect();
+        Self {
+            chunks,
+            texture: mesh.texture.clone().filter(|_| has_uvs),
+            has_colors,
+            triangle_count: mesh.triangle_count(),
+            bounds: mesh.bounds().map(|(min, max)| Bounds::from_min_max(min, max)),
+        }
+    }
+}
+
+/// Area-weighted vertex normals, for meshes that come without any.
+pub fn smooth_normals(mesh: &Mesh) -> Vec<[f32; 3]> {
+    let mut sums = vec![Vec3::ZERO; mesh.positions.len()];
+    for triangle in mesh.indices.chunks_exact(3) {
+        let corners = [triangle[0], triangle[1], triangle[2]].map(|i| i as usize);
+        let [Some(a), Some(b), Some(c)] = corners.map(|i| mesh.positions.get(i).copied().map(Vec3::from)) else {
+            continue;
+        };
+        // The cross product's length is twice the area: larger faces weigh more.
+        let face = (b - a).cross(c - a);
+        for i in corners {
+            if let Some(sum) = sums.get_mut(i) {
+                *sum += face;
+            }
+        }
+    }
+    sums.into_iter().map(|n| n.normalize_or_zero().to_array()).collect()
+}
+
+/// A mesh resident on the GPU.
+pub struct GpuMesh {
+    chunks: Vec<(wgpu::Buffer, u32)>,
+    bind_group: wgpu::BindGroup,
+    has_texture: bool,
+    has_colors: bool,
+    pub triangle_count: usize,
+    pub bounds: Option<Bounds>,
+}
+
+impl GpuMesh {
+    pub fn upload(renderer: &SceneRenderer, device: &wgpu::Device, queue: &wgpu::Queue, vertices: &MeshVertices) -> Self {
+        let chunks = vertices
+            .chunks
+            .iter()
+            .filter(|chunk| !chunk.is_empty())
+            .map(|chunk| {
+                let buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("viewport mesh vertices"),
+                    contents: bytemuck::cast_slice(chunk),
+                    usage: wgpu::BufferUsages::VERTEX,
+                });
+                // A chunk holds at most 3 × TRIANGLES_PER_CHUNK vertices, far below u32::MAX.
+                (buffer, chunk.len() as u32)
+            })
+            .collect();
+        let bind_group = match &vertices.texture {
+            Some(texture) => renderer.texture_bind_group(device, queue, texture),
+            None => renderer.white_bind_group.clone(),
+        };
+        Self {
+            chunks,
+            bind_group,
+            has_texture: vertices.texture.is_some(),
+            has_colors: vertices.has_colors,
+            triangle_count: vertices.triangle_count,
+            bounds: vertices.bounds,
+        }
+    }
+}
+
+/// The per-frame uniform block; the layout mirrors `Frame` in `shaders/scene.wgsl`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+struct FrameUniforms {
+    clip_from_world: [[f32; 4]; 4],
+    eye_world: [f32; 4],
+    key_light: [f32; 4],
+    fill_light: [f32; 4],
+    wire_color: [f32; 4],
+    background_top: [f32; 4],
+    background_bottom: [f32; 4],
+    grid: [f32; 4],
+    misc: [f32; 4],
+    mode: u32,
+    flags: u32,
+    _pad: [u32; 2],
+}
+
+const FLAG_HAS_TEXTURE: u32 = 1;
+const FLAG_HAS_COLORS: u32 = 2;
+const FLAG_WIREFRAME: u32 = 4;
+
+fn srgb_to_linear(byte: u8) -> f32 {
+    let c = f32::from(byte) / 255.0;
+    if c <= 0.04045 { c / 12.92 } else { ((c + 0.055) / 1.055).powf(2.4) }
+}
+
+fn linear_rgba(rgb: [u8; 3]) -> [f32; 4] {
+    let [r, g, b] = rgb.map(srgb_to_linear);
+    [r, g, b, 1.0]
+}
+
+/// Pipelines and layouts, created once per device and target sample count.
+pub struct SceneRenderer {
+    background_pipeline: wgpu::RenderPipeline,
+    mesh_pipeline: wgpu::RenderPipeline,
+    grid_pipeline: wgpu::RenderPipeline,
+    frame_layout: wgpu::BindGroupLayout,
+    texture_layout: wgpu::BindGroupLayout,
+    sampler: wgpu::Sampler,
+    white_bind_group: wgpu::BindGroup,
+    sample_count: u32,
+}
+
+/// The MSAA level to use: 4× where the adapter supports it for both the colour
+/// and the depth format (WebGPU guarantees it, but downlevel GL may not).
+pub fn pick_sample_count(adapter: &wgpu::Adapter) -> u32 {
+    let supports = |format| adapter.get_texture_format_features(format).flags.sample_count_supported(4);
+    if supports(COLOR_FORMAT) && supports(DEPTH_FORMAT) { 4 } else { 1 }
+}
+
+impl SceneRenderer {
+    pub fn new(device: &wgpu::Device, queue: &wgpu::Queue, sample_count: u32) -> Self {
+        let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("viewport scene"),
+            source: wgpu::ShaderSource::Wgsl(include_str!("../../shaders/scene.wgsl").into()),
+        });
+        let frame_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("viewport frame"),
+            entries: &[wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::VERTEX_FRAGMENT,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: wgpu::BufferSize::new(std::mem::size_of::<FrameUniforms>() as u64),
+                },
+                count: None,
+            }],
+        });
+        let texture_layout = texture_bind_group_layout(device, "viewport base colour");
+        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("viewport scene"),
+            bind_group_layouts: &[Some(&frame_layout), Some(&texture_layout)],
+            immediate_size: 0,
+        });
+        let multisample = wgpu::MultisampleState {
+            count: sample_count,
+            ..Default::default()
+        };
+        let pipeline = |label: &str, vs: &str, fs: &str, buffers: &[Option<wgpu::VertexBufferLayout<'_>>], depth_write: bool, blend: Option<wgpu::BlendState>| {
+            device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
+                label: Some(label),
+                layout: Some(&layout),
+                vertex: wgpu::VertexState {
+                    module: &shader,
+                    entry_point: Some(vs),
+                    compilation_options: Default::default(),
+                    buffers,
+                },
+                primitive: wgpu::PrimitiveState {
+                    // Both sides are drawn: generated and imported meshes may be open
+                    // or inconsistently wound, and a hole should not look like one.
+                    cull_mode: None,
+                    ..Default::default()
+                },
+                depth_stencil: Some(wgpu::DepthStencilState {
+                    format: DEPTH_FORMAT,
+                    depth_write_enabled: Some(depth_write),
+                    depth_compare: Some(if depth_write { wgpu::CompareFunction::Less } else { wgpu::CompareFunction::LessEqual }),
+                    stencil: Default::default(),
+                    bias: Default::default(),
+                }),
+                multisample,
+                fragment: Some(wgpu::FragmentState {
+                    module: &shader,
+                    entry_point: Some(fs),
+                    compilation_options: Default::default(),
+                    targets: &[Some(wgpu::ColorTargetState {
+                        format: COLOR_FORMAT,
+                        blend,
+                        write_mask: wgpu::ColorWrites::ALL,
+                    })],
+                }),
+                multiview_mask: None,
+                cache: None,
+            })
+        };
+        let background_pipeline = pipeline("viewport background", "vs_background", "fs_background", &[], false, None);
+        let mesh_pipeline = pipeline(
+            "viewport mesh",
+            "vs_mesh",
+            "fs_mesh",
+            &[Some(wgpu::VertexBufferLayout {
+                array_stride: std::mem::size_of::<GpuVertex>() as u64,
+                step_mode: wgpu::VertexStepMode::Vertex,
+                attributes: &VERTEX_ATTRIBUTES,
+            })],
+            true,
+            None,
+        );
+        let grid_pipeline = pipeline("viewport grid", "vs_grid", "fs_grid", &[], false, Some(wgpu::BlendState::ALPHA_BLENDING));
+        let sampler = device.create_sampler(&wgpu::SamplerDescriptor {
+            label: Some("viewport base colour"),
+            address_mode_u: wgpu::AddressMode::Repeat,
+            address_mode_v: wgpu::AddressMode::Repeat,
+            mag_filter: wgpu::FilterMode::Linear,
+            min_filter: wgpu::FilterMode::Linear,
+            ..Default::default()
+        });
+        let white_bind_group = texture_bind_group(device, &texture_layout, &sampler, &white_texture(device, queue));
+        Self {
+            background_pipeline,
+            mesh_pipeline,
+            grid_pipeline,
+            white_bind_group,
+            frame_layout,
+            texture_layout,
+            sampler,
+            sample_count,
+        }
+    }
+
+    pub fn sample_count(&self) -> u32 {
+        self.sample_count
+    }
+
+    fn texture_bind_group(&self, device: &wgpu::Device, queue: &wgpu::Queue, image: &image::RgbaImage) -> wgpu::BindGroup {
+        let size = wgpu::Extent3d {
+            width: image.width().max(1),
+            height: image.height().max(1),
+            depth_or_array_layers: 1,
+        };
+        let texture = device.create_texture_with_data(
+            queue,
+            &wgpu::TextureDescriptor {
+                label: Some("viewport base colour"),
+                size,
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: COLOR_FORMAT,
+                usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+                view_formats: &[],
+            },
+            wgpu::util::TextureDataOrder::LayerMajor,
+            if image.width() == 0 || image.height() == 0 { &[255; 4] } else { image.as_raw() },
+        );
+        texture_bind_group(device, &self.texture_layout, &self.sampler, &texture)
+    }
+
+    /// Records one frame of the scene into `target`.
+    pub fn render(
+        &self,
+        queue: &wgpu::Queue,
+        encoder: &mut wgpu::CommandEncoder,
+        target: &FrameTarget,
+        mesh: Option<&GpuMesh>,
+        settings: &SceneSettings,
+    ) {
+        queue.write_buffer(&target.frame_buffer, 0, bytemuck::bytes_of(&self.uniforms(target, mesh, settings)));
+        let (view, resolve_target) = match &target.msaa_view {
+            Some(msaa) => (msaa, Some(&target.color_view)),
+            None => (&target.color_view, None),
+        };
+        let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
+            label: Some("viewport scene"),
+            color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                view,
+                depth_slice: None,
+                resolve_target,
+                ops: wgpu::Operations {
+                    load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
+                    // The resolved image is what is kept; the multisampled one is scratch.
+                    store: if resolve_target.is_some() { wgpu::StoreOp::Discard } else { wgpu::StoreOp::Store },
+                },
+            })],
+            depth_stencil_attachment: Some(wgpu::RenderPassDepthStencilAttachment {
+                view: &target.depth_view,
+                depth_ops: Some(wgpu::Operations {
+                    load: wgpu::LoadOp::Clear(1.0),
+                    store: wgpu::StoreOp::Discard,
+                }),
+                stencil_ops: None,
+            }),
+            timestamp_writes: None,
+            occlusion_query_set: None,
+            multiview_mask: None,
+        });
+        pass.set_bind_group(0, &target.frame_bind_group, &[]);
+        pass.set_bind_group(1, &self.white_bind_group, &[]);
+        pass.set_pipeline(&self.background_pipeline);
+        pass.draw(0..3, 0..1);
+        if let Some(mesh) = mesh {
+            pass.set_pipeline(&self.mesh_pipeline);
+            pass.set_bind_group(1, &mesh.bind_group, &[]);
+            for (buffer, vertex_count) in &mesh.chunks {
+                pass.set_vertex_buffer(0, buffer.slice(..));
+                pass.draw(0..*vertex_count, 0..1);
+            }
+        }
+        if settings.grid {
+            pass.set_pipeline(&self.grid_pipeline);
+            pass.draw(0..6, 0..1);
+        }
+    }
+
+    fn uniforms(&self, target: &FrameTarget, mesh: Option<&GpuMesh>, settings: &SceneSettings) -> FrameUniforms {
+        let camera = &settings.camera;
+        let aspect = target.width as f32 / target.height.max(1) as f32;
+        // Lights ride with the camera (a studio rig): key from upper left, fill from the right.
+        let light = |right: f32, up: f32, back: f32, intensity: f32| {
+            let dir = (camera.right() * right + camera.up() * up + camera.backward() * back).normalize();
+            Vec4::from((dir, intensity)).to_array()
+        };
+        let (top, bottom) = match settings.background {
+            Background::Solid(rgb) => (rgb, rgb),
+            Background::Gradient { top, bottom } => (top, bottom),
+        };
+        let bounds = mesh.and_then(|m| m.bounds).unwrap_or(Bounds::from_min_max([-0.5; 3], [0.5; 3]));
+        let radius = bounds.radius();
+        // Grid cells of a power of ten near a tenth of the mesh size.
+        let cell = 10f32.powf((radius * 0.2).log10().round());
+        let mut flags = 0;
+        if let Some(mesh) = mesh {
+            if mesh.has_texture {
+                flags |= FLAG_HAS_TEXTURE;
+            }
+            if mesh.has_colors {
+                flags |= FLAG_HAS_COLORS;
+            }
+        }
+        if settings.wireframe {
+            flags |= FLAG_WIREFRAME;
+        }
+        FrameUniforms {
+            clip_from_world: camera.clip_from_world(aspect).to_cols_array_2d(),
+            eye_world: Vec4::from((camera.eye(), 1.0)).to_array(),
+            key_light: light(-0.5, 0.7, 0.6, 0.75),
+            fill_light: light(0.8, -0.1, 0.4, 0.3),
+            wire_color: [0.02, 0.02, 0.02, 0.85],
+            background_top: linear_rgba(top),
+            background_bottom: linear_rgba(bottom),
+            grid: [bounds.center().x, bounds.min.y, bounds.center().z, radius * 4.0],
+            misc: [cell, 1.2 * target.pixels_per_point, 0.0, 0.0],
+            mode: settings.mode.shader_code(),
+            flags,
+            _pad: [0; 2],
+        }
+    }
+}
+
+fn texture_bind_group_layout(device: &wgpu::Device, label: &str) -> wgpu::BindGroupLayout {
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(label),
+        entries: &[
+            wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::FRAGMENT,
+                ty: wgpu::BindingType::Texture {
+                    sample_type: wgpu::TextureSampleType::Float { filterable: true },
+                    view_dimension: wgpu::TextureViewDimension::D2,
+                    multisampled: false,
+                },
+                count: None,
+            },
+            wgpu::BindGroupLayoutEntry {
+                binding: 1,
+                visibility: wgpu::ShaderStages::FRAGMENT,
+                ty: wgpu::BindingType::Sampler(wgpu::SamplerBindingType::Filtering),
+                count: None,
+            },
+        ],
+    })
+}
+
+fn texture_bind_group(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    sampler: &wgpu::Sampler,
+    texture: &wgpu::Texture,
+) -> wgpu::BindGroup {
+    let view = texture.create_view(&Default::default());
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("viewport base colour"),
+        layout,
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::TextureView(&view),
+            },
+            wgpu::BindGroupEntry {
+                binding: 1,
+                resource: wgpu::BindingResource::Sampler(sampler),
+            },
+        ],
+    })
+}
+
+/// Bound where a mesh has no texture; the shader multiplies by it.
+fn white_texture(device: &wgpu::Device, queue: &wgpu::Queue) -> wgpu::Texture {
+    device.create_texture_with_data(
+        queue,
+        &wgpu::TextureDescriptor {
+            label: Some("viewport white"),
+            size: wgpu::Extent3d {
+                width: 1,
+                height: 1,
+                depth_or_array_layers: 1,
+            },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: COLOR_FORMAT,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        },
+        wgpu::util::TextureDataOrder::LayerMajor,
+        &[255; 4],
+    )
+}
+
+/// Where a frame is drawn: the resolved colour image (sampled by the egui blit
+/// or copied out by the headless renderer), MSAA colour and depth, and the
+/// frame's uniform buffer.
+pub struct FrameTarget {
+    pub width: u32,
+    pub height: u32,
+    /// Scales pixel-sized features (wire width) on high-DPI screens.
+    pub pixels_per_point: f32,
+    pub color: wgpu::Texture,
+    color_view: wgpu::TextureView,
+    msaa_view: Option<wgpu::TextureView>,
+    depth_view: wgpu::TextureView,
+    frame_buffer: wgpu::Buffer,
+    frame_bind_group: wgpu::BindGroup,
+}
+
+impl FrameTarget {
+    /// `width` and `height` must be at least 1 (callers clamp).
+    pub fn new(renderer: &SceneRenderer, device: &wgpu::Device, width: u32, height: u32, pixels_per_point: f32) -> Self {
+        let size = wgpu::Extent3d {
+            width: width.max(1),
+            height: height.max(1),
+            depth_or_array_layers: 1,
+        };
+        let texture = |label, format, sample_count, usage, view_formats: &[wgpu::TextureFormat]| {
+            device.create_texture(&wgpu::TextureDescriptor {
+                label: Some(label),
+                size,
+                mip_level_count: 1,
+                sample_count,
+                dimension: wgpu::TextureDimension::D2,
+                format,
+                usage,
+                view_formats,
+            })
+        };
+        let color = texture(
+            "viewport colour",
+            COLOR_FORMAT,
+            1,
+            wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_SRC,
+            &[COLOR_FORMAT_RAW],
+        );
+        let msaa_view = (renderer.sample_count > 1).then(|| {
+            texture("viewport colour (MSAA)", COLOR_FORMAT, renderer.sample_count, wgpu::TextureUsages::RENDER_ATTACHMENT, &[])
+                .create_view(&Default::default())
+        });
+        let depth = texture("viewport depth", DEPTH_FORMAT, renderer.sample_count, wgpu::TextureUsages::RENDER_ATTACHMENT, &[]);
+        let frame_buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("viewport frame"),
+            size: std::mem::size_of::<FrameUniforms>() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let frame_bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("viewport frame"),
+            layout: &renderer.frame_layout,
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: frame_buffer.as_entire_binding(),
+            }],
+        });
+        Self {
+            width: size.width,
+            height: size.height,
+            pixels_per_point,
+            color_view: color.create_view(&Default::default()),
+            color,
+            msaa_view,
+            depth_view: depth.create_view(&Default::default()),
+            frame_buffer,
+            frame_bind_group,
+        }
+    }
+
+    /// A view of the resolved colour image in `format` (`COLOR_FORMAT` decodes
+    /// to linear when sampled, `COLOR_FORMAT_RAW` returns the sRGB bytes).
+    pub fn color_view_as(&self, format: wgpu::TextureFormat) -> wgpu::TextureView {
+        self.color.create_view(&wgpu::TextureViewDescriptor {
+            format: Some(format),
+            ..Default::default()
+        })
+    }
+}

@@ -711,7 +711,7 @@ fn view(p: ViewParts<'_>) -> Value {
     let succeeded = p.state == JobState::Succeeded;
     json!({
         "id": p.id,
-        "kind": p.kind,
+        "kind": p.kind.as_str(),
         "label": p.label,
         "state": p.state,
         "progress": p.progress,

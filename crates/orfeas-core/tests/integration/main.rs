@@ -1,5 +1,6 @@
 //! One integration-test binary for orfeas-core (every file in `tests/` relinks the crate).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
+mod api;
 mod history;
 mod jobs;

@@ -2,5 +2,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
 mod api;
+mod api_durability;
 mod history;
 mod jobs;

@@ -72,7 +72,9 @@ fn slow_write(spec: &JobSpec, ctx: &JobContext, total_ms: u64) -> Result<JobOutp
         .map(PathBuf::from)
         .ok_or_else(|| JobFailure::new("invalid_input", "no output path"))?;
     let pause = Duration::from_millis(total_ms / CHUNKS as u64);
-    let chunk: Vec<u8> = (0..OUTPUT_BYTES / CHUNKS).map(|i| (i % 251) as u8).collect();
+    let chunk: Vec<u8> = (0..OUTPUT_BYTES / CHUNKS)
+        .map(|i| (i % 251) as u8)
+        .collect();
     orfeas_core::paths::write_atomic(&output, |w| {
         for i in 0..CHUNKS {
             if ctx.is_cancelled() {

@@ -327,17 +327,20 @@ impl Api {
                 )
             })?;
             let mut image = None;
+            let mut form_fields = Vec::new();
             for part in parts {
                 if part.name == "image" && image.is_none() {
                     filename = part.filename.clone();
                     image = Some(part.data);
                 } else if validate::IMAGE_TO_3D_PARAMS.contains(&part.name.as_str())
-                    && !params.contains_key(&part.name)
+                    && !form_fields.contains(&part.name)
                 {
                     let text = std::str::from_utf8(part.data).map_err(|_| {
                         ApiError::invalid(422, "invalid_value", &part.name, "must be UTF-8 text")
                     })?;
+                    // A form field overrides the same query parameter.
                     params.insert(part.name.clone(), text.trim().to_owned());
+                    form_fields.push(part.name.clone());
                 } else {
                     return Err(ApiError::invalid(
                         422,

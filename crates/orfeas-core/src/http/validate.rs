@@ -265,7 +265,7 @@ fn string(
     max_chars: usize,
 ) -> Result<Option<String>, ApiError> {
     match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
         Some(Value::String(s)) if s.chars().count() <= max_chars => Ok(Some(s.clone())),
         Some(Value::String(_)) => Err(ApiError::invalid(
             422,
@@ -288,7 +288,7 @@ fn integer(
     (lo, hi): (u64, u64),
 ) -> Result<Option<u64>, ApiError> {
     match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
         Some(Value::Number(n)) => match n.as_u64() {
             Some(v) if (lo..=hi).contains(&v) => Ok(Some(v)),
             _ if n.is_u64() || n.is_i64() => Err(ApiError::invalid(
@@ -319,7 +319,7 @@ fn number(
     (lo, hi): (f64, f64),
 ) -> Result<Option<f64>, ApiError> {
     match obj.get(name) {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
             Some(v) if v >= lo && v <= hi => Ok(Some(v)),
             _ => Err(ApiError::invalid(
@@ -607,7 +607,7 @@ mod tests {
 
     #[test]
     fn each_bad_text_to_image_field_is_named() {
-        let cases: [(&[u8], u16, &str); 12] = [
+        let cases: [(&[u8], u16, &str); 13] = [
             (b"{", 400, "body"),
             (b"[]", 422, "body"),
             (br#"{}"#, 422, "prompt"),
@@ -620,6 +620,7 @@ mod tests {
             (br#"{"prompt":"x","height":4096}"#, 422, "height"),
             (br#"{"prompt":"x","batch":9}"#, 422, "batch"),
             (br#"{"prompt":"x","colour":"red"}"#, 422, "colour"),
+            (br#"{"prompt":"x","style":null}"#, 422, "style"),
         ];
         for (body, status, field) in cases {
             let err = text_to_image(body).unwrap_err();

@@ -262,7 +262,10 @@ pub fn wait_job(base: &str, id: i64) -> Value {
 }
 
 fn mesh_runner() -> Vec<(JobKind, Arc<dyn JobRunner>)> {
-    vec![(JobKind::ImageTo3d, writer(b"solid fake\nendsolid fake\n", Duration::ZERO))]
+    vec![(
+        JobKind::ImageTo3d,
+        writer(b"solid fake\nendsolid fake\n", Duration::ZERO),
+    )]
 }
 
 // ---- endpoints -----------------------------------------------------------
@@ -279,9 +282,17 @@ fn image_upload_is_accepted_run_and_downloadable_raw_and_multipart() {
     );
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
     let id = r.json()["id"].as_i64().unwrap();
-    assert_eq!(r.header("Location"), Some(format!("/api/jobs/{id}").as_str()));
+    assert_eq!(
+        r.header("Location"),
+        Some(format!("/api/jobs/{id}").as_str())
+    );
     // Persisted before the 202 was sent.
-    assert!(s.history.get(orfeas_core::jobs::JobId(id)).unwrap().is_some());
+    assert!(
+        s.history
+            .get(orfeas_core::jobs::JobId(id))
+            .unwrap()
+            .is_some()
+    );
 
     let job = wait_job(&s.base, id);
     assert_eq!(job["state"], "succeeded", "{job}");
@@ -295,16 +306,28 @@ fn image_upload_is_accepted_run_and_downloadable_raw_and_multipart() {
     let by_name = get(&s.url(job["outputs"][0]["url"].as_str().unwrap()));
     assert_eq!(by_name.body, download.body);
     // The upload is kept under uploads/, the output under outputs/.
-    let uploads: Vec<_> = std::fs::read_dir(s.data_dir().join("uploads")).unwrap().collect();
+    let uploads: Vec<_> = std::fs::read_dir(s.data_dir().join("uploads"))
+        .unwrap()
+        .collect();
     assert_eq!(uploads.len(), 1);
     assert!(s.data_dir().join("outputs").join(&file).is_file());
 
     let (ct, body) = multipart(&[("image", Some("cat.png"), &image), ("format", None, b"obj")]);
-    let r = send("POST", &s.url("/api/image-to-3d"), &[("Content-Type", &ct)], Some(&body));
+    let r = send(
+        "POST",
+        &s.url("/api/image-to-3d"),
+        &[("Content-Type", &ct)],
+        Some(&body),
+    );
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
     let job = wait_job(&s.base, r.json()["id"].as_i64().unwrap());
     assert_eq!(job["label"], "cat.png");
-    assert!(job["outputs"][0]["file"].as_str().unwrap().ends_with(".obj"));
+    assert!(
+        job["outputs"][0]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with(".obj")
+    );
     let download = get(&s.url(&format!("/api/jobs/{}/result", job["id"])));
     assert_eq!(download.header("Content-Type"), Some("model/obj"));
 }
@@ -343,9 +366,17 @@ fn text_to_image_needs_a_runner_then_queues_with_its_parameters() {
 #[test]
 fn health_reports_version_device_and_queue_depth() {
     let release = Arc::new(AtomicBool::new(false));
-    let s = start(test_config(), vec![(JobKind::ImageTo3d, held(Arc::clone(&release)))]);
+    let s = start(
+        test_config(),
+        vec![(JobKind::ImageTo3d, held(Arc::clone(&release)))],
+    );
     for _ in 0..3 {
-        let r = send("POST", &s.url("/api/image-to-3d"), &[("Content-Type", "image/png")], Some(&png(8, 8)));
+        let r = send(
+            "POST",
+            &s.url("/api/image-to-3d"),
+            &[("Content-Type", "image/png")],
+            Some(&png(8, 8)),
+        );
         assert_eq!(r.status, 202);
     }
     let deadline = Instant::now() + WAIT;
@@ -366,14 +397,27 @@ fn jobs_are_listed_newest_first_with_pagination() {
     let s = start(test_config(), mesh_runner());
     let mut ids = Vec::new();
     for _ in 0..5 {
-        let r = send("POST", &s.url("/api/image-to-3d"), &[("Content-Type", "image/png")], Some(&png(8, 8)));
+        let r = send(
+            "POST",
+            &s.url("/api/image-to-3d"),
+            &[("Content-Type", "image/png")],
+            Some(&png(8, 8)),
+        );
         ids.push(r.json()["id"].as_i64().unwrap());
     }
     let page = get(&s.url("/api/jobs?limit=2&offset=1")).json();
     assert_eq!(page["total"], 5);
-    let listed: Vec<i64> = page["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_i64().unwrap()).collect();
+    let listed: Vec<i64> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(listed, vec![ids[3], ids[2]]);
-    assert_eq!(get(&s.url("/api/jobs?kind=text_to_image")).json()["total"], 0);
+    assert_eq!(
+        get(&s.url("/api/jobs?kind=text_to_image")).json()["total"],
+        0
+    );
     let bad = get(&s.url("/api/jobs?limit=0"));
     assert_eq!((bad.status, bad.error().1.as_deref()), (422, Some("limit")));
 }
@@ -381,10 +425,18 @@ fn jobs_are_listed_newest_first_with_pagination() {
 #[test]
 fn cancel_answers_by_job_state() {
     let release = Arc::new(AtomicBool::new(false));
-    let s = start(test_config(), vec![(JobKind::ImageTo3d, held(Arc::clone(&release)))]);
+    let s = start(
+        test_config(),
+        vec![(JobKind::ImageTo3d, held(Arc::clone(&release)))],
+    );
     let submit = || {
-        send("POST", &s.url("/api/image-to-3d"), &[("Content-Type", "image/png")], Some(&png(8, 8)))
-            .json()["id"]
+        send(
+            "POST",
+            &s.url("/api/image-to-3d"),
+            &[("Content-Type", "image/png")],
+            Some(&png(8, 8)),
+        )
+        .json()["id"]
             .as_i64()
             .unwrap()
     };
@@ -395,7 +447,10 @@ fn cancel_answers_by_job_state() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let r = send("DELETE", &s.url(&format!("/api/jobs/{queued}")), &[], None);
-    assert_eq!((r.status, r.json()["state"].as_str()), (200, Some("cancelled")));
+    assert_eq!(
+        (r.status, r.json()["state"].as_str()),
+        (200, Some("cancelled"))
+    );
     let r = send("DELETE", &s.url(&format!("/api/jobs/{running}")), &[], None);
     assert_eq!(r.status, 202);
     assert_eq!(wait_job(&s.base, running)["state"], "cancelled");
@@ -420,7 +475,8 @@ fn every_validation_error_is_json_with_its_field_and_counted() {
         ..test_config()
     };
     let s = start(config, mesh_runner());
-    s.engine.register(JobKind::TextToImage, writer(b"png", Duration::ZERO));
+    s.engine
+        .register(JobKind::TextToImage, writer(b"png", Duration::ZERO));
     let t2i = s.url("/api/text-to-image");
     let i23d = s.url("/api/image-to-3d");
     let mut truncated = png(64, 64);
@@ -431,45 +487,255 @@ fn every_validation_error_is_json_with_its_field_and_counted() {
     let (ct_bad, _) = multipart(&[]);
     // (method, url, content-type, body, status, code, field, metric endpoint, metric field)
     let cases: Vec<(&str, String, &str, Vec<u8>, u16, &str, &str, &str, &str)> = vec![
-        ("POST", t2i.clone(), "text/plain", b"{}".to_vec(), 415, "unsupported_media_type", "body", "/api/text-to-image", "body"),
-        ("POST", t2i.clone(), "application/json", b"{not json".to_vec(), 400, "invalid_json", "body", "/api/text-to-image", "body"),
-        ("POST", t2i.clone(), "application/json", br#"{"prompt":"x","colour":1}"#.to_vec(), 422, "unknown_field", "colour", "/api/text-to-image", "other"),
-        ("POST", t2i.clone(), "application/json", br#"{"steps":4}"#.to_vec(), 422, "missing_field", "prompt", "/api/text-to-image", "prompt"),
-        ("POST", t2i.clone(), "application/json", br#"{"prompt":"x","steps":151}"#.to_vec(), 422, "out_of_range", "steps", "/api/text-to-image", "steps"),
-        ("POST", t2i.clone(), "application/json", br#"{"prompt":"x","width":65}"#.to_vec(), 422, "out_of_range", "width", "/api/text-to-image", "size"),
-        ("POST", t2i.clone(), "application/json", br#"{"prompt":"x","guidance":"high"}"#.to_vec(), 422, "invalid_type", "guidance", "/api/text-to-image", "guidance"),
-        ("POST", t2i.clone(), "application/json", huge_body.clone(), 413, "body_too_large", "body", "/api/text-to-image", "body"),
-        ("POST", i23d.clone(), "application/json", b"{}".to_vec(), 415, "unsupported_media_type", "body", "/api/image-to-3d", "body"),
-        ("POST", i23d.clone(), "image/png", b"GIF89a not a png".to_vec(), 415, "unsupported_image", "image", "/api/image-to-3d", "image"),
-        ("POST", i23d.clone(), "image/png", truncated, 422, "invalid_image", "image", "/api/image-to-3d", "image"),
-        ("POST", i23d.clone(), "image/png", big_png, 413, "image_too_large", "image", "/api/image-to-3d", "image"),
-        ("POST", i23d.clone(), "image/png", huge_body, 413, "body_too_large", "body", "/api/image-to-3d", "body"),
-        ("POST", format!("{i23d}?format=fbx"), "image/png", png(8, 8), 422, "invalid_value", "format", "/api/image-to-3d", "format"),
-        ("POST", format!("{i23d}?quality=ultra"), "image/png", png(8, 8), 422, "invalid_value", "quality", "/api/image-to-3d", "quality"),
-        ("POST", format!("{i23d}?scale=2"), "image/png", png(8, 8), 422, "unknown_parameter", "scale", "/api/image-to-3d", "other"),
-        ("POST", i23d.clone(), ct_noimg.as_str(), noimg, 422, "missing_image", "image", "/api/image-to-3d", "image"),
-        ("POST", i23d.clone(), ct_bad.as_str(), b"--wrong\r\n".to_vec(), 400, "invalid_multipart", "body", "/api/image-to-3d", "body"),
+        (
+            "POST",
+            t2i.clone(),
+            "text/plain",
+            b"{}".to_vec(),
+            415,
+            "unsupported_media_type",
+            "body",
+            "/api/text-to-image",
+            "body",
+        ),
+        (
+            "POST",
+            t2i.clone(),
+            "application/json",
+            b"{not json".to_vec(),
+            400,
+            "invalid_json",
+            "body",
+            "/api/text-to-image",
+            "body",
+        ),
+        (
+            "POST",
+            t2i.clone(),
+            "application/json",
+            br#"{"prompt":"x","colour":1}"#.to_vec(),
+            422,
+            "unknown_field",
+            "colour",
+            "/api/text-to-image",
+            "other",
+        ),
+        (
+            "POST",
+            t2i.clone(),
+            "application/json",
+            br#"{"steps":4}"#.to_vec(),
+            422,
+            "missing_field",
+            "prompt",
+            "/api/text-to-image",
+            "prompt",
+        ),
+        (
+            "POST",
+            t2i.clone(),
+            "application/json",
+            br#"{"prompt":"x","steps":151}"#.to_vec(),
+            422,
+            "out_of_range",
+            "steps",
+            "/api/text-to-image",
+            "steps",
+        ),
+        (
+            "POST",
+            t2i.clone(),
+            "application/json",
+            br#"{"prompt":"x","width":65}"#.to_vec(),
+            422,
+            "out_of_range",
+            "width",
+            "/api/text-to-image",
+            "size",
+        ),
+        (
+            "POST",
+            t2i.clone(),
+            "application/json",
+            br#"{"prompt":"x","guidance":"high"}"#.to_vec(),
+            422,
+            "invalid_type",
+            "guidance",
+            "/api/text-to-image",
+            "guidance",
+        ),
+        (
+            "POST",
+            t2i.clone(),
+            "application/json",
+            huge_body.clone(),
+            413,
+            "body_too_large",
+            "body",
+            "/api/text-to-image",
+            "body",
+        ),
+        (
+            "POST",
+            i23d.clone(),
+            "application/json",
+            b"{}".to_vec(),
+            415,
+            "unsupported_media_type",
+            "body",
+            "/api/image-to-3d",
+            "body",
+        ),
+        (
+            "POST",
+            i23d.clone(),
+            "image/png",
+            b"GIF89a not a png".to_vec(),
+            415,
+            "unsupported_image",
+            "image",
+            "/api/image-to-3d",
+            "image",
+        ),
+        (
+            "POST",
+            i23d.clone(),
+            "image/png",
+            truncated,
+            422,
+            "invalid_image",
+            "image",
+            "/api/image-to-3d",
+            "image",
+        ),
+        (
+            "POST",
+            i23d.clone(),
+            "image/png",
+            big_png,
+            413,
+            "image_too_large",
+            "image",
+            "/api/image-to-3d",
+            "image",
+        ),
+        (
+            "POST",
+            i23d.clone(),
+            "image/png",
+            huge_body,
+            413,
+            "body_too_large",
+            "body",
+            "/api/image-to-3d",
+            "body",
+        ),
+        (
+            "POST",
+            format!("{i23d}?format=fbx"),
+            "image/png",
+            png(8, 8),
+            422,
+            "invalid_value",
+            "format",
+            "/api/image-to-3d",
+            "format",
+        ),
+        (
+            "POST",
+            format!("{i23d}?quality=ultra"),
+            "image/png",
+            png(8, 8),
+            422,
+            "invalid_value",
+            "quality",
+            "/api/image-to-3d",
+            "quality",
+        ),
+        (
+            "POST",
+            format!("{i23d}?scale=2"),
+            "image/png",
+            png(8, 8),
+            422,
+            "unknown_parameter",
+            "scale",
+            "/api/image-to-3d",
+            "other",
+        ),
+        (
+            "POST",
+            i23d.clone(),
+            ct_noimg.as_str(),
+            noimg,
+            422,
+            "missing_image",
+            "image",
+            "/api/image-to-3d",
+            "image",
+        ),
+        (
+            "POST",
+            i23d.clone(),
+            ct_bad.as_str(),
+            b"--wrong\r\n".to_vec(),
+            400,
+            "invalid_multipart",
+            "body",
+            "/api/image-to-3d",
+            "body",
+        ),
     ];
     let data_dir = s.data_dir().to_string_lossy().into_owned();
     for (method, url, ct, body, status, code, field, endpoint, label) in cases {
-        let before = s.metric("validation_errors_total", &[("endpoint", endpoint), ("field", label)]);
+        let before = s.metric(
+            "validation_errors_total",
+            &[("endpoint", endpoint), ("field", label)],
+        );
         let r = send(method, &url, &[("Content-Type", ct)], Some(&body));
-        assert_eq!(r.status, status, "{url} {ct}: {}", String::from_utf8_lossy(&r.body));
-        assert_eq!(r.error(), (code.to_owned(), Some(field.to_owned())), "{url} {ct}");
+        assert_eq!(
+            r.status,
+            status,
+            "{url} {ct}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(
+            r.error(),
+            (code.to_owned(), Some(field.to_owned())),
+            "{url} {ct}"
+        );
         let text = String::from_utf8_lossy(&r.body);
-        assert!(!text.contains(&data_dir) && !text.contains("/tmp"), "path leaked: {text}");
-        let after = s.metric("validation_errors_total", &[("endpoint", endpoint), ("field", label)]);
+        assert!(
+            !text.contains(&data_dir) && !text.contains("/tmp"),
+            "path leaked: {text}"
+        );
+        let after = s.metric(
+            "validation_errors_total",
+            &[("endpoint", endpoint), ("field", label)],
+        );
         assert_eq!(after - before, 1.0, "{url} {ct} {code}");
     }
     // Nothing was queued and no upload was kept for rejected requests.
     assert_eq!(s.history.count(None).unwrap(), 0);
-    assert_eq!(std::fs::read_dir(s.data_dir().join("uploads")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(s.data_dir().join("uploads"))
+            .unwrap()
+            .count(),
+        0
+    );
 }
 
 #[test]
 fn unknown_routes_are_404_and_wrong_methods_405_with_allow() {
     let s = start(test_config(), Vec::new());
-    for path in ["/nope", "/api", "/api/nope", "/api/jobs/abc", "/api/jobs/1/other", "/api/jobs/0"] {
+    for path in [
+        "/nope",
+        "/api",
+        "/api/nope",
+        "/api/jobs/abc",
+        "/api/jobs/1/other",
+        "/api/jobs/0",
+    ] {
         let r = get(&s.url(path));
         assert_eq!(r.status, 404, "{path}");
         assert!(r.error().0.contains("not_found"), "{path}");
@@ -495,8 +761,14 @@ fn unknown_routes_are_404_and_wrong_methods_405_with_allow() {
 fn rate_limits_answer_429_with_retry_after_per_bucket_and_are_counted() {
     let config = ServeConfig {
         rate_limit: Some(RateLimitConfig {
-            read: Bucket { per_sec: 0.2, burst: 3.0 },
-            generate: Bucket { per_sec: 0.1, burst: 1.0 },
+            read: Bucket {
+                per_sec: 0.2,
+                burst: 3.0,
+            },
+            generate: Bucket {
+                per_sec: 0.1,
+                burst: 1.0,
+            },
         }),
         ..test_config()
     };
@@ -510,13 +782,39 @@ fn rate_limits_answer_429_with_retry_after_per_bucket_and_are_counted() {
     let retry: u64 = r.header("Retry-After").unwrap().parse().unwrap();
     assert!((1..=5).contains(&retry), "{retry}");
     // Generation has its own bucket: reads being exhausted does not block it.
-    let ok = send("POST", &s.url("/api/image-to-3d"), &[("Content-Type", "image/png")], Some(&png(8, 8)));
+    let ok = send(
+        "POST",
+        &s.url("/api/image-to-3d"),
+        &[("Content-Type", "image/png")],
+        Some(&png(8, 8)),
+    );
     assert_eq!(ok.status, 202);
-    let limited = send("POST", &s.url("/api/image-to-3d"), &[("Content-Type", "image/png")], Some(&png(8, 8)));
+    let limited = send(
+        "POST",
+        &s.url("/api/image-to-3d"),
+        &[("Content-Type", "image/png")],
+        Some(&png(8, 8)),
+    );
     assert_eq!(limited.status, 429);
-    assert!(limited.header("Retry-After").unwrap().parse::<u64>().unwrap() >= 1);
-    assert_eq!(s.metric("rate_limit_rejections_total", &[("endpoint", "/api/jobs")]), 1.0);
-    assert_eq!(s.metric("rate_limit_rejections_total", &[("endpoint", "/api/image-to-3d")]), 1.0);
+    assert!(
+        limited
+            .header("Retry-After")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(
+        s.metric("rate_limit_rejections_total", &[("endpoint", "/api/jobs")]),
+        1.0
+    );
+    assert_eq!(
+        s.metric(
+            "rate_limit_rejections_total",
+            &[("endpoint", "/api/image-to-3d")]
+        ),
+        1.0
+    );
     // The rejected submission was not recorded.
     assert_eq!(s.history.count(None).unwrap(), 1);
 }
@@ -528,8 +826,18 @@ fn a_full_queue_answers_503_with_retry_after() {
         queue_limit: 2,
         ..test_config()
     };
-    let s = start(config, vec![(JobKind::ImageTo3d, held(Arc::clone(&release)))]);
-    let submit = || send("POST", &s.url("/api/image-to-3d"), &[("Content-Type", "image/png")], Some(&png(8, 8)));
+    let s = start(
+        config,
+        vec![(JobKind::ImageTo3d, held(Arc::clone(&release)))],
+    );
+    let submit = || {
+        send(
+            "POST",
+            &s.url("/api/image-to-3d"),
+            &[("Content-Type", "image/png")],
+            Some(&png(8, 8)),
+        )
+    };
     assert_eq!(submit().status, 202);
     let deadline = Instant::now() + WAIT;
     while s.engine.active_count() == 0 && Instant::now() < deadline {
@@ -553,7 +861,10 @@ fn a_non_loopback_bind_needs_a_token_and_checks_it() {
         bind: "127.0.0.2:0".into(),
         ..test_config()
     };
-    assert!(matches!(try_start(open, Vec::new()), Err(ServeError::TokenRequired { .. })));
+    assert!(matches!(
+        try_start(open, Vec::new()),
+        Err(ServeError::TokenRequired { .. })
+    ));
 
     let token_dir = tempfile::tempdir().unwrap();
     let token_file = token_dir.path().join("token");
@@ -566,7 +877,12 @@ fn a_non_loopback_bind_needs_a_token_and_checks_it() {
     let s = start(config, mesh_runner());
     assert!(s.base.starts_with("http://127.0.0.2:"), "{}", s.base);
     let jobs = s.url("/api/jobs");
-    for auth in [None, Some("Bearer wrong"), Some("Bearer s3cret-toke"), Some("Basic s3cret-token")] {
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer s3cret-toke"),
+        Some("Basic s3cret-token"),
+    ] {
         let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
         let r = send("GET", &jobs, &headers, None);
         assert_eq!(r.status, 401, "{auth:?}");
@@ -579,7 +895,13 @@ fn a_non_loopback_bind_needs_a_token_and_checks_it() {
     // /health and /metrics stay open unless protected.
     assert_eq!(get(&s.url("/health")).status, 200);
     assert_eq!(get(&s.url("/metrics")).status, 200);
-    assert_eq!(s.metric("errors_total", &[("type", "unauthorized"), ("endpoint", "/api/jobs")]), 4.0);
+    assert_eq!(
+        s.metric(
+            "errors_total",
+            &[("type", "unauthorized"), ("endpoint", "/api/jobs")]
+        ),
+        4.0
+    );
 
     let protected = ServeConfig {
         bind: "127.0.0.2:0".into(),
@@ -590,15 +912,34 @@ fn a_non_loopback_bind_needs_a_token_and_checks_it() {
     let p = start(protected, Vec::new());
     assert_eq!(get(&p.url("/health")).status, 401);
     assert_eq!(get(&p.url("/metrics")).status, 401);
-    assert_eq!(send("GET", &p.url("/metrics"), &[("Authorization", "Bearer tok")], None).status, 200);
+    assert_eq!(
+        send(
+            "GET",
+            &p.url("/metrics"),
+            &[("Authorization", "Bearer tok")],
+            None
+        )
+        .status,
+        200
+    );
 }
 
 #[test]
 fn cors_is_off_by_default_and_exact_when_configured() {
     let s = start(test_config(), Vec::new());
-    let r = send("GET", &s.url("/api/jobs"), &[("Origin", "https://evil.example")], None);
+    let r = send(
+        "GET",
+        &s.url("/api/jobs"),
+        &[("Origin", "https://evil.example")],
+        None,
+    );
     assert_eq!(r.header("Access-Control-Allow-Origin"), None);
-    let pre = send("OPTIONS", &s.url("/api/jobs"), &[("Origin", "https://evil.example")], None);
+    let pre = send(
+        "OPTIONS",
+        &s.url("/api/jobs"),
+        &[("Origin", "https://evil.example")],
+        None,
+    );
     assert_eq!(pre.status, 405);
 
     let config = ServeConfig {
@@ -606,18 +947,38 @@ fn cors_is_off_by_default_and_exact_when_configured() {
         ..test_config()
     };
     let c = start(config, Vec::new());
-    let pre = send("OPTIONS", &c.url("/api/text-to-image"), &[("Origin", "https://studio.example")], None);
+    let pre = send(
+        "OPTIONS",
+        &c.url("/api/text-to-image"),
+        &[("Origin", "https://studio.example")],
+        None,
+    );
     assert_eq!(pre.status, 204);
-    assert_eq!(pre.header("Access-Control-Allow-Origin"), Some("https://studio.example"));
-    assert!(pre.header("Access-Control-Allow-Headers").unwrap().contains("Authorization"));
+    assert_eq!(
+        pre.header("Access-Control-Allow-Origin"),
+        Some("https://studio.example")
+    );
+    assert!(
+        pre.header("Access-Control-Allow-Headers")
+            .unwrap()
+            .contains("Authorization")
+    );
     let r = get(&c.url("/api/jobs"));
-    assert_eq!(r.header("Access-Control-Allow-Origin"), Some("https://studio.example"));
+    assert_eq!(
+        r.header("Access-Control-Allow-Origin"),
+        Some("https://studio.example")
+    );
 }
 
 #[test]
 fn result_downloads_cannot_escape_the_data_dir() {
     let s = start(test_config(), mesh_runner());
-    let r = send("POST", &s.url("/api/image-to-3d"), &[("Content-Type", "image/png")], Some(&png(8, 8)));
+    let r = send(
+        "POST",
+        &s.url("/api/image-to-3d"),
+        &[("Content-Type", "image/png")],
+        Some(&png(8, 8)),
+    );
     let id = r.json()["id"].as_i64().unwrap();
     assert_eq!(wait_job(&s.base, id)["state"], "succeeded");
     let outside = tempfile::tempdir().unwrap();
@@ -637,11 +998,18 @@ fn result_downloads_cannot_escape_the_data_dir() {
     }
     // A record pointing outside (edited database, or a symlink swapped in
     // after the job) is never served either.
-    let jid = s.history.insert_job(JobKind::ImageTo3d, "evil", &serde_json::json!({})).unwrap();
+    let jid = s
+        .history
+        .insert_job(JobKind::ImageTo3d, "evil", &serde_json::json!({}))
+        .unwrap();
     s.history
         .mark_succeeded(
             jid,
-            &JobOutput { files: vec![secret.clone()], quality: None, summary: Value::Null },
+            &JobOutput {
+                files: vec![secret.clone()],
+                quality: None,
+                summary: Value::Null,
+            },
             &Default::default(),
         )
         .unwrap();
@@ -651,11 +1019,18 @@ fn result_downloads_cannot_escape_the_data_dir() {
     {
         let link = s.data_dir().join("outputs").join("link.glb");
         std::os::unix::fs::symlink(&secret, &link).unwrap();
-        let jid = s.history.insert_job(JobKind::ImageTo3d, "link", &serde_json::json!({})).unwrap();
+        let jid = s
+            .history
+            .insert_job(JobKind::ImageTo3d, "link", &serde_json::json!({}))
+            .unwrap();
         s.history
             .mark_succeeded(
                 jid,
-                &JobOutput { files: vec![link], quality: None, summary: Value::Null },
+                &JobOutput {
+                    files: vec![link],
+                    quality: None,
+                    summary: Value::Null,
+                },
                 &Default::default(),
             )
             .unwrap();
@@ -677,7 +1052,12 @@ fn failure_messages_shown_to_clients_carry_no_local_paths() {
             ))
         }),
     );
-    let r = send("POST", &s.url("/api/image-to-3d"), &[("Content-Type", "image/png")], Some(&png(8, 8)));
+    let r = send(
+        "POST",
+        &s.url("/api/image-to-3d"),
+        &[("Content-Type", "image/png")],
+        Some(&png(8, 8)),
+    );
     let job = wait_job(&s.base, r.json()["id"].as_i64().unwrap());
     assert_eq!(job["state"], "failed");
     let message = job["error"]["message"].as_str().unwrap();
@@ -694,7 +1074,10 @@ fn the_openapi_document_is_served_and_matches_the_router() {
     assert_eq!(r.status, 200);
     let doc = r.json();
     let on_disk: Value = serde_json::from_str(
-        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json")).unwrap(),
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json"),
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(doc, on_disk);
@@ -707,13 +1090,22 @@ fn the_openapi_document_is_served_and_matches_the_router() {
             // Every documented operation is routed (not 404, not 405).
             let concrete = path.replace("{id}", "1");
             let r = send(&method.to_uppercase(), &s.url(&concrete), &[], None);
-            assert!(r.status != 405, "{method} {path} is documented but not routed");
+            assert!(
+                r.status != 405,
+                "{method} {path} is documented but not routed"
+            );
             if !path.contains("{id}") {
-                assert!(r.status != 404, "{method} {path} is documented but not routed");
+                assert!(
+                    r.status != 404,
+                    "{method} {path} is documented but not routed"
+                );
             }
             // Every documented operation documents the errors every request can get.
             let responses = ops[method]["responses"].as_object().unwrap();
-            assert!(responses.contains_key("429") && responses.contains_key("401"), "{method} {path}");
+            assert!(
+                responses.contains_key("429") && responses.contains_key("401"),
+                "{method} {path}"
+            );
         }
     }
     // Every route the metrics contract knows is documented.
@@ -729,9 +1121,15 @@ fn the_openapi_document_is_served_and_matches_the_router() {
     let t2i = &doc["components"]["schemas"]["TextToImageRequest"]["properties"];
     assert_eq!(t2i["steps"]["maximum"], 150);
     assert_eq!(t2i["width"]["multipleOf"], 8);
-    let ok = post_json(&s.url("/api/text-to-image"), r#"{"prompt":"p","steps":150,"width":2048}"#);
+    let ok = post_json(
+        &s.url("/api/text-to-image"),
+        r#"{"prompt":"p","steps":150,"width":2048}"#,
+    );
     assert_ne!(ok.status, 422);
-    let over = post_json(&s.url("/api/text-to-image"), r#"{"prompt":"p","steps":151}"#);
+    let over = post_json(
+        &s.url("/api/text-to-image"),
+        r#"{"prompt":"p","steps":151}"#,
+    );
     assert_eq!(over.status, 422);
 }
 
@@ -745,15 +1143,29 @@ fn http_metrics_move_exactly_as_the_scripted_traffic_says() {
     assert_eq!(get(&s.url("/health")).status, 200);
     assert_eq!(get(&s.url("/nope")).status, 404);
     assert_eq!(post_json(&s.url("/api/text-to-image"), "{").status, 400);
-    assert_eq!(post_json(&s.url("/api/text-to-image"), r#"{"prompt":"x","steps":0}"#).status, 422);
-    let r = send("POST", &s.url("/api/image-to-3d"), &[("Content-Type", "image/png")], Some(&png(8, 8)));
+    assert_eq!(
+        post_json(&s.url("/api/text-to-image"), r#"{"prompt":"x","steps":0}"#).status,
+        422
+    );
+    let r = send(
+        "POST",
+        &s.url("/api/image-to-3d"),
+        &[("Content-Type", "image/png")],
+        Some(&png(8, 8)),
+    );
     assert_eq!(r.status, 202);
     assert_eq!(get(&s.url("/api/jobs/424242")).status, 404);
     assert_eq!(send("PUT", &s.url("/api/jobs"), &[], None).status, 405);
     let after = s.telemetry.encode();
 
-    let delta = |name: &str, labels: &[(&str, &str)]| v(&after, name, labels) - v(&before, name, labels);
-    let req = |m, e, st| delta("http_requests_total", &[("method", m), ("endpoint", e), ("status", st)]);
+    let delta =
+        |name: &str, labels: &[(&str, &str)]| v(&after, name, labels) - v(&before, name, labels);
+    let req = |m, e, st| {
+        delta(
+            "http_requests_total",
+            &[("method", m), ("endpoint", e), ("status", st)],
+        )
+    };
     assert_eq!(req("GET", "/health", "200"), 2.0);
     assert_eq!(req("GET", "other", "404"), 1.0);
     assert_eq!(req("POST", "/api/text-to-image", "400"), 1.0);
@@ -777,7 +1189,19 @@ fn http_metrics_move_exactly_as_the_scripted_traffic_says() {
     assert_eq!(err("validation", "/api/text-to-image"), 1.0);
     assert_eq!(err("not_found", "/api/jobs/{id}"), 1.0);
     assert_eq!(err("not_found", "/api/jobs"), 1.0);
-    assert_eq!(delta("validation_errors_total", &[("endpoint", "/api/text-to-image"), ("field", "body")]), 1.0);
-    assert_eq!(delta("validation_errors_total", &[("endpoint", "/api/text-to-image"), ("field", "steps")]), 1.0);
+    assert_eq!(
+        delta(
+            "validation_errors_total",
+            &[("endpoint", "/api/text-to-image"), ("field", "body")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "validation_errors_total",
+            &[("endpoint", "/api/text-to-image"), ("field", "steps")]
+        ),
+        1.0
+    );
     assert_eq!(v(&after, "concurrent_requests", &[]), 0.0);
 }

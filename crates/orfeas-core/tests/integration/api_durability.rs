@@ -91,7 +91,11 @@ fn outputs_are_whole(data_dir: &Path) -> usize {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
         assert!(!name.ends_with(".tmp"), "temporary file left: {name}");
-        assert_eq!(entry.metadata().unwrap().len(), OUTPUT_BYTES, "partial output {name}");
+        assert_eq!(
+            entry.metadata().unwrap().len(),
+            OUTPUT_BYTES,
+            "partial output {name}"
+        );
         n += 1;
     }
     n
@@ -114,7 +118,9 @@ fn kill_9_during_a_running_job_then_restart_keeps_history_and_runs_the_queue() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(20));
     }
-    let tmp_before = std::fs::read_dir(dir.path().join("outputs")).unwrap().count();
+    let tmp_before = std::fs::read_dir(dir.path().join("outputs"))
+        .unwrap()
+        .count();
     assert_eq!(tmp_before, 1, "the runner should be mid-write");
     let mut first = first;
     first.child.kill().unwrap(); // SIGKILL
@@ -153,7 +159,10 @@ fn sigterm_drains_the_running_job_and_keeps_queued_ones_for_the_next_start() {
         if let Some(exit) = fx.child.try_wait().unwrap() {
             break exit;
         }
-        assert!(Instant::now() < deadline, "server did not stop after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "server did not stop after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(exit.success(), "{exit:?}");
@@ -161,8 +170,14 @@ fn sigterm_drains_the_running_job_and_keeps_queued_ones_for_the_next_start() {
     assert!(std::net::TcpStream::connect(fx.base.trim_start_matches("http://")).is_err());
     drop(fx);
     let history = History::open(&dir.path().join("history.sqlite3")).unwrap();
-    assert_eq!(history.get(JobId(running)).unwrap().unwrap().state, JobState::Succeeded);
-    assert_eq!(history.get(JobId(queued)).unwrap().unwrap().state, JobState::Queued);
+    assert_eq!(
+        history.get(JobId(running)).unwrap().unwrap().state,
+        JobState::Succeeded
+    );
+    assert_eq!(
+        history.get(JobId(queued)).unwrap().unwrap().state,
+        JobState::Queued
+    );
     assert_eq!(outputs_are_whole(dir.path()), 1);
     drop(history);
     let next = spawn(dir.path(), 100);

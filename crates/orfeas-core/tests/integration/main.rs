@@ -3,5 +3,7 @@
 
 mod api;
 mod api_durability;
+mod api_props;
+mod api_schemathesis;
 mod history;
 mod jobs;

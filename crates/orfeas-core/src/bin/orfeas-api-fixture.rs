@@ -4,6 +4,7 @@
 //!
 //! usage: orfeas-api-fixture --data-dir DIR [--bind ADDR] [--runner-ms N]
 //!        [--token T] [--no-rate-limit] [--queue-limit N] [--no-requeue] [--drain-secs N]
+//!        [--output-bytes N]
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use orfeas_core::jobs::{
 };
 use orfeas_core::telemetry::{Telemetry, TelemetryConfig};
 
-/// Size of every output file the stand-in runners write.
+/// Size of every output file the stand-in runners write (by default).
 const OUTPUT_BYTES: usize = 256 * 1024;
 const CHUNKS: usize = 16;
 
@@ -27,6 +28,7 @@ fn main() -> anyhow::Result<()> {
         ..ServeConfig::default()
     };
     let mut runner_ms = 200u64;
+    let mut output_bytes = OUTPUT_BYTES;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
@@ -38,6 +40,7 @@ fn main() -> anyhow::Result<()> {
             "--no-rate-limit" => config.rate_limit = None,
             "--queue-limit" => config.queue_limit = value()?.parse()?,
             "--no-requeue" => config.requeue_on_start = false,
+            "--output-bytes" => output_bytes = value()?.parse()?,
             "--drain-secs" => config.drain_timeout = Duration::from_secs(value()?.parse()?),
             other => bail!("unknown argument {other}"),
         }
@@ -51,7 +54,9 @@ fn main() -> anyhow::Result<()> {
         },
         Some(history),
     )?;
-    let runner = Arc::new(move |spec: &JobSpec, ctx: &JobContext| slow_write(spec, ctx, runner_ms));
+    let runner = Arc::new(move |spec: &JobSpec, ctx: &JobContext| {
+        slow_write(spec, ctx, runner_ms, output_bytes)
+    });
     engine.register(JobKind::ImageTo3d, runner.clone());
     engine.register(JobKind::TextToImage, runner);
     let telemetry = Telemetry::start(TelemetryConfig {
@@ -64,7 +69,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Writes `params.output` atomically, one chunk every `total_ms / CHUNKS`.
-fn slow_write(spec: &JobSpec, ctx: &JobContext, total_ms: u64) -> Result<JobOutput, JobFailure> {
+fn slow_write(
+    spec: &JobSpec,
+    ctx: &JobContext,
+    total_ms: u64,
+    output_bytes: usize,
+) -> Result<JobOutput, JobFailure> {
     let output = spec
         .params
         .get("output")
@@ -72,7 +82,7 @@ fn slow_write(spec: &JobSpec, ctx: &JobContext, total_ms: u64) -> Result<JobOutp
         .map(PathBuf::from)
         .ok_or_else(|| JobFailure::new("invalid_input", "no output path"))?;
     let pause = Duration::from_millis(total_ms / CHUNKS as u64);
-    let chunk: Vec<u8> = (0..OUTPUT_BYTES / CHUNKS)
+    let chunk: Vec<u8> = (0..output_bytes / CHUNKS)
         .map(|i| (i % 251) as u8)
         .collect();
     orfeas_core::paths::write_atomic(&output, |w| {
@@ -98,6 +108,6 @@ fn slow_write(spec: &JobSpec, ctx: &JobContext, total_ms: u64) -> Result<JobOutp
     Ok(JobOutput {
         files: vec![output],
         quality: Some(0.5),
-        summary: serde_json::json!({ "bytes": OUTPUT_BYTES }),
+        summary: serde_json::json!({ "bytes": chunk.len() * CHUNKS }),
     })
 }

@@ -109,10 +109,11 @@ fn prepare_data_dir(data_dir: &Path) -> Result<(), ServeError> {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with(".orfeas-") && name.ends_with(".tmp") {
-                if let Err(err) = std::fs::remove_file(entry.path()) {
-                    tracing::warn!("cannot remove a stale temporary file {name}: {err}");
-                }
+            if name.starts_with(".orfeas-")
+                && name.ends_with(".tmp")
+                && let Err(err) = std::fs::remove_file(entry.path())
+            {
+                tracing::warn!("cannot remove a stale temporary file {name}: {err}");
             }
         }
     }

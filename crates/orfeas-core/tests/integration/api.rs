@@ -40,6 +40,20 @@ impl TestServer {
         self.dir.path()
     }
 
+    /// Waits (bounded) until a series reaches `want`, and returns its value:
+    /// HTTP requests are counted just after their response is written.
+    pub fn settled_metric(&self, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.metric(name, labels);
+            if v >= want || Instant::now() > deadline {
+                std::thread::sleep(Duration::from_millis(20));
+                return self.metric(name, labels);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Value of one series in the registry (0 when absent).
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric_value(&self.telemetry.encode(), name, labels)
@@ -486,7 +500,18 @@ fn every_validation_error_is_json_with_its_field_and_counted() {
     let (ct_noimg, noimg) = multipart(&[("format", None, b"glb")]);
     let (ct_bad, _) = multipart(&[]);
     // (method, url, content-type, body, status, code, field, metric endpoint, metric field)
-    let cases: Vec<(&str, String, &str, Vec<u8>, u16, &str, &str, &str, &str)> = vec![
+    type Case<'a> = (
+        &'a str,
+        String,
+        &'a str,
+        Vec<u8>,
+        u16,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+    );
+    let cases: Vec<Case<'_>> = vec![
         (
             "POST",
             t2i.clone(),
@@ -896,9 +921,10 @@ fn a_non_loopback_bind_needs_a_token_and_checks_it() {
     assert_eq!(get(&s.url("/health")).status, 200);
     assert_eq!(get(&s.url("/metrics")).status, 200);
     assert_eq!(
-        s.metric(
+        s.settled_metric(
             "errors_total",
-            &[("type", "unauthorized"), ("endpoint", "/api/jobs")]
+            &[("type", "unauthorized"), ("endpoint", "/api/jobs")],
+            4.0
         ),
         4.0
     );
@@ -989,7 +1015,7 @@ fn result_downloads_cannot_escape_the_data_dir() {
         "..%2Fhistory.sqlite3",
         "%2E%2E%2F%2E%2E%2Fetc%2Fpasswd",
         "/etc/passwd",
-        &secret.to_string_lossy().into_owned(),
+        &secret.to_string_lossy(),
         "outputs/../../secret.txt",
     ] {
         let r = get(&s.url(&format!("/api/jobs/{id}/result?file={file}")));
@@ -1156,6 +1182,21 @@ fn http_metrics_move_exactly_as_the_scripted_traffic_says() {
     assert_eq!(r.status, 202);
     assert_eq!(get(&s.url("/api/jobs/424242")).status, 404);
     assert_eq!(send("PUT", &s.url("/api/jobs"), &[], None).status, 405);
+    // A request is counted right after its response is written, so the last
+    // one may still be on its way into the registry: wait for it (bounded).
+    let total = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("http_requests_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let deadline = Instant::now() + WAIT;
+    let mut after = s.telemetry.encode();
+    while total(&after) - total(&before) < 8.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        after = s.telemetry.encode();
+    }
+    std::thread::sleep(Duration::from_millis(50));
     let after = s.telemetry.encode();
 
     let delta =
@@ -1173,12 +1214,6 @@ fn http_metrics_move_exactly_as_the_scripted_traffic_says() {
     assert_eq!(req("POST", "/api/image-to-3d", "202"), 1.0);
     assert_eq!(req("GET", "/api/jobs/{id}", "404"), 1.0);
     assert_eq!(req("OTHER", "/api/jobs", "405"), 1.0);
-    let total = |text: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with("http_requests_total{"))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
-    };
     assert_eq!(total(&after) - total(&before), 8.0);
     let hist = |e| delta("http_request_duration_seconds_count", &[("endpoint", e)]);
     assert_eq!(hist("/health"), 2.0);

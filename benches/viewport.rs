@@ -6,12 +6,15 @@ fn main() -> anyhow::Result<()> {
     let frames: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(30);
     let (width, height) = match args.next() {
         Some(size) => {
-            let (w, h) = size.split_once('x').ok_or_else(|| anyhow::anyhow!("size must look like 1280x720"))?;
+            let (w, h) = size
+                .split_once('x')
+                .ok_or_else(|| anyhow::anyhow!("size must look like 1280x720"))?;
             (w.parse()?, h.parse()?)
         }
         None => (1280, 720),
     };
-    let (adapter, timings) = orfeas::viewport::bench::frame_times(&[10_000, 100_000, 1_000_000], width, height, frames)?;
+    let (adapter, timings) =
+        orfeas::viewport::bench::frame_times(&[10_000, 100_000, 1_000_000], width, height, frames)?;
     println!("viewport frame time on {adapter}, {frames} frames each");
     for timing in timings {
         println!(

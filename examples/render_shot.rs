@@ -25,6 +25,11 @@ fn main() -> anyhow::Result<()> {
     let mesh = orfeas::viewport::open_mesh_file(std::path::Path::new(mesh_path))?;
     let image = orfeas::viewport::render_mesh_to_image(&mesh, &options)?;
     image.save(out)?;
-    println!("{} triangles → {out} ({}x{})", mesh.triangle_count(), options.width, options.height);
+    println!(
+        "{} triangles → {out} ({}x{})",
+        mesh.triangle_count(),
+        options.width,
+        options.height
+    );
     Ok(())
 }

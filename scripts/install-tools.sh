@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages and external checkers the test suite runs against:
 # Xvfb + Mesa lavapipe (UI and renderer tests), Prometheus, promtool, Alertmanager,
-# amtool, wrk (Debian); a Python venv with trimesh and check-jsonschema (PyPI);
+# amtool, wrk (Debian); a Python venv with trimesh, check-jsonschema and schemathesis (PyPI);
 # the Khronos glTF-Validator (npm). Idempotent; prints `export` lines for the
 # environment the tests read.      usage: eval "$(scripts/install-tools.sh)"
 set -euo pipefail
@@ -21,11 +21,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >&2
 fi
-if [ ! -x "$TOOLS/venv/bin/check-jsonschema" ]; then
+if [ ! -x "$TOOLS/venv/bin/check-jsonschema" ] || [ ! -x "$TOOLS/venv/bin/schemathesis" ]; then
   echo "installing Python checkers into $TOOLS/venv" >&2
   python3 -m venv "$TOOLS/venv" >&2
   "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check \
-    trimesh==4.5.3 numpy scipy networkx prometheus_client==0.21.1 check-jsonschema==0.29.4 >&2
+    trimesh==4.5.3 numpy scipy networkx prometheus_client==0.21.1 check-jsonschema==0.29.4 schemathesis==4.32.5 >&2
 fi
 if [ ! -d "$TOOLS/node/node_modules/gltf-validator" ]; then
   echo "installing the Khronos glTF-Validator into $TOOLS/node" >&2

@@ -26,6 +26,8 @@ use crate::ui::{GalleryView, StudioCtx};
 pub struct AppConfig {
     /// `None` = the platform data dir (`ORFEAS_DATA_DIR` overrides).
     pub data_dir: Option<PathBuf>,
+    /// A mesh to show on the Viewer tab at start (`orfeas view MESH`).
+    pub open_mesh: Option<PathBuf>,
 }
 
 /// Opens the main window and runs until it is closed.

@@ -40,6 +40,13 @@ pub enum Command {
     ImageTo3d(ImageTo3dArgs),
     /// List recent jobs from the history database.
     History(HistoryArgs),
+    /// Render a mesh (GLB, glTF, OBJ, PLY, STL) to a PNG offscreen, without a window.
+    Render(RenderArgs),
+    /// Open the studio on the Viewer tab with this mesh.
+    View {
+        /// The mesh to show: GLB, glTF, OBJ, PLY or STL.
+        mesh: PathBuf,
+    },
     /// Run headless: the HTTP API and `/metrics` for Prometheus.
     Serve(ServeArgs),
     /// The Prometheus + Alertmanager + Grafana stack for watching studios.
@@ -149,6 +156,33 @@ pub struct ImageTo3dArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// The mesh: GLB, glTF, OBJ, PLY or STL.
+    pub mesh: PathBuf,
+    /// The PNG to write. With --turntable N, frames go to NAME-000.png … NAME-(N-1).png.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Camera: front, back, left, right, top, bottom or iso.
+    #[arg(long, default_value = "iso")]
+    pub view: String,
+    /// Image size as WIDTHxHEIGHT.
+    #[arg(long, default_value = "1024x768")]
+    pub size: String,
+    /// Shading: lit, flat, clay, textured, vertex-color or normals.
+    #[arg(long, default_value = "lit")]
+    pub mode: String,
+    /// Draw the triangle edges over the shading.
+    #[arg(long)]
+    pub wireframe: bool,
+    /// Leave out the ground grid and axes.
+    #[arg(long)]
+    pub no_grid: bool,
+    /// Render N frames around the object instead of one.
+    #[arg(long)]
+    pub turntable: Option<u32>,
+}
+
+#[derive(Debug, Args)]
 pub struct HistoryArgs {
     /// How many jobs to list, newest first.
     #[arg(long, short = 'n', default_value_t = 20)]
@@ -164,6 +198,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::ImageTo3d(args)) => image_to_3d(args),
         Some(Command::History(args)) => history(&args),
+        Some(Command::Render(args)) => render(&args),
+        Some(Command::View { mesh }) => {
+            crate::app::run_gui(crate::app::AppConfig {
+                open_mesh: Some(absolute(&mesh)),
+                ..Default::default()
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Serve(args)) => serve(&args),
         Some(Command::Monitoring(MonitoringCommand::Export { dir })) => {
             orfeas_core::monitoring::export(&dir)
@@ -369,5 +411,77 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     )?;
     eprintln!("serving /metrics and /health on http://{}", server.addr());
     server.join();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `WIDTHxHEIGHT`.
+pub fn parse_size(text: &str) -> anyhow::Result<(u32, u32)> {
+    let parsed = text
+        .split_once(['x', 'X', '×'])
+        .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)));
+    match parsed {
+        Some((w, h)) if w > 0 && h > 0 => Ok((w, h)),
+        _ => anyhow::bail!("size {text:?} is not WIDTHxHEIGHT (e.g. 1024x768)"),
+    }
+}
+
+fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
+    use crate::viewport::{RenderOptions, ShadingMode, View};
+    let view = View::from_name(&args.view).with_context(|| {
+        format!("unknown view {:?}; use front, back, left, right, top, bottom or iso", args.view)
+    })?;
+    let mode = ShadingMode::from_name(&args.mode).with_context(|| {
+        format!(
+            "unknown mode {:?}; use lit, flat, clay, textured, vertex-color or normals",
+            args.mode
+        )
+    })?;
+    let (width, height) = parse_size(&args.size)?;
+    let ext = args.output.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+    anyhow::ensure!(
+        ext.as_deref() == Some("png"),
+        "the output {} must end in .png",
+        args.output.display()
+    );
+    let mesh = crate::viewport::open_mesh_file(&args.mesh)?;
+    let options = RenderOptions {
+        width,
+        height,
+        view,
+        mode,
+        wireframe: args.wireframe,
+        grid: !args.no_grid,
+        ..RenderOptions::default()
+    };
+    let frames = match args.turntable {
+        None => vec![(args.output.clone(), crate::viewport::render_mesh_to_image(&mesh, &options)?)],
+        Some(0) => anyhow::bail!("--turntable needs at least 1 frame"),
+        Some(n) => {
+            let stem = args.output.with_extension("");
+            crate::viewport::render_turntable(&mesh, &options, n)?
+                .into_iter()
+                .enumerate()
+                .map(|(i, img)| (PathBuf::from(format!("{}-{i:03}.png", stem.display())), img))
+                .collect()
+        }
+    };
+    for (path, image) in &frames {
+        let mut png = Vec::new();
+        image
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .context("cannot encode the PNG")?;
+        orfeas_core::paths::write_bytes_atomic(path, &png)?;
+    }
+    println!(
+        "wrote {} ({width}×{height}, {} triangles, {} view, {} shading{})",
+        match frames.as_slice() {
+            [(path, _)] => path.display().to_string(),
+            _ => format!("{} frames", frames.len()),
+        },
+        mesh.triangle_count(),
+        view.name(),
+        mode.name(),
+        if args.wireframe { ", wireframe" } else { "" }
+    );
     Ok(ExitCode::SUCCESS)
 }

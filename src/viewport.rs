@@ -16,12 +16,15 @@ use std::path::Path;
 
 pub use callback::{EguiPassConfig, install};
 pub use camera::{Bounds, OrbitCamera, View};
-pub use headless::{HeadlessRenderer, RenderError, RenderOptions, render_mesh_to_image, render_turntable};
+pub use headless::{
+    HeadlessRenderer, RenderError, RenderOptions, render_mesh_to_image, render_turntable,
+};
 pub use renderer::{Background, MeshVertices, ShadingMode};
 pub use widget::{MeshStats, ViewerCommand, ViewerState, viewer_ui};
 
 /// Opens a GLB/glTF, OBJ, PLY or STL file (slow for large files: call it off the UI thread).
-pub fn open_mesh_file(path: &Path) -> Result<orfeas_core::mesh::Mesh, orfeas_core::import::ImportError> {
+pub fn open_mesh_file(
+    path: &Path,
+) -> Result<orfeas_core::mesh::Mesh, orfeas_core::import::ImportError> {
     orfeas_core::import::import_mesh(path)
 }
-

@@ -20,12 +20,22 @@ pub fn sphere_mesh(triangles: usize) -> Mesh {
         let theta = std::f32::consts::PI * ring as f32 / rings as f32;
         for segment in 0..=segments {
             let phi = std::f32::consts::TAU * segment as f32 / segments as f32;
-            let normal = [theta.sin() * phi.cos(), theta.cos(), theta.sin() * phi.sin()];
+            let normal = [
+                theta.sin() * phi.cos(),
+                theta.cos(),
+                theta.sin() * phi.sin(),
+            ];
             mesh.positions.push(normal);
             mesh.normals.push(normal);
-            mesh.uvs.push([segment as f32 / segments as f32, ring as f32 / rings as f32]);
+            mesh.uvs
+                .push([segment as f32 / segments as f32, ring as f32 / rings as f32]);
             // Both factors are in 0..=1, so the bytes cannot overflow.
-            mesh.colors.push([(255.0 * ring as f32 / rings as f32) as u8, 128, (255.0 * segment as f32 / segments as f32) as u8, 255]);
+            mesh.colors.push([
+                (255.0 * ring as f32 / rings as f32) as u8,
+                128,
+                (255.0 * segment as f32 / segments as f32) as u8,
+                255,
+            ]);
         }
     }
     let stride = segments + 1;
@@ -75,6 +85,10 @@ pub fn frame_times(
             mean_frame,
         });
     }
-    let description = format!("{}, {}x MSAA", renderer.adapter_description(), renderer.sample_count());
+    let description = format!(
+        "{}, {}x MSAA",
+        renderer.adapter_description(),
+        renderer.sample_count()
+    );
     Ok((description, timings))
 }

@@ -36,11 +36,17 @@ impl EguiPassConfig {
 
     /// What eframe sets up for `options` (call from `App::new` with
     /// `cc.wgpu_render_state`'s target format).
-    pub fn from_native_options(options: &eframe::NativeOptions, target_format: wgpu::TextureFormat) -> Self {
+    pub fn from_native_options(
+        options: &eframe::NativeOptions,
+        target_format: wgpu::TextureFormat,
+    ) -> Self {
         Self {
             target_format,
             msaa_samples: u32::from(options.multisampling).max(1),
-            depth_format: egui_wgpu::depth_format_from_bits(options.depth_buffer, options.stencil_buffer),
+            depth_format: egui_wgpu::depth_format_from_bits(
+                options.depth_buffer,
+                options.stencil_buffer,
+            ),
         }
     }
 }
@@ -50,7 +56,11 @@ impl EguiPassConfig {
 /// [`super::viewer_ui`] installs eframe's defaults itself if this was not done.
 pub fn install(render_state: &egui_wgpu::RenderState, egui_pass: EguiPassConfig) {
     let resources = ViewportResources::new(render_state, egui_pass);
-    render_state.renderer.write().callback_resources.insert(resources);
+    render_state
+        .renderer
+        .write()
+        .callback_resources
+        .insert(resources);
 }
 
 pub fn is_installed(render_state: &egui_wgpu::RenderState) -> bool {
@@ -81,7 +91,11 @@ struct ViewerGpu {
 impl ViewportResources {
     fn new(render_state: &egui_wgpu::RenderState, egui_pass: EguiPassConfig) -> Self {
         let device = &render_state.device;
-        let scene = SceneRenderer::new(device, &render_state.queue, pick_sample_count(&render_state.adapter));
+        let scene = SceneRenderer::new(
+            device,
+            &render_state.queue,
+            pick_sample_count(&render_state.adapter),
+        );
         let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("viewport blit"),
             source: wgpu::ShaderSource::Wgsl(include_str!("../../shaders/blit.wgsl").into()),
@@ -123,13 +137,15 @@ impl ViewportResources {
             },
             primitive: Default::default(),
             // egui's pass may carry a depth buffer; the blit neither tests nor writes it.
-            depth_stencil: egui_pass.depth_format.map(|format| wgpu::DepthStencilState {
-                format,
-                depth_write_enabled: Some(false),
-                depth_compare: Some(wgpu::CompareFunction::Always),
-                stencil: Default::default(),
-                bias: Default::default(),
-            }),
+            depth_stencil: egui_pass
+                .depth_format
+                .map(|format| wgpu::DepthStencilState {
+                    format,
+                    depth_write_enabled: Some(false),
+                    depth_compare: Some(wgpu::CompareFunction::Always),
+                    stencil: Default::default(),
+                    bias: Default::default(),
+                }),
             multisample: wgpu::MultisampleState {
                 count: egui_pass.msaa_samples.max(1),
                 ..Default::default()
@@ -162,7 +178,11 @@ impl ViewportResources {
     fn blit_bind_group(&self, device: &wgpu::Device, target: &FrameTarget) -> wgpu::BindGroup {
         // egui writes gamma-encoded values into a non-sRGB target, so the image is
         // read back raw there; an sRGB target re-encodes, so it gets decoded texels.
-        let view = target.color_view_as(if self.target_is_srgb { COLOR_FORMAT } else { COLOR_FORMAT_RAW });
+        let view = target.color_view_as(if self.target_is_srgb {
+            COLOR_FORMAT
+        } else {
+            COLOR_FORMAT_RAW
+        });
         device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("viewport blit"),
             layout: &self.blit_layout,
@@ -211,16 +231,27 @@ impl egui_wgpu::CallbackTrait for ViewportCallback {
             warn_missing_once();
             return Vec::new();
         };
-        let [width, height] = self.size_px.map(|side| side.clamp(1, super::headless::MAX_SIZE_PX));
+        let [width, height] = self
+            .size_px
+            .map(|side| side.clamp(1, super::headless::MAX_SIZE_PX));
         let stale = resources.viewers.get(&self.viewer_id).is_none_or(|viewer| {
             viewer.target.width != width
                 || viewer.target.height != height
                 || viewer.target.pixels_per_point != self.pixels_per_point
         });
         if stale {
-            let target = FrameTarget::new(&resources.scene, device, width, height, self.pixels_per_point);
+            let target = FrameTarget::new(
+                &resources.scene,
+                device,
+                width,
+                height,
+                self.pixels_per_point,
+            );
             let blit_bind_group = resources.blit_bind_group(device, &target);
-            let mesh = resources.viewers.remove(&self.viewer_id).and_then(|viewer| viewer.mesh);
+            let mesh = resources
+                .viewers
+                .remove(&self.viewer_id)
+                .and_then(|viewer| viewer.mesh);
             resources.viewers.insert(
                 self.viewer_id,
                 ViewerGpu {
@@ -236,13 +267,22 @@ impl egui_wgpu::CallbackTrait for ViewportCallback {
         };
         match &self.mesh {
             Some((generation, vertices)) => {
-                if viewer.mesh.as_ref().is_none_or(|(uploaded, _)| uploaded != generation) {
-                    viewer.mesh = Some((*generation, GpuMesh::upload(scene, device, queue, vertices)));
+                if viewer
+                    .mesh
+                    .as_ref()
+                    .is_none_or(|(uploaded, _)| uploaded != generation)
+                {
+                    viewer.mesh =
+                        Some((*generation, GpuMesh::upload(scene, device, queue, vertices)));
                 }
             }
             None => viewer.mesh = None,
         }
-        let mesh = viewer.mesh.as_ref().map(|(_, mesh)| mesh).filter(|m| m.triangle_count > 0);
+        let mesh = viewer
+            .mesh
+            .as_ref()
+            .map(|(_, mesh)| mesh)
+            .filter(|m| m.triangle_count > 0);
         scene.render(queue, egui_encoder, &viewer.target, mesh, &self.settings);
         Vec::new()
     }

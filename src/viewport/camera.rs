@@ -5,7 +5,9 @@ use glam::{Mat4, Vec2, Vec3};
 
 /// Preset viewing directions. `Front` looks at the mesh's +Z side (the side of the
 /// input image), `Right` at its +X side, `Top` down from +Y.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum View {
     #[default]
     Front,
@@ -43,7 +45,9 @@ impl View {
 
     /// Parses the lower-case names the CLI uses (`front`, `iso`, …).
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.name().eq_ignore_ascii_case(name))
+        Self::ALL
+            .into_iter()
+            .find(|v| v.name().eq_ignore_ascii_case(name))
     }
 
     /// `(yaw, pitch)` in radians. Yaw 0 puts the eye on +Z; positive yaw turns
@@ -179,7 +183,9 @@ impl OrbitCamera {
 
     /// Near and far planes that hold the scene and the ground grid around it.
     pub fn near_far(&self) -> (f32, f32) {
-        let near = (self.distance - self.scene_radius * 4.0).max(self.distance * 0.01).max(1e-4);
+        let near = (self.distance - self.scene_radius * 4.0)
+            .max(self.distance * 0.01)
+            .max(1e-4);
         let far = self.distance + self.scene_radius * 16.0;
         (near, far)
     }
@@ -198,7 +204,8 @@ impl OrbitCamera {
     /// i.e. the mesh turns with the pointer).
     pub fn orbit(&mut self, delta_px: Vec2) {
         self.yaw_rad = (self.yaw_rad - delta_px.x * ORBIT_RAD_PER_PX) % std::f32::consts::TAU;
-        self.pitch_rad = (self.pitch_rad + delta_px.y * ORBIT_RAD_PER_PX).clamp(-MAX_PITCH_RAD, MAX_PITCH_RAD);
+        self.pitch_rad =
+            (self.pitch_rad + delta_px.y * ORBIT_RAD_PER_PX).clamp(-MAX_PITCH_RAD, MAX_PITCH_RAD);
     }
 
     /// World units per pixel at the target's depth.
@@ -238,7 +245,8 @@ mod tests {
 
     #[test]
     fn front_view_looks_down_negative_z() {
-        let camera = OrbitCamera::framing(&Bounds::from_min_max([-1.0; 3], [1.0; 3]), View::Front, 1.0);
+        let camera =
+            OrbitCamera::framing(&Bounds::from_min_max([-1.0; 3], [1.0; 3]), View::Front, 1.0);
         assert!(camera.eye().z > 1.0);
         assert!(camera.eye().x.abs() < 1e-4);
     }

@@ -24,7 +24,9 @@ pub enum RenderError {
          (on Linux without a GPU: Mesa's lavapipe, package mesa-vulkan-drivers)"
     )]
     NoAdapter(String),
-    #[error("the GPU adapter {adapter} refused to open a device: {reason}; update the graphics driver")]
+    #[error(
+        "the GPU adapter {adapter} refused to open a device: {reason}; update the graphics driver"
+    )]
     Device { adapter: String, reason: String },
     #[error("image size {width}×{height} is invalid; use 1..={MAX_SIZE_PX} pixels per side")]
     InvalidSize { width: u32, height: u32 },
@@ -99,9 +101,12 @@ impl HeadlessRenderer {
     /// Opens the preferred adapter. `WGPU_BACKEND` (e.g. `vulkan`) and
     /// `WGPU_ADAPTER_NAME` select one explicitly, as everywhere in wgpu.
     pub fn new() -> Result<Self, RenderError> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = pollster::block_on(wgpu::util::initialize_adapter_from_env_or_default(&instance, None))
-            .map_err(|err| RenderError::NoAdapter(err.to_string()))?;
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pollster::block_on(wgpu::util::initialize_adapter_from_env_or_default(
+            &instance, None,
+        ))
+        .map_err(|err| RenderError::NoAdapter(err.to_string()))?;
         let adapter_info = adapter.get_info();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("orfeas headless"),
@@ -132,7 +137,10 @@ impl HeadlessRenderer {
     /// "name (backend, device type)", for logs and benchmark output.
     pub fn adapter_description(&self) -> String {
         let info = &self.adapter_info;
-        format!("{} ({:?}, {:?}, driver {})", info.name, info.backend, info.device_type, info.driver_info)
+        format!(
+            "{} ({:?}, {:?}, driver {})",
+            info.name, info.backend, info.device_type, info.driver_info
+        )
     }
 
     pub fn sample_count(&self) -> u32 {
@@ -140,10 +148,19 @@ impl HeadlessRenderer {
     }
 
     pub fn upload(&self, mesh: &Mesh) -> GpuMesh {
-        GpuMesh::upload(&self.renderer, &self.device, &self.queue, &MeshVertices::from_mesh(mesh))
+        GpuMesh::upload(
+            &self.renderer,
+            &self.device,
+            &self.queue,
+            &MeshVertices::from_mesh(mesh),
+        )
     }
 
-    pub fn render(&self, mesh: &Mesh, options: &RenderOptions) -> Result<image::RgbaImage, RenderError> {
+    pub fn render(
+        &self,
+        mesh: &Mesh,
+        options: &RenderOptions,
+    ) -> Result<image::RgbaImage, RenderError> {
         options.check_size()?;
         let gpu_mesh = self.upload(mesh);
         let settings = settings_for(options, options.camera_for(gpu_mesh.bounds));
@@ -176,10 +193,17 @@ impl HeadlessRenderer {
         settings: &SceneSettings,
     ) -> Result<image::RgbaImage, RenderError> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let target = FrameTarget::new(&self.renderer, &self.device, options.width, options.height, 1.0);
+        let target = FrameTarget::new(
+            &self.renderer,
+            &self.device,
+            options.width,
+            options.height,
+            1.0,
+        );
         let mut encoder = self.device.create_command_encoder(&Default::default());
         let drawn = (mesh.triangle_count > 0).then_some(mesh);
-        self.renderer.render(&self.queue, &mut encoder, &target, drawn, settings);
+        self.renderer
+            .render(&self.queue, &mut encoder, &target, drawn, settings);
         let readback = Readback::record(&self.device, &mut encoder, &target);
         self.queue.submit([encoder.finish()]);
         if let Some(err) = pollster::block_on(scope.pop()) {
@@ -201,11 +225,23 @@ impl HeadlessRenderer {
         frames: u32,
     ) -> Result<Duration, RenderError> {
         options.check_size()?;
-        let target = FrameTarget::new(&self.renderer, &self.device, options.width, options.height, 1.0);
+        let target = FrameTarget::new(
+            &self.renderer,
+            &self.device,
+            options.width,
+            options.height,
+            1.0,
+        );
         let mut camera = options.camera_for(mesh.bounds);
         let frame = |camera: &OrbitCamera| -> Result<(), RenderError> {
             let mut encoder = self.device.create_command_encoder(&Default::default());
-            self.renderer.render(&self.queue, &mut encoder, &target, Some(mesh), &settings_for(options, *camera));
+            self.renderer.render(
+                &self.queue,
+                &mut encoder,
+                &target,
+                Some(mesh),
+                &settings_for(options, *camera),
+            );
             let index = self.queue.submit([encoder.finish()]);
             self.device
                 .poll(wgpu::PollType::Wait {
@@ -246,9 +282,14 @@ struct Readback {
 }
 
 impl Readback {
-    fn record(device: &wgpu::Device, encoder: &mut wgpu::CommandEncoder, target: &FrameTarget) -> Self {
+    fn record(
+        device: &wgpu::Device,
+        encoder: &mut wgpu::CommandEncoder,
+        target: &FrameTarget,
+    ) -> Self {
         let row_bytes = target.width * 4;
-        let padded_row_bytes = row_bytes.div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT) * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT;
+        let padded_row_bytes = row_bytes.div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT)
+            * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT;
         let buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("viewport readback"),
             size: u64::from(padded_row_bytes) * u64::from(target.height),
@@ -271,15 +312,24 @@ impl Readback {
                 depth_or_array_layers: 1,
             },
         );
-        Self { buffer, padded_row_bytes }
+        Self {
+            buffer,
+            padded_row_bytes,
+        }
     }
 
-    fn read(self, device: &wgpu::Device, width: u32, height: u32) -> Result<image::RgbaImage, RenderError> {
+    fn read(
+        self,
+        device: &wgpu::Device,
+        width: u32,
+        height: u32,
+    ) -> Result<image::RgbaImage, RenderError> {
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-        self.buffer.map_async(wgpu::MapMode::Read, .., move |result| {
-            // The receiver waits below; if it is gone there is no one to tell.
-            let _ = sender.send(result);
-        });
+        self.buffer
+            .map_async(wgpu::MapMode::Read, .., move |result| {
+                // The receiver waits below; if it is gone there is no one to tell.
+                let _ = sender.send(result);
+            });
         device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|err| RenderError::Readback(err.to_string()))?;
@@ -293,21 +343,32 @@ impl Readback {
             .map_err(|err| RenderError::Readback(format!("{err:?}")))?;
         let row_bytes = (width * 4) as usize;
         let mut pixels = Vec::with_capacity(row_bytes * height as usize);
-        for row in mapped.chunks(self.padded_row_bytes as usize).take(height as usize) {
+        for row in mapped
+            .chunks(self.padded_row_bytes as usize)
+            .take(height as usize)
+        {
             pixels.extend_from_slice(row.get(..row_bytes).unwrap_or_default());
         }
-        image::RgbaImage::from_raw(width, height, pixels)
-            .ok_or_else(|| RenderError::Readback("the GPU returned fewer pixels than asked for".into()))
+        image::RgbaImage::from_raw(width, height, pixels).ok_or_else(|| {
+            RenderError::Readback("the GPU returned fewer pixels than asked for".into())
+        })
     }
 }
 
 /// Renders `mesh` offscreen into an sRGB image; opens a GPU device for the call
 /// (use [`HeadlessRenderer`] to render many).
-pub fn render_mesh_to_image(mesh: &Mesh, options: &RenderOptions) -> Result<image::RgbaImage, RenderError> {
+pub fn render_mesh_to_image(
+    mesh: &Mesh,
+    options: &RenderOptions,
+) -> Result<image::RgbaImage, RenderError> {
     HeadlessRenderer::new()?.render(mesh, options)
 }
 
 /// `frames` images of a turntable around `mesh` (see [`HeadlessRenderer::render_turntable`]).
-pub fn render_turntable(mesh: &Mesh, options: &RenderOptions, frames: u32) -> Result<Vec<image::RgbaImage>, RenderError> {
+pub fn render_turntable(
+    mesh: &Mesh,
+    options: &RenderOptions,
+    frames: u32,
+) -> Result<Vec<image::RgbaImage>, RenderError> {
     HeadlessRenderer::new()?.render_turntable(mesh, options, frames)
 }

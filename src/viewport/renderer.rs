@@ -21,7 +21,9 @@ pub const DEPTH_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Depth32Float;
 const TRIANGLES_PER_CHUNK: usize = 1 << 20;
 
 /// How the mesh surface is coloured.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum ShadingMode {
     /// Texture × vertex colour, lit by key + fill + ambient light, smooth normals.
     #[default]
@@ -60,7 +62,9 @@ impl ShadingMode {
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|m| m.name().eq_ignore_ascii_case(name))
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(name))
     }
 
     /// The `MODE_*` constant of `shaders/scene.wgsl`.
@@ -132,16 +136,22 @@ pub struct MeshVertices {
 
 impl MeshVertices {
     pub fn from_mesh(mesh: &Mesh) -> Self {
-        let normals = if mesh.normals.len() == mesh.positions.len() {
-            mesh.normals.clone()
+        let has_normals = mesh.normals.len() == mesh.positions.len();
+        let creased = if has_normals {
+            Vec::new()
         } else {
-            smooth_normals(mesh)
+            crease_normals(mesh)
         };
         let has_uvs = mesh.uvs.len() == mesh.positions.len();
         let has_colors = mesh.colors.len() == mesh.positions.len();
-        let vertex = |index: u32| -> GpuVertex {
+        let vertex = |corner: usize, index: u32| -> GpuVertex {
             let i = index as usize;
-            let normal = normals.get(i).copied().unwrap_or_default();
+            let normal = if has_normals {
+                mesh.normals.get(i)
+            } else {
+                creased.get(corner)
+            };
+            let normal = normal.copied().unwrap_or_default();
             GpuVertex {
                 position: mesh.positions.get(i).copied().unwrap_or_default(),
                 // Clamped to -1..1 first, so the scaled value fits in i8.
@@ -151,42 +161,107 @@ impl MeshVertices {
                     (normal[2].clamp(-1.0, 1.0) * 127.0).round() as i8,
                     0,
                 ],
-                uv: if has_uvs { mesh.uvs.get(i).copied().unwrap_or_default() } else { [0.0; 2] },
-                color: if has_colors { mesh.colors.get(i).copied().unwrap_or([255; 4]) } else { [255; 4] },
+                uv: if has_uvs {
+                    mesh.uvs.get(i).copied().unwrap_or_default()
+                } else {
+                    [0.0; 2]
+                },
+                color: if has_colors {
+                    mesh.colors.get(i).copied().unwrap_or([255; 4])
+                } else {
+                    [255; 4]
+                },
             }
         };
-        let chunks = mesh
-            .indices
+        // A trailing partial triangle (a malformed mesh) is dropped.
+        let whole_triangles = &mesh.indices[..mesh.indices.len() / 3 * 3];
+        let chunks = whole_triangles
             .chunks(TRIANGLES_PER_CHUNK * 3)
-            .map(|chunk| chunk.chunks_exact(3).flat_map(|t| [vertex(t[0]), vertex(t[1]), vertex(t[2])]).collect())
+            .enumerate()
+            .map(|(chunk_index, chunk)| {
+                let first_corner = chunk_index * TRIANGLES_PER_CHUNK * 3;
+                chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &index)| vertex(first_corner + k, index))
+                    .collect()
+            })
             .collect();
         Self {
             chunks,
             texture: mesh.texture.clone().filter(|_| has_uvs),
             has_colors,
             triangle_count: mesh.triangle_count(),
-            bounds: mesh.bounds().map(|(min, max)| Bounds::from_min_max(min, max)),
+            bounds: mesh
+                .bounds()
+                .map(|(min, max)| Bounds::from_min_max(min, max)),
         }
     }
 }
 
-/// Area-weighted vertex normals, for meshes that come without any.
-pub fn smooth_normals(mesh: &Mesh) -> Vec<[f32; 3]> {
-    let mut sums = vec![Vec3::ZERO; mesh.positions.len()];
-    for triangle in mesh.indices.chunks_exact(3) {
-        let corners = [triangle[0], triangle[1], triangle[2]].map(|i| i as usize);
-        let [Some(a), Some(b), Some(c)] = corners.map(|i| mesh.positions.get(i).copied().map(Vec3::from)) else {
-            continue;
-        };
-        // The cross product's length is twice the area: larger faces weigh more.
-        let face = (b - a).cross(c - a);
-        for i in corners {
-            if let Some(sum) = sums.get_mut(i) {
-                *sum += face;
-            }
-        }
+/// Faces meeting at a vertex at an angle above this are shaded with a hard edge.
+const CREASE_COS: f32 = 0.707; // 45°
+
+/// Per-corner normals for meshes that come without any: area-weighted averages
+/// of the faces around each vertex, but only over faces within the crease angle,
+/// so a box keeps sharp edges while a scanned or generated surface stays smooth.
+/// Returns one normal per entry of `mesh.indices`.
+pub fn crease_normals(mesh: &Mesh) -> Vec<[f32; 3]> {
+    let vertex_count = mesh.positions.len();
+    let position = |i: u32| {
+        mesh.positions
+            .get(i as usize)
+            .copied()
+            .map(Vec3::from)
+            .unwrap_or(Vec3::ZERO)
+    };
+    // The cross product's length is twice the area: larger faces weigh more.
+    let face_normals: Vec<Vec3> = mesh
+        .indices
+        .chunks_exact(3)
+        .map(|t| (position(t[1]) - position(t[0])).cross(position(t[2]) - position(t[0])))
+        .collect();
+    // Faces around each vertex, as compressed rows (offsets into one list).
+    let mut offsets = vec![0usize; vertex_count + 1];
+    // Out-of-range indices (unvalidated meshes) are skipped, never indexed.
+    let in_range = |i: u32| (i as usize) < vertex_count;
+    for &i in mesh.indices.iter().filter(|&&i| in_range(i)) {
+        offsets[i as usize + 1] += 1;
     }
-    sums.into_iter().map(|n| n.normalize_or_zero().to_array()).collect()
+    for v in 0..vertex_count {
+        offsets[v + 1] += offsets[v];
+    }
+    let mut fill = offsets.clone();
+    let mut faces_of = vec![0u32; offsets[vertex_count]];
+    for (corner, &i) in mesh
+        .indices
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| in_range(**i))
+    {
+        let slot = &mut fill[i as usize];
+        // Face numbers fit in u32: indices are u32, so there are fewer than 2³² faces.
+        faces_of[*slot] = (corner / 3) as u32;
+        *slot += 1;
+    }
+    mesh.indices
+        .iter()
+        .enumerate()
+        .map(|(corner, &i)| {
+            let own = face_normals.get(corner / 3).copied().unwrap_or(Vec3::ZERO);
+            let own_unit = own.normalize_or_zero();
+            let neighbours = offsets
+                .get(i as usize..=i as usize + 1)
+                .map_or(&[][..], |r| &faces_of[r[0]..r[1]]);
+            let sum: Vec3 = neighbours
+                .iter()
+                .map(|&f| face_normals[f as usize])
+                .filter(|n| n.normalize_or_zero().dot(own_unit) >= CREASE_COS)
+                .sum();
+            let sum = if sum == Vec3::ZERO { own } else { sum };
+            sum.normalize_or_zero().to_array()
+        })
+        .collect()
 }
 
 /// A mesh resident on the GPU.
@@ -200,7 +275,12 @@ pub struct GpuMesh {
 }
 
 impl GpuMesh {
-    pub fn upload(renderer: &SceneRenderer, device: &wgpu::Device, queue: &wgpu::Queue, vertices: &MeshVertices) -> Self {
+    pub fn upload(
+        renderer: &SceneRenderer,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        vertices: &MeshVertices,
+    ) -> Self {
         let chunks = vertices
             .chunks
             .iter()
@@ -254,7 +334,11 @@ const FLAG_WIREFRAME: u32 = 4;
 
 fn srgb_to_linear(byte: u8) -> f32 {
     let c = f32::from(byte) / 255.0;
-    if c <= 0.04045 { c / 12.92 } else { ((c + 0.055) / 1.055).powf(2.4) }
+    if c <= 0.04045 {
+        c / 12.92
+    } else {
+        ((c + 0.055) / 1.055).powf(2.4)
+    }
 }
 
 fn linear_rgba(rgb: [u8; 3]) -> [f32; 4] {
@@ -277,8 +361,17 @@ pub struct SceneRenderer {
 /// The MSAA level to use: 4× where the adapter supports it for both the colour
 /// and the depth format (WebGPU guarantees it, but downlevel GL may not).
 pub fn pick_sample_count(adapter: &wgpu::Adapter) -> u32 {
-    let supports = |format| adapter.get_texture_format_features(format).flags.sample_count_supported(4);
-    if supports(COLOR_FORMAT) && supports(DEPTH_FORMAT) { 4 } else { 1 }
+    let supports = |format| {
+        adapter
+            .get_texture_format_features(format)
+            .flags
+            .sample_count_supported(4)
+    };
+    if supports(COLOR_FORMAT) && supports(DEPTH_FORMAT) {
+        4
+    } else {
+        1
+    }
 }
 
 impl SceneRenderer {
@@ -295,7 +388,9 @@ impl SceneRenderer {
                 ty: wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Uniform,
                     has_dynamic_offset: false,
-                    min_binding_size: wgpu::BufferSize::new(std::mem::size_of::<FrameUniforms>() as u64),
+                    min_binding_size: wgpu::BufferSize::new(
+                        std::mem::size_of::<FrameUniforms>() as u64
+                    ),
                 },
                 count: None,
             }],
@@ -310,7 +405,12 @@ impl SceneRenderer {
             count: sample_count,
             ..Default::default()
         };
-        let pipeline = |label: &str, vs: &str, fs: &str, buffers: &[Option<wgpu::VertexBufferLayout<'_>>], depth_write: bool, blend: Option<wgpu::BlendState>| {
+        let pipeline = |label: &str,
+                        vs: &str,
+                        fs: &str,
+                        buffers: &[Option<wgpu::VertexBufferLayout<'_>>],
+                        depth_write: bool,
+                        blend: Option<wgpu::BlendState>| {
             device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
                 label: Some(label),
                 layout: Some(&layout),
@@ -329,7 +429,11 @@ impl SceneRenderer {
                 depth_stencil: Some(wgpu::DepthStencilState {
                     format: DEPTH_FORMAT,
                     depth_write_enabled: Some(depth_write),
-                    depth_compare: Some(if depth_write { wgpu::CompareFunction::Less } else { wgpu::CompareFunction::LessEqual }),
+                    depth_compare: Some(if depth_write {
+                        wgpu::CompareFunction::Less
+                    } else {
+                        wgpu::CompareFunction::LessEqual
+                    }),
                     stencil: Default::default(),
                     bias: Default::default(),
                 }),
@@ -348,7 +452,14 @@ impl SceneRenderer {
                 cache: None,
             })
         };
-        let background_pipeline = pipeline("viewport background", "vs_background", "fs_background", &[], false, None);
+        let background_pipeline = pipeline(
+            "viewport background",
+            "vs_background",
+            "fs_background",
+            &[],
+            false,
+            None,
+        );
         let mesh_pipeline = pipeline(
             "viewport mesh",
             "vs_mesh",
@@ -361,7 +472,14 @@ impl SceneRenderer {
             true,
             None,
         );
-        let grid_pipeline = pipeline("viewport grid", "vs_grid", "fs_grid", &[], false, Some(wgpu::BlendState::ALPHA_BLENDING));
+        let grid_pipeline = pipeline(
+            "viewport grid",
+            "vs_grid",
+            "fs_grid",
+            &[],
+            false,
+            Some(wgpu::BlendState::ALPHA_BLENDING),
+        );
         let sampler = device.create_sampler(&wgpu::SamplerDescriptor {
             label: Some("viewport base colour"),
             address_mode_u: wgpu::AddressMode::Repeat,
@@ -370,7 +488,12 @@ impl SceneRenderer {
             min_filter: wgpu::FilterMode::Linear,
             ..Default::default()
         });
-        let white_bind_group = texture_bind_group(device, &texture_layout, &sampler, &white_texture(device, queue));
+        let white_bind_group = texture_bind_group(
+            device,
+            &texture_layout,
+            &sampler,
+            &white_texture(device, queue),
+        );
         Self {
             background_pipeline,
             mesh_pipeline,
@@ -387,7 +510,12 @@ impl SceneRenderer {
         self.sample_count
     }
 
-    fn texture_bind_group(&self, device: &wgpu::Device, queue: &wgpu::Queue, image: &image::RgbaImage) -> wgpu::BindGroup {
+    fn texture_bind_group(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        image: &image::RgbaImage,
+    ) -> wgpu::BindGroup {
         let size = wgpu::Extent3d {
             width: image.width().max(1),
             height: image.height().max(1),
@@ -406,7 +534,11 @@ impl SceneRenderer {
                 view_formats: &[],
             },
             wgpu::util::TextureDataOrder::LayerMajor,
-            if image.width() == 0 || image.height() == 0 { &[255; 4] } else { image.as_raw() },
+            if image.width() == 0 || image.height() == 0 {
+                &[255; 4]
+            } else {
+                image.as_raw()
+            },
         );
         texture_bind_group(device, &self.texture_layout, &self.sampler, &texture)
     }
@@ -420,7 +552,11 @@ impl SceneRenderer {
         mesh: Option<&GpuMesh>,
         settings: &SceneSettings,
     ) {
-        queue.write_buffer(&target.frame_buffer, 0, bytemuck::bytes_of(&self.uniforms(target, mesh, settings)));
+        queue.write_buffer(
+            &target.frame_buffer,
+            0,
+            bytemuck::bytes_of(&self.uniforms(target, mesh, settings)),
+        );
         let (view, resolve_target) = match &target.msaa_view {
             Some(msaa) => (msaa, Some(&target.color_view)),
             None => (&target.color_view, None),
@@ -434,7 +570,11 @@ impl SceneRenderer {
                 ops: wgpu::Operations {
                     load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
                     // The resolved image is what is kept; the multisampled one is scratch.
-                    store: if resolve_target.is_some() { wgpu::StoreOp::Discard } else { wgpu::StoreOp::Store },
+                    store: if resolve_target.is_some() {
+                        wgpu::StoreOp::Discard
+                    } else {
+                        wgpu::StoreOp::Store
+                    },
                 },
             })],
             depth_stencil_attachment: Some(wgpu::RenderPassDepthStencilAttachment {
@@ -467,19 +607,27 @@ impl SceneRenderer {
         }
     }
 
-    fn uniforms(&self, target: &FrameTarget, mesh: Option<&GpuMesh>, settings: &SceneSettings) -> FrameUniforms {
+    fn uniforms(
+        &self,
+        target: &FrameTarget,
+        mesh: Option<&GpuMesh>,
+        settings: &SceneSettings,
+    ) -> FrameUniforms {
         let camera = &settings.camera;
         let aspect = target.width as f32 / target.height.max(1) as f32;
         // Lights ride with the camera (a studio rig): key from upper left, fill from the right.
         let light = |right: f32, up: f32, back: f32, intensity: f32| {
-            let dir = (camera.right() * right + camera.up() * up + camera.backward() * back).normalize();
+            let dir =
+                (camera.right() * right + camera.up() * up + camera.backward() * back).normalize();
             Vec4::from((dir, intensity)).to_array()
         };
         let (top, bottom) = match settings.background {
             Background::Solid(rgb) => (rgb, rgb),
             Background::Gradient { top, bottom } => (top, bottom),
         };
-        let bounds = mesh.and_then(|m| m.bounds).unwrap_or(Bounds::from_min_max([-0.5; 3], [0.5; 3]));
+        let bounds = mesh
+            .and_then(|m| m.bounds)
+            .unwrap_or(Bounds::from_min_max([-0.5; 3], [0.5; 3]));
         let radius = bounds.radius();
         // Grid cells of a power of ten near a tenth of the mesh size.
         let cell = 10f32.powf((radius * 0.2).log10().round());
@@ -503,7 +651,12 @@ impl SceneRenderer {
             wire_color: [0.02, 0.02, 0.02, 0.85],
             background_top: linear_rgba(top),
             background_bottom: linear_rgba(bottom),
-            grid: [bounds.center().x, bounds.min.y, bounds.center().z, radius * 4.0],
+            grid: [
+                bounds.center().x,
+                bounds.min.y,
+                bounds.center().z,
+                radius * 4.0,
+            ],
             misc: [cell, 1.2 * target.pixels_per_point, 0.0, 0.0],
             mode: settings.mode.shader_code(),
             flags,
@@ -600,7 +753,13 @@ pub struct FrameTarget {
 
 impl FrameTarget {
     /// `width` and `height` must be at least 1 (callers clamp).
-    pub fn new(renderer: &SceneRenderer, device: &wgpu::Device, width: u32, height: u32, pixels_per_point: f32) -> Self {
+    pub fn new(
+        renderer: &SceneRenderer,
+        device: &wgpu::Device,
+        width: u32,
+        height: u32,
+        pixels_per_point: f32,
+    ) -> Self {
         let size = wgpu::Extent3d {
             width: width.max(1),
             height: height.max(1),
@@ -622,14 +781,28 @@ impl FrameTarget {
             "viewport colour",
             COLOR_FORMAT,
             1,
-            wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_SRC,
+            wgpu::TextureUsages::RENDER_ATTACHMENT
+                | wgpu::TextureUsages::TEXTURE_BINDING
+                | wgpu::TextureUsages::COPY_SRC,
             &[COLOR_FORMAT_RAW],
         );
         let msaa_view = (renderer.sample_count > 1).then(|| {
-            texture("viewport colour (MSAA)", COLOR_FORMAT, renderer.sample_count, wgpu::TextureUsages::RENDER_ATTACHMENT, &[])
-                .create_view(&Default::default())
+            texture(
+                "viewport colour (MSAA)",
+                COLOR_FORMAT,
+                renderer.sample_count,
+                wgpu::TextureUsages::RENDER_ATTACHMENT,
+                &[],
+            )
+            .create_view(&Default::default())
         });
-        let depth = texture("viewport depth", DEPTH_FORMAT, renderer.sample_count, wgpu::TextureUsages::RENDER_ATTACHMENT, &[]);
+        let depth = texture(
+            "viewport depth",
+            DEPTH_FORMAT,
+            renderer.sample_count,
+            wgpu::TextureUsages::RENDER_ATTACHMENT,
+            &[],
+        );
         let frame_buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("viewport frame"),
             size: std::mem::size_of::<FrameUniforms>() as u64,

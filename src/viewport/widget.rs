@@ -30,7 +30,9 @@ impl MeshStats {
         Self {
             vertices: mesh.vertex_count(),
             faces: mesh.triangle_count(),
-            bounds: mesh.bounds().map(|(min, max)| Bounds::from_min_max(min, max)),
+            bounds: mesh
+                .bounds()
+                .map(|(min, max)| Bounds::from_min_max(min, max)),
             watertight: is_watertight(mesh),
         }
     }
@@ -162,12 +164,17 @@ impl ViewerState {
 
     /// Imports a mesh file on a background thread; progress shows in the viewer.
     pub fn open_file(&mut self, ctx: &egui::Context, path: &Path) {
-        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         let path = path.to_owned();
         self.quality_score = None;
         self.spawn_load(ctx, name, move |progress| {
             let _ = progress.send(LoadMessage::Stage("reading file"));
-            super::open_mesh_file(&path).map(Arc::new).map_err(|err| format!("{err:#}"))
+            super::open_mesh_file(&path)
+                .map(Arc::new)
+                .map_err(|err| format!("{err:#}"))
         });
     }
 
@@ -180,18 +187,20 @@ impl ViewerState {
         // Bounded: the loader sends a handful of messages; it blocks if the UI is slow.
         let (sender, receiver) = std::sync::mpsc::sync_channel(4);
         let ctx = ctx.clone();
-        let spawned = std::thread::Builder::new().name("viewer-mesh-load".into()).spawn(move || {
-            let result = load(&sender).map(|mesh| {
-                let _ = sender.send(LoadMessage::Stage("preparing GPU buffers"));
+        let spawned = std::thread::Builder::new()
+            .name("viewer-mesh-load".into())
+            .spawn(move || {
+                let result = load(&sender).map(|mesh| {
+                    let _ = sender.send(LoadMessage::Stage("preparing GPU buffers"));
+                    ctx.request_repaint();
+                    let vertices = Arc::new(MeshVertices::from_mesh(&mesh));
+                    let stats = MeshStats::of(&mesh);
+                    (mesh, vertices, stats)
+                });
+                // The viewer may have been closed meanwhile; then the result is not wanted.
+                let _ = sender.send(LoadMessage::Done(result));
                 ctx.request_repaint();
-                let vertices = Arc::new(MeshVertices::from_mesh(&mesh));
-                let stats = MeshStats::of(&mesh);
-                (mesh, vertices, stats)
             });
-            // The viewer may have been closed meanwhile; then the result is not wanted.
-            let _ = sender.send(LoadMessage::Done(result));
-            ctx.request_repaint();
-        });
         match spawned {
             Ok(_) => {
                 self.error = None;
@@ -205,7 +214,13 @@ impl ViewerState {
         }
     }
 
-    fn finish_load(&mut self, name: String, mesh: Arc<Mesh>, vertices: Arc<MeshVertices>, stats: MeshStats) {
+    fn finish_load(
+        &mut self,
+        name: String,
+        mesh: Arc<Mesh>,
+        vertices: Arc<MeshVertices>,
+        stats: MeshStats,
+    ) {
         self.mesh = Some(LoadedMesh {
             name,
             generation: self.next_generation,
@@ -229,7 +244,9 @@ impl ViewerState {
                     let name = job.name.clone();
                     self.loading = None;
                     match result {
-                        Ok((mesh, vertices, stats)) => self.finish_load(name, mesh, vertices, stats),
+                        Ok((mesh, vertices, stats)) => {
+                            self.finish_load(name, mesh, vertices, stats)
+                        }
                         Err(err) => self.error = Some(err),
                     }
                     return;
@@ -293,7 +310,11 @@ pub fn viewer_ui(
     let mut fit_request = false;
 
     ui.horizontal_wrapped(|ui| {
-        if ui.button("Open…").on_hover_text("Open a GLB, glTF, OBJ, PLY or STL file").clicked() {
+        if ui
+            .button("Open…")
+            .on_hover_text("Open a GLB, glTF, OBJ, PLY or STL file")
+            .clicked()
+        {
             command = Some(ViewerCommand::OpenDialog);
         }
         ui.separator();
@@ -313,16 +334,29 @@ pub fn viewer_ui(
                 view_request = Some(view);
             }
         }
-        if ui.button("Fit").on_hover_text("Fit the mesh in view (F)").clicked() {
+        if ui
+            .button("Fit")
+            .on_hover_text("Fit the mesh in view (F)")
+            .clicked()
+        {
             fit_request = true;
         }
-        if ui.button("Reset").on_hover_text("Back to the default three-quarter view").clicked() {
+        if ui
+            .button("Reset")
+            .on_hover_text("Back to the default three-quarter view")
+            .clicked()
+        {
             view_request = Some(View::Iso);
         }
         if state.source.is_some() {
             ui.separator();
             ui.menu_button("Export", |ui| {
-                for format in [MeshFormat::Glb, MeshFormat::Obj, MeshFormat::Ply, MeshFormat::Stl] {
+                for format in [
+                    MeshFormat::Glb,
+                    MeshFormat::Obj,
+                    MeshFormat::Ply,
+                    MeshFormat::Stl,
+                ] {
                     if ui.button(format.name()).clicked() {
                         command = Some(ViewerCommand::Export(format));
                         ui.close();
@@ -363,19 +397,30 @@ pub fn viewer_ui(
     open_dropped_files(ui, state);
 
     let Some(render_state) = render_state else {
-        message_ui(ui, rect, "3D view unavailable: the app is not running on the wgpu renderer");
+        message_ui(
+            ui,
+            rect,
+            "3D view unavailable: the app is not running on the wgpu renderer",
+        );
         return command;
     };
     if !callback::is_installed(render_state) {
-        callback::install(render_state, EguiPassConfig::eframe_default(render_state.target_format));
+        callback::install(
+            render_state,
+            EguiPassConfig::eframe_default(render_state.target_format),
+        );
     }
     let pixels_per_point = ui.ctx().pixels_per_point();
-    let size_px = [rect.width(), rect.height()].map(|side| (side * pixels_per_point).round().max(1.0) as u32);
+    let size_px =
+        [rect.width(), rect.height()].map(|side| (side * pixels_per_point).round().max(1.0) as u32);
     let callback = ViewportCallback {
         viewer_id: state.id,
         size_px,
         pixels_per_point,
-        mesh: state.mesh.as_ref().map(|m| (m.generation, Arc::clone(&m.vertices))),
+        mesh: state
+            .mesh
+            .as_ref()
+            .map(|m| (m.generation, Arc::clone(&m.vertices))),
         settings: SceneSettings {
             camera: state.camera,
             mode: state.mode,
@@ -384,7 +429,8 @@ pub fn viewer_ui(
             background: state.background,
         },
     };
-    ui.painter().add(egui_wgpu::Callback::new_paint_callback(rect, callback));
+    ui.painter()
+        .add(egui_wgpu::Callback::new_paint_callback(rect, callback));
 
     if let Some(job) = &state.loading {
         let text = format!("Loading {}: {}…", job.name, job.stage);
@@ -404,17 +450,28 @@ pub fn viewer_ui(
     } else if let Some(err) = &state.error {
         message_ui(ui, rect, err);
     } else if state.mesh.is_none() {
-        message_ui(ui, rect, "Drop a GLB, glTF, OBJ, PLY or STL file here, or click Open…");
+        message_ui(
+            ui,
+            rect,
+            "Drop a GLB, glTF, OBJ, PLY or STL file here, or click Open…",
+        );
     }
     command
 }
 
-fn camera_input(ui: &egui::Ui, state: &mut ViewerState, response: &egui::Response, rect: egui::Rect) {
+fn camera_input(
+    ui: &egui::Ui,
+    state: &mut ViewerState,
+    response: &egui::Response,
+    rect: egui::Rect,
+) {
     let delta = response.drag_delta();
     let delta_px = Vec2::new(delta.x, delta.y) * ui.ctx().pixels_per_point();
     if response.dragged_by(egui::PointerButton::Primary) {
         state.camera.orbit(delta_px);
-    } else if response.dragged_by(egui::PointerButton::Secondary) || response.dragged_by(egui::PointerButton::Middle) {
+    } else if response.dragged_by(egui::PointerButton::Secondary)
+        || response.dragged_by(egui::PointerButton::Middle)
+    {
         state.camera.pan(Vec2::new(delta.x, delta.y), rect.height());
     }
     if response.hovered() {
@@ -426,13 +483,21 @@ fn camera_input(ui: &egui::Ui, state: &mut ViewerState, response: &egui::Respons
                 -(pointer.y - rect.center().y) / (rect.height() * 0.5),
             );
             let aspect = rect.width() / rect.height().max(1.0);
-            state.camera.zoom_toward((-scroll * 0.002).exp(), cursor_ndc, aspect);
+            state
+                .camera
+                .zoom_toward((-scroll * 0.002).exp(), cursor_ndc, aspect);
         }
     }
 }
 
 fn open_dropped_files(ui: &egui::Ui, state: &mut ViewerState) {
-    let dropped: Vec<PathBuf> = ui.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_owned()).collect());
+    let dropped: Vec<PathBuf> = ui.input(|i| {
+        i.raw
+            .dropped_files
+            .iter()
+            .map(|f| f.path().to_owned())
+            .collect()
+    });
     if let Some(path) = dropped.iter().find(|p| MeshFormat::from_path(p).is_some()) {
         state.open_file(ui.ctx(), path);
     } else if let Some(path) = dropped.first() {
@@ -451,9 +516,16 @@ fn stats_ui(ui: &mut egui::Ui, state: &ViewerState) {
             ui.label(format!("{} faces", thousands(stats.faces)));
             if let Some(bounds) = stats.bounds {
                 let size = bounds.size();
-                ui.label(format!("size {:.3} × {:.3} × {:.3}", size.x, size.y, size.z));
+                ui.label(format!(
+                    "size {:.3} × {:.3} × {:.3}",
+                    size.x, size.y, size.z
+                ));
             }
-            ui.label(if stats.watertight { "watertight" } else { "open (not watertight)" });
+            ui.label(if stats.watertight {
+                "watertight"
+            } else {
+                "open (not watertight)"
+            });
             if let Some(score) = state.quality_score {
                 ui.label(format!("quality {score:.2}"));
             }
@@ -501,7 +573,7 @@ fn thousands(value: usize) -> String {
     let digits = value.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -30,6 +30,7 @@ fn harness(data_dir: &Path, storage: Option<&MemStorage>) -> Harness<'static, St
                 storage.as_ref().map(|s| s as &dyn eframe::Storage),
                 AppConfig {
                     data_dir: Some(data_dir),
+                    ..Default::default()
                 },
             )
         })

@@ -1,6 +1,7 @@
 //! One integration-test binary for the app (CLI and GUI).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
+mod cli;
 mod gui;
 mod render;
 mod viewport;

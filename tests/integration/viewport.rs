@@ -20,22 +20,34 @@ fn every_wgsl_shader_validates_with_naga() {
         let source = std::fs::read_to_string(&path).unwrap();
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|err| panic!("{}: {}", path.display(), err.emit_to_string(&source)));
-        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default())
-            .validate(&module)
-            .unwrap_or_else(|err| panic!("{}: {}", path.display(), err.emit_to_string(&source)));
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::default(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|err| panic!("{}: {}", path.display(), err.emit_to_string(&source)));
         checked += 1;
     }
-    assert!(checked >= 2, "found only {checked} shaders in {}", dir.display());
+    assert!(
+        checked >= 2,
+        "found only {checked} shaders in {}",
+        dir.display()
+    );
 }
 
 const SIZE: egui::Vec2 = egui::vec2(640.0, 480.0);
 
 fn harness(render_state: &egui_wgpu::RenderState) -> Harness<'static, ViewerState> {
-    viewport::install(render_state, EguiPassConfig::eframe_default(render_state.target_format));
+    viewport::install(
+        render_state,
+        EguiPassConfig::eframe_default(render_state.target_format),
+    );
     let in_ui = render_state.clone();
     Harness::builder()
         .with_size(SIZE)
-        .renderer(egui_kittest::wgpu::WgpuTestRenderer::from_render_state(render_state.clone()))
+        .renderer(egui_kittest::wgpu::WgpuTestRenderer::from_render_state(
+            render_state.clone(),
+        ))
         .build_ui_state(
             move |ui, state: &mut ViewerState| {
                 viewport::viewer_ui(ui, state, Some(&in_ui));
@@ -70,13 +82,20 @@ fn viewer_shows_a_mesh_and_dragging_orbits_it() {
 
     let ctx = harness.ctx.clone();
     // Long along X so a turn changes the silhouette a lot.
-    harness.state_mut().set_mesh(&ctx, "box", box_mesh([-1.0, -0.3, -0.3], [1.0, 0.3, 0.3]));
+    harness
+        .state_mut()
+        .set_mesh(&ctx, "box", box_mesh([-1.0, -0.3, -0.3], [1.0, 0.3, 0.3]));
     harness.run();
     harness.get_by_label("12 faces");
     harness.get_by_label("watertight");
     let shown = harness.render().unwrap();
     assert!(changed_fraction(&empty, &shown) > 0.05, "the mesh appears");
-    harness.snapshot_options("viewer_box", &egui_kittest::SnapshotOptions::new().threshold(2.0).max_failed_pixels(200));
+    harness.snapshot_options(
+        "viewer_box",
+        &egui_kittest::SnapshotOptions::new()
+            .threshold(2.0)
+            .max_failed_pixels(200),
+    );
 
     // Drag across the middle of the view (below the toolbar) with the primary button.
     let start = egui::pos2(SIZE.x * 0.5, SIZE.y * 0.6);
@@ -89,11 +108,17 @@ fn viewer_shows_a_mesh_and_dragging_orbits_it() {
     harness.drop_at(start + egui::vec2(180.0, 0.0));
     harness.run();
     let dragged = harness.render().unwrap();
-    assert!(changed_fraction(&shown, &dragged) > 0.02, "dragging orbits the camera");
+    assert!(
+        changed_fraction(&shown, &dragged) > 0.02,
+        "dragging orbits the camera"
+    );
 
     // The Front preset looks straight at +Z: the box is wide again.
     harness.get_by_label("Front").click();
     harness.run();
     let front = harness.render().unwrap();
-    assert!(changed_fraction(&dragged, &front) > 0.02, "the Front button changes the view");
+    assert!(
+        changed_fraction(&dragged, &front) > 0.02,
+        "the Front button changes the view"
+    );
 }

@@ -98,6 +98,18 @@ fn main() {
     )
     .unwrap();
     let bytes = telemetry.encode().len();
+    let mut encode_ms: Vec<f64> = (0..500)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(telemetry.encode());
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    encode_ms.sort_by(f64::total_cmp);
+    println!(
+        "encode /metrics in-process ({bytes} bytes): p50 {:.3} ms p99 {:.3} ms",
+        encode_ms[250], encode_ms[495]
+    );
     match Command::new("wrk")
         .args([
             "-t1",

@@ -6,11 +6,27 @@
 //! recorded in exactly one place ([`serve_one`]) for all routes. To add an
 //! endpoint: a `Route` variant, a line in `route`, an arm in `handle`, and the
 //! template in `telemetry::metrics::ROUTES`/`ENDPOINTS`.
+//!
+//! `/api/*` lives in [`api`] (with its guards: rate limit, token, CORS) and is
+//! on when [`HttpState::api`] is set; [`run_server`] is the one call of
+//! `orfeas serve`.
+
+pub mod api;
+pub mod auth;
+pub mod multipart;
+pub mod ratelimit;
+mod run;
+pub mod validate;
+
+pub use ratelimit::{Bucket, RateLimitConfig};
+pub use run::{run_server, start, wait_for_signal};
+pub use validate::ImageLimits;
 
 use std::io::Cursor;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::telemetry::Telemetry;
 
@@ -18,12 +34,36 @@ use crate::telemetry::Telemetry;
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Server settings.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServeConfig {
     /// `host:port`; port 0 picks a free one (see [`ServerHandle::addr`]).
     pub bind: String,
     /// Worker threads answering requests.
     pub workers: usize,
+    /// Bearer token for `/api/*`; required unless `bind` is 127.0.0.1 or ::1.
+    pub token: Option<String>,
+    /// Read the token from the first line of this file (when `token` is unset).
+    pub token_file: Option<PathBuf>,
+    /// Require the token on `/health` and `/metrics` too.
+    pub protect_metrics: bool,
+    /// Per-client token buckets; `None` turns rate limiting off.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Queued jobs beyond which submissions get 503 + Retry-After (0: the engine's capacity).
+    pub queue_limit: usize,
+    /// Largest request body accepted (uploads included).
+    pub max_body_bytes: u64,
+    /// Uploaded image limits, checked before decoding.
+    pub image_limits: ImageLimits,
+    /// Run jobs a previous process accepted but never started.
+    pub requeue_on_start: bool,
+    /// On SIGTERM/Ctrl-C, how long running jobs get to finish before they are cancelled.
+    pub drain_timeout: Duration,
+    /// `Access-Control-Allow-Origin` value; `None` (the default) sends no CORS headers.
+    pub cors_origin: Option<String>,
+    /// Where uploads, outputs and the history live; `None`: `paths::data_dir()`.
+    pub data_dir: Option<PathBuf>,
+    /// The compute device shown by `/health` (`cpu`, `cuda:0`...).
+    pub device: String,
 }
 
 impl Default for ServeConfig {
@@ -31,15 +71,59 @@ impl Default for ServeConfig {
         ServeConfig {
             bind: "127.0.0.1:5000".to_owned(),
             workers: 4,
+            token: None,
+            token_file: None,
+            protect_metrics: false,
+            rate_limit: Some(RateLimitConfig::default()),
+            queue_limit: 32,
+            max_body_bytes: 32 * 1024 * 1024,
+            image_limits: ImageLimits::default(),
+            requeue_on_start: true,
+            drain_timeout: Duration::from_secs(30),
+            cors_origin: None,
+            data_dir: None,
+            device: "cpu".to_owned(),
         }
     }
 }
 
-/// What the handlers share. Later capabilities (the job engine, the API
-/// token, the rate limiter) become fields here.
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("bind", &self.bind)
+            .field("workers", &self.workers)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("protect_metrics", &self.protect_metrics)
+            .field("rate_limit", &self.rate_limit)
+            .field("queue_limit", &self.queue_limit)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("image_limits", &self.image_limits)
+            .field("requeue_on_start", &self.requeue_on_start)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("cors_origin", &self.cors_origin)
+            .field("data_dir", &self.data_dir)
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+/// What the handlers share.
 #[derive(Clone)]
 pub struct HttpState {
     pub telemetry: Telemetry,
+    /// `/api/*` and its guards; `None` serves only `/health` and `/metrics`.
+    pub api: Option<Arc<api::Api>>,
+}
+
+impl HttpState {
+    /// `/health` and `/metrics` only.
+    pub fn new(telemetry: Telemetry) -> HttpState {
+        HttpState {
+            telemetry,
+            api: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +134,25 @@ pub enum ServeError {
     Bind { bind: String, reason: String },
     #[error("cannot start the HTTP worker threads: {0}")]
     Thread(#[source] std::io::Error),
+    #[error(
+        "refusing to listen on {bind} without an API token: only 127.0.0.1 and ::1 may run open; \
+         set ORFEAS_API_TOKEN or pass --token-file, or bind 127.0.0.1"
+    )]
+    TokenRequired { bind: String },
+    #[error(
+        "the API token is empty; put a long random string in ORFEAS_API_TOKEN or the token file"
+    )]
+    EmptyToken,
+    #[error("cannot read the token file {path}: {reason}; check the path and its permissions")]
+    TokenFile { path: PathBuf, reason: String },
+    #[error(
+        "cannot prepare the data folder {dir}: {reason}; check permissions or set ORFEAS_DATA_DIR"
+    )]
+    DataDir { dir: PathBuf, reason: String },
+    #[error("cannot re-queue the jobs of the previous run: {0}")]
+    Requeue(#[source] crate::jobs::EngineError),
+    #[error("cannot install the SIGTERM/Ctrl-C handler: {0}")]
+    Signal(String),
 }
 
 /// A matched route.
@@ -60,6 +163,8 @@ pub enum Route {
     /// The path is known but not for this method.
     MethodNotAllowed,
     NotFound,
+    /// Under `/api`; answered by [`api`].
+    Api(api::ApiRoute),
 }
 
 /// Maps a request to its route and the bounded `endpoint` label.
@@ -75,6 +180,7 @@ pub fn route(method: &str, path: &str) -> (Route, &'static str) {
         ("GET" | "HEAD", "/metrics") => (Route::Metrics, "/metrics"),
         (_, "/health") => (Route::MethodNotAllowed, "/health"),
         (_, "/metrics") => (Route::MethodNotAllowed, "/metrics"),
+        (_, p) if p == "/api" || p.starts_with("/api/") => api::route(method, p),
         _ => (Route::NotFound, "other"),
     }
 }
@@ -85,6 +191,8 @@ pub struct Reply {
     pub content_type: &'static str,
     pub body: Vec<u8>,
     pub extra_headers: Vec<(&'static str, String)>,
+    /// Streamed as the body instead of `body` (result downloads).
+    pub file: Option<std::fs::File>,
 }
 
 impl Reply {
@@ -94,6 +202,7 @@ impl Reply {
             content_type: "application/json",
             body: value.to_string().into_bytes(),
             extra_headers: Vec::new(),
+            file: None,
         }
     }
 
@@ -109,26 +218,32 @@ impl Reply {
 /// Answers one routed request.
 pub fn handle(route: Route, state: &HttpState) -> Reply {
     match route {
-        Route::Health => Reply::json(
-            200,
-            &serde_json::json!({
+        Route::Health => {
+            let mut health = serde_json::json!({
                 "status": "ok",
                 "version": env!("CARGO_PKG_VERSION"),
                 "uptime_secs": state.telemetry.metrics().app_uptime_seconds.get(),
-            }),
-        ),
+            });
+            if let (Some(api), Some(obj)) = (&state.api, health.as_object_mut()) {
+                obj.insert("device".into(), api.device().into());
+                obj.insert("queue_depth".into(), api.engine().queue_depth().into());
+                obj.insert("active_jobs".into(), api.engine().active_count().into());
+            }
+            Reply::json(200, &health)
+        }
         Route::Metrics => Reply {
             status: 200,
             content_type: METRICS_CONTENT_TYPE,
             body: state.telemetry.encode().into_bytes(),
             extra_headers: Vec::new(),
+            file: None,
         },
         Route::MethodNotAllowed => {
             let mut r = Reply::error(405, "method_not_allowed", "this endpoint only answers GET");
             r.extra_headers.push(("Allow", "GET, HEAD".to_owned()));
             r
         }
-        Route::NotFound => Reply::error(
+        Route::NotFound | Route::Api(_) => Reply::error(
             404,
             "not_found",
             "no such endpoint; see GET /health, GET /metrics and /api/*",
@@ -206,19 +321,35 @@ pub fn serve(config: ServeConfig, state: HttpState) -> Result<ServerHandle, Serv
 }
 
 /// The one place where every request is routed, answered and counted.
-fn serve_one(request: tiny_http::Request, state: &HttpState) {
+fn serve_one(mut request: tiny_http::Request, state: &HttpState) {
     let started = Instant::now();
     let metrics = state.telemetry.metrics();
     metrics.request_started();
     let method = request.method().as_str().to_ascii_uppercase();
     let (route, endpoint) = route(&method, request.url());
-    let reply = handle(route, state);
+    let reply = match &state.api {
+        Some(api) => api.handle(&mut request, &method, route, endpoint, state),
+        None => handle(route, state),
+    };
     let status = reply.status;
+    let (body, length): (Box<dyn std::io::Read + Send>, Option<usize>) = match reply.file {
+        Some(file) => {
+            let length = file
+                .metadata()
+                .ok()
+                .and_then(|m| usize::try_from(m.len()).ok());
+            (Box::new(file), length)
+        }
+        None => {
+            let length = reply.body.len();
+            (Box::new(Cursor::new(reply.body)), Some(length))
+        }
+    };
     let mut response = tiny_http::Response::new(
         tiny_http::StatusCode(status),
         Vec::new(),
-        Cursor::new(reply.body),
-        None,
+        body,
+        length,
         None,
     );
     let header = |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).ok();

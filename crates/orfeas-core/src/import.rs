@@ -76,7 +76,9 @@ pub enum ImportError {
         "cannot open {path}: unknown mesh file type; open a .glb, .gltf, .obj, .ply or .stl file"
     )]
     UnsupportedFormat { path: PathBuf },
-    #[error("{format} file {name} is malformed: {reason}; re-export it from the program that made it")]
+    #[error(
+        "{format} file {name} is malformed: {reason}; re-export it from the program that made it"
+    )]
     Malformed {
         format: MeshFormat,
         name: String,
@@ -130,7 +132,11 @@ fn parse_bytes(bytes: &[u8], format: MeshFormat, dir: Option<&Path>) -> Result<M
     }
 }
 
-fn finish(mesh: Result<Mesh, String>, format: MeshFormat, name: String) -> Result<Mesh, ImportError> {
+fn finish(
+    mesh: Result<Mesh, String>,
+    format: MeshFormat,
+    name: String,
+) -> Result<Mesh, ImportError> {
     let mesh = mesh.and_then(|mesh| check_invariants(mesh).map_err(str::to_owned));
     match mesh {
         Ok(mesh) if mesh.is_empty() => Err(ImportError::NoTriangles { format, name }),
@@ -147,7 +153,7 @@ fn finish(mesh: Result<Mesh, String>, format: MeshFormat, name: String) -> Resul
 /// attributes of the wrong length are dropped rather than failing the import.
 fn check_invariants(mut mesh: Mesh) -> Result<Mesh, &'static str> {
     let vertex_count = mesh.positions.len();
-    if mesh.indices.len() % 3 != 0 {
+    if !mesh.indices.len().is_multiple_of(3) {
         return Err("the index count is not a multiple of three");
     }
     if mesh.indices.iter().any(|&i| i as usize >= vertex_count) {

@@ -60,7 +60,7 @@ impl JobRunner for ImageTo3dRunner {
             "vertices": outcome.vertices,
             "triangles": outcome.triangles,
             "format": request.format.as_str(),
-            "quality_preset": request.params.quality.as_str(),
+            "quality": request.params.quality.as_str(),
             "report": outcome.report,
             "stage_millis": outcome.stage_millis.iter()
                 .map(|(stage, ms)| serde_json::json!({"stage": stage, "millis": ms}))

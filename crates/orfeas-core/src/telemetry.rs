@@ -188,24 +188,7 @@ impl Telemetry {
         let m = &self.inner.metrics;
         m.app_uptime_seconds
             .set(self.inner.started.elapsed().as_secs_f64());
-        let mut text = m.encode();
-        // Families without series (GPU metrics on a machine without an NVIDIA
-        // driver) are still declared, so scrapers see the whole contract.
-        for def in metrics::CONTRACT {
-            if !text.contains(&format!("\n# TYPE {} ", def.name))
-                && !text.starts_with(&format!("# TYPE {} ", def.name))
-                && !text.contains(&format!("# HELP {} ", def.name))
-            {
-                text.push_str(&format!(
-                    "# HELP {} {}\n# TYPE {} {}\n",
-                    def.name,
-                    def.help,
-                    def.name,
-                    def.kind.as_str()
-                ));
-            }
-        }
-        text
+        m.encode()
     }
 
     /// One sampling step without the system sampler: snapshot the registry,

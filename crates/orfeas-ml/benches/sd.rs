@@ -28,7 +28,11 @@ fn sync(dev: &Device) {
 }
 
 /// Median wall time of `repeats` runs of `f`, in milliseconds (after one warm-up on GPU).
-fn time_ms(dev: &Device, repeats: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+fn time_ms(
+    dev: &Device,
+    repeats: usize,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
     if !dev.is_cpu() {
         f()?;
         sync(dev);
@@ -45,8 +49,13 @@ fn time_ms(dev: &Device, repeats: usize, mut f: impl FnMut() -> anyhow::Result<(
 }
 
 fn main() -> anyhow::Result<()> {
-    let size: usize = std::env::var("ORFEAS_BENCH_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(512);
-    let pref: DevicePref = std::env::var("ORFEAS_BENCH_DEVICE").unwrap_or_else(|_| "auto".into()).parse()?;
+    let size: usize = std::env::var("ORFEAS_BENCH_SIZE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(512);
+    let pref: DevicePref = std::env::var("ORFEAS_BENCH_DEVICE")
+        .unwrap_or_else(|_| "auto".into())
+        .parse()?;
     let (dev, dtype) = select_device(pref)?;
     let random = match std::env::var("ORFEAS_BENCH_WEIGHTS").as_deref() {
         Ok("random") => true,
@@ -80,8 +89,14 @@ fn main() -> anyhow::Result<()> {
             }
         };
         let t = Instant::now();
-        let clip = ClipTextModel::load(vb(0), &ClipConfig::from_file(&dir.join("text_encoder/config.json"))?)?;
-        let unet = UNet::load(vb(1), &UNetConfig::from_file(&dir.join("unet/config.json"))?)?;
+        let clip = ClipTextModel::load(
+            vb(0),
+            &ClipConfig::from_file(&dir.join("text_encoder/config.json"))?,
+        )?;
+        let unet = UNet::load(
+            vb(1),
+            &UNetConfig::from_file(&dir.join("unet/config.json"))?,
+        )?;
         let vae = Vae::load(vb(2), &VaeConfig::from_file(&dir.join("vae/config.json"))?)?;
         sync(&dev);
         println!("{name}: built in {:.1} s", t.elapsed().as_secs_f64());

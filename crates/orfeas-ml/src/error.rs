@@ -5,13 +5,21 @@ use std::path::PathBuf;
 /// Everything that can go wrong between a prompt and a PNG. Messages say what to do next.
 #[derive(Debug, thiserror::Error)]
 pub enum SdError {
-    #[error("unknown model '{name}'; known models: {known}; or pass --model-dir with a diffusers-format folder")]
+    #[error(
+        "unknown model '{name}'; known models: {known}; or pass --model-dir with a diffusers-format folder"
+    )]
     UnknownModel { name: String, known: String },
-    #[error("model '{name}' is not installed (searched: {searched}); run `orfeas models download {name}`")]
+    #[error(
+        "model '{name}' is not installed (searched: {searched}); run `orfeas models download {name}`"
+    )]
     ModelNotFound { name: String, searched: String },
-    #[error("model folder {dir} is missing {part}; re-download it with `orfeas models download NAME` or point --model-dir at a complete diffusers folder")]
+    #[error(
+        "model folder {dir} is missing {part}; re-download it with `orfeas models download NAME` or point --model-dir at a complete diffusers folder"
+    )]
     MissingPart { dir: PathBuf, part: String },
-    #[error("weights file {path} is corrupt or truncated ({reason}); delete it and download the model again")]
+    #[error(
+        "weights file {path} is corrupt or truncated ({reason}); delete it and download the model again"
+    )]
     CorruptWeights { path: PathBuf, reason: String },
     #[error("cannot read config {path}: {reason}")]
     Config { path: PathBuf, reason: String },
@@ -19,7 +27,9 @@ pub enum SdError {
     InvalidParams { field: &'static str, reason: String },
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
-    #[error("the model does not fit in {device} memory ({detail}); try a smaller size, batch 1, tiled VAE decode, or --device cpu")]
+    #[error(
+        "the model does not fit in {device} memory ({detail}); try a smaller size, batch 1, tiled VAE decode, or --device cpu"
+    )]
     OutOfMemory { device: String, detail: String },
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
@@ -31,9 +41,13 @@ pub enum SdError {
         #[source]
         source: std::io::Error,
     },
-    #[error("download failed: {0}; check the network connection and run the command again (it resumes)")]
+    #[error(
+        "download failed: {0}; check the network connection and run the command again (it resumes)"
+    )]
     Download(String),
-    #[error("device '{0}' is not available in this build; rebuild with the matching cargo feature (cuda or metal) or use --device cpu")]
+    #[error(
+        "device '{0}' is not available in this build; rebuild with the matching cargo feature (cuda or metal) or use --device cpu"
+    )]
     DeviceUnavailable(String),
     #[error(transparent)]
     Write(#[from] orfeas_core::paths::PathError),

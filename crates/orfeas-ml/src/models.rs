@@ -79,7 +79,10 @@ const SD_TURBO_FILES: [ModelFile; 12] = [
     SD_COMMON[7],
     f("vae/config.json", 600),
     f("text_encoder/model.fp16.safetensors", 680_800_000),
-    f("unet/diffusion_pytorch_model.fp16.safetensors", 1_731_900_000),
+    f(
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        1_731_900_000,
+    ),
     f("vae/diffusion_pytorch_model.fp16.safetensors", 167_400_000),
 ];
 
@@ -94,7 +97,10 @@ const SD15_FILES: [ModelFile; 12] = [
     SD_COMMON[7],
     f("vae/config.json", 600),
     f("text_encoder/model.fp16.safetensors", 246_200_000),
-    f("unet/diffusion_pytorch_model.fp16.safetensors", 1_719_100_000),
+    f(
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        1_719_100_000,
+    ),
     f("vae/diffusion_pytorch_model.fp16.safetensors", 167_400_000),
 ];
 
@@ -114,7 +120,10 @@ const SDXL_TURBO_FILES: [ModelFile; 17] = [
     f("tokenizer_2/vocab.json", 1_059_962),
     f("text_encoder/model.fp16.safetensors", 246_100_000),
     f("text_encoder_2/model.fp16.safetensors", 1_389_400_000),
-    f("unet/diffusion_pytorch_model.fp16.safetensors", 5_135_100_000),
+    f(
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        5_135_100_000,
+    ),
     f("vae/diffusion_pytorch_model.fp16.safetensors", 167_300_000),
 ];
 
@@ -174,7 +183,11 @@ pub fn known(name: &str) -> Result<&'static KnownModel> {
         .find(|m| m.name.eq_ignore_ascii_case(name))
         .ok_or_else(|| SdError::UnknownModel {
             name: name.to_owned(),
-            known: KNOWN_MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
+            known: KNOWN_MODELS
+                .iter()
+                .map(|m| m.name)
+                .collect::<Vec<_>>()
+                .join(", "),
         })
 }
 
@@ -242,7 +255,9 @@ impl SearchRoots {
     pub fn from_env() -> Self {
         Self {
             orfeas_models: std::env::var_os("ORFEAS_MODELS").map(PathBuf::from),
-            data_models: orfeas_core::paths::data_dir().ok().map(|d| d.join("models")),
+            data_models: orfeas_core::paths::data_dir()
+                .ok()
+                .map(|d| d.join("models")),
             hf_cache: hf_hub_cache(),
         }
     }
@@ -285,7 +300,8 @@ impl SearchRoots {
     /// Resolves a model name to its folder, or the error that says how to get it.
     pub fn resolve(&self, name: &str) -> Result<PathBuf> {
         let model = known(name)?;
-        self.find_installed(model).ok_or_else(|| self.not_found(model))
+        self.find_installed(model)
+            .ok_or_else(|| self.not_found(model))
     }
 
     /// Every known model with its install state.
@@ -388,7 +404,9 @@ pub fn check_safetensors(path: &Path) -> Result<()> {
         .map_err(|_| corrupt(format!("only {file_len} bytes, too short for a header")))?;
     let header_len = u64::from_le_bytes(len_bytes);
     if header_len > 100 * 1024 * 1024 || 8 + header_len > file_len {
-        return Err(corrupt(format!("header length {header_len} does not fit in {file_len} bytes")));
+        return Err(corrupt(format!(
+            "header length {header_len} does not fit in {file_len} bytes"
+        )));
     }
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header)
@@ -443,10 +461,17 @@ pub fn verify_dir(model: &KnownModel, dir: &Path) -> VerifyReport {
         .into_iter()
         .map(|p| format!("missing {p}"))
         .collect();
-    for file in model.files.iter().filter(|f| f.path.ends_with(".safetensors")) {
-        let p = [dir.join(file.path), dir.join(file.path.replace(".fp16.safetensors", ".safetensors"))]
-            .into_iter()
-            .find(|p| p.is_file());
+    for file in model
+        .files
+        .iter()
+        .filter(|f| f.path.ends_with(".safetensors"))
+    {
+        let p = [
+            dir.join(file.path),
+            dir.join(file.path.replace(".fp16.safetensors", ".safetensors")),
+        ]
+        .into_iter()
+        .find(|p| p.is_file());
         let Some(p) = p else { continue };
         if let Err(e) = check_safetensors(&p) {
             problems.push(format!("{e}"));
@@ -468,4 +493,3 @@ pub fn verify_dir(model: &KnownModel, dir: &Path) -> VerifyReport {
         problems,
     }
 }
-

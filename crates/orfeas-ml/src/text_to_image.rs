@@ -17,7 +17,9 @@ use parking_lot::Mutex;
 
 use crate::error::{Result, SdError};
 use crate::models;
-use crate::sd::pipeline::{self, DecodeMode, DevicePref, GenerateRequest, Precision, Progress, SdModel};
+use crate::sd::pipeline::{
+    self, DecodeMode, DevicePref, GenerateRequest, Precision, Progress, SdModel,
+};
 use crate::sd::schedulers::SchedulerKind;
 
 pub const MIN_SIDE: usize = 64;
@@ -86,16 +88,23 @@ impl TextToImageParams {
     /// Checks the parameters that need no model; see the module docs for the rules.
     pub fn validate(&self) -> Result<()> {
         if self.prompt.trim().is_empty() {
-            return Err(SdError::invalid("prompt", "is empty; describe the picture you want"));
-        }
-        if self.prompt.chars().count() > MAX_PROMPT_CHARS || self.negative.chars().count() > MAX_PROMPT_CHARS {
             return Err(SdError::invalid(
                 "prompt",
-                format!("is longer than {MAX_PROMPT_CHARS} characters (only the first 75 tokens are used anyway)"),
+                "is empty; describe the picture you want",
+            ));
+        }
+        if self.prompt.chars().count() > MAX_PROMPT_CHARS
+            || self.negative.chars().count() > MAX_PROMPT_CHARS
+        {
+            return Err(SdError::invalid(
+                "prompt",
+                format!(
+                    "is longer than {MAX_PROMPT_CHARS} characters (only the first 75 tokens are used anyway)"
+                ),
             ));
         }
         for (field, v) in [("width", self.width), ("height", self.height)] {
-            if !(MIN_SIDE..=MAX_SIDE).contains(&v) || v % 8 != 0 {
+            if !(MIN_SIDE..=MAX_SIDE).contains(&v) || !v.is_multiple_of(8) {
                 return Err(SdError::invalid(
                     field,
                     format!("{v} must be a multiple of 8 between {MIN_SIDE} and {MAX_SIDE}"),
@@ -103,7 +112,10 @@ impl TextToImageParams {
             }
         }
         if !(1..=MAX_STEPS).contains(&self.steps) {
-            return Err(SdError::invalid("steps", format!("{} must be between 1 and {MAX_STEPS}", self.steps)));
+            return Err(SdError::invalid(
+                "steps",
+                format!("{} must be between 1 and {MAX_STEPS}", self.steps),
+            ));
         }
         if !self.guidance.is_finite() || !(0.0..=MAX_GUIDANCE).contains(&self.guidance) {
             return Err(SdError::invalid(
@@ -112,14 +124,20 @@ impl TextToImageParams {
             ));
         }
         if !(1..=MAX_BATCH).contains(&self.batch) {
-            return Err(SdError::invalid("batch", format!("{} must be between 1 and {MAX_BATCH}", self.batch)));
+            return Err(SdError::invalid(
+                "batch",
+                format!("{} must be between 1 and {MAX_BATCH}", self.batch),
+            ));
         }
         if self.model_dir.is_none() {
             let m = models::known(&self.model)?;
             if m.architecture != models::Architecture::Sd {
                 return Err(SdError::invalid(
                     "model",
-                    format!("'{}' (SDXL) is not supported by this build yet; use sd-turbo or sd-1.5", m.name),
+                    format!(
+                        "'{}' (SDXL) is not supported by this build yet; use sd-turbo or sd-1.5",
+                        m.name
+                    ),
                 ));
             }
         }
@@ -138,12 +156,17 @@ impl TextToImageParams {
 /// Loads the `latents` tensor of an init-latents file.
 pub fn load_init_latents(path: &Path) -> Result<candle_core::Tensor> {
     models::check_safetensors(path)?;
-    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| SdError::CorruptWeights {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        SdError::CorruptWeights {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
     })?;
     let t = tensors.remove("latents").ok_or_else(|| {
-        SdError::invalid("init_latents", format!("{} has no tensor named 'latents'", path.display()))
+        SdError::invalid(
+            "init_latents",
+            format!("{} has no tensor named 'latents'", path.display()),
+        )
     })?;
     Ok(t.to_dtype(DType::F32)?)
 }
@@ -172,7 +195,8 @@ impl Engine {
         }
         // Drop the old model first so two never sit in memory together.
         *guard = None;
-        let model = Arc::new(SdModel::load(dir, device, dtype).map_err(|e| pipeline::map_oom(e, device))?);
+        let model =
+            Arc::new(SdModel::load(dir, device, dtype).map_err(|e| pipeline::map_oom(e, device))?);
         *guard = Some((dir.to_path_buf(), key, model.clone()));
         Ok(model)
     }
@@ -186,15 +210,22 @@ impl Engine {
         cancelled: &AtomicBool,
     ) -> Result<Vec<image::RgbImage>> {
         params.validate()?;
-        let init_noise = params.init_latents.as_deref().map(load_init_latents).transpose()?;
+        let init_noise = params
+            .init_latents
+            .as_deref()
+            .map(load_init_latents)
+            .transpose()?;
         let dir = params.resolve_model_dir()?;
         SdModel::check_dir(&dir)?;
         let (dev, _) = pipeline::select_device(device)?;
         let dtype = params.precision.dtype_on(&dev);
         let model = self.model(&dir, &dev, dtype)?;
         let f = model.vae_scale();
-        if params.width % f != 0 || params.height % f != 0 {
-            return Err(SdError::invalid("width", format!("size must be a multiple of {f} for this model")));
+        if !params.width.is_multiple_of(f) || !params.height.is_multiple_of(f) {
+            return Err(SdError::invalid(
+                "width",
+                format!("size must be a multiple of {f} for this model"),
+            ));
         }
         let req = GenerateRequest {
             prompt: params.prompt.clone(),
@@ -208,13 +239,17 @@ impl Engine {
             scheduler: params.scheduler,
             init_noise,
             decode: if params.tiled_decode {
-                DecodeMode::Tiled { tile: 64, overlap: 16 }
+                DecodeMode::Tiled {
+                    tile: 64,
+                    overlap: 16,
+                }
             } else {
                 DecodeMode::Full
             },
             previews: true,
         };
-        pipeline::generate(&model, &req, progress, cancelled).map_err(|e| pipeline::map_oom(e, &dev))
+        pipeline::generate(&model, &req, progress, cancelled)
+            .map_err(|e| pipeline::map_oom(e, &dev))
     }
 }
 
@@ -230,16 +265,29 @@ pub fn run(
 
 /// The text chunks written into each PNG (keys as A1111/ComfyUI readers expect, plus ours).
 pub fn png_text_chunks(params: &TextToImageParams, index: usize) -> Vec<(String, String)> {
-    let scheduler = params.scheduler.map_or_else(|| "model default".to_owned(), |s| s.to_string());
+    let scheduler = params
+        .scheduler
+        .map_or_else(|| "model default".to_owned(), |s| s.to_string());
     let model = params
         .model_dir
         .as_ref()
         .and_then(|d| d.file_name())
-        .map_or_else(|| params.model.clone(), |n| n.to_string_lossy().into_owned());
+        .map_or_else(
+            || params.model.clone(),
+            |n| n.to_string_lossy().into_owned(),
+        );
     let seed = params.seed.wrapping_add(index as u64);
     let summary = format!(
         "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
-        params.prompt, params.negative, params.steps, scheduler, params.guidance, seed, params.width, params.height, model
+        params.prompt,
+        params.negative,
+        params.steps,
+        scheduler,
+        params.guidance,
+        seed,
+        params.width,
+        params.height,
+        model
     );
     vec![
         ("parameters".into(), summary),
@@ -251,12 +299,20 @@ pub fn png_text_chunks(params: &TextToImageParams, index: usize) -> Vec<(String,
         ("seed".into(), seed.to_string()),
         ("size".into(), format!("{}x{}", params.width, params.height)),
         ("scheduler".into(), scheduler),
-        ("Software".into(), format!("ORFEAS Studio {}", env!("CARGO_PKG_VERSION"))),
+        (
+            "Software".into(),
+            format!("ORFEAS Studio {}", env!("CARGO_PKG_VERSION")),
+        ),
     ]
 }
 
 /// Writes image `index` of a batch as PNG with the parameters in tEXt/iTXt chunks, atomically.
-pub fn write_png_with_params(img: &image::RgbImage, params: &TextToImageParams, index: usize, path: &Path) -> Result<()> {
+pub fn write_png_with_params(
+    img: &image::RgbImage,
+    params: &TextToImageParams,
+    index: usize,
+    path: &Path,
+) -> Result<()> {
     let chunks = png_text_chunks(params, index);
     let (w, h) = img.dimensions();
     orfeas_core::paths::write_atomic(path, |out| {
@@ -273,7 +329,9 @@ pub fn write_png_with_params(img: &image::RgbImage, params: &TextToImageParams, 
             res.map_err(std::io::Error::other)?;
         }
         let mut writer = enc.write_header().map_err(std::io::Error::other)?;
-        writer.write_image_data(img.as_raw()).map_err(std::io::Error::other)?;
+        writer
+            .write_image_data(img.as_raw())
+            .map_err(std::io::Error::other)?;
         writer.finish().map_err(std::io::Error::other)
     })?;
     Ok(())

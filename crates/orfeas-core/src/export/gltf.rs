@@ -20,7 +20,7 @@ struct Builder {
 impl Builder {
     /// Appends a buffer view (4-byte aligned, as accessors require) and returns its index.
     fn view(&mut self, bytes: &[u8], target: Option<u32>) -> usize {
-        while self.bin.len() % 4 != 0 {
+        while !self.bin.len().is_multiple_of(4) {
             self.bin.push(0);
         }
         let mut view =
@@ -141,7 +141,7 @@ pub(super) fn glb_bytes(mesh: &Mesh) -> Result<Vec<u8>, ExportError> {
         doc["textures"] = json!([{ "source": 0, "sampler": 0 }]);
     }
     doc["materials"] = json!([{ "name": "orfeas-material", "pbrMetallicRoughness": pbr }]);
-    while b.bin.len() % 4 != 0 {
+    while !b.bin.len().is_multiple_of(4) {
         b.bin.push(0);
     }
     doc["accessors"] = Value::Array(b.accessors);
@@ -152,7 +152,7 @@ pub(super) fn glb_bytes(mesh: &Mesh) -> Result<Vec<u8>, ExportError> {
         what: "glTF JSON",
         detail: e.to_string(),
     })?;
-    while json_bytes.len() % 4 != 0 {
+    while !json_bytes.len().is_multiple_of(4) {
         json_bytes.push(b' ');
     }
     let total = 12 + 8 + json_bytes.len() + 8 + b.bin.len();

@@ -10,12 +10,21 @@ use super::unit_to_u8;
 /// glTF colours (COLOR_0, baseColorFactor) are linear; [`Mesh`] colours are sRGB.
 fn linear_to_srgb_u8(value: f32) -> u8 {
     let v = value.clamp(0.0, 1.0);
-    let srgb = if v <= 0.003_130_8 { v * 12.92 } else { 1.055 * v.powf(1.0 / 2.4) - 0.055 };
+    let srgb = if v <= 0.003_130_8 {
+        v * 12.92
+    } else {
+        1.055 * v.powf(1.0 / 2.4) - 0.055
+    };
     unit_to_u8(srgb)
 }
 
 fn linear_rgba_to_srgb(c: [f32; 4]) -> [u8; 4] {
-    [linear_to_srgb_u8(c[0]), linear_to_srgb_u8(c[1]), linear_to_srgb_u8(c[2]), unit_to_u8(c[3])]
+    [
+        linear_to_srgb_u8(c[0]),
+        linear_to_srgb_u8(c[1]),
+        linear_to_srgb_u8(c[2]),
+        unit_to_u8(c[3]),
+    ]
 }
 use crate::mesh::Mesh;
 
@@ -65,7 +74,11 @@ fn transform_normal(m: &Mat4, n: [f32; 3]) -> [f32; 3] {
     for (axis, value) in scaled.iter_mut().enumerate() {
         let column = m[axis];
         let length_sq = column[0] * column[0] + column[1] * column[1] + column[2] * column[2];
-        *value = if length_sq > 0.0 { n[axis] / length_sq } else { 0.0 };
+        *value = if length_sq > 0.0 {
+            n[axis] / length_sq
+        } else {
+            0.0
+        };
     }
     let mut out = [0.0; 3];
     for (row, value) in out.iter_mut().enumerate() {
@@ -96,7 +109,10 @@ fn convert(
     images: &[gltf::image::Data],
 ) -> Result<Mesh, String> {
     let mut parts = Vec::new();
-    let roots: Vec<gltf::Node<'_>> = match document.default_scene().or_else(|| document.scenes().next()) {
+    let roots: Vec<gltf::Node<'_>> = match document
+        .default_scene()
+        .or_else(|| document.scenes().next())
+    {
         Some(scene) => scene.nodes().collect(),
         None => document.nodes().collect(),
     };
@@ -112,7 +128,10 @@ fn convert(
         if let Some(mesh) = node.mesh() {
             for primitive in mesh.primitives() {
                 if primitive.mode() != Mode::Triangles {
-                    tracing::warn!("glTF primitive with mode {:?} skipped: only triangles are shown", primitive.mode());
+                    tracing::warn!(
+                        "glTF primitive with mode {:?} skipped: only triangles are shown",
+                        primitive.mode()
+                    );
                     continue;
                 }
                 parts.push(read_primitive(&primitive, buffers, &world_from_node)?);
@@ -134,10 +153,14 @@ fn read_primitive(
         .ok_or("a triangle primitive has no readable POSITION attribute")?
         .map(|p| transform_point(world_from_node, p))
         .collect();
-    let normals = reader
-        .read_normals()
-        .map(|normals| normals.map(|n| transform_normal(world_from_node, n)).collect());
-    let uvs = reader.read_tex_coords(0).map(|uvs| uvs.into_f32().collect());
+    let normals = reader.read_normals().map(|normals| {
+        normals
+            .map(|n| transform_normal(world_from_node, n))
+            .collect()
+    });
+    let uvs = reader
+        .read_tex_coords(0)
+        .map(|uvs| uvs.into_f32().collect());
     let material = primitive.material();
     let pbr = material.pbr_metallic_roughness();
     let factor = pbr.base_color_factor();
@@ -179,7 +202,11 @@ fn merge(parts: Vec<Part>, images: &[gltf::image::Data]) -> Result<Mesh, String>
     // The mesh holds one texture: the first primitive's; others keep their UVs
     // and show that texture, which is right for the single-material files we export.
     let texture_image = parts.iter().find_map(|p| p.texture_image);
-    if parts.iter().filter_map(|p| p.texture_image).any(|i| Some(i) != texture_image) {
+    if parts
+        .iter()
+        .filter_map(|p| p.texture_image)
+        .any(|i| Some(i) != texture_image)
+    {
         tracing::warn!("glTF file uses several textures; the viewer shows only the first");
     }
 
@@ -199,7 +226,8 @@ fn merge(parts: Vec<Part>, images: &[gltf::image::Data]) -> Result<Mesh, String>
             mesh.uvs.extend(part.uvs.unwrap_or_default());
         }
         if any_colors {
-            mesh.colors.extend(part.colors.unwrap_or_else(|| vec![[255; 4]; count]));
+            mesh.colors
+                .extend(part.colors.unwrap_or_else(|| vec![[255; 4]; count]));
         }
     }
     if let Some(index) = texture_image {

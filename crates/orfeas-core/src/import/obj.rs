@@ -32,10 +32,16 @@ pub(super) fn import_bytes(bytes: &[u8]) -> Result<Mesh, String> {
     convert(&models, &[], None)
 }
 
-fn convert(models: &[tobj::Model], materials: &[tobj::Material], dir: Option<&Path>) -> Result<Mesh, String> {
+fn convert(
+    models: &[tobj::Model],
+    materials: &[tobj::Material],
+    dir: Option<&Path>,
+) -> Result<Mesh, String> {
     let all_have_normals = models.iter().all(|m| !m.mesh.normals.is_empty());
     let all_have_uvs = models.iter().all(|m| !m.mesh.texcoords.is_empty());
-    let any_colors = models.iter().any(|m| !m.mesh.vertex_color.is_empty() || diffuse(m, materials).is_some());
+    let any_colors = models
+        .iter()
+        .any(|m| !m.mesh.vertex_color.is_empty() || diffuse(m, materials).is_some());
 
     let mut mesh = Mesh::default();
     let mut texture_name = None;
@@ -43,20 +49,23 @@ fn convert(models: &[tobj::Model], materials: &[tobj::Material], dir: Option<&Pa
         let part = &model.mesh;
         let base = u32::try_from(mesh.positions.len()).map_err(|_| "too many vertices")?;
         let count = part.positions.len() / 3;
-        mesh.positions.extend(part.positions.chunks_exact(3).map(|p| [p[0], p[1], p[2]]));
+        mesh.positions
+            .extend(part.positions.chunks_exact(3).map(|p| [p[0], p[1], p[2]]));
         mesh.indices.extend(part.indices.iter().map(|&i| base + i));
         if all_have_normals {
             if part.normals.len() != count * 3 {
                 return Err("the normal count does not match the vertex count".into());
             }
-            mesh.normals.extend(part.normals.chunks_exact(3).map(|n| [n[0], n[1], n[2]]));
+            mesh.normals
+                .extend(part.normals.chunks_exact(3).map(|n| [n[0], n[1], n[2]]));
         }
         if all_have_uvs {
             if part.texcoords.len() != count * 2 {
                 return Err("the texture coordinate count does not match the vertex count".into());
             }
             // OBJ's V axis points up from the bottom of the image; `Mesh` UVs start top-left.
-            mesh.uvs.extend(part.texcoords.chunks_exact(2).map(|t| [t[0], 1.0 - t[1]]));
+            mesh.uvs
+                .extend(part.texcoords.chunks_exact(2).map(|t| [t[0], 1.0 - t[1]]));
         }
         if any_colors {
             if part.vertex_color.len() == count * 3 {
@@ -93,5 +102,10 @@ fn diffuse(model: &tobj::Model, materials: &[tobj::Material]) -> Option<[u8; 4]>
     }
     let [r, g, b] = material.diffuse?;
     let alpha = material.dissolve.unwrap_or(1.0);
-    Some([unit_to_u8(r), unit_to_u8(g), unit_to_u8(b), unit_to_u8(alpha)])
+    Some([
+        unit_to_u8(r),
+        unit_to_u8(g),
+        unit_to_u8(b),
+        unit_to_u8(alpha),
+    ])
 }

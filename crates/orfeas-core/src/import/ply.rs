@@ -75,8 +75,15 @@ impl Scalar {
 
 #[derive(Clone, Debug)]
 enum Property {
-    Scalar { name: String, ty: Scalar },
-    List { name: String, count_ty: Scalar, item_ty: Scalar },
+    Scalar {
+        name: String,
+        ty: Scalar,
+    },
+    List {
+        name: String,
+        count_ty: Scalar,
+        item_ty: Scalar,
+    },
 }
 
 #[derive(Debug)]
@@ -145,12 +152,17 @@ fn parse_header(bytes: &[u8]) -> Result<Header, String> {
                     .ok_or("a property comes before any element")?;
                 let ty = words.next().ok_or("a property has no type")?;
                 let property = if ty == "list" {
-                    let count_ty = Scalar::parse(words.next().ok_or("a list property has no count type")?)?;
-                    let item_ty = Scalar::parse(words.next().ok_or("a list property has no item type")?)?;
+                    let count_ty =
+                        Scalar::parse(words.next().ok_or("a list property has no count type")?)?;
+                    let item_ty =
+                        Scalar::parse(words.next().ok_or("a list property has no item type")?)?;
                     if count_ty.is_float() {
                         return Err("a list property has a floating-point count".into());
                     }
-                    let name = words.next().ok_or("a list property has no name")?.to_owned();
+                    let name = words
+                        .next()
+                        .ok_or("a list property has no name")?
+                        .to_owned();
                     Property::List {
                         name,
                         count_ty,
@@ -327,7 +339,11 @@ pub(super) fn parse(bytes: &[u8], dir: Option<&Path>) -> Result<Mesh, String> {
     Ok(mesh)
 }
 
-fn read_row(body: &mut Body<'_>, properties: &[Property], row: &mut Vec<f64>) -> Result<(), String> {
+fn read_row(
+    body: &mut Body<'_>,
+    properties: &[Property],
+    row: &mut Vec<f64>,
+) -> Result<(), String> {
     row.clear();
     for property in properties {
         match property {
@@ -379,9 +395,11 @@ fn read_vertices(body: &mut Body<'_>, element: &Element, mesh: &mut Mesh) -> Res
         read_row(body, &element.properties, &mut row)?;
         let at = |i: usize| row.get(i).copied().unwrap_or(f64::NAN);
         // PLY stores f64 or f32 values; the mesh works in f32.
-        mesh.positions.push([at(x) as f32, at(y) as f32, at(z) as f32]);
+        mesh.positions
+            .push([at(x) as f32, at(y) as f32, at(z) as f32]);
         if let Some([a, b, c]) = normal {
-            mesh.normals.push([at(a) as f32, at(b) as f32, at(c) as f32]);
+            mesh.normals
+                .push([at(a) as f32, at(b) as f32, at(c) as f32]);
         }
         if let Some([u, v]) = uv {
             mesh.uvs.push([at(u) as f32, 1.0 - at(v) as f32]);
@@ -432,13 +450,16 @@ fn read_faces(body: &mut Body<'_>, element: &Element, mesh: &mut Mesh) -> Result
                     for _ in 0..count {
                         let value = body.read(*item_ty)?;
                         if !(value >= 0.0 && value < vertex_count as f64 && value.fract() == 0.0) {
-                            return Err(format!("a face refers to vertex {value}, which does not exist"));
+                            return Err(format!(
+                                "a face refers to vertex {value}, which does not exist"
+                            ));
                         }
                         // Checked above: a whole number below the vertex count.
                         polygon.push(value as u32);
                     }
                     for k in 1..polygon.len().saturating_sub(1) {
-                        mesh.indices.extend([polygon[0], polygon[k], polygon[k + 1]]);
+                        mesh.indices
+                            .extend([polygon[0], polygon[k], polygon[k + 1]]);
                     }
                 }
             }

@@ -521,15 +521,30 @@ impl Metrics {
         &self.registry
     }
 
-    /// The text exposition format 0.0.4 (ends with a newline).
+    /// The text exposition format 0.0.4 (ends with a newline). Families
+    /// without series (GPU metrics on a machine without an NVIDIA driver) are
+    /// still declared with HELP and TYPE, so scrapers see the whole contract.
     pub fn encode(&self) -> String {
-        let mut out = Vec::with_capacity(64 * 1024);
+        let families = self.registry.gather();
+        let mut out = Vec::with_capacity(96 * 1024);
         // Encoding into a Vec cannot fail on I/O; a failure would be a
         // malformed family, which `Metrics::new` rules out.
-        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        if let Err(err) = TextEncoder::new().encode(&families, &mut out) {
             tracing::error!("encoding metrics failed: {err:#}");
         }
-        String::from_utf8(out).unwrap_or_default()
+        let mut text = String::from_utf8(out).unwrap_or_default();
+        for def in CONTRACT {
+            if !families.iter().any(|f| f.name() == def.name) {
+                text.push_str(&format!(
+                    "# HELP {} {}\n# TYPE {} {}\n",
+                    def.name,
+                    def.help,
+                    def.name,
+                    def.kind.as_str()
+                ));
+            }
+        }
+        text
     }
 
     /// A generation finished. `variant` is the 3D format (`glb`...) for image→3D

@@ -61,6 +61,9 @@ fn parse_series(s: &str) -> (String, Vec<(String, String)>) {
     (name.to_owned(), labels)
 }
 
+/// (metric name, labels, values per minute)
+type InputSeries = (String, Vec<(String, String)>, Vec<f64>);
+
 #[test]
 fn promtool_and_the_in_app_engine_fire_the_same_alerts_at_the_same_times() {
     let text = std::fs::read_to_string(fixture("alerts_test.yml")).unwrap();
@@ -89,8 +92,7 @@ fn promtool_and_the_in_app_engine_fire_the_same_alerts_at_the_same_times() {
 
     // 2. The in-app engine: one deriver and engine per instance (the rules
     //    group by job and instance), evaluated every minute like Prometheus.
-    let mut by_instance: BTreeMap<String, Vec<(String, Vec<(String, String)>, Vec<f64>)>> =
-        BTreeMap::new();
+    let mut by_instance: BTreeMap<String, Vec<InputSeries>> = BTreeMap::new();
     for s in test["input_series"].as_array().unwrap() {
         let (name, labels) = parse_series(s["series"].as_str().unwrap());
         let instance = labels

@@ -28,7 +28,8 @@ fn triangle_set(mesh: &Mesh) -> Vec<[[i32; 3]; 3]> {
         .indices
         .chunks_exact(3)
         .map(|t| {
-            let mut corners = [t[0], t[1], t[2]].map(|i| mesh.positions[i as usize].map(|c| (c * 1000.0).round() as i32));
+            let mut corners = [t[0], t[1], t[2]]
+                .map(|i| mesh.positions[i as usize].map(|c| (c * 1000.0).round() as i32));
             corners.sort_unstable();
             corners
         })
@@ -56,30 +57,54 @@ f 1/1/1 2/2/1 3/3/1 4/4/1
 #[test]
 fn obj_with_mtl_and_texture_opens_textured_with_top_left_uvs() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "quad.mtl", b"newmtl painted\nKd 1 1 1\nmap_Kd checker.png\n");
+    write(
+        dir.path(),
+        "quad.mtl",
+        b"newmtl painted\nKd 1 1 1\nmap_Kd checker.png\n",
+    );
     let texture = image::RgbaImage::from_fn(4, 4, |x, y| {
-        if (x + y) % 2 == 0 { image::Rgba([255, 0, 0, 255]) } else { image::Rgba([0, 0, 255, 255]) }
+        if (x + y) % 2 == 0 {
+            image::Rgba([255, 0, 0, 255])
+        } else {
+            image::Rgba([0, 0, 255, 255])
+        }
     });
     texture.save(dir.path().join("checker.png")).unwrap();
     let path = write(dir.path(), "quad.obj", QUAD_OBJ.as_bytes());
 
     let mesh = import_mesh(&path).unwrap();
-    assert_eq!(mesh.triangle_count(), 2, "the quad is split into two triangles");
+    assert_eq!(
+        mesh.triangle_count(),
+        2,
+        "the quad is split into two triangles"
+    );
     assert_eq!(mesh.uvs.len(), mesh.vertex_count());
     assert_eq!(mesh.normals.len(), mesh.vertex_count());
     let texture = mesh.texture.as_ref().expect("map_Kd texture is loaded");
     assert_eq!(texture.dimensions(), (4, 4));
     // OBJ's vt (0,0) is the image's bottom-left; Mesh UVs start top-left.
-    let origin = mesh.positions.iter().position(|p| *p == [0.0, 0.0, 0.0]).unwrap();
+    let origin = mesh
+        .positions
+        .iter()
+        .position(|p| *p == [0.0, 0.0, 0.0])
+        .unwrap();
     assert_eq!(mesh.uvs[origin], [0.0, 1.0]);
-    let top_right = mesh.positions.iter().position(|p| *p == [1.0, 1.0, 0.0]).unwrap();
+    let top_right = mesh
+        .positions
+        .iter()
+        .position(|p| *p == [1.0, 1.0, 0.0])
+        .unwrap();
     assert_eq!(mesh.uvs[top_right], [1.0, 0.0]);
 }
 
 #[test]
 fn obj_missing_texture_still_opens() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "quad.mtl", b"newmtl painted\nmap_Kd nowhere.png\n");
+    write(
+        dir.path(),
+        "quad.mtl",
+        b"newmtl painted\nmap_Kd nowhere.png\n",
+    );
     let path = write(dir.path(), "quad.obj", QUAD_OBJ.as_bytes());
     let mesh = import_mesh(&path).unwrap();
     assert_eq!(mesh.triangle_count(), 2);
@@ -95,13 +120,25 @@ fn obj_vertex_colours_and_material_colours() {
         b"v 0 0 0 1 0 0\nv 1 0 0 0 1 0\nv 0 1 0 0 0 1\nf 1 2 3\n",
     );
     let mesh = import_mesh(&path).unwrap();
-    let red = mesh.positions.iter().position(|p| *p == [0.0, 0.0, 0.0]).unwrap();
+    let red = mesh
+        .positions
+        .iter()
+        .position(|p| *p == [0.0, 0.0, 0.0])
+        .unwrap();
     assert_eq!(mesh.colors[red], [255, 0, 0, 255]);
 
     write(dir.path(), "green.mtl", b"newmtl g\nKd 0 1 0\n");
-    let path = write(dir.path(), "mat.obj", b"mtllib green.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nusemtl g\nf 1 2 3\n");
+    let path = write(
+        dir.path(),
+        "mat.obj",
+        b"mtllib green.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nusemtl g\nf 1 2 3\n",
+    );
     let mesh = import_mesh(&path).unwrap();
-    assert!(mesh.colors.iter().all(|c| *c == [0, 255, 0, 255]), "{:?}", mesh.colors);
+    assert!(
+        mesh.colors.iter().all(|c| *c == [0, 255, 0, 255]),
+        "{:?}",
+        mesh.colors
+    );
 }
 
 const TETRA_ASCII_PLY: &str = "\
@@ -138,16 +175,37 @@ fn ascii_ply_with_colours() {
 }
 
 fn tetra_binary_ply(big_endian: bool) -> Vec<u8> {
-    let format = if big_endian { "binary_big_endian" } else { "binary_little_endian" };
+    let format = if big_endian {
+        "binary_big_endian"
+    } else {
+        "binary_little_endian"
+    };
     let mut out = format!(
         "ply\nformat {format} 1.0\nelement vertex 4\nproperty float x\nproperty float y\nproperty float z\n\
          property uchar red\nproperty uchar green\nproperty uchar blue\nelement face 3\n\
          property list uchar int vertex_indices\nproperty uchar flags\nend_header\n"
     )
     .into_bytes();
-    let f = |v: f32| if big_endian { v.to_be_bytes() } else { v.to_le_bytes() };
-    let i = |v: i32| if big_endian { v.to_be_bytes() } else { v.to_le_bytes() };
-    let vertices = [([0.0, 0.0, 0.0], [255, 0, 0]), ([1.0, 0.0, 0.0], [0, 255, 0]), ([0.0, 1.0, 0.0], [0, 0, 255]), ([0.0, 0.0, 1.0], [9, 9, 9])];
+    let f = |v: f32| {
+        if big_endian {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
+    let i = |v: i32| {
+        if big_endian {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
+    let vertices = [
+        ([0.0, 0.0, 0.0], [255, 0, 0]),
+        ([1.0, 0.0, 0.0], [0, 255, 0]),
+        ([0.0, 1.0, 0.0], [0, 0, 255]),
+        ([0.0, 0.0, 1.0], [9, 9, 9]),
+    ];
     for (p, c) in vertices {
         for v in p {
             out.extend(f(v));
@@ -176,7 +234,8 @@ fn tetra_binary_ply(big_endian: bool) -> Vec<u8> {
 #[test]
 fn binary_ply_both_endiannesses() {
     for big_endian in [false, true] {
-        let mesh = import_bytes(&tetra_binary_ply(big_endian), MeshFormat::Ply, "tetra.ply").unwrap();
+        let mesh =
+            import_bytes(&tetra_binary_ply(big_endian), MeshFormat::Ply, "tetra.ply").unwrap();
         assert_eq!(mesh.vertex_count(), 4, "big endian: {big_endian}");
         assert_eq!(mesh.triangle_count(), 4, "the quad is fan-triangulated");
         assert_eq!(mesh.positions[3], [0.0, 0.0, 1.0]);
@@ -192,11 +251,18 @@ fn stl_ascii_and_binary_merge_shared_corners() {
         endsolid t\n";
     let mesh = import_bytes(ascii.as_bytes(), MeshFormat::Stl, "t.stl").unwrap();
     assert_eq!(mesh.triangle_count(), 2);
-    assert_eq!(mesh.vertex_count(), 4, "the two shared corners are one vertex each");
+    assert_eq!(
+        mesh.vertex_count(),
+        4,
+        "the two shared corners are one vertex each"
+    );
 
     let mut binary = vec![0u8; 80];
     binary.extend(2u32.to_le_bytes());
-    for triangle in [[[0.0f32, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]], [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]] {
+    for triangle in [
+        [[0.0f32, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]],
+        [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]],
+    ] {
         binary.extend([0u8; 12]);
         for corner in triangle {
             for c in corner {
@@ -218,8 +284,12 @@ fn triangle_glb() -> Vec<u8> {
             bin.extend(c.to_le_bytes());
         }
     }
-    // Linear 0.21404 is sRGB 128.
-    for c in [[1.0f32, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0], [0.214_04, 0.214_04, 0.214_04, 1.0]] {
+    // Linear 0.2159 is sRGB 128 (((128/255 + 0.055) / 1.055)^2.4).
+    for c in [
+        [1.0f32, 0.0, 0.0, 1.0],
+        [0.0, 1.0, 0.0, 1.0],
+        [0.2159, 0.2159, 0.2159, 1.0],
+    ] {
         for v in c {
             bin.extend(v.to_le_bytes());
         }
@@ -263,9 +333,17 @@ fn glb_applies_node_transform_and_decodes_linear_colours() {
     let path = write(dir.path(), "tri.glb", &triangle_glb());
     let mesh = import_mesh(&path).unwrap();
     assert_eq!(mesh.triangle_count(), 1);
-    assert_eq!(mesh.positions[1], [11.0, 0.0, 0.0], "the node's translation is applied");
+    assert_eq!(
+        mesh.positions[1],
+        [11.0, 0.0, 0.0],
+        "the node's translation is applied"
+    );
     assert_eq!(mesh.colors[0], [255, 0, 0, 255]);
-    assert_eq!(mesh.colors[2][0], 128, "linear COLOR_0 becomes sRGB: {:?}", mesh.colors[2]);
+    assert_eq!(
+        mesh.colors[2][0], 128,
+        "linear COLOR_0 becomes sRGB: {:?}",
+        mesh.colors[2]
+    );
 }
 
 fn malformed_reason(result: Result<Mesh, ImportError>) -> String {
@@ -281,11 +359,18 @@ fn malformed_files_are_clear_errors() {
     let mut ply = tetra_binary_ply(false);
     ply.truncate(ply.len() - 10);
     let message = malformed_reason(import_bytes(&ply, MeshFormat::Ply, "cut.ply"));
-    assert!(message.contains("cut.ply") && message.contains("PLY"), "{message}");
+    assert!(
+        message.contains("cut.ply") && message.contains("PLY"),
+        "{message}"
+    );
 
     // A face that points past the vertex list.
     let bad_index = TETRA_ASCII_PLY.replace("3 1 2 3\n", "3 1 2 9\n");
-    let message = malformed_reason(import_bytes(bad_index.as_bytes(), MeshFormat::Ply, "bad.ply"));
+    let message = malformed_reason(import_bytes(
+        bad_index.as_bytes(),
+        MeshFormat::Ply,
+        "bad.ply",
+    ));
     assert!(message.contains("vertex 9"), "{message}");
 
     // A header that claims a billion vertices must fail fast, not allocate.
@@ -296,7 +381,11 @@ fn malformed_files_are_clear_errors() {
     malformed_reason(import_bytes(b"hello", MeshFormat::Ply, "x.ply"));
 
     // OBJ face that refers to a vertex that does not exist.
-    malformed_reason(import_bytes(b"v 0 0 0\nv 1 0 0\nf 1 2 7\n", MeshFormat::Obj, "x.obj"));
+    malformed_reason(import_bytes(
+        b"v 0 0 0\nv 1 0 0\nf 1 2 7\n",
+        MeshFormat::Obj,
+        "x.obj",
+    ));
 
     // Binary STL whose triangle count promises more than the file holds.
     let mut stl = vec![0u8; 80];
@@ -305,9 +394,17 @@ fn malformed_files_are_clear_errors() {
     assert!(import_bytes(&stl, MeshFormat::Stl, "x.stl").is_err());
 
     // Garbage and truncated GLB.
-    malformed_reason(import_bytes(b"glTF\x02\0\0\0garbage", MeshFormat::Glb, "x.glb"));
+    malformed_reason(import_bytes(
+        b"glTF\x02\0\0\0garbage",
+        MeshFormat::Glb,
+        "x.glb",
+    ));
     let glb = triangle_glb();
-    malformed_reason(import_bytes(&glb[..glb.len() - 20], MeshFormat::Glb, "x.glb"));
+    malformed_reason(import_bytes(
+        &glb[..glb.len() - 20],
+        MeshFormat::Glb,
+        "x.glb",
+    ));
 }
 
 #[test]
@@ -320,6 +417,100 @@ fn points_only_unknown_extension_and_missing_file() {
     let path = write(dir.path(), "mesh.fbx", b"whatever");
     let err = import_mesh(&path).unwrap_err();
     assert!(matches!(err, ImportError::UnsupportedFormat { .. }));
-    assert!(err.to_string().contains(".glb"), "the message lists what works: {err}");
-    assert!(matches!(import_mesh(&dir.path().join("gone.stl")), Err(ImportError::Io { .. })));
+    assert!(
+        err.to_string().contains(".glb"),
+        "the message lists what works: {err}"
+    );
+    assert!(matches!(
+        import_mesh(&dir.path().join("gone.stl")),
+        Err(ImportError::Io { .. })
+    ));
+}
+
+/// A closed box with per-vertex colours and UVs, as the generators produce.
+fn coloured_box() -> Mesh {
+    let corner = |i: u32| {
+        [
+            (i & 1) as f32,
+            ((i >> 1) & 1) as f32 * 2.0,
+            ((i >> 2) & 1) as f32 * 0.5,
+        ]
+    };
+    let faces: [[u32; 4]; 6] = [
+        [0, 2, 3, 1],
+        [4, 5, 7, 6],
+        [0, 1, 5, 4],
+        [2, 6, 7, 3],
+        [0, 4, 6, 2],
+        [1, 3, 7, 5],
+    ];
+    Mesh {
+        positions: (0..8).map(corner).collect(),
+        uvs: (0..8)
+            .map(|i| [(i & 1) as f32, ((i >> 1) & 1) as f32])
+            .collect(),
+        colors: (0..8u8).map(|i| [i * 30, 255 - i * 30, 100, 255]).collect(),
+        indices: faces
+            .iter()
+            .flat_map(|f| [f[0], f[1], f[2], f[0], f[2], f[3]])
+            .collect(),
+        ..Mesh::default()
+    }
+}
+
+/// Colour of the vertex at `position` (positions are unique in `coloured_box`).
+fn colour_at(mesh: &Mesh, position: [f32; 3]) -> [u8; 4] {
+    let i = mesh.positions.iter().position(|p| *p == position).unwrap();
+    mesh.colors[i]
+}
+
+#[test]
+fn round_trip_through_the_exporters() {
+    use orfeas_core::export::{ExportFormat, export_mesh};
+    let dir = tempfile::tempdir().unwrap();
+    let original = coloured_box();
+    for format in ExportFormat::ALL {
+        let path = dir.path().join(format!("box.{}", format.extension()));
+        export_mesh(&original, &path, format).unwrap();
+        let back = import_mesh(&path).unwrap_or_else(|err| panic!("{format:?}: {err}"));
+        assert_eq!(
+            triangle_set(&back),
+            triangle_set(&original),
+            "{format:?}: same triangles"
+        );
+        if matches!(format, ExportFormat::Glb | ExportFormat::Ply) {
+            for p in &original.positions {
+                let (want, got) = (colour_at(&original, *p), colour_at(&back, *p));
+                // GLB stores linear 8-bit colours, so dark sRGB values lose a little.
+                let tolerance = if format == ExportFormat::Glb { 6 } else { 0 };
+                assert!(
+                    want.iter()
+                        .zip(got)
+                        .all(|(w, g)| w.abs_diff(g) <= tolerance),
+                    "{format:?} at {p:?}: {want:?} → {got:?}"
+                );
+            }
+        }
+    }
+
+    // A textured mesh keeps its texture and UV orientation through GLB and OBJ.
+    let mut textured = coloured_box();
+    textured.colors.clear();
+    textured.texture = Some(image::RgbaImage::from_fn(4, 2, |x, y| {
+        image::Rgba([x as u8 * 60, y as u8 * 200, 7, 255])
+    }));
+    for format in [ExportFormat::Glb, ExportFormat::Obj] {
+        let path = dir.path().join(format!("textured.{}", format.extension()));
+        export_mesh(&textured, &path, format).unwrap();
+        let back = import_mesh(&path).unwrap();
+        assert_eq!(
+            back.texture.as_ref(),
+            textured.texture.as_ref(),
+            "{format:?}: the texture survives"
+        );
+        for (i, p) in textured.positions.iter().enumerate() {
+            let j = back.positions.iter().position(|q| q == p).unwrap();
+            assert_eq!(back.uvs[j], textured.uvs[i], "{format:?}: UV at {p:?}");
+        }
+    }
 }

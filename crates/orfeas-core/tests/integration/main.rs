@@ -2,6 +2,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
 mod alerts;
+mod api;
+mod api_durability;
+mod api_props;
+mod api_schemathesis;
 mod bad_input;
 mod export;
 mod history;

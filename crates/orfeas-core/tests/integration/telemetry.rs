@@ -189,11 +189,14 @@ pub mod support {
         v["data"]["result"].as_array().cloned().unwrap_or_default()
     }
 
+    /// (name, labels, value)
+    pub type Sample = (String, Vec<(String, String)>, f64);
+
     /// Parses `# TYPE` lines and samples of an exposition.
     pub struct Exposition {
         pub types: Vec<(String, String)>,
         /// (name, labels, value)
-        pub samples: Vec<(String, Vec<(String, String)>, f64)>,
+        pub samples: Vec<Sample>,
     }
 
     pub fn parse_exposition(text: &str) -> Exposition {

@@ -53,7 +53,8 @@ fn probe(url: &str) -> (Option<u64>, Option<String>) {
             .map(|s| s.trim_matches('"').to_owned())
     };
     let size = header("x-linked-size").and_then(|s| s.parse().ok());
-    let sha = header("x-linked-etag").filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()));
+    let sha = header("x-linked-etag")
+        .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()));
     (size, sha)
 }
 
@@ -68,7 +69,11 @@ fn sha256_of(path: &Path) -> Result<String> {
         }
         hasher.update(buf.get(..n).unwrap_or(&[]));
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Downloads one file into `dest` via `dest.part`, resuming a previous partial download;
@@ -101,7 +106,9 @@ pub fn fetch_file(
     if have > 0 {
         req = req.header("Range", format!("bytes={have}-"));
     }
-    let resp = req.call().map_err(|e| SdError::Download(format!("{url}: {e}")))?;
+    let resp = req
+        .call()
+        .map_err(|e| SdError::Download(format!("{url}: {e}")))?;
     let status = resp.status().as_u16();
     let append = match status {
         206 => true,
@@ -146,7 +153,9 @@ pub fn fetch_file(
         }
         file.sync_all().map_err(|e| SdError::io(&part, e))?;
     }
-    let got = std::fs::metadata(&part).map_err(|e| SdError::io(&part, e))?.len();
+    let got = std::fs::metadata(&part)
+        .map_err(|e| SdError::io(&part, e))?
+        .len();
     if let Some(expected) = total
         && got != expected
     {

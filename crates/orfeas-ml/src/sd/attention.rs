@@ -56,7 +56,11 @@ impl Attention {
         let v = heads(self.to_v.forward(ctx)?, ctx_seq)?;
         let in_dtype = q.dtype();
         let (q, k, v) = if self.upcast && in_dtype != DType::F32 {
-            (q.to_dtype(DType::F32)?, k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?)
+            (
+                q.to_dtype(DType::F32)?,
+                k.to_dtype(DType::F32)?,
+                v.to_dtype(DType::F32)?,
+            )
         } else {
             (q, k, v)
         };
@@ -107,13 +111,26 @@ struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn load(vb: VarBuilder, dim: usize, heads: usize, context_dim: usize, upcast: bool) -> Result<Self> {
+    fn load(
+        vb: VarBuilder,
+        dim: usize,
+        heads: usize,
+        context_dim: usize,
+        upcast: bool,
+    ) -> Result<Self> {
         let head_dim = dim / heads;
         Ok(Self {
             norm1: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
             attn1: Attention::load(vb.pp("attn1"), dim, None, heads, head_dim, upcast)?,
             norm2: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
-            attn2: Attention::load(vb.pp("attn2"), dim, Some(context_dim), heads, head_dim, upcast)?,
+            attn2: Attention::load(
+                vb.pp("attn2"),
+                dim,
+                Some(context_dim),
+                heads,
+                head_dim,
+                upcast,
+            )?,
             norm3: candle_nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
             ff: FeedForward::load(vb.pp("ff"), dim)?,
         })
@@ -121,7 +138,10 @@ impl BasicTransformerBlock {
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
-        let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, Some(context))? + xs)?;
+        let xs = (self
+            .attn2
+            .forward(&self.norm2.forward(&xs)?, Some(context))?
+            + xs)?;
         self.ff.forward(&self.norm3.forward(&xs)?)? + xs
     }
 }
@@ -151,8 +171,14 @@ pub struct Transformer2D {
 }
 
 impl Transformer2D {
-    pub fn load(vb: VarBuilder, channels: usize, heads: usize, depth: usize, s: TransformerSettings) -> Result<Self> {
-        if heads == 0 || channels % heads != 0 {
+    pub fn load(
+        vb: VarBuilder,
+        channels: usize,
+        heads: usize,
+        depth: usize,
+        s: TransformerSettings,
+    ) -> Result<Self> {
+        if heads == 0 || !channels.is_multiple_of(heads) {
             candle_core::bail!("{channels} channels cannot be split into {heads} attention heads");
         }
         let norm = candle_nn::group_norm(s.norm_groups, channels, 1e-6, vb.pp("norm"))?;
@@ -163,13 +189,33 @@ impl Transformer2D {
             )
         } else {
             (
-                Proj::Conv(candle_nn::conv2d(channels, channels, 1, Default::default(), vb.pp("proj_in"))?),
-                Proj::Conv(candle_nn::conv2d(channels, channels, 1, Default::default(), vb.pp("proj_out"))?),
+                Proj::Conv(candle_nn::conv2d(
+                    channels,
+                    channels,
+                    1,
+                    Default::default(),
+                    vb.pp("proj_in"),
+                )?),
+                Proj::Conv(candle_nn::conv2d(
+                    channels,
+                    channels,
+                    1,
+                    Default::default(),
+                    vb.pp("proj_out"),
+                )?),
             )
         };
         let tb = vb.pp("transformer_blocks");
         let blocks = (0..depth)
-            .map(|i| BasicTransformerBlock::load(tb.pp(i), channels, heads, s.context_dim, s.upcast_attention))
+            .map(|i| {
+                BasicTransformerBlock::load(
+                    tb.pp(i),
+                    channels,
+                    heads,
+                    s.context_dim,
+                    s.upcast_attention,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             norm,

@@ -109,10 +109,13 @@ impl ClipTextModel {
             vb
         };
         let h = cfg.hidden_size;
-        if cfg.num_attention_heads == 0 || h % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !h.is_multiple_of(cfg.num_attention_heads) {
             return Err(SdError::invalid(
                 "text_encoder.num_attention_heads",
-                format!("{} does not divide hidden_size {h}", cfg.num_attention_heads),
+                format!(
+                    "{} does not divide hidden_size {h}",
+                    cfg.num_attention_heads
+                ),
             ));
         }
         let emb = vb.pp("embeddings");
@@ -139,7 +142,8 @@ impl ClipTextModel {
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let final_layer_norm = candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?;
+        let final_layer_norm =
+            candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?;
         Ok(Self {
             token_embedding,
             position_embedding,
@@ -200,7 +204,8 @@ impl Attention {
         let k = split(self.k.forward(xs)?)?;
         let v = split(self.v.forward(xs)?)?;
         let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+        let probs =
+            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, seq, h))?;
         self.out.forward(&out)
     }

@@ -24,7 +24,12 @@ impl NoiseRng {
 
 /// Initial latents for a batch: image `i` uses seed `seed + i`, so image 3 of a
 /// batch is the same picture as a single run with seed + 3.
-pub fn initial_noise(seed: u64, batch: usize, latent_shape: (usize, usize, usize), device: &Device) -> Result<Tensor> {
+pub fn initial_noise(
+    seed: u64,
+    batch: usize,
+    latent_shape: (usize, usize, usize),
+    device: &Device,
+) -> Result<Tensor> {
     let (c, h, w) = latent_shape;
     let parts = (0..batch)
         .map(|i| NoiseRng::new(seed.wrapping_add(i as u64)).normal(&[1, c, h, w], device))

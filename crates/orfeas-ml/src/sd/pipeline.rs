@@ -35,7 +35,12 @@ impl std::str::FromStr for DevicePref {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(Self::Cuda)
-                .ok_or_else(|| SdError::invalid("device", format!("'{s}' is not one of auto, cpu, cuda, cuda:N, metal"))),
+                .ok_or_else(|| {
+                    SdError::invalid(
+                        "device",
+                        format!("'{s}' is not one of auto, cpu, cuda, cuda:N, metal"),
+                    )
+                }),
         }
     }
 }
@@ -69,7 +74,10 @@ impl std::str::FromStr for Precision {
             "auto" => Ok(Self::Auto),
             "f32" | "fp32" => Ok(Self::F32),
             "f16" | "fp16" => Ok(Self::F16),
-            _ => Err(SdError::invalid("precision", format!("'{s}' is not one of auto, f32, f16"))),
+            _ => Err(SdError::invalid(
+                "precision",
+                format!("'{s}' is not one of auto, f32, f16"),
+            )),
         }
     }
 }
@@ -111,7 +119,10 @@ pub fn select_device(pref: DevicePref) -> Result<(Device, DType)> {
 pub(crate) fn map_oom(err: SdError, device: &Device) -> SdError {
     if let SdError::Candle(e) = &err {
         let text = e.to_string().to_ascii_lowercase();
-        if text.contains("out of memory") || text.contains("out_of_memory") || text.contains("alloc") {
+        if text.contains("out of memory")
+            || text.contains("out_of_memory")
+            || text.contains("alloc")
+        {
             return SdError::OutOfMemory {
                 device: format!("{device:?}"),
                 detail: e.to_string(),
@@ -126,7 +137,9 @@ fn missing(dir: &Path, part: String) -> SdError {
         dir: dir.parent().map(Path::to_path_buf).unwrap_or_default(),
         part: format!(
             "{}/{part}",
-            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
         ),
     }
 }
@@ -142,10 +155,13 @@ pub fn weight_files(dir: &Path, names: &[&str]) -> Result<Vec<PathBuf>> {
         let index = dir.join(format!("{name}.index.json"));
         if index.is_file() {
             let json: serde_json::Value = crate::sd::read_config(&index)?;
-            let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| SdError::Config {
-                path: index.clone(),
-                reason: "no weight_map object".into(),
-            })?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| SdError::Config {
+                    path: index.clone(),
+                    reason: "no weight_map object".into(),
+                })?;
             let mut files: Vec<PathBuf> = Vec::new();
             for shard in map.values().filter_map(|v| v.as_str()) {
                 let p = dir.join(shard);
@@ -160,24 +176,37 @@ pub fn weight_files(dir: &Path, names: &[&str]) -> Result<Vec<PathBuf>> {
             return Ok(files);
         }
     }
-    Err(missing(dir, names.first().copied().unwrap_or("weights").to_owned()))
+    Err(missing(
+        dir,
+        names.first().copied().unwrap_or("weights").to_owned(),
+    ))
 }
 
 /// Reads safetensors files into a VarBuilder in `dtype`, reporting damage as `CorruptWeights`.
-pub fn load_weights(files: &[PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+pub fn load_weights(
+    files: &[PathBuf],
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>> {
     let mut all = std::collections::HashMap::new();
     for path in files {
         crate::models::check_safetensors(path)?;
         // Read into memory rather than mmap: this crate forbids `unsafe`, and the
         // copy is small next to the model's run time.
         let bytes = std::fs::read(path).map_err(|e| SdError::io(path, e))?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| SdError::CorruptWeights {
-            path: path.clone(),
-            reason: e.to_string(),
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
+            SdError::CorruptWeights {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
         })?;
         for (name, t) in tensors {
             // Convert once here so f32 checkpoints do not sit on the GPU twice.
-            let t = if t.dtype().is_float() { t.to_dtype(dtype)? } else { t };
+            let t = if t.dtype().is_float() {
+                t.to_dtype(dtype)?
+            } else {
+                t
+            };
             all.insert(name, t);
         }
     }
@@ -223,7 +252,11 @@ impl SdModel {
                 part: "the folder itself".into(),
             });
         }
-        for cfg in ["text_encoder/config.json", "unet/config.json", "vae/config.json"] {
+        for cfg in [
+            "text_encoder/config.json",
+            "unet/config.json",
+            "vae/config.json",
+        ] {
             if !dir.join(cfg).is_file() {
                 return Err(SdError::MissingPart {
                     dir: dir.to_path_buf(),
@@ -256,11 +289,14 @@ impl SdModel {
             SchedulerConfig::default()
         };
         let te = weight_files(&dir.join("text_encoder"), TEXT_ENCODER_FILES)?;
-        let text_encoder = ClipTextModel::load(load_weights(&te, dtype, device)?, &clip_cfg).map_err(weights_err(&te))?;
+        let text_encoder = ClipTextModel::load(load_weights(&te, dtype, device)?, &clip_cfg)
+            .map_err(weights_err(&te))?;
         let un = weight_files(&dir.join("unet"), DIFFUSERS_FILES)?;
-        let unet = UNet::load(load_weights(&un, dtype, device)?, &unet_cfg).map_err(weights_err(&un))?;
+        let unet =
+            UNet::load(load_weights(&un, dtype, device)?, &unet_cfg).map_err(weights_err(&un))?;
         let va = weight_files(&dir.join("vae"), DIFFUSERS_FILES)?;
-        let vae = Vae::load(load_weights(&va, dtype, device)?, &vae_cfg).map_err(weights_err(&va))?;
+        let vae =
+            Vae::load(load_weights(&va, dtype, device)?, &vae_cfg).map_err(weights_err(&va))?;
         Ok(Self {
             tokenizer,
             text_encoder,
@@ -299,7 +335,11 @@ pub enum Progress {
     /// Before denoising; `total` steps follow.
     Started { total: usize },
     /// After denoising step `step` (1-based) of `total`, with a cheap preview.
-    Step { step: usize, total: usize, preview: Option<image::RgbImage> },
+    Step {
+        step: usize,
+        total: usize,
+        preview: Option<image::RgbImage>,
+    },
     /// Denoising done, VAE decode running.
     Decoding,
 }
@@ -334,7 +374,10 @@ pub fn denoise(
     let context = if cfg {
         let ctx_batch = context.dim(0)?;
         if ctx_batch != 2 {
-            return Err(SdError::invalid("context", "CFG needs [uncond, cond] embeddings"));
+            return Err(SdError::invalid(
+                "context",
+                "CFG needs [uncond, cond] embeddings",
+            ));
         }
         let u = context.narrow(0, 0, 1)?.repeat((batch, 1, 1))?;
         let c = context.narrow(0, 1, 1)?.repeat((batch, 1, 1))?;
@@ -364,7 +407,11 @@ pub fn denoise(
             out
         };
         latents = scheduler.step(&eps, i, &latents)?;
-        let preview = if opts.previews { Some(latent_preview(&latents)?) } else { None };
+        let preview = if opts.previews {
+            Some(latent_preview(&latents)?)
+        } else {
+            None
+        };
         progress(Progress::Step {
             step: i + 1,
             total,
@@ -396,10 +443,16 @@ pub fn decode_latents(vae: &Vae, latents: &Tensor, mode: DecodeMode) -> Result<T
 pub fn to_rgb_images(decoded: &Tensor) -> Result<Vec<image::RgbImage>> {
     let (b, c, h, w) = decoded.dims4()?;
     if c != 3 {
-        return Err(SdError::invalid("vae.out_channels", format!("{c} channels; expected 3")));
+        return Err(SdError::invalid(
+            "vae.out_channels",
+            format!("{c} channels; expected 3"),
+        ));
     }
     let pixels = ((decoded.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?;
-    let pixels = (pixels * 255.0)?.round()?.permute((0, 2, 3, 1))?.contiguous()?;
+    let pixels = (pixels * 255.0)?
+        .round()?
+        .permute((0, 2, 3, 1))?
+        .contiguous()?;
     let data = pixels.flatten_all()?.to_vec1::<f32>()?;
     let per = h * w * 3;
     (0..b)
@@ -427,7 +480,10 @@ const LATENT_RGB: [[f32; 3]; 4] = [
 /// A cheap preview of the first image of a latent batch: one RGB pixel per
 /// latent cell through a fixed linear map (no VAE), so it costs microseconds.
 pub fn latent_preview(latents: &Tensor) -> Result<image::RgbImage> {
-    let first = latents.get(0)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    let first = latents
+        .get(0)?
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?;
     let (c, h, w) = first.dims3()?;
     let data = first.flatten_all()?.to_vec1::<f32>()?;
     let mut img = image::RgbImage::new(w as u32, h as u32);
@@ -474,8 +530,15 @@ pub fn generate(
 ) -> Result<Vec<image::RgbImage>> {
     let f = model.vae_scale();
     let latent_shape = (model.unet.config.in_channels, req.height / f, req.width / f);
-    let kind = req.scheduler.unwrap_or_else(|| model.scheduler_config.default_kind());
-    let mut scheduler = schedulers::build(kind, &model.scheduler_config, req.steps, req.seed.wrapping_add(0x5eed))?;
+    let kind = req
+        .scheduler
+        .unwrap_or_else(|| model.scheduler_config.default_kind());
+    let mut scheduler = schedulers::build(
+        kind,
+        &model.scheduler_config,
+        req.steps,
+        req.seed.wrapping_add(0x5eed),
+    )?;
     let cfg = uses_cfg(req.guidance);
     let context = encode_prompt(model, &req.prompt, &req.negative, cfg)?;
     let noise = match &req.init_noise {
@@ -496,7 +559,11 @@ pub fn generate(
                 ));
             }
             let n = n.to_device(&model.device)?.to_dtype(DType::F32)?;
-            if nb == 1 { n.repeat((req.batch, 1, 1, 1))? } else { n }
+            if nb == 1 {
+                n.repeat((req.batch, 1, 1, 1))?
+            } else {
+                n
+            }
         }
         None => super::noise::initial_noise(req.seed, req.batch, latent_shape, &model.device)?,
     };
@@ -505,7 +572,15 @@ pub fn generate(
         guidance: req.guidance,
         previews: req.previews,
     };
-    let latents = denoise(&model.unet, scheduler.as_mut(), latents, &context, opts, progress, cancelled)?;
+    let latents = denoise(
+        &model.unet,
+        scheduler.as_mut(),
+        latents,
+        &context,
+        opts,
+        progress,
+        cancelled,
+    )?;
     if cancelled.load(Ordering::Relaxed) {
         return Err(SdError::Cancelled);
     }

@@ -34,7 +34,12 @@ pub enum SchedulerKind {
 }
 
 impl SchedulerKind {
-    pub const ALL: [Self; 4] = [Self::Euler, Self::EulerAncestral, Self::Ddim, Self::DpmSolverPp2m];
+    pub const ALL: [Self; 4] = [
+        Self::Euler,
+        Self::EulerAncestral,
+        Self::Ddim,
+        Self::DpmSolverPp2m,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -190,12 +195,14 @@ impl SchedulerConfig {
     pub fn alphas_cumprod(&self) -> Result<Vec<f32>> {
         let n = self.num_train_timesteps;
         let betas: Vec<f32> = match self.beta_schedule.as_str() {
-            "scaled_linear" => {
-                Self::linspace_f32((self.beta_start as f32).sqrt(), (self.beta_end as f32).sqrt(), n)
-                    .into_iter()
-                    .map(|b| b * b)
-                    .collect()
-            }
+            "scaled_linear" => Self::linspace_f32(
+                (self.beta_start as f32).sqrt(),
+                (self.beta_end as f32).sqrt(),
+                n,
+            )
+            .into_iter()
+            .map(|b| b * b)
+            .collect(),
             "linear" => Self::linspace_f32(self.beta_start as f32, self.beta_end as f32, n),
             other => {
                 return Err(SdError::invalid(
@@ -227,7 +234,13 @@ fn check_steps(steps: usize, train: usize) -> Result<()> {
 }
 
 /// Integer-valued timesteps as diffusers' `set_timesteps` computes them (descending).
-fn spaced_timesteps(spacing: Spacing, steps: usize, train: usize, offset: usize, extra: usize) -> Vec<f64> {
+fn spaced_timesteps(
+    spacing: Spacing,
+    steps: usize,
+    train: usize,
+    offset: usize,
+    extra: usize,
+) -> Vec<f64> {
     // `extra` = 1 for DPM-Solver, which spaces n+1 points and drops the last.
     let n = steps + extra;
     let mut t: Vec<f64> = match spacing {
@@ -308,13 +321,19 @@ fn mul(t: &Tensor, s: f32) -> Result<Tensor> {
 }
 
 /// Builds a scheduler of `kind` for `steps` steps. `noise_seed` feeds Euler ancestral's per-step noise.
-pub fn build(kind: SchedulerKind, cfg: &SchedulerConfig, steps: usize, noise_seed: u64) -> Result<Box<dyn Scheduler>> {
+pub fn build(
+    kind: SchedulerKind,
+    cfg: &SchedulerConfig,
+    steps: usize,
+    noise_seed: u64,
+) -> Result<Box<dyn Scheduler>> {
     check_steps(steps, cfg.num_train_timesteps)?;
     let ac = cfg.alphas_cumprod()?;
     Ok(match kind {
         SchedulerKind::Euler | SchedulerKind::EulerAncestral => {
             let spacing = cfg.timestep_spacing.unwrap_or(Spacing::Linspace);
-            let timesteps = euler_timesteps(spacing, steps, cfg.num_train_timesteps, cfg.steps_offset);
+            let timesteps =
+                euler_timesteps(spacing, steps, cfg.num_train_timesteps, cfg.steps_offset);
             let mut sigmas: Vec<f32> = interp_sigmas(&train_sigmas(&ac), &timesteps)
                 .into_iter()
                 .map(|s| s as f32)
@@ -344,7 +363,8 @@ pub fn build(kind: SchedulerKind, cfg: &SchedulerConfig, steps: usize, noise_see
         }
         SchedulerKind::Ddim => {
             let spacing = cfg.timestep_spacing.unwrap_or(Spacing::Leading);
-            let timesteps = spaced_timesteps(spacing, steps, cfg.num_train_timesteps, cfg.steps_offset, 0);
+            let timesteps =
+                spaced_timesteps(spacing, steps, cfg.num_train_timesteps, cfg.steps_offset, 0);
             let final_alpha = if cfg.set_alpha_to_one.unwrap_or(true) {
                 1.0
             } else {
@@ -360,7 +380,8 @@ pub fn build(kind: SchedulerKind, cfg: &SchedulerConfig, steps: usize, noise_see
         }
         SchedulerKind::DpmSolverPp2m => {
             let spacing = cfg.timestep_spacing.unwrap_or(Spacing::Linspace);
-            let timesteps = spaced_timesteps(spacing, steps, cfg.num_train_timesteps, cfg.steps_offset, 1);
+            let timesteps =
+                spaced_timesteps(spacing, steps, cfg.num_train_timesteps, cfg.steps_offset, 1);
             let mut sigmas = interp_sigmas(&train_sigmas(&ac), &timesteps);
             sigmas.push(0.0);
             Box::new(DpmPp2m {
@@ -386,7 +407,10 @@ impl Euler {
     fn sigma(&self, i: usize) -> Result<(f32, f32)> {
         match (self.sigmas.get(i), self.sigmas.get(i + 1)) {
             (Some(&s), Some(&n)) => Ok((s, n)),
-            _ => Err(SdError::invalid("step", format!("step {i} is past the schedule"))),
+            _ => Err(SdError::invalid(
+                "step",
+                format!("step {i} is past the schedule"),
+            )),
         }
     }
 
@@ -458,7 +482,8 @@ impl Scheduler for Ddim {
             .timesteps
             .get(i)
             .copied()
-            .ok_or_else(|| SdError::invalid("step", format!("step {i} is past the schedule")))? as usize;
+            .ok_or_else(|| SdError::invalid("step", format!("step {i} is past the schedule")))?
+            as usize;
         let a_t = self.ac.get(t).copied().unwrap_or(self.final_alpha);
         let a_prev = t
             .checked_sub(self.step_ratio)
@@ -509,7 +534,10 @@ impl Scheduler for DpmPp2m {
     }
     fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor) -> Result<Tensor> {
         if i >= self.timesteps.len() {
-            return Err(SdError::invalid("step", format!("step {i} is past the schedule")));
+            return Err(SdError::invalid(
+                "step",
+                format!("step {i} is past the schedule"),
+            ));
         }
         let in_dtype = sample.dtype();
         let sample = sample.to_dtype(DType::F32)?;
@@ -546,9 +574,18 @@ mod tests {
 
     #[test]
     fn trailing_timesteps_match_sd_turbo() {
-        assert_eq!(spaced_timesteps(Spacing::Trailing, 2, 1000, 1, 0), vec![999.0, 499.0]);
-        assert_eq!(spaced_timesteps(Spacing::Trailing, 1, 1000, 1, 0), vec![999.0]);
-        assert_eq!(spaced_timesteps(Spacing::Leading, 2, 1000, 1, 0), vec![501.0, 1.0]);
+        assert_eq!(
+            spaced_timesteps(Spacing::Trailing, 2, 1000, 1, 0),
+            vec![999.0, 499.0]
+        );
+        assert_eq!(
+            spaced_timesteps(Spacing::Trailing, 1, 1000, 1, 0),
+            vec![999.0]
+        );
+        assert_eq!(
+            spaced_timesteps(Spacing::Leading, 2, 1000, 1, 0),
+            vec![501.0, 1.0]
+        );
     }
 
     #[test]

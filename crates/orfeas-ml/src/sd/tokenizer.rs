@@ -89,14 +89,18 @@ impl ClipTokenizer {
                 }
             }
             let vocab = read_json(&vocab_path)?;
-            let merges = std::fs::read_to_string(&merges_path)
-                .map_err(|e| SdError::io(&merges_path, e))?;
+            let merges =
+                std::fs::read_to_string(&merges_path).map_err(|e| SdError::io(&merges_path, e))?;
             Self::build_from_parts(vocab, &merges, &pad_token)?
         };
         Self::new(inner, &pad_token, max_length)
     }
 
-    fn build_from_parts(vocab: Value, merges_txt: &str, pad_token: &str) -> Result<tokenizers::Tokenizer> {
+    fn build_from_parts(
+        vocab: Value,
+        merges_txt: &str,
+        pad_token: &str,
+    ) -> Result<tokenizers::Tokenizer> {
         let merges: Vec<Value> = merges_txt
             .lines()
             .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
@@ -108,12 +112,13 @@ impl ClipTokenizer {
         let id_of = |tok: &str| vocab.get(tok).and_then(Value::as_u64);
         let mut added = Vec::new();
         for tok in [pad_token, BOS_TOKEN, EOS_TOKEN] {
-            let id = id_of(tok).ok_or_else(|| {
-                SdError::Tokenizer(format!("token {tok:?} is not in vocab.json"))
-            })?;
+            let id = id_of(tok)
+                .ok_or_else(|| SdError::Tokenizer(format!("token {tok:?} is not in vocab.json")))?;
             if !added.iter().any(|a: &Value| a["content"] == tok) {
-                added.push(json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": true}));
+                added.push(
+                    json!({"id": id, "content": tok, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": true}),
+                );
             }
         }
         let (bos, eos) = (id_of(BOS_TOKEN), id_of(EOS_TOKEN));
@@ -139,15 +144,18 @@ impl ClipTokenizer {
                 "vocab": vocab, "merges": merges},
         });
         let text = spec.to_string();
-        text.parse::<tokenizers::Tokenizer>()
-            .map_err(|e| SdError::Tokenizer(format!("building the CLIP tokenizer from vocab.json/merges.txt: {e}")))
+        text.parse::<tokenizers::Tokenizer>().map_err(|e| {
+            SdError::Tokenizer(format!(
+                "building the CLIP tokenizer from vocab.json/merges.txt: {e}"
+            ))
+        })
     }
 
     fn new(inner: tokenizers::Tokenizer, pad_token: &str, max_length: usize) -> Result<Self> {
         let id = |t: &str| {
-            inner
-                .token_to_id(t)
-                .ok_or_else(|| SdError::Tokenizer(format!("token {t:?} is missing from the vocabulary")))
+            inner.token_to_id(t).ok_or_else(|| {
+                SdError::Tokenizer(format!("token {t:?} is missing from the vocabulary"))
+            })
         };
         Ok(Self {
             pad_id: id(pad_token)?,

@@ -116,11 +116,16 @@ impl Downsample {
             padding,
             ..Default::default()
         };
-        Ok(Self(candle_nn::conv2d(ch, ch, 3, cfg, vb.pp("conv"))?, padding))
+        Ok(Self(
+            candle_nn::conv2d(ch, ch, 3, cfg, vb.pp("conv"))?,
+            padding,
+        ))
     }
     fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
         if self.1 == 0 {
-            let xs = xs.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(D::Minus2, 0, 1)?;
+            let xs = xs
+                .pad_with_zeros(D::Minus1, 0, 1)?
+                .pad_with_zeros(D::Minus2, 0, 1)?;
             self.0.forward(&xs)
         } else {
             self.0.forward(xs)
@@ -222,9 +227,12 @@ impl UNet {
             let heads = cfg
                 .heads(i)
                 .ok_or_else(|| bad("unet.attention_head_dim", format!("no entry for block {i}")))?;
-            let depth = cfg
-                .depth(i)
-                .ok_or_else(|| bad("unet.transformer_layers_per_block", format!("no entry for block {i}")))?;
+            let depth = cfg.depth(i).ok_or_else(|| {
+                bad(
+                    "unet.transformer_layers_per_block",
+                    format!("no entry for block {i}"),
+                )
+            })?;
             Ok((heads, depth))
         };
         let conv3 = Conv2dConfig {
@@ -236,8 +244,10 @@ impl UNet {
         let add = match cfg.addition_embed_type.as_deref() {
             None => None,
             Some("text_time") => {
-                let (Some(dim), Some(input)) = (cfg.addition_time_embed_dim, cfg.projection_class_embeddings_input_dim)
-                else {
+                let (Some(dim), Some(input)) = (
+                    cfg.addition_time_embed_dim,
+                    cfg.projection_class_embeddings_input_dim,
+                ) else {
                     return Err(bad(
                         "unet.addition_time_embed_dim",
                         "text_time conditioning needs addition_time_embed_dim and projection_class_embeddings_input_dim".into(),
@@ -248,7 +258,12 @@ impl UNet {
                     embedding: TimestepEmbedding::new(vb.pp("add_embedding"), input, temb)?,
                 })
             }
-            Some(other) => return Err(bad("unet.addition_embed_type", format!("'{other}' is not supported"))),
+            Some(other) => {
+                return Err(bad(
+                    "unet.addition_embed_type",
+                    format!("'{other}' is not supported"),
+                ));
+            }
         };
         let conv_in = candle_nn::conv2d(cfg.in_channels, ch0, 3, conv3, vb.pp("conv_in"))?;
 
@@ -261,7 +276,12 @@ impl UNet {
             let with_attn = match kind.as_str() {
                 "CrossAttnDownBlock2D" => true,
                 "DownBlock2D" => false,
-                other => return Err(bad("unet.down_block_types", format!("'{other}' is not supported"))),
+                other => {
+                    return Err(bad(
+                        "unet.down_block_types",
+                        format!("'{other}' is not supported"),
+                    ));
+                }
             };
             let (heads, depth) = spec(i)?;
             let mut resnets = Vec::new();
@@ -270,11 +290,21 @@ impl UNet {
                 let cin = if j == 0 { in_ch } else { out_ch };
                 resnets.push(resnet(vbb.pp("resnets").pp(j), cin, out_ch)?);
                 if with_attn {
-                    attentions.push(Transformer2D::load(vbb.pp("attentions").pp(j), out_ch, heads, depth, ts)?);
+                    attentions.push(Transformer2D::load(
+                        vbb.pp("attentions").pp(j),
+                        out_ch,
+                        heads,
+                        depth,
+                        ts,
+                    )?);
                 }
             }
             let down_s = if i + 1 < n {
-                Some(Downsample::load(vbb.pp("downsamplers.0"), out_ch, cfg.downsample_padding)?)
+                Some(Downsample::load(
+                    vbb.pp("downsamplers.0"),
+                    out_ch,
+                    cfg.downsample_padding,
+                )?)
             } else {
                 None
             };
@@ -293,7 +323,8 @@ impl UNet {
             resnet(mid.pp("resnets.0"), last, last)?,
             resnet(mid.pp("resnets.1"), last, last)?,
         ];
-        let mid_attention = Transformer2D::load(mid.pp("attentions.0"), last, mid_heads, mid_depth, ts)?;
+        let mid_attention =
+            Transformer2D::load(mid.pp("attentions.0"), last, mid_heads, mid_depth, ts)?;
 
         let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
         let mut up = Vec::with_capacity(n);
@@ -306,7 +337,12 @@ impl UNet {
             let with_attn = match kind.as_str() {
                 "CrossAttnUpBlock2D" => true,
                 "UpBlock2D" => false,
-                other => return Err(bad("unet.up_block_types", format!("'{other}' is not supported"))),
+                other => {
+                    return Err(bad(
+                        "unet.up_block_types",
+                        format!("'{other}' is not supported"),
+                    ));
+                }
             };
             let (heads, depth) = spec(n - 1 - i)?;
             let layers = cfg.layers_per_block + 1;
@@ -317,7 +353,13 @@ impl UNet {
                 let cin = if j == 0 { prev_out } else { out_ch };
                 resnets.push(resnet(vbb.pp("resnets").pp(j), cin + skip, out_ch)?);
                 if with_attn {
-                    attentions.push(Transformer2D::load(vbb.pp("attentions").pp(j), out_ch, heads, depth, ts)?);
+                    attentions.push(Transformer2D::load(
+                        vbb.pp("attentions").pp(j),
+                        out_ch,
+                        heads,
+                        depth,
+                        ts,
+                    )?);
                 }
             }
             let up_s = if i + 1 < n {
@@ -350,11 +392,23 @@ impl UNet {
     }
 
     /// Predicts the noise for `sample` (B, 4, h, w) at `timestep` given text `context` (B, 77, dim).
-    pub fn forward(&self, sample: &Tensor, timestep: f64, context: &Tensor, added: Option<&AddedCond<'_>>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedCond<'_>>,
+    ) -> Result<Tensor> {
         Ok(self.forward_inner(sample, timestep, context, added)?)
     }
 
-    fn forward_inner(&self, sample: &Tensor, timestep: f64, context: &Tensor, added: Option<&AddedCond<'_>>) -> CResult<Tensor> {
+    fn forward_inner(
+        &self,
+        sample: &Tensor,
+        timestep: f64,
+        context: &Tensor,
+        added: Option<&AddedCond<'_>>,
+    ) -> CResult<Tensor> {
         let (b, _, _, _) = sample.dims4()?;
         let dtype = sample.dtype();
         let dev = sample.device();
@@ -364,11 +418,20 @@ impl UNet {
         match (&self.add, added) {
             (Some(add), Some(cond)) => {
                 let ids = cond.time_ids.flatten_all()?.to_dtype(DType::F32)?;
-                let time_embeds = add.time_proj.forward(&ids)?.reshape((b, ()))?.to_dtype(dtype)?;
-                let add_in = Tensor::cat(&[&cond.text_embeds.to_dtype(dtype)?, &time_embeds], D::Minus1)?;
+                let time_embeds = add
+                    .time_proj
+                    .forward(&ids)?
+                    .reshape((b, ()))?
+                    .to_dtype(dtype)?;
+                let add_in = Tensor::cat(
+                    &[&cond.text_embeds.to_dtype(dtype)?, &time_embeds],
+                    D::Minus1,
+                )?;
                 emb = (emb + add.embedding.forward(&add_in)?)?;
             }
-            (Some(_), None) => candle_core::bail!("this UNet needs SDXL added conditioning (text_embeds, time_ids)"),
+            (Some(_), None) => candle_core::bail!(
+                "this UNet needs SDXL added conditioning (text_embeds, time_ids)"
+            ),
             (None, _) => {}
         }
         let context = context.to_dtype(dtype)?;

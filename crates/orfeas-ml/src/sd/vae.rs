@@ -9,8 +9,8 @@ use std::path::Path;
 use candle_core::{Module, Result as CResult, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
 use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    DownEncoderBlock2D, DownEncoderBlock2DConfig, UNetMidBlock2D, UNetMidBlock2DConfig, UpDecoderBlock2D,
-    UpDecoderBlock2DConfig,
+    DownEncoderBlock2D, DownEncoderBlock2DConfig, UNetMidBlock2D, UNetMidBlock2DConfig,
+    UpDecoderBlock2D, UpDecoderBlock2DConfig,
 };
 use serde::Deserialize;
 
@@ -151,7 +151,12 @@ impl Vae {
                 downsample_padding: 0,
                 ..Default::default()
             };
-            blocks.push(DownEncoderBlock2D::new(enc.pp("down_blocks").pp(i), cin, cout, bc)?);
+            blocks.push(DownEncoderBlock2D::new(
+                enc.pp("down_blocks").pp(i),
+                cin,
+                cout,
+                bc,
+            )?);
             cin = cout;
         }
         let encoder = Encoder {
@@ -173,7 +178,12 @@ impl Vae {
                 add_upsample: i + 1 < rev.len(),
                 ..Default::default()
             };
-            blocks.push(UpDecoderBlock2D::new(dec.pp("up_blocks").pp(i), cin, cout, bc)?);
+            blocks.push(UpDecoderBlock2D::new(
+                dec.pp("up_blocks").pp(i),
+                cin,
+                cout,
+                bc,
+            )?);
             cin = cout;
         }
         let decoder = Decoder {
@@ -184,12 +194,24 @@ impl Vae {
             conv_out: conv3(first, cfg.out_channels, dec.pp("conv_out"))?,
         };
         let quant_conv = if cfg.use_quant_conv {
-            Some(candle_nn::conv2d(2 * lc, 2 * lc, 1, Default::default(), vb.pp("quant_conv"))?)
+            Some(candle_nn::conv2d(
+                2 * lc,
+                2 * lc,
+                1,
+                Default::default(),
+                vb.pp("quant_conv"),
+            )?)
         } else {
             None
         };
         let post_quant_conv = if cfg.use_post_quant_conv {
-            Some(candle_nn::conv2d(lc, lc, 1, Default::default(), vb.pp("post_quant_conv"))?)
+            Some(candle_nn::conv2d(
+                lc,
+                lc,
+                1,
+                Default::default(),
+                vb.pp("post_quant_conv"),
+            )?)
         } else {
             None
         };
@@ -252,10 +274,18 @@ impl Vae {
     /// so peak memory follows the tile size rather than the image size.
     /// The mid-block attention then only sees a tile, so results differ slightly
     /// from `decode` (as diffusers' tiled decode does).
-    pub fn decode_tiled(&self, latents: &Tensor, tile_latent: usize, overlap_latent: usize) -> Result<Tensor> {
+    pub fn decode_tiled(
+        &self,
+        latents: &Tensor,
+        tile_latent: usize,
+        overlap_latent: usize,
+    ) -> Result<Tensor> {
         let (b, _c, h, w) = latents.dims4()?;
         if tile_latent == 0 || overlap_latent >= tile_latent {
-            return Err(SdError::invalid("vae tile", "tile must be larger than the overlap"));
+            return Err(SdError::invalid(
+                "vae tile",
+                "tile must be larger than the overlap",
+            ));
         }
         if h <= tile_latent && w <= tile_latent {
             return self.decode(latents);
@@ -266,7 +296,10 @@ impl Vae {
             if len <= tile_latent {
                 return vec![0];
             }
-            let mut v: Vec<usize> = (0..).map(|i| i * stride).take_while(|&s| s + tile_latent < len).collect();
+            let mut v: Vec<usize> = (0..)
+                .map(|i| i * stride)
+                .take_while(|&s| s + tile_latent < len)
+                .collect();
             v.push(len - tile_latent);
             v
         };
@@ -287,13 +320,29 @@ impl Vae {
                 let (oh, ow) = (th * f, tw * f);
                 // Weights ramp up from tile edges that border another tile.
                 let wy = |y: usize| {
-                    let top = if y0 > 0 { ((y as f32 + 0.5) / ramp).min(1.0) } else { 1.0 };
-                    let bot = if y0 + th < h { (((oh - y) as f32 - 0.5) / ramp).min(1.0) } else { 1.0 };
+                    let top = if y0 > 0 {
+                        ((y as f32 + 0.5) / ramp).min(1.0)
+                    } else {
+                        1.0
+                    };
+                    let bot = if y0 + th < h {
+                        (((oh - y) as f32 - 0.5) / ramp).min(1.0)
+                    } else {
+                        1.0
+                    };
                     top.min(bot)
                 };
                 let wx = |x: usize| {
-                    let l = if x0 > 0 { ((x as f32 + 0.5) / ramp).min(1.0) } else { 1.0 };
-                    let r = if x0 + tw < w { (((ow - x) as f32 - 0.5) / ramp).min(1.0) } else { 1.0 };
+                    let l = if x0 > 0 {
+                        ((x as f32 + 0.5) / ramp).min(1.0)
+                    } else {
+                        1.0
+                    };
+                    let r = if x0 + tw < w {
+                        (((ow - x) as f32 - 0.5) / ramp).min(1.0)
+                    } else {
+                        1.0
+                    };
                     l.min(r)
                 };
                 for y in 0..oh {

@@ -18,29 +18,54 @@ pub fn fixture_dir() -> PathBuf {
 pub fn test_pref() -> DevicePref {
     std::env::var("ORFEAS_TEST_DEVICE")
         .ok()
-        .map(|s| s.parse().expect("ORFEAS_TEST_DEVICE: cpu, cuda, cuda:N or metal"))
+        .map(|s| {
+            s.parse()
+                .expect("ORFEAS_TEST_DEVICE: cpu, cuda, cuda:N or metal")
+        })
         .unwrap_or(DevicePref::Cpu)
 }
 
 pub fn dev() -> Device {
-    orfeas_ml::sd::pipeline::select_device(test_pref()).expect("test device").0
+    orfeas_ml::sd::pipeline::select_device(test_pref())
+        .expect("test device")
+        .0
 }
 
 pub fn golden(name: &str) -> HashMap<String, Tensor> {
-    let path = fixture_dir().join("golden").join(format!("{name}.safetensors"));
-    candle_core::safetensors::load(&path, &dev()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    let path = fixture_dir()
+        .join("golden")
+        .join(format!("{name}.safetensors"));
+    candle_core::safetensors::load(&path, &dev())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 pub fn get<'a>(map: &'a HashMap<String, Tensor>, key: &str) -> &'a Tensor {
-    map.get(key).unwrap_or_else(|| panic!("golden tensor {key} missing"))
+    map.get(key)
+        .unwrap_or_else(|| panic!("golden tensor {key} missing"))
 }
 
 /// max |a - b| / max |b| (the README's tolerance metric), printed for the report.
 pub fn rel_err(label: &str, a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "{label}: shape");
-    let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let max_abs_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let a = a
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = b
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let max_abs_diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     let max_b = b.iter().map(|v| v.abs()).fold(0f32, f32::max);
     let rel = max_abs_diff / max_b.max(f32::MIN_POSITIVE);
     assert!(rel.is_finite(), "{label}: non-finite error");
@@ -50,9 +75,18 @@ pub fn rel_err(label: &str, a: &Tensor, b: &Tensor) -> f32 {
 
 pub fn assert_close(label: &str, a: &Tensor, b: &Tensor, tol: f32) {
     let rel = rel_err(label, a, b);
-    assert!(rel <= tol, "{label}: relative error {rel:.3e} exceeds {tol:.0e}");
+    assert!(
+        rel <= tol,
+        "{label}: relative error {rel:.3e} exceeds {tol:.0e}"
+    );
 }
 
 pub fn scalar(map: &HashMap<String, Tensor>, key: &str) -> f64 {
-    get(map, key).to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] as f64
+    get(map, key)
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()[0] as f64
 }

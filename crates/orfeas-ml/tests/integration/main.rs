@@ -1,6 +1,9 @@
 //! Integration tests for orfeas-ml: parity with the diffusers goldens, the
 //! one-call API, bad input, and the model registry.
 
+// Test helpers outside #[test] fns panic on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod sd_errors;
 mod sd_models;

@@ -37,7 +37,10 @@ fn field_of(e: &SdError) -> &'static str {
 
 #[test]
 fn empty_prompt_is_rejected_with_a_hint() {
-    let e = run_err(&TextToImageParams { prompt: "  \n".into(), ..base() });
+    let e = run_err(&TextToImageParams {
+        prompt: "  \n".into(),
+        ..base()
+    });
     assert_eq!(field_of(&e), "prompt");
     assert!(e.to_string().contains("describe"), "{e}");
 }
@@ -45,20 +48,65 @@ fn empty_prompt_is_rejected_with_a_hint() {
 #[test]
 fn absurd_sizes_steps_guidance_and_batch_are_rejected() {
     let cases: Vec<(TextToImageParams, &str)> = vec![
-        (TextToImageParams { width: 100, ..base() }, "width"),
-        (TextToImageParams { height: 0, ..base() }, "height"),
-        (TextToImageParams { width: 100_000, ..base() }, "width"),
+        (
+            TextToImageParams {
+                width: 100,
+                ..base()
+            },
+            "width",
+        ),
+        (
+            TextToImageParams {
+                height: 0,
+                ..base()
+            },
+            "height",
+        ),
+        (
+            TextToImageParams {
+                width: 100_000,
+                ..base()
+            },
+            "width",
+        ),
         (TextToImageParams { steps: 0, ..base() }, "steps"),
-        (TextToImageParams { steps: 10_000, ..base() }, "steps"),
-        (TextToImageParams { guidance: f64::NAN, ..base() }, "guidance"),
-        (TextToImageParams { guidance: -1.0, ..base() }, "guidance"),
+        (
+            TextToImageParams {
+                steps: 10_000,
+                ..base()
+            },
+            "steps",
+        ),
+        (
+            TextToImageParams {
+                guidance: f64::NAN,
+                ..base()
+            },
+            "guidance",
+        ),
+        (
+            TextToImageParams {
+                guidance: -1.0,
+                ..base()
+            },
+            "guidance",
+        ),
         (TextToImageParams { batch: 0, ..base() }, "batch"),
-        (TextToImageParams { batch: 1000, ..base() }, "batch"),
+        (
+            TextToImageParams {
+                batch: 1000,
+                ..base()
+            },
+            "batch",
+        ),
     ];
     for (p, field) in cases {
         let e = run_err(&p);
         assert_eq!(field_of(&e), field, "{e}");
-        assert!(e.to_string().contains("must be"), "message says the rule: {e}");
+        assert!(
+            e.to_string().contains("must be"),
+            "message says the rule: {e}"
+        );
     }
 }
 
@@ -81,7 +129,10 @@ fn missing_model_names_the_download_command() {
         hf_cache: None,
     };
     let e = roots.resolve("sd-turbo").unwrap_err();
-    assert!(e.to_string().contains("orfeas models download sd-turbo"), "{e}");
+    assert!(
+        e.to_string().contains("orfeas models download sd-turbo"),
+        "{e}"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -99,7 +150,14 @@ fn copy_dir(from: &Path, to: &Path) {
 
 fn model_copy() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    for part in ["model_index.json", "scheduler", "text_encoder", "tokenizer", "unet", "vae"] {
+    for part in [
+        "model_index.json",
+        "scheduler",
+        "text_encoder",
+        "tokenizer",
+        "unet",
+        "vae",
+    ] {
         let from = fixture_dir().join(part);
         if from.is_dir() {
             copy_dir(&from, &tmp.path().join(part));
@@ -113,7 +171,9 @@ fn model_copy() -> tempfile::TempDir {
 #[test]
 fn truncated_weights_are_reported_as_corrupt() {
     let tmp = model_copy();
-    let shard = tmp.path().join("unet/diffusion_pytorch_model-00002-of-00003.safetensors");
+    let shard = tmp
+        .path()
+        .join("unet/diffusion_pytorch_model-00002-of-00003.safetensors");
     let bytes = std::fs::read(&shard).unwrap();
     std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
     let e = run_err(&TextToImageParams {
@@ -127,7 +187,9 @@ fn truncated_weights_are_reported_as_corrupt() {
 #[test]
 fn garbage_weights_are_reported_as_corrupt() {
     let tmp = model_copy();
-    let shard = tmp.path().join("vae/diffusion_pytorch_model-00001-of-00002.safetensors");
+    let shard = tmp
+        .path()
+        .join("vae/diffusion_pytorch_model-00001-of-00002.safetensors");
     std::fs::write(&shard, b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!").unwrap();
     let e = run_err(&TextToImageParams {
         model_dir: Some(tmp.path().to_path_buf()),
@@ -138,7 +200,12 @@ fn garbage_weights_are_reported_as_corrupt() {
 
 #[test]
 fn a_folder_missing_a_part_names_the_part() {
-    for part in ["vae", "unet/diffusion_pytorch_model-00003-of-00003.safetensors", "tokenizer", "text_encoder/config.json"] {
+    for part in [
+        "vae",
+        "unet/diffusion_pytorch_model-00003-of-00003.safetensors",
+        "tokenizer",
+        "text_encoder/config.json",
+    ] {
         let tmp = model_copy();
         let p = tmp.path().join(part);
         if p.is_dir() {
@@ -160,8 +227,17 @@ fn a_folder_missing_a_part_names_the_part() {
 fn init_latents_of_the_wrong_shape_are_rejected() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("bad.safetensors");
-    let t = candle_core::Tensor::zeros((1, 4, 9, 9), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-    candle_core::safetensors::save(&std::collections::HashMap::from([("latents".to_owned(), t)]), &path).unwrap();
+    let t = candle_core::Tensor::zeros(
+        (1, 4, 9, 9),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("latents".to_owned(), t)]),
+        &path,
+    )
+    .unwrap();
     let e = run_err(&TextToImageParams {
         init_latents: Some(path),
         ..base()
@@ -177,5 +253,9 @@ fn png_to_a_missing_folder_fails_and_writes_nothing() {
     let e = text_to_image::write_png_with_params(&img, &base(), 0, &out).unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
     assert!(!out.exists());
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "no temp file left behind");
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "no temp file left behind"
+    );
 }

@@ -27,7 +27,8 @@ fn fake_install(model: &KnownModel, dir: &Path) {
 }
 
 fn safetensors_bytes(n: usize) -> Vec<u8> {
-    let t = candle_core::Tensor::ones(n, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let t =
+        candle_core::Tensor::ones(n, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     let tmp = tempfile::NamedTempFile::new().unwrap();
     candle_core::safetensors::save(&HashMap::from([("w".to_owned(), t)]), tmp.path()).unwrap();
     std::fs::read(tmp.path()).unwrap()
@@ -40,7 +41,10 @@ fn registry_knows_the_four_models_and_flags_non_commercial_licences() {
     assert!(sd_turbo().non_commercial);
     assert!(sd_turbo().licence.to_lowercase().contains("non-commercial"));
     assert!(!models::known("sd-1.5").unwrap().non_commercial);
-    assert_eq!(models::known("SDXL-Turbo").unwrap().architecture, Architecture::Sdxl);
+    assert_eq!(
+        models::known("SDXL-Turbo").unwrap().architecture,
+        Architecture::Sdxl
+    );
     // SD-Turbo fp16 is about 2.6 GB.
     let gb = sd_turbo().approx_size_bytes() as f64 / 1e9;
     assert!((2.3..3.0).contains(&gb), "{gb}");
@@ -56,7 +60,11 @@ fn discovery_checks_orfeas_models_data_dir_and_the_hf_cache() {
     };
     assert!(roots.find_installed(sd_turbo()).is_none());
     let listed = roots.list();
-    assert!(listed.iter().all(|s| s.installed.is_none() && s.size_bytes == 0));
+    assert!(
+        listed
+            .iter()
+            .all(|s| s.installed.is_none() && s.size_bytes == 0)
+    );
 
     // HF cache layout, revision named by refs/main.
     let base = tmp.path().join("hf/hub/models--stabilityai--sd-turbo");
@@ -78,7 +86,11 @@ fn discovery_checks_orfeas_models_data_dir_and_the_hf_cache() {
     let mine = tmp.path().join("orfeas/sd-turbo");
     fake_install(sd_turbo(), &mine);
     assert_eq!(roots.resolve("sd-turbo").unwrap(), mine);
-    let row = roots.list().into_iter().find(|s| s.model.name == "sd-turbo").unwrap();
+    let row = roots
+        .list()
+        .into_iter()
+        .find(|s| s.model.name == "sd-turbo")
+        .unwrap();
     assert_eq!(row.installed, Some(mine));
     assert!(row.size_bytes > 0);
 }
@@ -126,7 +138,9 @@ fn serve(files: HashMap<String, Vec<u8>>, wrong_sha: bool) -> Hub {
                     let _ = req.respond(tiny_http::Response::empty(404));
                     continue;
                 };
-                let header = |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap();
+                let header = |k: &str, v: &str| {
+                    tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap()
+                };
                 if *req.method() == tiny_http::Method::Head {
                     let mut sha = format!("{:x}", sha2::Sha256::digest(&body));
                     if wrong_sha {
@@ -145,12 +159,18 @@ fn serve(files: HashMap<String, Vec<u8>>, wrong_sha: bool) -> Hub {
                     .map(|h| h.value.to_string());
                 if let Some(r) = range {
                     seen.lock().unwrap().push(r.clone());
-                    let start: usize = r.trim_start_matches("bytes=").trim_end_matches('-').parse().unwrap();
+                    let start: usize = r
+                        .trim_start_matches("bytes=")
+                        .trim_end_matches('-')
+                        .parse()
+                        .unwrap();
                     let part = body[start..].to_vec();
-                    let resp = tiny_http::Response::from_data(part).with_status_code(206).with_header(header(
-                        "Content-Range",
-                        &format!("bytes {start}-{}/{}", body.len() - 1, body.len()),
-                    ));
+                    let resp = tiny_http::Response::from_data(part)
+                        .with_status_code(206)
+                        .with_header(header(
+                            "Content-Range",
+                            &format!("bytes {start}-{}/{}", body.len() - 1, body.len()),
+                        ));
                     let _ = req.respond(resp);
                 } else {
                     let _ = req.respond(tiny_http::Response::from_data(body));
@@ -185,7 +205,10 @@ fn tiny_model() -> &'static KnownModel {
 
 fn hub_files() -> HashMap<String, Vec<u8>> {
     HashMap::from([
-        ("/orfeas/tiny-test/resolve/main/model_index.json".to_owned(), b"{\"a\": 1}".to_vec()),
+        (
+            "/orfeas/tiny-test/resolve/main/model_index.json".to_owned(),
+            b"{\"a\": 1}".to_vec(),
+        ),
         (
             "/orfeas/tiny-test/resolve/main/unet/diffusion_pytorch_model.safetensors".to_owned(),
             safetensors_bytes(1000),
@@ -196,11 +219,14 @@ fn hub_files() -> HashMap<String, Vec<u8>> {
 #[test]
 fn download_fetches_verifies_and_resumes_a_part_file() {
     let files = hub_files();
-    let weights = files["/orfeas/tiny-test/resolve/main/unet/diffusion_pytorch_model.safetensors"].clone();
+    let weights =
+        files["/orfeas/tiny-test/resolve/main/unet/diffusion_pytorch_model.safetensors"].clone();
     let hub = serve(files, false);
     let root = tempfile::tempdir().unwrap();
     // A previous run stopped half-way through the weights.
-    let dest = root.path().join("tiny-test/unet/diffusion_pytorch_model.safetensors");
+    let dest = root
+        .path()
+        .join("tiny-test/unet/diffusion_pytorch_model.safetensors");
     std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
     let half = weights.len() / 2;
     std::fs::write(dest.with_extension("safetensors.part"), &weights[..half]).unwrap();
@@ -218,10 +244,19 @@ fn download_fetches_verifies_and_resumes_a_part_file() {
     .unwrap();
     assert_eq!(dir, root.path().join("tiny-test"));
     assert_eq!(std::fs::read(&dest).unwrap(), weights);
-    assert_eq!(std::fs::read(dir.join("model_index.json")).unwrap(), b"{\"a\": 1}");
-    assert_eq!(hub.ranges.lock().unwrap().as_slice(), [format!("bytes={half}-")]);
+    assert_eq!(
+        std::fs::read(dir.join("model_index.json")).unwrap(),
+        b"{\"a\": 1}"
+    );
+    assert_eq!(
+        hub.ranges.lock().unwrap().as_slice(),
+        [format!("bytes={half}-")]
+    );
     let total = weights.len() as u64;
-    assert_eq!(last["unet/diffusion_pytorch_model.safetensors"], (total, Some(total)));
+    assert_eq!(
+        last["unet/diffusion_pytorch_model.safetensors"],
+        (total, Some(total))
+    );
     assert!(!dest.with_extension("safetensors.part").exists());
     let roots = SearchRoots {
         orfeas_models: Some(root.path().to_path_buf()),
@@ -234,10 +269,18 @@ fn download_fetches_verifies_and_resumes_a_part_file() {
 fn download_with_a_wrong_hash_leaves_no_file() {
     let hub = serve(hub_files(), true);
     let root = tempfile::tempdir().unwrap();
-    let e = models::download(tiny_model(), Some(root.path()), Some(&hub.url), &mut |_| {}, &AtomicBool::new(false))
-        .unwrap_err();
+    let e = models::download(
+        tiny_model(),
+        Some(root.path()),
+        Some(&hub.url),
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("SHA-256"), "{e}");
-    let dest = root.path().join("tiny-test/unet/diffusion_pytorch_model.safetensors");
+    let dest = root
+        .path()
+        .join("tiny-test/unet/diffusion_pytorch_model.safetensors");
     assert!(!dest.exists());
     assert!(!dest.with_extension("safetensors.part").exists());
 }

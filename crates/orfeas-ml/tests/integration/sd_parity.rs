@@ -53,8 +53,18 @@ fn check_tokenizer(tok: &ClipTokenizer) {
     let cases: TokCases = serde_json::from_str(&text).unwrap();
     assert!(cases.cases.len() >= 5);
     for case in &cases.cases {
-        assert_eq!(tok.encode_unpadded(&case.text).unwrap(), case.ids_unpadded, "{:?}", case.text);
-        assert_eq!(tok.encode(&case.text).unwrap(), case.ids_padded_77, "{:?}", case.text);
+        assert_eq!(
+            tok.encode_unpadded(&case.text).unwrap(),
+            case.ids_unpadded,
+            "{:?}",
+            case.text
+        );
+        assert_eq!(
+            tok.encode(&case.text).unwrap(),
+            case.ids_padded_77,
+            "{:?}",
+            case.text
+        );
     }
 }
 
@@ -69,7 +79,12 @@ fn tokenizer_json_matches_diffusers_ids() {
 fn tokenizer_built_from_vocab_and_merges_matches_too() {
     // Hub SD folders ship vocab.json + merges.txt without tokenizer.json.
     let tmp = tempfile::tempdir().unwrap();
-    for f in ["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"] {
+    for f in [
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
         std::fs::copy(fixture_dir().join("tokenizer").join(f), tmp.path().join(f)).unwrap();
     }
     let tok = ClipTokenizer::from_dir(tmp.path()).unwrap();
@@ -99,12 +114,27 @@ fn text_encoder_matches_golden_embeddings() {
     let model = text_encoder(&fixture_dir());
     let ids = get(&g, "input_ids_cond").to_dtype(DType::U32).unwrap();
     let (last, states) = model.forward_all(&ids).unwrap();
-    assert_close("text_embeddings_cond", &last, get(&g, "text_embeddings_cond"), TOL_TEXT);
+    assert_close(
+        "text_embeddings_cond",
+        &last,
+        get(&g, "text_embeddings_cond"),
+        TOL_TEXT,
+    );
     let all = Tensor::stack(&states, 0).unwrap();
-    assert_close("hidden_states_all_layers", &all, get(&g, "hidden_states_all_layers_cond"), TOL_TEXT);
+    assert_close(
+        "hidden_states_all_layers",
+        &all,
+        get(&g, "hidden_states_all_layers_cond"),
+        TOL_TEXT,
+    );
     let ids_u = get(&g, "input_ids_uncond").to_dtype(DType::U32).unwrap();
     let uncond = model.forward(&ids_u).unwrap();
-    assert_close("text_embeddings_uncond", &uncond, get(&g, "text_embeddings_uncond"), TOL_TEXT);
+    assert_close(
+        "text_embeddings_uncond",
+        &uncond,
+        get(&g, "text_embeddings_uncond"),
+        TOL_TEXT,
+    );
 }
 
 #[test]
@@ -124,7 +154,12 @@ fn text_encoder_accepts_unprefixed_keys() {
     let model = ClipTextModel::load(vb, &cfg).unwrap();
     let g = golden("text_encoder");
     let ids = get(&g, "input_ids_cond").to_dtype(DType::U32).unwrap();
-    assert_close("unprefixed text_embeddings_cond", &model.forward(&ids).unwrap(), get(&g, "text_embeddings_cond"), TOL_TEXT);
+    assert_close(
+        "unprefixed text_embeddings_cond",
+        &model.forward(&ids).unwrap(),
+        get(&g, "text_embeddings_cond"),
+        TOL_TEXT,
+    );
 }
 
 #[test]
@@ -133,21 +168,36 @@ fn unet_matches_golden_at_two_timesteps() {
     let unet = unet();
     let sample = get(&g, "sample");
     let ctx = get(&g, "encoder_hidden_states");
-    let out = unet.forward(sample, scalar(&g, "timestep"), ctx, None).unwrap();
+    let out = unet
+        .forward(sample, scalar(&g, "timestep"), ctx, None)
+        .unwrap();
     assert_close("unet_out t=999", &out, get(&g, "unet_out"), TOL_UNET);
-    let out401 = unet.forward(sample, scalar(&g, "timestep_401"), ctx, None).unwrap();
-    assert_close("unet_out t=401", &out401, get(&g, "unet_out_t401"), TOL_UNET);
+    let out401 = unet
+        .forward(sample, scalar(&g, "timestep_401"), ctx, None)
+        .unwrap();
+    assert_close(
+        "unet_out t=401",
+        &out401,
+        get(&g, "unet_out_t401"),
+        TOL_UNET,
+    );
     let gs = scalar(&g, "guidance_scale");
     let u = out.narrow(0, 0, 1).unwrap();
     let c = out.narrow(0, 1, 1).unwrap();
     let guided = (&u + ((c - &u).unwrap() * gs).unwrap()).unwrap();
-    assert_close("noise_pred_guided", &guided, get(&g, "noise_pred_guided"), TOL_UNET * 10.0);
+    assert_close(
+        "noise_pred_guided",
+        &guided,
+        get(&g, "noise_pred_guided"),
+        TOL_UNET * 10.0,
+    );
 }
 
 #[test]
 fn alphas_cumprod_match_diffusers() {
     let g = golden("schedule");
-    let cfg = SchedulerConfig::from_file(&fixture_dir().join("scheduler/scheduler_config.json")).unwrap();
+    let cfg =
+        SchedulerConfig::from_file(&fixture_dir().join("scheduler/scheduler_config.json")).unwrap();
     let ac = cfg.alphas_cumprod().unwrap();
     let ours = Tensor::new(ac.as_slice(), &dev()).unwrap();
     assert_close("alphas_cumprod", &ours, get(&g, "alphas_cumprod"), 1e-6);
@@ -169,18 +219,40 @@ fn check_scheduler_steps(run: &str, kind: SchedulerKind, cfg: &SchedulerConfig) 
     let ours: Vec<f32> = sched.timesteps().iter().map(|&t| t as f32).collect();
     assert_eq!(ours, timesteps, "{run} timesteps");
     let init = sched.init_noise_sigma();
-    assert!((init - scalar(&g, "init_noise_sigma")).abs() < 1e-4, "{run} init_noise_sigma {init}");
+    assert!(
+        (init - scalar(&g, "init_noise_sigma")).abs() < 1e-4,
+        "{run} init_noise_sigma {init}"
+    );
     let noise = get(&g, "noise");
     let mut latents = (noise * init).unwrap();
-    assert_close(&format!("{run} latents_init"), &latents, get(&g, "latents_init"), 1e-6);
+    assert_close(
+        &format!("{run} latents_init"),
+        &latents,
+        get(&g, "latents_init"),
+        1e-6,
+    );
     let cfg_on = scalar(&g, "guidance_scale") > 1.0;
     for i in 0..timesteps.len() {
-        let input = if cfg_on { Tensor::cat(&[&latents, &latents], 0).unwrap() } else { latents.clone() };
+        let input = if cfg_on {
+            Tensor::cat(&[&latents, &latents], 0).unwrap()
+        } else {
+            latents.clone()
+        };
         let input = sched.scale_model_input(&input, i).unwrap();
-        assert_close(&format!("{run} step{i}_model_input"), &input, get(&g, &format!("step{i}_model_input")), 1e-6);
+        assert_close(
+            &format!("{run} step{i}_model_input"),
+            &input,
+            get(&g, &format!("step{i}_model_input")),
+            1e-6,
+        );
         let eps = get(&g, &format!("step{i}_noise_pred"));
         latents = sched.step(eps, i, &latents).unwrap();
-        assert_close(&format!("{run} step{i}_latents"), &latents, get(&g, &format!("step{i}_latents")), 1e-5);
+        assert_close(
+            &format!("{run} step{i}_latents"),
+            &latents,
+            get(&g, &format!("step{i}_latents")),
+            1e-5,
+        );
     }
 }
 
@@ -216,7 +288,11 @@ fn every_scheduler_denoises_toward_a_clean_sample() {
     cfg.set_alpha_to_one = Some(true);
     let x0 = Tensor::full(0.5f32, (1, 4, 8, 12), &Device::Cpu).unwrap();
     let eps = Tensor::randn(0f32, 1f32, (1, 4, 8, 12), &Device::Cpu).unwrap();
-    for kind in [SchedulerKind::Euler, SchedulerKind::Ddim, SchedulerKind::DpmSolverPp2m] {
+    for kind in [
+        SchedulerKind::Euler,
+        SchedulerKind::Ddim,
+        SchedulerKind::DpmSolverPp2m,
+    ] {
         for steps in [1usize, 4, 20] {
             let mut s = schedulers::build(kind, &cfg, steps, 1).unwrap();
             // x_T = x0 + sigma_max * eps in the sigma parameterisation, scaled for VP samplers.
@@ -232,8 +308,18 @@ fn every_scheduler_denoises_toward_a_clean_sample() {
             for i in 0..steps {
                 x = s.step(&eps, i, &x).unwrap();
             }
-            let err = (x - &x0).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(err < 0.02, "{kind} with {steps} steps ends {err} away from x0");
+            let err = (x - &x0)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                err < 0.02,
+                "{kind} with {steps} steps ends {err} away from x0"
+            );
         }
     }
 }
@@ -244,7 +330,12 @@ fn vae_decode_matches_golden() {
     for run in ["euler_2step_cfg", "euler_1step_nocfg", "ddim_2step_cfg"] {
         let g = golden(run);
         let out = vae.decode(get(&g, "vae_decode_in")).unwrap();
-        assert_close(&format!("{run} vae_decode_out"), &out, get(&g, "vae_decode_out"), TOL_VAE);
+        assert_close(
+            &format!("{run} vae_decode_out"),
+            &out,
+            get(&g, "vae_decode_out"),
+            TOL_VAE,
+        );
     }
 }
 
@@ -263,21 +354,37 @@ fn vae_encode_matches_golden() {
     let sample = dist.sample_with(get(&g, "eps")).unwrap();
     assert_close("vae sample", &sample, get(&g, "sample"), TOL_VAE);
     let scaled = (sample * vae.config.scaling_factor).unwrap();
-    assert_close("vae latents_scaled", &scaled, get(&g, "latents_scaled"), TOL_VAE);
+    assert_close(
+        "vae latents_scaled",
+        &scaled,
+        get(&g, "latents_scaled"),
+        TOL_VAE,
+    );
 }
 
 #[test]
 fn vae_encode_input_png_matches_the_stored_tensor() {
-    let img = image::open(fixture_dir().join("golden/vae_encode_input.png")).unwrap().to_rgb8();
+    let img = image::open(fixture_dir().join("golden/vae_encode_input.png"))
+        .unwrap()
+        .to_rgb8();
     let (w, h) = img.dimensions();
-    let data: Vec<f32> = img.as_raw().iter().map(|&v| v as f32 / 255.0 * 2.0 - 1.0).collect();
+    let data: Vec<f32> = img
+        .as_raw()
+        .iter()
+        .map(|&v| v as f32 / 255.0 * 2.0 - 1.0)
+        .collect();
     let t = Tensor::from_vec(data, (h as usize, w as usize, 3), &dev())
         .unwrap()
         .permute((2, 0, 1))
         .unwrap()
         .unsqueeze(0)
         .unwrap();
-    assert_close("vae_encode image", &t, get(&golden("vae_encode"), "image"), 1e-6);
+    assert_close(
+        "vae_encode image",
+        &t,
+        get(&golden("vae_encode"), "image"),
+        1e-6,
+    );
 }
 
 /// Full chained loops from the stored noise: UNet + scheduler + CFG, then decode.
@@ -294,12 +401,34 @@ fn check_chained(run: &str, kind: SchedulerKind, cfg: &SchedulerConfig) {
     let steps = get(&g, "timesteps").dims1().unwrap();
     let mut sched = schedulers::build(kind, cfg, steps, 0).unwrap();
     let latents = (get(&g, "noise") * sched.init_noise_sigma()).unwrap();
-    let opts = pipeline::DenoiseOptions { guidance, previews: false };
+    let opts = pipeline::DenoiseOptions {
+        guidance,
+        previews: false,
+    };
     let never = std::sync::atomic::AtomicBool::new(false);
-    let out = pipeline::denoise(&unet, sched.as_mut(), latents, &context, opts, &mut |_| {}, &never).unwrap();
-    assert_close(&format!("{run} latents_final (chained)"), &out, get(&g, "latents_final"), TOL_LATENTS);
+    let out = pipeline::denoise(
+        &unet,
+        sched.as_mut(),
+        latents,
+        &context,
+        opts,
+        &mut |_| {},
+        &never,
+    )
+    .unwrap();
+    assert_close(
+        &format!("{run} latents_final (chained)"),
+        &out,
+        get(&g, "latents_final"),
+        TOL_LATENTS,
+    );
     let decoded = pipeline::decode_latents(&vae(), &out, pipeline::DecodeMode::Full).unwrap();
-    assert_close(&format!("{run} vae_decode_out (chained)"), &decoded, get(&g, "vae_decode_out"), 5e-5);
+    assert_close(
+        &format!("{run} vae_decode_out (chained)"),
+        &decoded,
+        get(&g, "vae_decode_out"),
+        5e-5,
+    );
 }
 
 #[test]

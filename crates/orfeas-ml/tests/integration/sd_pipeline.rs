@@ -38,7 +38,9 @@ fn noise_file(run: &str, dir: &std::path::Path) -> std::path::PathBuf {
 
 /// Counts differing pixels and the largest difference against a golden PNG.
 fn compare_png(label: &str, img: &image::RgbImage, golden_png: &str) -> (usize, u8) {
-    let want = image::open(fixture_dir().join("golden").join(golden_png)).unwrap().to_rgb8();
+    let want = image::open(fixture_dir().join("golden").join(golden_png))
+        .unwrap()
+        .to_rgb8();
     assert_eq!(img.dimensions(), want.dimensions(), "{label}: size");
     let mut differ = 0;
     let mut max = 0u8;
@@ -58,7 +60,10 @@ fn compare_png(label: &str, img: &image::RgbImage, golden_png: &str) -> (usize, 
 fn assert_png_matches(label: &str, img: &image::RgbImage, golden_png: &str) {
     let (differ, max) = compare_png(label, img, golden_png);
     // README: +-1 on a few pixels (f32 vs f64 already differs on 2).
-    assert!(max <= 1 && differ <= 20, "{label}: {differ} values differ, max {max}");
+    assert!(
+        max <= 1 && differ <= 20,
+        "{label}: {differ} values differ, max {max}"
+    );
 }
 
 #[test]
@@ -81,7 +86,8 @@ fn ddim_png_from_stored_noise_matches_diffusers() {
     // The DDIM golden used its own scheduler config (leading spacing), so swap it in.
     let mut model = SdModel::load(&fixture_dir(), &dev(), DType::F32).unwrap();
     model.scheduler_config =
-        SchedulerConfig::from_file(&fixture_dir().join("golden/scheduler_ddim_config.json")).unwrap();
+        SchedulerConfig::from_file(&fixture_dir().join("golden/scheduler_ddim_config.json"))
+            .unwrap();
     let g = golden("ddim_2step_cfg");
     let req = pipeline::GenerateRequest {
         prompt: PROMPT.into(),
@@ -105,7 +111,11 @@ fn ddim_png_from_stored_noise_matches_diffusers() {
 fn seeds_are_reproducible_and_batch_items_follow_seed_plus_index() {
     let never = AtomicBool::new(false);
     let one = |seed: u64, batch: usize| {
-        let p = TextToImageParams { seed, batch, ..params(1, 0.0) };
+        let p = TextToImageParams {
+            seed,
+            batch,
+            ..params(1, 0.0)
+        };
         text_to_image::run(&p, test_pref(), &mut |_| {}, &never).unwrap()
     };
     let a = one(7, 1);
@@ -120,10 +130,27 @@ fn seeds_are_reproducible_and_batch_items_follow_seed_plus_index() {
     let dev = candle_core::Device::Cpu;
     let batch_noise = orfeas_ml::sd::noise::initial_noise(7, 2, (4, 8, 12), &dev).unwrap();
     let alone = orfeas_ml::sd::noise::initial_noise(8, 1, (4, 8, 12), &dev).unwrap();
-    let noise_diff = (batch_noise.get(1).unwrap() - alone.get(0).unwrap()).unwrap().abs().unwrap();
-    assert_eq!(noise_diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
-    let differ = batch[1].as_raw().iter().zip(next[0].as_raw()).filter(|(a, b)| a != b).count();
-    let max = batch[1].as_raw().iter().zip(next[0].as_raw()).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    let noise_diff = (batch_noise.get(1).unwrap() - alone.get(0).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap();
+    assert_eq!(
+        noise_diff.max_all().unwrap().to_scalar::<f32>().unwrap(),
+        0.0
+    );
+    let differ = batch[1]
+        .as_raw()
+        .iter()
+        .zip(next[0].as_raw())
+        .filter(|(a, b)| a != b)
+        .count();
+    let max = batch[1]
+        .as_raw()
+        .iter()
+        .zip(next[0].as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
     eprintln!("batch item 1 vs seed+1 alone: {differ} values differ, max {max}");
     assert!(max <= 1, "batch item 1 uses seed + 1");
     assert_ne!(batch[0], batch[1]);
@@ -141,11 +168,18 @@ fn progress_reports_every_step_with_a_preview_and_cancel_stops_between_steps() {
     let steps: Vec<(usize, usize, (u32, u32))> = events
         .iter()
         .filter_map(|e| match e {
-            Progress::Step { step, total, preview } => Some((*step, *total, preview.as_ref().unwrap().dimensions())),
+            Progress::Step {
+                step,
+                total,
+                preview,
+            } => Some((*step, *total, preview.as_ref().unwrap().dimensions())),
             _ => None,
         })
         .collect();
-    assert_eq!(steps, vec![(1, 3, (12, 8)), (2, 3, (12, 8)), (3, 3, (12, 8))]);
+    assert_eq!(
+        steps,
+        vec![(1, 3, (12, 8)), (2, 3, (12, 8)), (3, 3, (12, 8))]
+    );
     assert!(matches!(events.last(), Some(Progress::Decoding)));
 
     let cancel = AtomicBool::new(false);
@@ -178,7 +212,10 @@ fn every_scheduler_produces_an_image() {
         assert_eq!(img[0].dimensions(), (96, 64));
         outputs.push(img[0].clone());
     }
-    assert_ne!(outputs[0], outputs[1], "euler vs euler-a differ (ancestral noise)");
+    assert_ne!(
+        outputs[0], outputs[1],
+        "euler vs euler-a differ (ancestral noise)"
+    );
 }
 
 #[test]
@@ -203,8 +240,15 @@ fn png_carries_the_parameters_in_text_chunks() {
     for t in &info.utf8_text {
         texts.insert(t.keyword.clone(), t.get_text().unwrap());
     }
-    assert_eq!(texts.get("prompt").map(String::as_str), Some("ein Würfel aus Glas, 立方体"));
-    assert_eq!(texts.get("seed").map(String::as_str), Some("42"), "image 1 of the batch used seed + 1");
+    assert_eq!(
+        texts.get("prompt").map(String::as_str),
+        Some("ein Würfel aus Glas, 立方体")
+    );
+    assert_eq!(
+        texts.get("seed").map(String::as_str),
+        Some("42"),
+        "image 1 of the batch used seed + 1"
+    );
     assert_eq!(texts.get("steps").map(String::as_str), Some("1"));
     assert_eq!(texts.get("size").map(String::as_str), Some("96x64"));
     assert!(texts.get("parameters").unwrap().contains("Seed: 42"));
@@ -221,15 +265,38 @@ fn tiled_decode_matches_full_decode_closely() {
     // A tile as large as the latent is the plain decode.
     let same = vae.decode_tiled(latents, 16, 4).unwrap();
     assert_eq!(
-        (same - &full).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(),
+        (same - &full)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
         0.0
     );
     let tiled = vae.decode_tiled(latents, 8, 4).unwrap();
     assert_eq!(tiled.dims(), full.dims());
-    let mean_diff = (tiled - &full).unwrap().abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
-    let mean_val = full.abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+    let mean_diff = (tiled - &full)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let mean_val = full
+        .abs()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     eprintln!("tiled decode: mean |diff| {mean_diff:.4} vs mean |value| {mean_val:.4}");
-    assert!(mean_diff < 0.25 * mean_val, "tiles blend into a similar picture");
+    assert!(
+        mean_diff < 0.25 * mean_val,
+        "tiles blend into a similar picture"
+    );
 }
 
 #[test]
@@ -238,5 +305,8 @@ fn latent_preview_has_one_pixel_per_latent_cell() {
     let img = pipeline::latent_preview(&lat).unwrap();
     assert_eq!(img.dimensions(), (12, 8));
     // Zero latents map to mid grey.
-    assert!(img.pixels().all(|p| p.0.iter().all(|&c| (127..=128).contains(&c))));
+    assert!(
+        img.pixels()
+            .all(|p| p.0.iter().all(|&c| (127..=128).contains(&c)))
+    );
 }

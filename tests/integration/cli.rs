@@ -1,0 +1,172 @@
+//! The `orfeas` binary as a user scripts it: exit codes, the one-line summary,
+//! progress on stderr, and history records for successes and refusals.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use image::{Rgba, RgbaImage};
+use orfeas_core::history::History;
+use orfeas_core::jobs::JobState;
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        Sandbox { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.path("data")
+    }
+
+    fn orfeas(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_orfeas"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("ORFEAS_DATA_DIR", self.data_dir())
+            .output()
+            .unwrap()
+    }
+
+    fn history_states(&self) -> Vec<(JobState, Option<String>)> {
+        let history = History::open(&self.data_dir().join("history.sqlite3")).unwrap();
+        history
+            .list(100, 0, None)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.state, r.error_reason))
+            .collect()
+    }
+
+    /// Files in the sandbox other than the data folder and the given inputs.
+    fn outputs(&self, inputs: &[&str]) -> Vec<String> {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "data" && !inputs.contains(&n.as_str()))
+            .collect()
+    }
+}
+
+/// A red disc with a green stem on a transparent background.
+fn write_object_png(path: &Path, side: u32) {
+    let c = side as f32 / 2.0;
+    let r = side as f32 * 0.3;
+    let img = RgbaImage::from_fn(side, side, |x, y| {
+        let (dx, dy) = (x as f32 - c, y as f32 - c);
+        if dx * dx + dy * dy < r * r {
+            Rgba([200, 40, 30, 255])
+        } else if (dx.abs() < side as f32 * 0.04) && (y as f32) < c - r + 4.0 && y as f32 > c - r * 1.5 {
+            Rgba([40, 160, 60, 255])
+        } else {
+            Rgba([0, 0, 0, 0])
+        }
+    });
+    img.save(path).unwrap();
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn image_to_3d_writes_a_mesh_prints_a_summary_and_records_the_job() {
+    let sb = Sandbox::new();
+    write_object_png(&sb.path("apple.png"), 256);
+    let out = sb.orfeas(&["image-to-3d", "apple.png", "-o", "apple.glb", "--quality", "draft"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let glb = std::fs::read(sb.path("apple.glb")).unwrap();
+    assert_eq!(&glb[..4], b"glTF", "not a GLB file");
+    // The one-line summary names the file and gives vertices, faces, quality and time.
+    assert!(stdout.contains("apple.glb"), "{stdout}");
+    for word in ["vertices", "faces", "quality", "ms"] {
+        assert!(stdout.contains(word), "summary lacks {word}: {stdout}");
+    }
+    // Progress goes to stderr, ending at 100 %.
+    assert!(text(&out.stderr).contains("100%"), "{}", text(&out.stderr));
+    let states = sb.history_states();
+    assert_eq!(states, vec![(JobState::Succeeded, None)]);
+    // `orfeas history` lists it.
+    let listed = text(&sb.orfeas(&["history"]).stdout);
+    assert!(listed.contains("succeeded") && listed.contains("apple.png"), "{listed}");
+}
+
+#[test]
+fn format_flag_overrides_the_extension_and_obj_writes_its_siblings() {
+    let sb = Sandbox::new();
+    write_object_png(&sb.path("in.png"), 128);
+    let out = sb.orfeas(&["image-to-3d", "in.png", "-o", "model.obj", "--quality", "draft"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let mut files = sb.outputs(&["in.png"]);
+    files.sort();
+    assert_eq!(files, vec!["model.mtl", "model.obj", "model.png"]);
+
+    let out = sb.orfeas(&["image-to-3d", "in.png", "-o", "model.bin", "--format", "stl", "--quality", "draft"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let bytes = std::fs::read(sb.path("model.bin")).unwrap();
+    // Binary STL: 80-byte header, triangle count, 50 bytes per triangle.
+    let triangles = u32::from_le_bytes(bytes[80..84].try_into().unwrap()) as usize;
+    assert_eq!(bytes.len(), 84 + 50 * triangles);
+    assert!(triangles > 100);
+}
+
+/// Each refusal: non-zero exit, a message on stderr that says what to do, no output file,
+/// and a failed job in the history.
+#[test]
+fn bad_input_fails_clearly_writes_nothing_and_is_recorded() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.path("empty.png"), b"").unwrap();
+    std::fs::write(sb.path("notes.png"), b"these are my notes, not a picture\n").unwrap();
+    write_object_png(&sb.path("ok.png"), 64);
+    let mut truncated = std::fs::read(sb.path("ok.png")).unwrap();
+    truncated.truncate(truncated.len() / 2);
+    std::fs::write(sb.path("truncated.png"), truncated).unwrap();
+    RgbaImage::from_pixel(64, 64, Rgba([0, 0, 0, 0])).save(sb.path("clear.png")).unwrap();
+    RgbaImage::from_pixel(1, 1, Rgba([255, 0, 0, 255])).save(sb.path("dot.png")).unwrap();
+    let inputs = ["empty.png", "notes.png", "ok.png", "truncated.png", "clear.png", "dot.png"];
+
+    let cases: [(&[&str], &str); 8] = [
+        (&["image-to-3d", "missing.png", "-o", "a.glb"], "does not exist"),
+        (&["image-to-3d", "empty.png", "-o", "a.glb"], "empty"),
+        (&["image-to-3d", "notes.png", "-o", "a.glb"], "PNG, JPEG or WebP"),
+        (&["image-to-3d", "truncated.png", "-o", "a.glb"], "truncated"),
+        (&["image-to-3d", "clear.png", "-o", "a.glb"], "transparent"),
+        (&["image-to-3d", "dot.png", "-o", "a.glb"], "small"),
+        (&["image-to-3d", "ok.png", "-o", "no/such/dir/a.glb"], "does not exist"),
+        (&["image-to-3d", "ok.png", "-o", "a.fbx"], ".glb, .obj, .ply or .stl"),
+    ];
+    for (args, hint) in cases {
+        let out = sb.orfeas(args);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.to_lowercase().contains(&hint.to_lowercase()),
+            "{args:?}: stderr does not mention {hint:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        assert_eq!(sb.outputs(&inputs), Vec::<String>::new(), "{args:?} left a file");
+    }
+    let states = sb.history_states();
+    assert_eq!(states.len(), cases.len(), "every refusal is a history record: {states:?}");
+    assert!(states.iter().all(|(s, reason)| *s == JobState::Failed && reason.is_some()), "{states:?}");
+}
+
+#[test]
+fn help_lists_the_commands_and_the_options_of_image_to_3d() {
+    let sb = Sandbox::new();
+    let top = text(&sb.orfeas(&["--help"]).stdout);
+    for cmd in ["image-to-3d", "history", "serve", "monitoring"] {
+        assert!(top.contains(cmd), "--help lacks {cmd}: {top}");
+    }
+    let sub = text(&sb.orfeas(&["image-to-3d", "--help"]).stdout);
+    for opt in ["--output", "--quality", "--foreground-ratio", "--format", "--method"] {
+        assert!(sub.contains(opt), "image-to-3d --help lacks {opt}: {sub}");
+    }
+}

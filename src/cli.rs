@@ -407,8 +407,8 @@ fn history(args: &HistoryArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:>5}  {:<13} {:<11} {:>8} {:>7}  {}",
-        "id", "kind", "state", "secs", "quality", "input → output / error"
+        "{:>5}  {:<13} {:<11} {:>8} {:>7}  input → output / error",
+        "id", "kind", "state", "secs", "quality"
     );
     for job in jobs {
         let secs = job

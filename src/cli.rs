@@ -38,6 +38,12 @@ pub enum Command {
     /// Turn an image (PNG, JPEG, WebP) into a 3D mesh (GLB, OBJ, PLY, STL).
     #[command(name = "image-to-3d")]
     ImageTo3d(ImageTo3dArgs),
+    /// Generate images from a prompt with Stable Diffusion (needs downloaded weights).
+    #[command(name = "text-to-image")]
+    TextToImage(TextToImageArgs),
+    /// Installed and known models: list, download, verify.
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// List recent jobs from the history database.
     History(HistoryArgs),
     /// Render a mesh (GLB, glTF, OBJ, PLY, STL) to a PNG offscreen, without a window.
@@ -224,6 +230,70 @@ pub struct RenderArgs {
     pub turntable: Option<u32>,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Every known model: installed or missing, where, size, licence.
+    List,
+    /// Fetch a model's files (resumable, size-checked, atomic). The only command that downloads.
+    Download {
+        /// Model name, e.g. sd-turbo (see `orfeas models list`).
+        name: String,
+        /// Folder to put it in (default: the app's models folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Check that an installed model is complete and its weight files are readable.
+    Verify {
+        /// Model name, e.g. sd-turbo.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TextToImageArgs {
+    /// What to draw. Must not be empty.
+    pub prompt: String,
+    /// Where to write the PNG (with --batch N: NAME-0.png … NAME-(N-1).png).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Model name from `orfeas models list`.
+    #[arg(long, default_value = "sd-turbo")]
+    pub model: String,
+    /// A diffusers-format model folder to use instead of a registry model.
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    /// What not to draw (used with guidance > 1).
+    #[arg(long, default_value = "")]
+    pub negative: String,
+    /// Denoising steps (default: the model's, e.g. 1 for SD-Turbo).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (default: the model's; 0 turns it off).
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Random seed; the same seed and parameters give the same image.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Image size as WIDTHxHEIGHT, multiples of 8 (default: the model's).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Images to generate.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Scheduler: euler, euler-a, ddim or dpm++2m (default: the model's scheduler config).
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// A safetensors file with the initial noise tensor `latents` (reproducibility tests).
+    #[arg(long)]
+    pub init_latents: Option<PathBuf>,
+    /// auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Decode the image in tiles (less memory for large sizes).
+    #[arg(long)]
+    pub tiled_decode: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
     /// How many jobs to list, newest first.
@@ -239,6 +309,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::ImageTo3d(args)) => image_to_3d(args),
+        Some(Command::TextToImage(args)) => text_to_image(args),
+        Some(Command::Models(command)) => models(command),
         Some(Command::History(args)) => history(&args),
         Some(Command::Render(args)) => render(&args),
         Some(Command::View { mesh }) => {
@@ -345,33 +417,7 @@ fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
         Some(history),
     )?;
     engine.register(JobKind::ImageTo3d, Arc::new(ImageTo3dRunner));
-    let mut events = engine.subscribe();
-    let started = Instant::now();
-    let id = engine.submit(spec)?;
-    let mut bar = ProgressBar::new();
-    let outcome = loop {
-        let event = match events.blocking_recv() {
-            Ok(event) => event,
-            // A lagging receiver skipped some progress events; the terminal one still comes.
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                anyhow::bail!("the job engine stopped before job {id} finished")
-            }
-        };
-        if event.id != id {
-            continue;
-        }
-        match event.event {
-            JobEventKind::Progress {
-                stage, fraction, ..
-            } => bar.update(&stage, fraction),
-            kind if kind.is_terminal() => break kind,
-            _ => {}
-        }
-    };
-    bar.finish();
-    engine.shutdown(Duration::from_secs(5));
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (id, outcome, elapsed_ms) = run_job(&engine, spec)?;
     match outcome {
         JobEventKind::Succeeded(output) => {
             let s = &output.summary;
@@ -628,4 +674,192 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         if args.wireframe { ", wireframe" } else { "" }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs one job on `engine` with a progress bar on stderr; returns how it ended.
+fn run_job(
+    engine: &Engine,
+    spec: orfeas_core::jobs::JobSpec,
+) -> anyhow::Result<(orfeas_core::jobs::JobId, JobEventKind, f64)> {
+    let mut events = engine.subscribe();
+    let started = Instant::now();
+    let id = engine.submit(spec)?;
+    let mut bar = ProgressBar::new();
+    let outcome = loop {
+        let event = match events.blocking_recv() {
+            Ok(event) => event,
+            // A lagging receiver skipped some progress events; the terminal one still comes.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                anyhow::bail!("the job engine stopped before job {id} finished")
+            }
+        };
+        if event.id != id {
+            continue;
+        }
+        match event.event {
+            JobEventKind::Progress {
+                stage, fraction, ..
+            } => bar.update(&stage, fraction),
+            kind if kind.is_terminal() => break kind,
+            _ => {}
+        }
+    };
+    bar.finish();
+    engine.shutdown(Duration::from_secs(5));
+    Ok((id, outcome, started.elapsed().as_secs_f64() * 1000.0))
+}
+
+fn text_to_image(args: TextToImageArgs) -> anyhow::Result<ExitCode> {
+    use orfeas_ml::text_to_image::{TextToImageJob, TextToImageParams, TextToImageRunner};
+    let mut params = TextToImageParams::for_model(&args.model);
+    params.prompt = args.prompt;
+    params.negative = args.negative;
+    params.model_dir = args.model_dir.as_deref().map(absolute);
+    params.seed = args.seed;
+    params.batch = args.batch;
+    params.tiled_decode = args.tiled_decode;
+    params.init_latents = args.init_latents.as_deref().map(absolute);
+    if let Some(steps) = args.steps {
+        params.steps = steps;
+    }
+    if let Some(guidance) = args.guidance {
+        params.guidance = guidance;
+    }
+    if let Some(size) = &args.size {
+        let (w, h) = parse_size(size)?;
+        (params.width, params.height) = (w as usize, h as usize);
+    }
+    if let Some(name) = &args.scheduler {
+        params.scheduler = Some(
+            serde_json::from_value(serde_json::Value::String(name.clone())).map_err(|_| {
+                anyhow::anyhow!("unknown scheduler {name:?}; use euler, euler-a, ddim or dpm++2m")
+            })?,
+        );
+    }
+    let ext = args
+        .output
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    anyhow::ensure!(
+        ext.as_deref() == Some("png"),
+        "the output {} must end in .png",
+        args.output.display()
+    );
+    // Refuse bad parameters before a job or a model load.
+    params.validate()?;
+    let job = TextToImageJob {
+        params,
+        output: absolute(&args.output),
+        device: args.device,
+    };
+    let history = open_history()?;
+    let engine = Engine::new(
+        EngineConfig {
+            concurrency: 1,
+            ..EngineConfig::default()
+        },
+        Some(history),
+    )?;
+    engine.register(JobKind::TextToImage, Arc::new(TextToImageRunner::default()));
+    let (id, outcome, elapsed_ms) = run_job(&engine, job.spec()?)?;
+    match outcome {
+        JobEventKind::Succeeded(output) => {
+            for file in &output.files {
+                println!("wrote {}", file.display());
+            }
+            println!(
+                "seed {}, {} step(s), {elapsed_ms:.0} ms (job {id})",
+                output.summary["seed"], output.summary["steps"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        JobEventKind::Failed(failure) => {
+            eprintln!("error: {} (job {id})", failure.message);
+            Ok(ExitCode::FAILURE)
+        }
+        _ => {
+            eprintln!("job {id} was cancelled; nothing was written");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn models(command: ModelsCommand) -> anyhow::Result<ExitCode> {
+    use orfeas_ml::models;
+    match command {
+        ModelsCommand::List => {
+            println!(
+                "{:<12} {:<10} {:>9}  {:<34} where",
+                "model", "state", "size", "licence"
+            );
+            for status in models::list() {
+                let m = status.model;
+                let (state, size, place) = match &status.installed {
+                    Some(dir) => (
+                        "installed",
+                        format!("{:.1} GB", status.size_bytes as f64 / 1e9),
+                        dir.display().to_string(),
+                    ),
+                    None => (
+                        "missing",
+                        format!("~{:.1} GB", m.approx_size_bytes() as f64 / 1e9),
+                        format!("orfeas models download {}", m.name),
+                    ),
+                };
+                let licence = if m.non_commercial {
+                    format!("{} (non-commercial)", m.licence)
+                } else {
+                    m.licence.to_owned()
+                };
+                println!(
+                    "{:<12} {:<10} {:>9}  {:<34} {place}",
+                    m.name, state, size, licence
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelsCommand::Verify { name } => {
+            let report = models::verify(&name)?;
+            if report.ok() {
+                println!("{name}: complete and readable in {}", report.dir.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{name} in {} has problems:", report.dir.display());
+                for problem in &report.problems {
+                    eprintln!("  - {problem}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        ModelsCommand::Download { name, dir } => {
+            let model = models::known(&name)?;
+            if model.non_commercial {
+                eprintln!(
+                    "note: {} is licensed for non-commercial use only ({})",
+                    model.name, model.licence
+                );
+            }
+            let cancelled = std::sync::atomic::AtomicBool::new(false);
+            let mut bar = ProgressBar::new();
+            let path = models::download::download(
+                model,
+                dir.as_deref(),
+                None,
+                &mut |p| {
+                    let fraction = p
+                        .total_bytes
+                        .map_or(0.0, |t| p.done_bytes as f32 / t.max(1) as f32);
+                    bar.update(
+                        &format!("{}/{} {}", p.file_index + 1, p.file_count, p.file),
+                        fraction,
+                    );
+                },
+                &cancelled,
+            )?;
+            bar.finish();
+            println!("{} is ready in {}", model.name, path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

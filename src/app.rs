@@ -17,11 +17,11 @@ use crate::app::backend::{Backend, BackendUpdate};
 use crate::app::jobs::{JobPhase, JobView};
 use crate::app::state::{Command, JobKey, SavedState, Tab, ThemeChoice};
 use crate::app::thumbnails::Thumbnails;
-use orfeas_core::http::{ServeConfig, ServerHandle};
-use orfeas_core::telemetry::{Telemetry, TelemetryConfig};
 use crate::ui::theme::{self, space};
 use crate::ui::toast::Toasts;
 use crate::ui::{GalleryView, Monitoring, StudioCtx};
+use orfeas_core::http::{ServeConfig, ServerHandle};
+use orfeas_core::telemetry::{Telemetry, TelemetryConfig};
 
 /// How the app is started; tests pass their own data dir instead of setting env vars.
 #[derive(Clone, Debug, Default)]
@@ -139,8 +139,8 @@ impl StudioApp {
         if let Err(err) = &backend {
             toasts.error(err.clone());
         }
-        let alertmanager_in_use = Some(saved.settings.alertmanager_url.trim().to_owned())
-            .filter(|url| !url.is_empty());
+        let alertmanager_in_use =
+            Some(saved.settings.alertmanager_url.trim().to_owned()).filter(|url| !url.is_empty());
         let telemetry = Telemetry::start(TelemetryConfig {
             data_dir: Some(data_dir.clone()),
             sampling: true,

@@ -26,7 +26,7 @@ pub fn metrics_tab_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
             return;
         }
     };
-    let range_id = egui::Id::new("metrics-range");
+    let range_id = ui.make_persistent_id("metrics-range");
     let mut range_index: usize = ui.data(|d| d.get_temp(range_id)).unwrap_or(0);
     ui.horizontal(|ui| {
         ui.label(RichText::new("Metrics").heading());
@@ -87,9 +87,7 @@ fn panel_ui(ui: &mut egui::Ui, t: &Telemetry, panel: &Panel, range: TimeRange, w
             match panel.kind {
                 PanelKind::Stat => stat_ui(ui, t, panel, range),
                 PanelKind::TimeSeries => chart_ui(ui, t, panel, range),
-                PanelKind::Pie | PanelKind::Bars | PanelKind::Heatmap => {
-                    shares_ui(ui, t, panel)
-                }
+                PanelKind::Pie | PanelKind::Bars | PanelKind::Heatmap => shares_ui(ui, t, panel),
             }
         });
     });
@@ -123,9 +121,16 @@ fn stat_ui(ui: &mut egui::Ui, t: &Telemetry, panel: &Panel, range: TimeRange) {
             );
             let pts = points(t, &first.id, range);
             if pts.len() > 1 {
-                plot(ui, panel, range, CHART_HEIGHT - 50.0, false, |plot_ui, now| {
-                    plot_ui.line(Line::new(first.label.clone(), shift(&pts, now, range)));
-                });
+                plot(
+                    ui,
+                    panel,
+                    range,
+                    CHART_HEIGHT - 50.0,
+                    false,
+                    |plot_ui, now| {
+                        plot_ui.line(Line::new(first.label.clone(), shift(&pts, now, range)));
+                    },
+                );
             }
         }
         None => no_data_ui(ui),
@@ -142,11 +147,18 @@ fn chart_ui(ui: &mut egui::Ui, t: &Telemetry, panel: &Panel, range: TimeRange) {
     if lines.is_empty() {
         return no_data_ui(ui);
     }
-    plot(ui, panel, range, CHART_HEIGHT, lines.len() > 1, |plot_ui, now| {
-        for (label, pts) in &lines {
-            plot_ui.line(Line::new(label.clone(), shift(pts, now, range)));
-        }
-    });
+    plot(
+        ui,
+        panel,
+        range,
+        CHART_HEIGHT,
+        lines.len() > 1,
+        |plot_ui, now| {
+            for (label, pts) in &lines {
+                plot_ui.line(Line::new(label.clone(), shift(pts, now, range)));
+            }
+        },
+    );
 }
 
 /// Pie, bar and heatmap panels: the newest value of each series as a share bar.
@@ -176,7 +188,11 @@ fn shares_ui(ui: &mut egui::Ui, t: &Telemetry, panel: &Panel) {
                     v.max(0.0) / max
                 };
                 let text = if panel.kind == PanelKind::Pie {
-                    format!("{label}: {} ({:.0} %)", format_value(v, panel.unit), share * 100.0)
+                    format!(
+                        "{label}: {} ({:.0} %)",
+                        format_value(v, panel.unit),
+                        share * 100.0
+                    )
                 } else {
                     format!("{label}: {}", format_value(v, panel.unit))
                 };

@@ -102,13 +102,15 @@ fn monitoring_card_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, s: &mut Settings) 
             .num_columns(2)
             .spacing([space::XL, space::MD])
             .show(ui, |ui| {
-                ui.label("Metrics endpoint");
+                ui.label("HTTP");
                 ui.vertical(|ui| {
                     ui.checkbox(&mut s.metrics_endpoint, "Metrics endpoint")
                         .on_hover_text("Serve /metrics, /health and the HTTP API on this computer");
                     match (m.endpoint_addr, m.endpoint_error) {
                         (Some(addr), _) => {
-                            ui.label(RichText::new(format!("serving on http://{addr}")).monospace());
+                            ui.label(
+                                RichText::new(format!("serving on http://{addr}")).monospace(),
+                            );
                         }
                         (None, Some(err)) => {
                             let p = theme::palette(ui.ctx());
@@ -136,7 +138,10 @@ fn monitoring_card_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, s: &mut Settings) 
                             s.api_token = new_api_token();
                         }
                     });
-                    hint_ui(ui, "/api/* asks for it as a bearer token; /metrics and /health do not.");
+                    hint_ui(
+                        ui,
+                        "/api/* asks for it as a bearer token; /metrics and /health do not.",
+                    );
                 });
                 ui.end_row();
 

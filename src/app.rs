@@ -11,7 +11,7 @@ pub mod state;
 pub mod thumbnails;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use crate::app::backend::{Backend, BackendUpdate};
 use crate::app::jobs::{JobPhase, JobView};
@@ -19,7 +19,9 @@ use crate::app::state::{Command, JobKey, SavedState, Tab, ThemeChoice};
 use crate::app::thumbnails::Thumbnails;
 use crate::ui::theme::{self, space};
 use crate::ui::toast::Toasts;
-use crate::ui::{GalleryView, StudioCtx};
+use crate::ui::{GalleryView, Monitoring, StudioCtx};
+use orfeas_core::http::{ServeConfig, ServerHandle};
+use orfeas_core::telemetry::{Telemetry, TelemetryConfig};
 
 /// How the app is started; tests pass their own data dir instead of setting env vars.
 #[derive(Clone, Debug, Default)]
@@ -28,6 +30,31 @@ pub struct AppConfig {
     pub data_dir: Option<PathBuf>,
     /// A mesh to show on the Viewer tab at start (`orfeas view MESH`).
     pub open_mesh: Option<PathBuf>,
+    /// The tab to open instead of the saved one (`ORFEAS_GUI_TAB`, for screenshots).
+    pub start_tab: Option<Tab>,
+    /// An image to turn into 3D right after start (`ORFEAS_GUI_GENERATE`, for screenshots).
+    pub generate_on_start: Option<PathBuf>,
+}
+
+impl AppConfig {
+    /// The default config plus the screenshot/test switches from the environment.
+    pub fn from_env() -> Self {
+        AppConfig {
+            start_tab: std::env::var("ORFEAS_GUI_TAB")
+                .ok()
+                .and_then(|name| Tab::from_label(&name)),
+            generate_on_start: std::env::var_os("ORFEAS_GUI_GENERATE").map(PathBuf::from),
+            ..Default::default()
+        }
+    }
+}
+
+/// The running `/metrics` + API server of the GUI (Settings → Metrics endpoint).
+struct Endpoint {
+    /// (port, token) it was started with; a change restarts it.
+    started_with: Option<(u16, String)>,
+    handle: Option<ServerHandle>,
+    error: Option<String>,
 }
 
 /// Opens the main window and runs until it is closed.
@@ -68,6 +95,11 @@ pub struct StudioApp {
     toasts: Toasts,
     dialog: Option<PendingDialog>,
     applied_theme: Option<ThemeChoice>,
+    /// Runtime only: one registry for the dashboard, the alerts and `/metrics`.
+    telemetry: Result<Telemetry, String>,
+    /// The Alertmanager URL telemetry was started with (changes apply at the next start).
+    alertmanager_in_use: Option<String>,
+    endpoint: Endpoint,
 }
 
 impl StudioApp {
@@ -82,9 +114,15 @@ impl StudioApp {
         storage: Option<&dyn eframe::Storage>,
         config: AppConfig,
     ) -> Self {
-        let saved: SavedState = storage
+        let mut saved: SavedState = storage
             .and_then(|s| eframe::get_value(s, SavedState::STORAGE_KEY))
             .unwrap_or_default();
+        if saved.settings.api_token.is_empty() {
+            saved.settings.api_token = state::new_api_token();
+        }
+        if let Some(tab) = config.start_tab {
+            saved.tab = tab;
+        }
         let mut toasts = Toasts::default();
         let data_dir = match config.data_dir {
             Some(dir) => dir,
@@ -100,6 +138,22 @@ impl StudioApp {
         .map_err(|e| format!("{e:#}"));
         if let Err(err) = &backend {
             toasts.error(err.clone());
+        }
+        let alertmanager_in_use =
+            Some(saved.settings.alertmanager_url.trim().to_owned()).filter(|url| !url.is_empty());
+        let telemetry = Telemetry::start(TelemetryConfig {
+            data_dir: Some(data_dir.clone()),
+            sampling: true,
+            history: true,
+            alertmanager_url: alertmanager_in_use.clone(),
+            ..TelemetryConfig::default()
+        })
+        .map_err(|e| format!("metrics are off: {e}"));
+        match (&telemetry, &backend) {
+            // Image→3D jobs of the GUI move the generation metrics.
+            (Ok(t), Ok(b)) => b.engine().add_observer(Arc::new(t.clone())),
+            (Err(err), _) => toasts.error(err.clone()),
+            _ => {}
         }
         let repaint_ctx = ctx.clone();
         let thumbs = match Thumbnails::new(move || repaint_ctx.request_repaint()) {
@@ -122,8 +176,20 @@ impl StudioApp {
             toasts,
             dialog: None,
             applied_theme: None,
+            telemetry,
+            alertmanager_in_use,
+            endpoint: Endpoint {
+                started_with: None,
+                handle: None,
+                error: None,
+            },
         };
         app.apply(Command::RefreshGallery);
+        app.sync_endpoint();
+        if let Some(input) = config.generate_on_start {
+            app.apply(Command::SelectInput(input.clone()));
+            app.apply(Command::Generate { input });
+        }
         app
     }
 
@@ -145,6 +211,55 @@ impl StudioApp {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The app's telemetry, unless it failed to start.
+    pub fn telemetry(&self) -> Option<&Telemetry> {
+        self.telemetry.as_ref().ok()
+    }
+
+    /// Where the metrics endpoint listens, while it runs.
+    pub fn endpoint_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.handle.as_ref().map(ServerHandle::addr)
+    }
+
+    /// Starts, restarts or stops the metrics/API server to match the settings.
+    fn sync_endpoint(&mut self) {
+        let s = &self.saved.settings;
+        let wanted = s
+            .metrics_endpoint
+            .then(|| (s.metrics_port, s.api_token.clone()));
+        if wanted == self.endpoint.started_with {
+            return;
+        }
+        // Stop first: a restart on the same port needs the old socket closed.
+        self.endpoint.handle = None;
+        self.endpoint.error = None;
+        self.endpoint.started_with = wanted.clone();
+        let Some((port, token)) = wanted else { return };
+        let (telemetry, backend) = match (&self.telemetry, &self.backend) {
+            (Ok(t), Ok(b)) => (t.clone(), b),
+            (Err(err), _) | (_, Err(err)) => {
+                self.endpoint.error = Some(err.clone());
+                return;
+            }
+        };
+        let config = ServeConfig {
+            bind: format!("127.0.0.1:{port}"),
+            token: Some(token).filter(|t| !t.is_empty()),
+            data_dir: Some(self.data_dir.clone()),
+            // The GUI's own queue is what the user sees; do not restart old API jobs behind it.
+            requeue_on_start: false,
+            ..ServeConfig::default()
+        };
+        match orfeas_core::http::start(config, telemetry, backend.engine().clone()) {
+            Ok(handle) => self.endpoint.handle = Some(handle),
+            Err(err) => {
+                let msg = format!("cannot serve metrics on 127.0.0.1:{port}: {err}");
+                self.toasts.error(msg.clone());
+                self.endpoint.error = Some(msg);
+            }
+        }
     }
 
     /// Where new outputs go: the chosen folder or the data dir's `outputs/`.
@@ -204,6 +319,7 @@ impl StudioApp {
                         .info("The new number of parallel jobs takes effect at the next start.");
                 }
                 self.saved.settings = settings;
+                self.sync_endpoint();
             }
             Command::RefreshGallery => {
                 if let Ok(backend) = &self.backend {
@@ -435,8 +551,15 @@ impl eframe::App for StudioApp {
             &self.data_dir,
             &output_dir,
             engine_error,
-        );
+        )
+        .with_monitoring(Monitoring {
+            telemetry: self.telemetry.as_ref().map_err(String::as_str),
+            endpoint_addr: self.endpoint.handle.as_ref().map(ServerHandle::addr),
+            endpoint_error: self.endpoint.error.as_deref(),
+            alertmanager_in_use: self.alertmanager_in_use.as_deref(),
+        });
         top_bar_ui(&studio, ui);
+        crate::ui::alerts::firing_banner_ui(&studio, ui);
         egui::CentralPanel::default()
             .frame(
                 egui::Frame::new()
@@ -447,8 +570,8 @@ impl eframe::App for StudioApp {
                 Tab::Create => crate::ui::create::create_tab_ui(&studio, ui),
                 Tab::Viewer => crate::ui::placeholders::viewer_tab_ui(&studio, ui),
                 Tab::Gallery => crate::ui::gallery::gallery_tab_ui(&studio, ui),
-                Tab::Metrics => crate::ui::placeholders::metrics_tab_ui(&studio, ui),
-                Tab::Alerts => crate::ui::placeholders::alerts_tab_ui(&studio, ui),
+                Tab::Metrics => crate::ui::metrics::metrics_tab_ui(&studio, ui),
+                Tab::Alerts => crate::ui::alerts::alerts_tab_ui(&studio, ui),
                 Tab::Models => crate::ui::placeholders::models_tab_ui(&studio, ui),
                 Tab::Settings => crate::ui::settings::settings_tab_ui(&studio, ui),
             });
@@ -473,6 +596,14 @@ impl eframe::App for StudioApp {
             // Progress arrives with a repaint request; this is a fallback for missed wakes.
             ctx.request_repaint_after(std::time::Duration::from_millis(250));
         }
+        // Live charts tick each second; elsewhere a slower beat still brings up the
+        // firing banner without user input.
+        let live_secs = if matches!(self.saved.tab, Tab::Metrics | Tab::Alerts) {
+            1
+        } else {
+            5
+        };
+        ctx.request_repaint_after(std::time::Duration::from_secs(live_secs));
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {

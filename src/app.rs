@@ -237,11 +237,14 @@ impl StudioApp {
             return;
         };
         let output_dir = self.output_dir();
+        let input = item.input.clone();
         if let Ok(backend) = &self.backend
             && let Err(err) = backend.resubmit(item, format, &output_dir)
         {
             self.toasts.error(format!("{err:#}"));
         }
+        // Show the job where its progress is: the Create tab, with its input.
+        self.input = input.or(self.input.take());
         self.saved.tab = Tab::Create;
     }
 
@@ -459,6 +462,10 @@ impl eframe::App for StudioApp {
             drop_overlay_ui(&ctx);
         }
 
+        if !commands.is_empty() {
+            // Commands change what is shown; draw the result now, not at the next input.
+            ctx.request_repaint();
+        }
         for command in commands {
             self.apply(command);
         }

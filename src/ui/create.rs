@@ -82,21 +82,31 @@ fn input_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                 });
             }
             Some(path) => {
+                let row_height = 32.0;
+                let preview = Vec2::new(
+                    ui.available_width(),
+                    zone_height - row_height - space::SM,
+                );
+                ui.vertical_centered(|ui| preview_ui(ctx, ui, path, preview));
+                ui.add_space(space::SM);
                 ui.horizontal(|ui| {
-                    let preview_side = zone_height - 2.0 * space::MD;
-                    preview_ui(ctx, ui, path, Vec2::splat(preview_side));
-                    ui.add_space(space::MD);
-                    ui.vertical(|ui| {
-                        let name = path
-                            .file_name()
-                            .map(|n| n.to_string_lossy().into_owned())
-                            .unwrap_or_else(|| path.display().to_string());
-                        ui.label(RichText::new(name).strong());
-                        ui.label(RichText::new(path.display().to_string()).small().color(p.text_muted));
-                        ui.add_space(space::SM);
+                    let name = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| path.display().to_string());
+                    ui.label(RichText::new(name).strong());
+                    ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                         if ui.button("Open image…").clicked() {
                             ctx.send(Command::OpenFileDialog);
                         }
+                        ui.add(
+                            egui::Label::new(
+                                RichText::new(path.display().to_string())
+                                    .small()
+                                    .color(p.text_muted),
+                            )
+                            .truncate(),
+                        );
                     });
                 });
             }
@@ -116,19 +126,19 @@ fn input_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                 input: path.to_path_buf(),
             });
         }
-        if ctx.input.is_none() {
-            hint_ui(ui, "Choose an image first.");
+        let p = theme::palette(ui.ctx());
+        let hint = if ctx.input.is_none() {
+            "Choose an image first.".to_owned()
         } else {
-            hint_ui(
-                ui,
-                &format!(
-                    "{} quality · {} · saved to {}",
-                    ctx.saved.params.quality.label(),
-                    ctx.saved.params.format.label(),
-                    ctx.output_dir.display()
-                ),
-            );
-        }
+            format!(
+                "{} quality · {} · saved to {}",
+                ctx.saved.params.quality.label(),
+                ctx.saved.params.format.label(),
+                ctx.output_dir.display()
+            )
+        };
+        // Truncated, not wrapped: a long output path must not widen the card.
+        ui.add(egui::Label::new(RichText::new(hint).color(p.text_muted)).truncate());
     });
     if let Some(job) = ctx
         .jobs
@@ -138,6 +148,7 @@ fn input_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     {
         ui.add_space(space::SM);
         ui.horizontal(|ui| {
+            let cancel_width = 80.0;
             let text = if job.phase == JobPhase::Queued {
                 "Waiting for a free worker…".to_owned()
             } else {
@@ -146,7 +157,7 @@ fn input_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
             ui.add(
                 egui::ProgressBar::new(job.fraction)
                     .text(text)
-                    .desired_width(ui.available_width() - 90.0),
+                    .desired_width((ui.available_width() - cancel_width).max(80.0)),
             );
             if ui.button("Cancel").clicked() {
                 ctx.send(Command::Cancel(job.key));
@@ -320,7 +331,7 @@ fn job_row_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, job: &JobView) {
                     .text(if job.stage.is_empty() {
                         job.phase.label().to_owned()
                     } else {
-                        job.stage.clone()
+                        format!("{} — {:.0}%", job.stage, job.fraction * 100.0)
                     })
                     .desired_height(16.0),
             );

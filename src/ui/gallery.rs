@@ -101,14 +101,15 @@ fn card_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, item: &GalleryItem) {
             if let Some(err) = &item.error {
                 ui.add(egui::Label::new(RichText::new(err).small().color(p.danger)).wrap());
             }
-            ui.horizontal_wrapped(|ui| {
+            ui.add_space(space::XS);
+            let can_rerun = item.input.is_some();
+            ui.horizontal(|ui| {
                 ui.spacing_mut().item_spacing.x = space::XS;
-                if let Some(dir) = item.outputs.first().and_then(|o| o.parent())
-                    && ui.small_button("Open folder").clicked()
-                {
-                    ctx.send(Command::OpenFolder(dir.to_path_buf()));
+                if can_rerun && ui.button("Re-run").clicked() {
+                    ctx.send(Command::Rerun {
+                        record: item.record,
+                    });
                 }
-                let can_rerun = item.input.is_some();
                 if item.phase == JobPhase::Succeeded && can_rerun {
                     ui.menu_button("Export as…", |ui| {
                         for format in FormatChoice::ALL {
@@ -121,14 +122,21 @@ fn card_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, item: &GalleryItem) {
                         }
                     });
                 }
-                if can_rerun && ui.small_button("Re-run").clicked() {
-                    ctx.send(Command::Rerun {
-                        record: item.record,
-                    });
+            });
+            ui.horizontal(|ui| {
+                ui.spacing_mut().item_spacing.x = space::XS;
+                if let Some(dir) = item.outputs.first().and_then(|o| o.parent())
+                    && ui.button("Open folder").clicked()
+                {
+                    ctx.send(Command::OpenFolder(dir.to_path_buf()));
                 }
-                if item.phase.is_finished() && ui.small_button("Delete").clicked() {
-                    ctx.send(Command::RequestDelete {
-                        record: item.record,
+                if item.phase.is_finished() {
+                    ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                        if ui.button(RichText::new("Delete").color(p.danger)).clicked() {
+                            ctx.send(Command::RequestDelete {
+                                record: item.record,
+                            });
+                        }
                     });
                 }
             });

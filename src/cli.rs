@@ -67,9 +67,51 @@ pub enum MonitoringCommand {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on. A non-loopback address requires an API token.
+    /// Address to listen on. Anything but 127.0.0.1 or ::1 requires an API token.
     #[arg(long, default_value = "127.0.0.1:5000")]
     pub bind: String,
+    /// Bearer token for `/api/*` (prefer the environment or --token-file over the command line).
+    #[arg(long, env = "ORFEAS_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the bearer token from the first line of this file.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Require the token on `/health` and `/metrics` as well.
+    #[arg(long)]
+    pub protect_metrics: bool,
+    /// Turn the per-client rate limit off.
+    #[arg(long)]
+    pub no_rate_limit: bool,
+    /// Generation requests per second per client (token bucket refill).
+    #[arg(long, default_value_t = 1.0)]
+    pub generate_rate: f64,
+    /// Generation requests a client may send in a burst.
+    #[arg(long, default_value_t = 10.0)]
+    pub generate_burst: f64,
+    /// Read requests (GET/DELETE) per second per client.
+    #[arg(long, default_value_t = 50.0)]
+    pub read_rate: f64,
+    /// Read requests a client may send in a burst.
+    #[arg(long, default_value_t = 100.0)]
+    pub read_burst: f64,
+    /// Jobs run at the same time.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Queued jobs beyond which submissions get 503 + Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub queue_limit: usize,
+    /// Largest request body in MiB (uploads included).
+    #[arg(long, default_value_t = 64)]
+    pub max_body_mib: u64,
+    /// Do not re-run jobs that a previous process accepted but never started.
+    #[arg(long)]
+    pub no_requeue: bool,
+    /// Seconds running jobs get to finish on SIGTERM / Ctrl-C.
+    #[arg(long, default_value_t = 30)]
+    pub drain_secs: u64,
+    /// `Access-Control-Allow-Origin` value (CORS is off without it).
+    #[arg(long)]
+    pub cors_origin: Option<String>,
     /// Seconds between system samples (CPU, memory, disk, GPU).
     #[arg(long, default_value_t = 1.0)]
     pub sample_interval_secs: f64,
@@ -208,13 +250,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Some(Command::Serve(args)) => serve(&args),
         Some(Command::Monitoring(MonitoringCommand::Export { dir })) => {
-            orfeas_core::monitoring::export(&dir)
-                .with_context(|| format!("cannot export the monitoring stack to {}", dir.display()))?;
-            println!("wrote the monitoring stack to {}; see its README.md", dir.display());
+            orfeas_core::monitoring::export(&dir).with_context(|| {
+                format!("cannot export the monitoring stack to {}", dir.display())
+            })?;
+            println!(
+                "wrote the monitoring stack to {}; see its README.md",
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Monitoring(MonitoringCommand::Rules)) => {
-            print!("{}", orfeas_core::telemetry::alerts::prometheus_rules_yaml());
+            print!(
+                "{}",
+                orfeas_core::telemetry::alerts::prometheus_rules_yaml()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -262,19 +311,39 @@ fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
             Ok(f) => f,
             Err(err) => {
                 // Record the refusal like any other failed job, so the history tells the whole story.
-                let label = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let params = serde_json::json!({"input": input, "output": output, "params": params});
+                let label = input
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let params =
+                    serde_json::json!({"input": input, "output": output, "params": params});
                 if let Ok(id) = history.insert_job(JobKind::ImageTo3d, &label, &params) {
-                    let _ = history.mark_failed(id, err.reason(), &err.to_string(), &Default::default());
+                    let _ = history.mark_failed(
+                        id,
+                        err.reason(),
+                        &err.to_string(),
+                        &Default::default(),
+                    );
                 }
                 return Err(err.into());
             }
         },
     };
-    let request = ImageTo3dRequest { input, output, format, params };
+    let request = ImageTo3dRequest {
+        input,
+        output,
+        format,
+        params,
+    };
     let spec = image_to_3d_spec(&request)?;
 
-    let engine = Engine::new(EngineConfig { concurrency: 1, ..EngineConfig::default() }, Some(history))?;
+    let engine = Engine::new(
+        EngineConfig {
+            concurrency: 1,
+            ..EngineConfig::default()
+        },
+        Some(history),
+    )?;
     engine.register(JobKind::ImageTo3d, Arc::new(ImageTo3dRunner));
     let mut events = engine.subscribe();
     let started = Instant::now();
@@ -293,7 +362,9 @@ fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         match event.event {
-            JobEventKind::Progress { stage, fraction, .. } => bar.update(&stage, fraction),
+            JobEventKind::Progress {
+                stage, fraction, ..
+            } => bar.update(&stage, fraction),
             kind if kind.is_terminal() => break kind,
             _ => {}
         }
@@ -304,7 +375,11 @@ fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
     match outcome {
         JobEventKind::Succeeded(output) => {
             let s = &output.summary;
-            let main_file = output.files.first().map(|p| p.display().to_string()).unwrap_or_default();
+            let main_file = output
+                .files
+                .first()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             println!(
                 "wrote {main_file}: {} vertices, {} faces, quality {:.2}, {elapsed_ms:.0} ms (job {id})",
                 s["vertices"],
@@ -331,10 +406,19 @@ fn history(args: &HistoryArgs) -> anyhow::Result<ExitCode> {
         println!("no jobs yet; try `orfeas image-to-3d IMAGE -o mesh.glb`");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:>5}  {:<13} {:<11} {:>8} {:>7}  {}", "id", "kind", "state", "secs", "quality", "input → output / error");
+    println!(
+        "{:>5}  {:<13} {:<11} {:>8} {:>7}  input → output / error",
+        "id", "kind", "state", "secs", "quality"
+    );
     for job in jobs {
-        let secs = job.duration_secs.map(|d| format!("{d:.2}")).unwrap_or_else(|| "-".into());
-        let quality = job.quality.map(|q| format!("{q:.2}")).unwrap_or_else(|| "-".into());
+        let secs = job
+            .duration_secs
+            .map(|d| format!("{d:.2}"))
+            .unwrap_or_else(|| "-".into());
+        let quality = job
+            .quality
+            .map(|q| format!("{q:.2}"))
+            .unwrap_or_else(|| "-".into());
         let detail = match (&job.error_message, job.outputs.first()) {
             (Some(err), _) => format!("{}: {err}", job.label),
             (None, Some(out)) => format!("{} → {}", job.label, out.display()),
@@ -360,7 +444,10 @@ struct ProgressBar {
 
 impl ProgressBar {
     fn new() -> ProgressBar {
-        ProgressBar { tty: std::io::stderr().is_terminal(), last_stage: String::new() }
+        ProgressBar {
+            tty: std::io::stderr().is_terminal(),
+            last_stage: String::new(),
+        }
     }
 
     fn update(&mut self, stage: &str, fraction: f32) {
@@ -389,28 +476,76 @@ impl ProgressBar {
     }
 }
 
-
 fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    use orfeas_core::http::{Bucket, RateLimitConfig, ServeConfig};
     use orfeas_core::telemetry::{Telemetry, TelemetryConfig};
     anyhow::ensure!(
         args.sample_interval_secs.is_finite() && args.sample_interval_secs >= 0.1,
         "--sample-interval-secs must be at least 0.1"
     );
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    for (name, value) in [
+        ("--generate-rate", args.generate_rate),
+        ("--generate-burst", args.generate_burst),
+        ("--read-rate", args.read_rate),
+        ("--read-burst", args.read_burst),
+    ] {
+        anyhow::ensure!(
+            value.is_finite() && value > 0.0,
+            "{name} must be a positive number"
+        );
+    }
     let data_dir = orfeas_core::paths::data_dir()?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data folder {}", data_dir.display()))?;
     let telemetry = Telemetry::start(TelemetryConfig {
         sample_interval: Duration::from_secs_f64(args.sample_interval_secs),
-        data_dir: Some(data_dir),
+        data_dir: Some(data_dir.clone()),
         alertmanager_url: args.alertmanager_url.clone(),
         ..TelemetryConfig::default()
     })?;
-    let server = orfeas_core::http::serve(
-        orfeas_core::http::ServeConfig { bind: args.bind.clone(), ..Default::default() },
-        orfeas_core::http::HttpState { telemetry },
+    let history = Arc::new(
+        History::open(&data_dir.join(orfeas_core::telemetry::HISTORY_DB_FILE))
+            .context("cannot open the history database")?,
+    );
+    let engine = Engine::new(
+        EngineConfig {
+            concurrency: args.concurrency,
+            queue_capacity: args.queue_limit.max(1),
+            ..EngineConfig::default()
+        },
+        Some(history),
     )?;
-    eprintln!("serving /metrics and /health on http://{}", server.addr());
-    server.join();
+    engine.register(JobKind::ImageTo3d, Arc::new(ImageTo3dRunner));
+    engine.add_observer(Arc::new(telemetry.clone()));
+    let config = ServeConfig {
+        bind: args.bind.clone(),
+        token: args.token.clone().filter(|t| !t.is_empty()),
+        token_file: args.token_file.clone(),
+        protect_metrics: args.protect_metrics,
+        rate_limit: (!args.no_rate_limit).then_some(RateLimitConfig {
+            read: Bucket {
+                per_sec: args.read_rate,
+                burst: args.read_burst,
+            },
+            generate: Bucket {
+                per_sec: args.generate_rate,
+                burst: args.generate_burst,
+            },
+        }),
+        queue_limit: args.queue_limit,
+        max_body_bytes: args.max_body_mib.saturating_mul(1024 * 1024),
+        requeue_on_start: !args.no_requeue,
+        drain_timeout: Duration::from_secs(args.drain_secs),
+        cors_origin: args.cors_origin.clone(),
+        data_dir: Some(data_dir),
+        ..ServeConfig::default()
+    };
+    eprintln!(
+        "ORFEAS Studio serving on http://{} (/health, /metrics, /api/*); Ctrl-C stops",
+        args.bind
+    );
+    orfeas_core::http::run_server(config, telemetry, engine)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -428,7 +563,10 @@ pub fn parse_size(text: &str) -> anyhow::Result<(u32, u32)> {
 fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
     use crate::viewport::{RenderOptions, ShadingMode, View};
     let view = View::from_name(&args.view).with_context(|| {
-        format!("unknown view {:?}; use front, back, left, right, top, bottom or iso", args.view)
+        format!(
+            "unknown view {:?}; use front, back, left, right, top, bottom or iso",
+            args.view
+        )
     })?;
     let mode = ShadingMode::from_name(&args.mode).with_context(|| {
         format!(
@@ -437,7 +575,10 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
     let (width, height) = parse_size(&args.size)?;
-    let ext = args.output.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+    let ext = args
+        .output
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
     anyhow::ensure!(
         ext.as_deref() == Some("png"),
         "the output {} must end in .png",
@@ -454,7 +595,10 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         ..RenderOptions::default()
     };
     let frames = match args.turntable {
-        None => vec![(args.output.clone(), crate::viewport::render_mesh_to_image(&mesh, &options)?)],
+        None => vec![(
+            args.output.clone(),
+            crate::viewport::render_mesh_to_image(&mesh, &options)?,
+        )],
         Some(0) => anyhow::bail!("--turntable needs at least 1 frame"),
         Some(n) => {
             let stem = args.output.with_extension("");

@@ -139,7 +139,7 @@ impl StudioApp {
             toasts,
             dialog: None,
             applied_theme: None,
-            viewer: ViewerState::new(egui::Id::new("orfeas-viewer")),
+            viewer: ViewerState::new(egui::Id::unique("orfeas-viewer")),
             egui_ctx: ctx.clone(),
         };
         app.apply(Command::RefreshGallery);
@@ -306,10 +306,7 @@ impl StudioApp {
                         .pick_file(),
                     DialogKind::OpenMesh => rfd::FileDialog::new()
                         .set_title("Open a 3D model")
-                        .add_filter(
-                            "3D models",
-                            &orfeas_core::import::MeshFormat::EXTENSIONS,
-                        )
+                        .add_filter("3D models", &orfeas_core::import::MeshFormat::EXTENSIONS)
                         .pick_file(),
                 };
                 let _ = tx.send(picked); // the app may have closed meanwhile
@@ -336,7 +333,8 @@ impl StudioApp {
             return;
         }
         let Some(mesh) = self.viewer.mesh().cloned() else {
-            self.toasts.error("Open a model in the Viewer before exporting it.");
+            self.toasts
+                .error("Open a model in the Viewer before exporting it.");
             return;
         };
         let export_format = match format {

@@ -3,5 +3,6 @@
 
 mod cli;
 mod gui;
+mod gui_viewer;
 mod render;
 mod viewport;

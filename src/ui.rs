@@ -9,6 +9,7 @@ pub mod placeholders;
 pub mod settings;
 pub mod theme;
 pub mod toast;
+pub mod viewer;
 
 use std::cell::RefCell;
 use std::path::Path;

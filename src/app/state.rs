@@ -274,4 +274,12 @@ pub enum Command {
     },
     CancelDelete,
     DismissToast(u64),
+    /// Load this mesh file into the Viewer (in the background) and show the Viewer tab.
+    OpenInViewer {
+        path: PathBuf,
+        /// The generation's 0..=1 quality score, when the mesh came from a job.
+        quality_score: Option<f32>,
+    },
+    /// Show the native file picker for a mesh to view (on its own thread).
+    OpenMeshDialog,
 }

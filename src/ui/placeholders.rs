@@ -14,16 +14,6 @@ fn coming_ui(ui: &mut egui::Ui, title: &str, what: &str, until: &str) {
     });
 }
 
-pub fn viewer_tab_ui(_ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
-    coming_ui(
-        ui,
-        "Viewer",
-        "A wgpu 3D viewport for the selected generation: orbit, pan and zoom, lit and \
-         textured shading, wireframe and vertex-colour views.",
-        "Not in this build yet. Open generated files from the Gallery in any glTF viewer meanwhile.",
-    );
-}
-
 pub fn models_tab_ui(_ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     coming_ui(
         ui,

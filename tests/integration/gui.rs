@@ -15,7 +15,7 @@ use orfeas::app::{AppConfig, StudioApp};
 /// Fixed window size for every GUI test (and the snapshot).
 const WINDOW: [f32; 2] = [1280.0, 800.0];
 /// Longest a generation may take in these tests (debug build, shared 2-core CI box).
-const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The one way tests build the app: fixed size, own data dir, optional saved state.
 pub(crate) fn harness(
@@ -179,7 +179,13 @@ fn tabs_switch_and_unfinished_tabs_say_what_is_coming() {
         "Create is hidden"
     );
 
-    for tab in ["Viewer", "Models"] {
+    h.get_by_role_and_label(Role::Button, "Viewer").click();
+    h.run();
+    assert!(
+        h.query_by_label("No mesh loaded").is_some(),
+        "the Viewer is there and says it is empty"
+    );
+    for tab in ["Models"] {
         h.get_by_role_and_label(Role::Button, tab).click();
         h.run();
         assert!(

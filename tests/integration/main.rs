@@ -4,5 +4,6 @@
 mod cli;
 mod gui;
 mod gui_metrics;
+mod gui_viewer;
 mod render;
 mod viewport;

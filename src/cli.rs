@@ -316,7 +316,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::View { mesh }) => {
             crate::app::run_gui(crate::app::AppConfig {
                 open_mesh: Some(absolute(&mesh)),
-                ..Default::default()
+                start_tab: Some(crate::app::state::Tab::Viewer),
+                ..crate::app::AppConfig::from_env()
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -2,7 +2,7 @@
 # Load test of the HTTP API with wrk, rate limiter on and off: /health,
 # /metrics and job submission. Prints requests/s, p50/p99, status counts from
 # the server's own metrics, RSS before/after, and accepted vs recorded jobs.
-#   usage: scripts/load.sh [DURATION (default 30s)] [CONNECTIONS (default 16)]
+#   usage: [MODES="on off"] [PROFILE=release|debug] scripts/load.sh [DURATION (default 30s)] [CONNECTIONS (default 16)]
 # Uses the orfeas-api-fixture server (stand-in runners that write 1 KiB files),
 # so it measures the HTTP layer, validation, the queue and the history writes.
 set -euo pipefail
@@ -54,7 +54,7 @@ run_mode() { # $1: on|off
     rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
     p50=$(echo "$out" | awk '$1=="50%" {print $2}')
     p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-    errs=$(echo "$out" | grep -E "Socket errors|Non-2xx" | tr '\n' ' ')
+    errs=$(echo "$out" | grep -E "Socket errors|Non-2xx" | tr '\n' ' ' || true)
     printf '%-8s %10s req/s  p50 %-8s p99 %-8s %s\n' "$target" "$rps" "$p50" "$p99" "$errs"
   done
   echo "RSS after:  $(rss_kib) KiB"
@@ -68,5 +68,4 @@ run_mode() { # $1: on|off
   curl -s "$BASE/health" >/dev/null || { echo "server did not survive" >&2; exit 1; }
   kill -TERM "$PID"; wait "$PID" || true
 }
-run_mode on
-run_mode off
+for m in ${MODES:-on off}; do run_mode "$m"; done

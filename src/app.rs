@@ -11,7 +11,7 @@ pub mod state;
 pub mod thumbnails;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use crate::app::backend::{Backend, BackendUpdate};
 use crate::app::jobs::{JobPhase, JobView};
@@ -19,7 +19,10 @@ use crate::app::state::{Command, JobKey, SavedState, Tab, ThemeChoice};
 use crate::app::thumbnails::Thumbnails;
 use crate::ui::theme::{self, space};
 use crate::ui::toast::Toasts;
-use crate::ui::{GalleryView, StudioCtx};
+use crate::ui::{GalleryView, Monitoring, StudioCtx};
+use crate::viewport::{ViewerCommand, ViewerState};
+use orfeas_core::http::{ServeConfig, ServerHandle};
+use orfeas_core::telemetry::{Telemetry, TelemetryConfig};
 
 /// How the app is started; tests pass their own data dir instead of setting env vars.
 #[derive(Clone, Debug, Default)]
@@ -28,6 +31,31 @@ pub struct AppConfig {
     pub data_dir: Option<PathBuf>,
     /// A mesh to show on the Viewer tab at start (`orfeas view MESH`).
     pub open_mesh: Option<PathBuf>,
+    /// The tab to open instead of the saved one (`ORFEAS_GUI_TAB`, for screenshots).
+    pub start_tab: Option<Tab>,
+    /// An image to turn into 3D right after start (`ORFEAS_GUI_GENERATE`, for screenshots).
+    pub generate_on_start: Option<PathBuf>,
+}
+
+impl AppConfig {
+    /// The default config plus the screenshot/test switches from the environment.
+    pub fn from_env() -> Self {
+        AppConfig {
+            start_tab: std::env::var("ORFEAS_GUI_TAB")
+                .ok()
+                .and_then(|name| Tab::from_label(&name)),
+            generate_on_start: std::env::var_os("ORFEAS_GUI_GENERATE").map(PathBuf::from),
+            ..Default::default()
+        }
+    }
+}
+
+/// The running `/metrics` + API server of the GUI (Settings → Metrics endpoint).
+struct Endpoint {
+    /// (port, token) it was started with; a change restarts it.
+    started_with: Option<(u16, String)>,
+    handle: Option<ServerHandle>,
+    error: Option<String>,
 }
 
 /// Opens the main window and runs until it is closed.
@@ -52,6 +80,18 @@ pub fn run_gui(config: AppConfig) -> anyhow::Result<()> {
 enum PendingDialog {
     OpenImage(mpsc::Receiver<Option<PathBuf>>),
     OutputFolder(mpsc::Receiver<Option<PathBuf>>),
+    OpenMesh(mpsc::Receiver<Option<PathBuf>>),
+    /// A save dialog followed by the export itself, both on the dialog's thread:
+    /// `None` = the user cancelled, otherwise the files written or why not.
+    ExportMesh(mpsc::Receiver<Option<Result<Vec<PathBuf>, String>>>),
+}
+
+/// Which picker [`StudioApp::open_dialog`] shows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DialogKind {
+    OpenImage,
+    OutputFolder,
+    OpenMesh,
 }
 
 pub struct StudioApp {
@@ -68,6 +108,15 @@ pub struct StudioApp {
     toasts: Toasts,
     dialog: Option<PendingDialog>,
     applied_theme: Option<ThemeChoice>,
+    /// Runtime only: one registry for the dashboard, the alerts and `/metrics`.
+    telemetry: Result<Telemetry, String>,
+    /// The Alertmanager URL telemetry was started with (changes apply at the next start).
+    alertmanager_in_use: Option<String>,
+    endpoint: Endpoint,
+    /// The Viewer tab's mesh and camera (runtime only: meshes are reopened, not saved).
+    viewer: ViewerState,
+    /// For starting background mesh loads from [`Self::apply`].
+    egui_ctx: egui::Context,
 }
 
 impl StudioApp {
@@ -82,9 +131,15 @@ impl StudioApp {
         storage: Option<&dyn eframe::Storage>,
         config: AppConfig,
     ) -> Self {
-        let saved: SavedState = storage
+        let mut saved: SavedState = storage
             .and_then(|s| eframe::get_value(s, SavedState::STORAGE_KEY))
             .unwrap_or_default();
+        if saved.settings.api_token.is_empty() {
+            saved.settings.api_token = state::new_api_token();
+        }
+        if let Some(tab) = config.start_tab {
+            saved.tab = tab;
+        }
         let mut toasts = Toasts::default();
         let data_dir = match config.data_dir {
             Some(dir) => dir,
@@ -100,6 +155,22 @@ impl StudioApp {
         .map_err(|e| format!("{e:#}"));
         if let Err(err) = &backend {
             toasts.error(err.clone());
+        }
+        let alertmanager_in_use =
+            Some(saved.settings.alertmanager_url.trim().to_owned()).filter(|url| !url.is_empty());
+        let telemetry = Telemetry::start(TelemetryConfig {
+            data_dir: Some(data_dir.clone()),
+            sampling: true,
+            history: true,
+            alertmanager_url: alertmanager_in_use.clone(),
+            ..TelemetryConfig::default()
+        })
+        .map_err(|e| format!("metrics are off: {e}"));
+        match (&telemetry, &backend) {
+            // Image→3D jobs of the GUI move the generation metrics.
+            (Ok(t), Ok(b)) => b.engine().add_observer(Arc::new(t.clone())),
+            (Err(err), _) => toasts.error(err.clone()),
+            _ => {}
         }
         let repaint_ctx = ctx.clone();
         let thumbs = match Thumbnails::new(move || repaint_ctx.request_repaint()) {
@@ -122,8 +193,28 @@ impl StudioApp {
             toasts,
             dialog: None,
             applied_theme: None,
+            telemetry,
+            alertmanager_in_use,
+            endpoint: Endpoint {
+                started_with: None,
+                handle: None,
+                error: None,
+            },
+            viewer: ViewerState::new(egui::Id::unique("orfeas-viewer")),
+            egui_ctx: ctx.clone(),
         };
         app.apply(Command::RefreshGallery);
+        app.sync_endpoint();
+        if let Some(input) = config.generate_on_start {
+            app.apply(Command::SelectInput(input.clone()));
+            app.apply(Command::Generate { input });
+        }
+        if let Some(path) = config.open_mesh {
+            app.apply(Command::OpenInViewer {
+                path,
+                quality_score: None,
+            });
+        }
         app
     }
 
@@ -147,6 +238,60 @@ impl StudioApp {
         &self.data_dir
     }
 
+    /// The app's telemetry, unless it failed to start.
+    pub fn telemetry(&self) -> Option<&Telemetry> {
+        self.telemetry.as_ref().ok()
+    }
+
+    /// Where the metrics endpoint listens, while it runs.
+    pub fn endpoint_addr(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.handle.as_ref().map(ServerHandle::addr)
+    }
+
+    /// Starts, restarts or stops the metrics/API server to match the settings.
+    fn sync_endpoint(&mut self) {
+        let s = &self.saved.settings;
+        let wanted = s
+            .metrics_endpoint
+            .then(|| (s.metrics_port, s.api_token.clone()));
+        if wanted == self.endpoint.started_with {
+            return;
+        }
+        // Stop first: a restart on the same port needs the old socket closed.
+        self.endpoint.handle = None;
+        self.endpoint.error = None;
+        self.endpoint.started_with = wanted.clone();
+        let Some((port, token)) = wanted else { return };
+        let (telemetry, backend) = match (&self.telemetry, &self.backend) {
+            (Ok(t), Ok(b)) => (t.clone(), b),
+            (Err(err), _) | (_, Err(err)) => {
+                self.endpoint.error = Some(err.clone());
+                return;
+            }
+        };
+        let config = ServeConfig {
+            bind: format!("127.0.0.1:{port}"),
+            token: Some(token).filter(|t| !t.is_empty()),
+            data_dir: Some(self.data_dir.clone()),
+            // The GUI's own queue is what the user sees; do not restart old API jobs behind it.
+            requeue_on_start: false,
+            ..ServeConfig::default()
+        };
+        match orfeas_core::http::start(config, telemetry, backend.engine().clone()) {
+            Ok(handle) => self.endpoint.handle = Some(handle),
+            Err(err) => {
+                let msg = format!("cannot serve metrics on 127.0.0.1:{port}: {err}");
+                self.toasts.error(msg.clone());
+                self.endpoint.error = Some(msg);
+            }
+        }
+    }
+
+    /// The Viewer tab's state (mesh on show, camera, loading progress).
+    pub fn viewer(&self) -> &ViewerState {
+        &self.viewer
+    }
+
     /// Where new outputs go: the chosen folder or the data dir's `outputs/`.
     pub fn output_dir(&self) -> PathBuf {
         self.saved
@@ -165,8 +310,18 @@ impl StudioApp {
                     self.apply(Command::RefreshGallery);
                 }
             }
-            Command::OpenFileDialog => self.open_dialog(false),
-            Command::PickOutputFolder => self.open_dialog(true),
+            Command::OpenFileDialog => self.open_dialog(DialogKind::OpenImage),
+            Command::PickOutputFolder => self.open_dialog(DialogKind::OutputFolder),
+            Command::OpenMeshDialog => self.open_dialog(DialogKind::OpenMesh),
+            Command::OpenInViewer {
+                path,
+                quality_score,
+            } => {
+                self.viewer.open_file(&self.egui_ctx, &path);
+                // `open_file` clears the score; loading does not touch it again.
+                self.viewer.quality_score = quality_score;
+                self.saved.tab = Tab::Viewer;
+            }
             Command::SelectInput(path) => {
                 self.thumbs.forget(&path);
                 self.input = Some(path);
@@ -204,6 +359,7 @@ impl StudioApp {
                         .info("The new number of parallel jobs takes effect at the next start.");
                 }
                 self.saved.settings = settings;
+                self.sync_endpoint();
             }
             Command::RefreshGallery => {
                 if let Ok(backend) = &self.backend {
@@ -248,7 +404,7 @@ impl StudioApp {
         self.saved.tab = Tab::Create;
     }
 
-    fn open_dialog(&mut self, folder: bool) {
+    fn open_dialog(&mut self, kind: DialogKind) {
         if self.dialog.is_some() {
             return; // one native dialog at a time
         }
@@ -256,51 +412,136 @@ impl StudioApp {
         let spawned = std::thread::Builder::new()
             .name("orfeas-file-dialog".into())
             .spawn(move || {
-                let picked = if folder {
-                    rfd::FileDialog::new()
+                let picked = match kind {
+                    DialogKind::OutputFolder => rfd::FileDialog::new()
                         .set_title("Choose the output folder")
-                        .pick_folder()
-                } else {
-                    rfd::FileDialog::new()
+                        .pick_folder(),
+                    DialogKind::OpenImage => rfd::FileDialog::new()
                         .set_title("Open an image")
                         .add_filter("Images", &["png", "jpg", "jpeg", "webp"])
-                        .pick_file()
+                        .pick_file(),
+                    DialogKind::OpenMesh => rfd::FileDialog::new()
+                        .set_title("Open a 3D model")
+                        .add_filter("3D models", &orfeas_core::import::MeshFormat::EXTENSIONS)
+                        .pick_file(),
                 };
                 let _ = tx.send(picked); // the app may have closed meanwhile
             });
         match spawned {
             Ok(_) => {
-                self.dialog = Some(if folder {
-                    PendingDialog::OutputFolder(rx)
-                } else {
-                    PendingDialog::OpenImage(rx)
+                self.dialog = Some(match kind {
+                    DialogKind::OutputFolder => PendingDialog::OutputFolder(rx),
+                    DialogKind::OpenImage => PendingDialog::OpenImage(rx),
+                    DialogKind::OpenMesh => PendingDialog::OpenMesh(rx),
                 });
             }
             Err(err) => self.toasts.error(format!(
-                "cannot open a file dialog ({err}); drop the image on the window instead"
+                "cannot open a file dialog ({err}); drop the file on the window instead"
             )),
         }
     }
 
+    /// Asks where to save the Viewer's mesh, then writes it; both off the UI thread.
+    fn export_viewer_mesh(&mut self, format: orfeas_core::import::MeshFormat) {
+        use orfeas_core::export::ExportFormat;
+        use orfeas_core::import::MeshFormat;
+        if self.dialog.is_some() {
+            return;
+        }
+        let Some(mesh) = self.viewer.mesh().cloned() else {
+            self.toasts
+                .error("Open a model in the Viewer before exporting it.");
+            return;
+        };
+        let export_format = match format {
+            MeshFormat::Glb | MeshFormat::Gltf => ExportFormat::Glb,
+            MeshFormat::Obj => ExportFormat::Obj,
+            MeshFormat::Ply => ExportFormat::Ply,
+            MeshFormat::Stl => ExportFormat::Stl,
+        };
+        let stem = self
+            .viewer
+            .mesh_name()
+            .map(Path::new)
+            .and_then(|n| n.file_stem())
+            .map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned());
+        let file_name = format!("{stem}.{}", export_format.extension());
+        let start_dir = self.output_dir();
+        let repaint = self.egui_ctx.clone();
+        let (tx, rx) = mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("orfeas-export".into())
+            .spawn(move || {
+                let mut dialog = rfd::FileDialog::new()
+                    .set_title("Export the model")
+                    .set_file_name(&file_name)
+                    .add_filter(export_format.as_str(), &[export_format.extension()]);
+                if start_dir.is_dir() {
+                    dialog = dialog.set_directory(&start_dir);
+                }
+                let result = dialog.save_file().map(|path| {
+                    orfeas_core::export::export_mesh(&mesh, &path, export_format)
+                        .map_err(|e| format!("cannot export to {}: {e}", path.display()))
+                });
+                let _ = tx.send(result); // the app may have closed meanwhile
+                repaint.request_repaint();
+            });
+        match spawned {
+            Ok(_) => self.dialog = Some(PendingDialog::ExportMesh(rx)),
+            Err(err) => self
+                .toasts
+                .error(format!("cannot start the export ({err}); try again")),
+        }
+    }
+
     fn poll_dialog(&mut self) -> Option<Command> {
-        let (rx, folder) = match &self.dialog {
-            Some(PendingDialog::OpenImage(rx)) => (rx, false),
-            Some(PendingDialog::OutputFolder(rx)) => (rx, true),
-            None => return None,
+        if let Some(PendingDialog::ExportMesh(rx)) = &self.dialog {
+            let result = match rx.try_recv() {
+                Ok(result) => result,
+                Err(mpsc::TryRecvError::Empty) => return None,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    Some(Err("the export stopped unexpectedly; try again".to_owned()))
+                }
+            };
+            self.dialog = None;
+            match result {
+                Some(Ok(files)) => {
+                    let shown = files
+                        .first()
+                        .map_or_else(String::new, |f| f.display().to_string());
+                    self.toasts.success(format!("Exported {shown}"));
+                }
+                Some(Err(err)) => self.toasts.error(err),
+                None => {}
+            }
+            return None;
+        }
+        let rx = match &self.dialog {
+            Some(
+                PendingDialog::OpenImage(rx)
+                | PendingDialog::OutputFolder(rx)
+                | PendingDialog::OpenMesh(rx),
+            ) => rx,
+            Some(PendingDialog::ExportMesh(_)) | None => return None,
         };
         let picked = match rx.try_recv() {
             Ok(picked) => picked,
             Err(mpsc::TryRecvError::Empty) => return None,
             Err(mpsc::TryRecvError::Disconnected) => None,
         };
-        self.dialog = None;
+        let dialog = self.dialog.take();
         let path = picked?;
-        if folder {
-            let mut settings = self.saved.settings.clone();
-            settings.output_dir = Some(path);
-            Some(Command::SetSettings(settings))
-        } else {
-            Some(Command::SelectInput(path))
+        match dialog {
+            Some(PendingDialog::OutputFolder(_)) => {
+                let mut settings = self.saved.settings.clone();
+                settings.output_dir = Some(path);
+                Some(Command::SetSettings(settings))
+            }
+            Some(PendingDialog::OpenMesh(_)) => Some(Command::OpenInViewer {
+                path,
+                quality_score: None,
+            }),
+            _ => Some(Command::SelectInput(path)),
         }
     }
 
@@ -320,6 +561,14 @@ impl StudioApp {
                         });
                         if view.phase.is_finished() && !was_finished {
                             refresh_gallery = true;
+                            if view.phase == JobPhase::Succeeded
+                                && let Some(mesh) = view.mesh_output()
+                            {
+                                // The new model replaces what the Viewer shows; the user
+                                // stays on their tab and finds it there.
+                                self.viewer.open_file(&self.egui_ctx, mesh);
+                                self.viewer.quality_score = view.quality_score;
+                            }
                             match view.phase {
                                 JobPhase::Succeeded => self.toasts.success(format!(
                                     "{} is ready{}",
@@ -397,7 +646,7 @@ fn open_in_file_manager(dir: &Path) -> Result<(), String> {
 }
 
 impl eframe::App for StudioApp {
-    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+    fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
         let ctx = ui.ctx().clone();
         if self.applied_theme != Some(self.saved.settings.theme) {
             theme::apply(&ctx, self.saved.settings.theme);
@@ -407,11 +656,12 @@ impl eframe::App for StudioApp {
         self.poll_backend();
         let mut commands: Vec<Command> = self.poll_dialog().into_iter().collect();
 
-        // A file dropped anywhere on the window starts a job right away.
-        let (dropped, hovering) = ctx.input(|i| {
+        // A mesh dropped anywhere on the window opens in the Viewer; anything else is
+        // taken as an image and starts a job right away. The drops are taken out of the
+        // input so the Viewer widget does not handle them a second time.
+        let (dropped, hovering) = ctx.input_mut(|i| {
             (
-                i.raw
-                    .dropped_files
+                std::mem::take(&mut i.raw.dropped_files)
                     .iter()
                     .map(|f| f.path().to_path_buf())
                     .collect::<Vec<_>>(),
@@ -419,9 +669,16 @@ impl eframe::App for StudioApp {
             )
         });
         for path in dropped {
-            commands.push(Command::SelectTab(Tab::Create));
-            commands.push(Command::SelectInput(path.clone()));
-            commands.push(Command::Generate { input: path });
+            if orfeas_core::import::MeshFormat::from_path(&path).is_some() {
+                commands.push(Command::OpenInViewer {
+                    path,
+                    quality_score: None,
+                });
+            } else {
+                commands.push(Command::SelectTab(Tab::Create));
+                commands.push(Command::SelectInput(path.clone()));
+                commands.push(Command::Generate { input: path });
+            }
         }
 
         let output_dir = self.output_dir();
@@ -435,8 +692,16 @@ impl eframe::App for StudioApp {
             &self.data_dir,
             &output_dir,
             engine_error,
-        );
+        )
+        .with_monitoring(Monitoring {
+            telemetry: self.telemetry.as_ref().map_err(String::as_str),
+            endpoint_addr: self.endpoint.handle.as_ref().map(ServerHandle::addr),
+            endpoint_error: self.endpoint.error.as_deref(),
+            alertmanager_in_use: self.alertmanager_in_use.as_deref(),
+        });
         top_bar_ui(&studio, ui);
+        crate::ui::alerts::firing_banner_ui(&studio, ui);
+        let mut viewer_command = None;
         egui::CentralPanel::default()
             .frame(
                 egui::Frame::new()
@@ -445,14 +710,25 @@ impl eframe::App for StudioApp {
             )
             .show(ui, |ui| match studio.saved.tab {
                 Tab::Create => crate::ui::create::create_tab_ui(&studio, ui),
-                Tab::Viewer => crate::ui::placeholders::viewer_tab_ui(&studio, ui),
+                Tab::Viewer => {
+                    viewer_command = crate::ui::viewer::viewer_tab_ui(
+                        ui,
+                        &mut self.viewer,
+                        frame.wgpu_render_state(),
+                    );
+                }
                 Tab::Gallery => crate::ui::gallery::gallery_tab_ui(&studio, ui),
-                Tab::Metrics => crate::ui::placeholders::metrics_tab_ui(&studio, ui),
-                Tab::Alerts => crate::ui::placeholders::alerts_tab_ui(&studio, ui),
+                Tab::Metrics => crate::ui::metrics::metrics_tab_ui(&studio, ui),
+                Tab::Alerts => crate::ui::alerts::alerts_tab_ui(&studio, ui),
                 Tab::Models => crate::ui::placeholders::models_tab_ui(&studio, ui),
                 Tab::Settings => crate::ui::settings::settings_tab_ui(&studio, ui),
             });
         commands.extend(studio.into_commands());
+        match viewer_command {
+            Some(ViewerCommand::OpenDialog) => commands.push(Command::OpenMeshDialog),
+            Some(ViewerCommand::Export(format)) => self.export_viewer_mesh(format),
+            None => {}
+        }
 
         self.toasts.expire(&ctx);
         if let Some(id) = crate::ui::toast::toasts_ui(&ctx, &self.toasts) {
@@ -469,10 +745,21 @@ impl eframe::App for StudioApp {
         for command in commands {
             self.apply(command);
         }
-        if self.jobs.iter().any(|j| !j.phase.is_finished()) || self.dialog.is_some() {
+        if self.jobs.iter().any(|j| !j.phase.is_finished())
+            || self.dialog.is_some()
+            || self.viewer.is_loading()
+        {
             // Progress arrives with a repaint request; this is a fallback for missed wakes.
             ctx.request_repaint_after(std::time::Duration::from_millis(250));
         }
+        // Live charts tick each second; elsewhere a slower beat still brings up the
+        // firing banner without user input.
+        let live_secs = if matches!(self.saved.tab, Tab::Metrics | Tab::Alerts) {
+            1
+        } else {
+            5
+        };
+        ctx.request_repaint_after(std::time::Duration::from_secs(live_secs));
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
@@ -553,7 +840,7 @@ fn drop_overlay_ui(ctx: &egui::Context) {
     painter.text(
         rect.center(),
         egui::Align2::CENTER_CENTER,
-        "Drop the image to make a 3D model",
+        "Drop an image to make a 3D model, or a 3D model to view it",
         egui::FontId::proportional(24.0),
         p.text,
     );

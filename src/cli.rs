@@ -38,6 +38,12 @@ pub enum Command {
     /// Turn an image (PNG, JPEG, WebP) into a 3D mesh (GLB, OBJ, PLY, STL).
     #[command(name = "image-to-3d")]
     ImageTo3d(ImageTo3dArgs),
+    /// Generate images from a prompt with Stable Diffusion (needs downloaded weights).
+    #[command(name = "text-to-image")]
+    TextToImage(TextToImageArgs),
+    /// Installed and known models: list, download, verify.
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// List recent jobs from the history database.
     History(HistoryArgs),
     /// Render a mesh (GLB, glTF, OBJ, PLY, STL) to a PNG offscreen, without a window.
@@ -67,9 +73,51 @@ pub enum MonitoringCommand {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on. A non-loopback address requires an API token.
+    /// Address to listen on. Anything but 127.0.0.1 or ::1 requires an API token.
     #[arg(long, default_value = "127.0.0.1:5000")]
     pub bind: String,
+    /// Bearer token for `/api/*` (prefer the environment or --token-file over the command line).
+    #[arg(long, env = "ORFEAS_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Read the bearer token from the first line of this file.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Require the token on `/health` and `/metrics` as well.
+    #[arg(long)]
+    pub protect_metrics: bool,
+    /// Turn the per-client rate limit off.
+    #[arg(long)]
+    pub no_rate_limit: bool,
+    /// Generation requests per second per client (token bucket refill).
+    #[arg(long, default_value_t = 1.0)]
+    pub generate_rate: f64,
+    /// Generation requests a client may send in a burst.
+    #[arg(long, default_value_t = 10.0)]
+    pub generate_burst: f64,
+    /// Read requests (GET/DELETE) per second per client.
+    #[arg(long, default_value_t = 50.0)]
+    pub read_rate: f64,
+    /// Read requests a client may send in a burst.
+    #[arg(long, default_value_t = 100.0)]
+    pub read_burst: f64,
+    /// Jobs run at the same time.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Queued jobs beyond which submissions get 503 + Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub queue_limit: usize,
+    /// Largest request body in MiB (uploads included).
+    #[arg(long, default_value_t = 64)]
+    pub max_body_mib: u64,
+    /// Do not re-run jobs that a previous process accepted but never started.
+    #[arg(long)]
+    pub no_requeue: bool,
+    /// Seconds running jobs get to finish on SIGTERM / Ctrl-C.
+    #[arg(long, default_value_t = 30)]
+    pub drain_secs: u64,
+    /// `Access-Control-Allow-Origin` value (CORS is off without it).
+    #[arg(long)]
+    pub cors_origin: Option<String>,
     /// Seconds between system samples (CPU, memory, disk, GPU).
     #[arg(long, default_value_t = 1.0)]
     pub sample_interval_secs: f64,
@@ -182,6 +230,70 @@ pub struct RenderArgs {
     pub turntable: Option<u32>,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Every known model: installed or missing, where, size, licence.
+    List,
+    /// Fetch a model's files (resumable, size-checked, atomic). The only command that downloads.
+    Download {
+        /// Model name, e.g. sd-turbo (see `orfeas models list`).
+        name: String,
+        /// Folder to put it in (default: the app's models folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Check that an installed model is complete and its weight files are readable.
+    Verify {
+        /// Model name, e.g. sd-turbo.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TextToImageArgs {
+    /// What to draw. Must not be empty.
+    pub prompt: String,
+    /// Where to write the PNG (with --batch N: NAME-0.png … NAME-(N-1).png).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Model name from `orfeas models list`.
+    #[arg(long, default_value = "sd-turbo")]
+    pub model: String,
+    /// A diffusers-format model folder to use instead of a registry model.
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    /// What not to draw (used with guidance > 1).
+    #[arg(long, default_value = "")]
+    pub negative: String,
+    /// Denoising steps (default: the model's, e.g. 1 for SD-Turbo).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (default: the model's; 0 turns it off).
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Random seed; the same seed and parameters give the same image.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Image size as WIDTHxHEIGHT, multiples of 8 (default: the model's).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Images to generate.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Scheduler: euler, euler-a, ddim or dpm++2m (default: the model's scheduler config).
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// A safetensors file with the initial noise tensor `latents` (reproducibility tests).
+    #[arg(long)]
+    pub init_latents: Option<PathBuf>,
+    /// auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Decode the image in tiles (less memory for large sizes).
+    #[arg(long)]
+    pub tiled_decode: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
     /// How many jobs to list, newest first.
@@ -197,24 +309,34 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::ImageTo3d(args)) => image_to_3d(args),
+        Some(Command::TextToImage(args)) => text_to_image(args),
+        Some(Command::Models(command)) => models(command),
         Some(Command::History(args)) => history(&args),
         Some(Command::Render(args)) => render(&args),
         Some(Command::View { mesh }) => {
             crate::app::run_gui(crate::app::AppConfig {
                 open_mesh: Some(absolute(&mesh)),
-                ..Default::default()
+                start_tab: Some(crate::app::state::Tab::Viewer),
+                ..crate::app::AppConfig::from_env()
             })?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Serve(args)) => serve(&args),
         Some(Command::Monitoring(MonitoringCommand::Export { dir })) => {
-            orfeas_core::monitoring::export(&dir)
-                .with_context(|| format!("cannot export the monitoring stack to {}", dir.display()))?;
-            println!("wrote the monitoring stack to {}; see its README.md", dir.display());
+            orfeas_core::monitoring::export(&dir).with_context(|| {
+                format!("cannot export the monitoring stack to {}", dir.display())
+            })?;
+            println!(
+                "wrote the monitoring stack to {}; see its README.md",
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Monitoring(MonitoringCommand::Rules)) => {
-            print!("{}", orfeas_core::telemetry::alerts::prometheus_rules_yaml());
+            print!(
+                "{}",
+                orfeas_core::telemetry::alerts::prometheus_rules_yaml()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -262,49 +384,49 @@ fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
             Ok(f) => f,
             Err(err) => {
                 // Record the refusal like any other failed job, so the history tells the whole story.
-                let label = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let params = serde_json::json!({"input": input, "output": output, "params": params});
+                let label = input
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let params =
+                    serde_json::json!({"input": input, "output": output, "params": params});
                 if let Ok(id) = history.insert_job(JobKind::ImageTo3d, &label, &params) {
-                    let _ = history.mark_failed(id, err.reason(), &err.to_string(), &Default::default());
+                    let _ = history.mark_failed(
+                        id,
+                        err.reason(),
+                        &err.to_string(),
+                        &Default::default(),
+                    );
                 }
                 return Err(err.into());
             }
         },
     };
-    let request = ImageTo3dRequest { input, output, format, params };
+    let request = ImageTo3dRequest {
+        input,
+        output,
+        format,
+        params,
+    };
     let spec = image_to_3d_spec(&request)?;
 
-    let engine = Engine::new(EngineConfig { concurrency: 1, ..EngineConfig::default() }, Some(history))?;
+    let engine = Engine::new(
+        EngineConfig {
+            concurrency: 1,
+            ..EngineConfig::default()
+        },
+        Some(history),
+    )?;
     engine.register(JobKind::ImageTo3d, Arc::new(ImageTo3dRunner));
-    let mut events = engine.subscribe();
-    let started = Instant::now();
-    let id = engine.submit(spec)?;
-    let mut bar = ProgressBar::new();
-    let outcome = loop {
-        let event = match events.blocking_recv() {
-            Ok(event) => event,
-            // A lagging receiver skipped some progress events; the terminal one still comes.
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                anyhow::bail!("the job engine stopped before job {id} finished")
-            }
-        };
-        if event.id != id {
-            continue;
-        }
-        match event.event {
-            JobEventKind::Progress { stage, fraction, .. } => bar.update(&stage, fraction),
-            kind if kind.is_terminal() => break kind,
-            _ => {}
-        }
-    };
-    bar.finish();
-    engine.shutdown(Duration::from_secs(5));
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let (id, outcome, elapsed_ms) = run_job(&engine, spec)?;
     match outcome {
         JobEventKind::Succeeded(output) => {
             let s = &output.summary;
-            let main_file = output.files.first().map(|p| p.display().to_string()).unwrap_or_default();
+            let main_file = output
+                .files
+                .first()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             println!(
                 "wrote {main_file}: {} vertices, {} faces, quality {:.2}, {elapsed_ms:.0} ms (job {id})",
                 s["vertices"],
@@ -331,10 +453,19 @@ fn history(args: &HistoryArgs) -> anyhow::Result<ExitCode> {
         println!("no jobs yet; try `orfeas image-to-3d IMAGE -o mesh.glb`");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:>5}  {:<13} {:<11} {:>8} {:>7}  {}", "id", "kind", "state", "secs", "quality", "input → output / error");
+    println!(
+        "{:>5}  {:<13} {:<11} {:>8} {:>7}  input → output / error",
+        "id", "kind", "state", "secs", "quality"
+    );
     for job in jobs {
-        let secs = job.duration_secs.map(|d| format!("{d:.2}")).unwrap_or_else(|| "-".into());
-        let quality = job.quality.map(|q| format!("{q:.2}")).unwrap_or_else(|| "-".into());
+        let secs = job
+            .duration_secs
+            .map(|d| format!("{d:.2}"))
+            .unwrap_or_else(|| "-".into());
+        let quality = job
+            .quality
+            .map(|q| format!("{q:.2}"))
+            .unwrap_or_else(|| "-".into());
         let detail = match (&job.error_message, job.outputs.first()) {
             (Some(err), _) => format!("{}: {err}", job.label),
             (None, Some(out)) => format!("{} → {}", job.label, out.display()),
@@ -360,7 +491,10 @@ struct ProgressBar {
 
 impl ProgressBar {
     fn new() -> ProgressBar {
-        ProgressBar { tty: std::io::stderr().is_terminal(), last_stage: String::new() }
+        ProgressBar {
+            tty: std::io::stderr().is_terminal(),
+            last_stage: String::new(),
+        }
     }
 
     fn update(&mut self, stage: &str, fraction: f32) {
@@ -389,28 +523,76 @@ impl ProgressBar {
     }
 }
 
-
 fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    use orfeas_core::http::{Bucket, RateLimitConfig, ServeConfig};
     use orfeas_core::telemetry::{Telemetry, TelemetryConfig};
     anyhow::ensure!(
         args.sample_interval_secs.is_finite() && args.sample_interval_secs >= 0.1,
         "--sample-interval-secs must be at least 0.1"
     );
+    anyhow::ensure!(args.concurrency >= 1, "--concurrency must be at least 1");
+    for (name, value) in [
+        ("--generate-rate", args.generate_rate),
+        ("--generate-burst", args.generate_burst),
+        ("--read-rate", args.read_rate),
+        ("--read-burst", args.read_burst),
+    ] {
+        anyhow::ensure!(
+            value.is_finite() && value > 0.0,
+            "{name} must be a positive number"
+        );
+    }
     let data_dir = orfeas_core::paths::data_dir()?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data folder {}", data_dir.display()))?;
     let telemetry = Telemetry::start(TelemetryConfig {
         sample_interval: Duration::from_secs_f64(args.sample_interval_secs),
-        data_dir: Some(data_dir),
+        data_dir: Some(data_dir.clone()),
         alertmanager_url: args.alertmanager_url.clone(),
         ..TelemetryConfig::default()
     })?;
-    let server = orfeas_core::http::serve(
-        orfeas_core::http::ServeConfig { bind: args.bind.clone(), ..Default::default() },
-        orfeas_core::http::HttpState { telemetry },
+    let history = Arc::new(
+        History::open(&data_dir.join(orfeas_core::telemetry::HISTORY_DB_FILE))
+            .context("cannot open the history database")?,
+    );
+    let engine = Engine::new(
+        EngineConfig {
+            concurrency: args.concurrency,
+            queue_capacity: args.queue_limit.max(1),
+            ..EngineConfig::default()
+        },
+        Some(history),
     )?;
-    eprintln!("serving /metrics and /health on http://{}", server.addr());
-    server.join();
+    engine.register(JobKind::ImageTo3d, Arc::new(ImageTo3dRunner));
+    engine.add_observer(Arc::new(telemetry.clone()));
+    let config = ServeConfig {
+        bind: args.bind.clone(),
+        token: args.token.clone().filter(|t| !t.is_empty()),
+        token_file: args.token_file.clone(),
+        protect_metrics: args.protect_metrics,
+        rate_limit: (!args.no_rate_limit).then_some(RateLimitConfig {
+            read: Bucket {
+                per_sec: args.read_rate,
+                burst: args.read_burst,
+            },
+            generate: Bucket {
+                per_sec: args.generate_rate,
+                burst: args.generate_burst,
+            },
+        }),
+        queue_limit: args.queue_limit,
+        max_body_bytes: args.max_body_mib.saturating_mul(1024 * 1024),
+        requeue_on_start: !args.no_requeue,
+        drain_timeout: Duration::from_secs(args.drain_secs),
+        cors_origin: args.cors_origin.clone(),
+        data_dir: Some(data_dir),
+        ..ServeConfig::default()
+    };
+    eprintln!(
+        "ORFEAS Studio serving on http://{} (/health, /metrics, /api/*); Ctrl-C stops",
+        args.bind
+    );
+    orfeas_core::http::run_server(config, telemetry, engine)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -428,7 +610,10 @@ pub fn parse_size(text: &str) -> anyhow::Result<(u32, u32)> {
 fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
     use crate::viewport::{RenderOptions, ShadingMode, View};
     let view = View::from_name(&args.view).with_context(|| {
-        format!("unknown view {:?}; use front, back, left, right, top, bottom or iso", args.view)
+        format!(
+            "unknown view {:?}; use front, back, left, right, top, bottom or iso",
+            args.view
+        )
     })?;
     let mode = ShadingMode::from_name(&args.mode).with_context(|| {
         format!(
@@ -437,7 +622,10 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
     let (width, height) = parse_size(&args.size)?;
-    let ext = args.output.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+    let ext = args
+        .output
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
     anyhow::ensure!(
         ext.as_deref() == Some("png"),
         "the output {} must end in .png",
@@ -454,7 +642,10 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         ..RenderOptions::default()
     };
     let frames = match args.turntable {
-        None => vec![(args.output.clone(), crate::viewport::render_mesh_to_image(&mesh, &options)?)],
+        None => vec![(
+            args.output.clone(),
+            crate::viewport::render_mesh_to_image(&mesh, &options)?,
+        )],
         Some(0) => anyhow::bail!("--turntable needs at least 1 frame"),
         Some(n) => {
             let stem = args.output.with_extension("");
@@ -484,4 +675,192 @@ fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         if args.wireframe { ", wireframe" } else { "" }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs one job on `engine` with a progress bar on stderr; returns how it ended.
+fn run_job(
+    engine: &Engine,
+    spec: orfeas_core::jobs::JobSpec,
+) -> anyhow::Result<(orfeas_core::jobs::JobId, JobEventKind, f64)> {
+    let mut events = engine.subscribe();
+    let started = Instant::now();
+    let id = engine.submit(spec)?;
+    let mut bar = ProgressBar::new();
+    let outcome = loop {
+        let event = match events.blocking_recv() {
+            Ok(event) => event,
+            // A lagging receiver skipped some progress events; the terminal one still comes.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                anyhow::bail!("the job engine stopped before job {id} finished")
+            }
+        };
+        if event.id != id {
+            continue;
+        }
+        match event.event {
+            JobEventKind::Progress {
+                stage, fraction, ..
+            } => bar.update(&stage, fraction),
+            kind if kind.is_terminal() => break kind,
+            _ => {}
+        }
+    };
+    bar.finish();
+    engine.shutdown(Duration::from_secs(5));
+    Ok((id, outcome, started.elapsed().as_secs_f64() * 1000.0))
+}
+
+fn text_to_image(args: TextToImageArgs) -> anyhow::Result<ExitCode> {
+    use orfeas_ml::text_to_image::{TextToImageJob, TextToImageParams, TextToImageRunner};
+    let mut params = TextToImageParams::for_model(&args.model);
+    params.prompt = args.prompt;
+    params.negative = args.negative;
+    params.model_dir = args.model_dir.as_deref().map(absolute);
+    params.seed = args.seed;
+    params.batch = args.batch;
+    params.tiled_decode = args.tiled_decode;
+    params.init_latents = args.init_latents.as_deref().map(absolute);
+    if let Some(steps) = args.steps {
+        params.steps = steps;
+    }
+    if let Some(guidance) = args.guidance {
+        params.guidance = guidance;
+    }
+    if let Some(size) = &args.size {
+        let (w, h) = parse_size(size)?;
+        (params.width, params.height) = (w as usize, h as usize);
+    }
+    if let Some(name) = &args.scheduler {
+        params.scheduler = Some(
+            serde_json::from_value(serde_json::Value::String(name.clone())).map_err(|_| {
+                anyhow::anyhow!("unknown scheduler {name:?}; use euler, euler-a, ddim or dpm++2m")
+            })?,
+        );
+    }
+    let ext = args
+        .output
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    anyhow::ensure!(
+        ext.as_deref() == Some("png"),
+        "the output {} must end in .png",
+        args.output.display()
+    );
+    // Refuse bad parameters before a job or a model load.
+    params.validate()?;
+    let job = TextToImageJob {
+        params,
+        output: absolute(&args.output),
+        device: args.device,
+    };
+    let history = open_history()?;
+    let engine = Engine::new(
+        EngineConfig {
+            concurrency: 1,
+            ..EngineConfig::default()
+        },
+        Some(history),
+    )?;
+    engine.register(JobKind::TextToImage, Arc::new(TextToImageRunner::default()));
+    let (id, outcome, elapsed_ms) = run_job(&engine, job.spec()?)?;
+    match outcome {
+        JobEventKind::Succeeded(output) => {
+            for file in &output.files {
+                println!("wrote {}", file.display());
+            }
+            println!(
+                "seed {}, {} step(s), {elapsed_ms:.0} ms (job {id})",
+                output.summary["seed"], output.summary["steps"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        JobEventKind::Failed(failure) => {
+            eprintln!("error: {} (job {id})", failure.message);
+            Ok(ExitCode::FAILURE)
+        }
+        _ => {
+            eprintln!("job {id} was cancelled; nothing was written");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn models(command: ModelsCommand) -> anyhow::Result<ExitCode> {
+    use orfeas_ml::models;
+    match command {
+        ModelsCommand::List => {
+            println!(
+                "{:<12} {:<10} {:>9}  {:<34} where",
+                "model", "state", "size", "licence"
+            );
+            for status in models::list() {
+                let m = status.model;
+                let (state, size, place) = match &status.installed {
+                    Some(dir) => (
+                        "installed",
+                        format!("{:.1} GB", status.size_bytes as f64 / 1e9),
+                        dir.display().to_string(),
+                    ),
+                    None => (
+                        "missing",
+                        format!("~{:.1} GB", m.approx_size_bytes() as f64 / 1e9),
+                        format!("orfeas models download {}", m.name),
+                    ),
+                };
+                let licence = if m.non_commercial {
+                    format!("{} (non-commercial)", m.licence)
+                } else {
+                    m.licence.to_owned()
+                };
+                println!(
+                    "{:<12} {:<10} {:>9}  {:<34} {place}",
+                    m.name, state, size, licence
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelsCommand::Verify { name } => {
+            let report = models::verify(&name)?;
+            if report.ok() {
+                println!("{name}: complete and readable in {}", report.dir.display());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{name} in {} has problems:", report.dir.display());
+                for problem in &report.problems {
+                    eprintln!("  - {problem}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        ModelsCommand::Download { name, dir } => {
+            let model = models::known(&name)?;
+            if model.non_commercial {
+                eprintln!(
+                    "note: {} is licensed for non-commercial use only ({})",
+                    model.name, model.licence
+                );
+            }
+            let cancelled = std::sync::atomic::AtomicBool::new(false);
+            let mut bar = ProgressBar::new();
+            let path = models::download::download(
+                model,
+                dir.as_deref(),
+                None,
+                &mut |p| {
+                    let fraction = p
+                        .total_bytes
+                        .map_or(0.0, |t| p.done_bytes as f32 / t.max(1) as f32);
+                    bar.update(
+                        &format!("{}/{} {}", p.file_index + 1, p.file_count, p.file),
+                        fraction,
+                    );
+                },
+                &cancelled,
+            )?;
+            bar.finish();
+            println!("{} is ready in {}", model.name, path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -8,5 +8,5 @@ pub mod viewport;
 
 /// Opens the desktop studio.
 pub fn run_gui() -> anyhow::Result<()> {
-    app::run_gui(app::AppConfig::default())
+    app::run_gui(app::AppConfig::from_env())
 }

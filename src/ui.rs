@@ -1,12 +1,15 @@
 //! Panels. Each reads a borrowed [`StudioCtx`] and emits [`Command`]s; none of them
 //! mutates app state or does slow work (file dialogs, decoding, generation run elsewhere).
 
+pub mod alerts;
 pub mod create;
 pub mod gallery;
+pub mod metrics;
 pub mod placeholders;
 pub mod settings;
 pub mod theme;
 pub mod toast;
+pub mod viewer;
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -37,7 +40,31 @@ pub struct StudioCtx<'a> {
     pub output_dir: &'a Path,
     /// Why generation is unavailable, if it is (shown instead of failing silently).
     pub engine_error: Option<&'a str>,
+    pub monitoring: Monitoring<'a>,
     commands: RefCell<Vec<Command>>,
+}
+
+/// Telemetry and the metrics endpoint, as the Metrics, Alerts and Settings tabs see them.
+#[derive(Clone, Copy)]
+pub struct Monitoring<'a> {
+    /// The registry, or why it did not start.
+    pub telemetry: Result<&'a orfeas_core::telemetry::Telemetry, &'a str>,
+    /// Where `/metrics` and the API listen, while they do.
+    pub endpoint_addr: Option<std::net::SocketAddr>,
+    pub endpoint_error: Option<&'a str>,
+    /// The Alertmanager URL of the running telemetry (`None`: not sending).
+    pub alertmanager_in_use: Option<&'a str>,
+}
+
+impl Default for Monitoring<'_> {
+    fn default() -> Self {
+        Monitoring {
+            telemetry: Err("telemetry is not running"),
+            endpoint_addr: None,
+            endpoint_error: None,
+            alertmanager_in_use: None,
+        }
+    }
 }
 
 impl<'a> StudioCtx<'a> {
@@ -61,8 +88,14 @@ impl<'a> StudioCtx<'a> {
             data_dir,
             output_dir,
             engine_error,
+            monitoring: Monitoring::default(),
             commands: RefCell::new(Vec::new()),
         }
+    }
+
+    pub fn with_monitoring(mut self, monitoring: Monitoring<'a>) -> Self {
+        self.monitoring = monitoring;
+        self
     }
 
     pub fn send(&self, command: Command) {

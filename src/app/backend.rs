@@ -235,6 +235,7 @@ fn job_view(s: &JobSnapshot) -> JobView {
             .unwrap_or_default(),
         error: s.failure.as_ref().map(|f| f.message.clone()),
         duration_secs: s.run_secs.filter(|_| s.state.is_terminal()),
+        quality_score: s.output.as_ref().and_then(|o| o.quality),
     }
 }
 

@@ -44,6 +44,29 @@ pub struct JobView {
     pub outputs: Vec<PathBuf>,
     pub error: Option<String>,
     pub duration_secs: Option<f64>,
+    /// 0..=1 generation quality score, once the job succeeded.
+    pub quality_score: Option<f32>,
+}
+
+impl JobView {
+    /// The first output the Viewer can open (a job may also write textures, MTL files).
+    pub fn mesh_output(&self) -> Option<&std::path::Path> {
+        first_mesh(&self.outputs)
+    }
+}
+
+impl GalleryItem {
+    /// The first output the Viewer can open.
+    pub fn mesh_output(&self) -> Option<&std::path::Path> {
+        first_mesh(&self.outputs)
+    }
+}
+
+fn first_mesh(outputs: &[PathBuf]) -> Option<&std::path::Path> {
+    outputs
+        .iter()
+        .map(PathBuf::as_path)
+        .find(|p| orfeas_core::import::MeshFormat::from_path(p).is_some())
 }
 
 /// One history entry, as shown in the Gallery.

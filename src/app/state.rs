@@ -179,6 +179,14 @@ pub struct Settings {
     pub output_dir: Option<PathBuf>,
     /// How many generations may run at once.
     pub concurrency: usize,
+    /// Serve `/metrics`, `/health` and the HTTP API on 127.0.0.1:`metrics_port`.
+    pub metrics_endpoint: bool,
+    pub metrics_port: u16,
+    /// Bearer token the local API asks for; generated at the first start.
+    pub api_token: String,
+    /// Alertmanager base URL (`http://host:9093`); empty = do not send alerts.
+    /// Read when telemetry starts, i.e. at the next app start.
+    pub alertmanager_url: String,
 }
 
 impl Default for Settings {
@@ -189,7 +197,26 @@ impl Default for Settings {
             default_format: FormatChoice::Glb,
             output_dir: None,
             concurrency: 1,
+            metrics_endpoint: false,
+            metrics_port: 5000,
+            api_token: String::new(),
+            alertmanager_url: String::new(),
         }
+    }
+}
+
+/// A fresh random API token: 32 hex digits (128 bits).
+pub fn new_api_token() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Tab {
+    /// The tab whose label is `name` (any case), for `ORFEAS_GUI_TAB`.
+    pub fn from_label(name: &str) -> Option<Tab> {
+        Tab::ALL
+            .into_iter()
+            .find(|t| t.label().eq_ignore_ascii_case(name.trim()))
     }
 }
 
@@ -247,4 +274,12 @@ pub enum Command {
     },
     CancelDelete,
     DismissToast(u64),
+    /// Load this mesh file into the Viewer (in the background) and show the Viewer tab.
+    OpenInViewer {
+        path: PathBuf,
+        /// The generation's 0..=1 quality score, when the mesh came from a job.
+        quality_score: Option<f32>,
+    },
+    /// Show the native file picker for a mesh to view (on its own thread).
+    OpenMeshDialog,
 }

@@ -125,6 +125,18 @@ fn card_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, item: &GalleryItem) {
             });
             ui.horizontal(|ui| {
                 ui.spacing_mut().item_spacing.x = space::XS;
+                if item.phase == JobPhase::Succeeded
+                    && let Some(mesh) = item.mesh_output()
+                    && ui
+                        .button("Open in Viewer")
+                        .on_hover_text("Show this model in the 3D viewer")
+                        .clicked()
+                {
+                    ctx.send(Command::OpenInViewer {
+                        path: mesh.to_path_buf(),
+                        quality_score: item.quality_score,
+                    });
+                }
                 if let Some(dir) = item.outputs.first().and_then(|o| o.parent())
                     && ui.button("Open folder").clicked()
                 {

@@ -14,36 +14,6 @@ fn coming_ui(ui: &mut egui::Ui, title: &str, what: &str, until: &str) {
     });
 }
 
-pub fn viewer_tab_ui(_ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
-    coming_ui(
-        ui,
-        "Viewer",
-        "A wgpu 3D viewport for the selected generation: orbit, pan and zoom, lit and \
-         textured shading, wireframe and vertex-colour views.",
-        "Not in this build yet. Open generated files from the Gallery in any glTF viewer meanwhile.",
-    );
-}
-
-pub fn metrics_tab_ui(_ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
-    coming_ui(
-        ui,
-        "Metrics",
-        "Live charts of generation throughput, durations, success and failure, quality \
-         scores, and CPU, memory, disk and GPU use, from 5 minutes to 30 days.",
-        "Not in this build yet: nothing is measured or shown here until telemetry arrives.",
-    );
-}
-
-pub fn alerts_tab_ui(_ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
-    coming_ui(
-        ui,
-        "Alerts",
-        "Alert rules (error rate, latency, CPU, memory, disk, generation failures) with their \
-         state — inactive, pending, firing, resolved — and a banner when one fires.",
-        "Not in this build yet: no rules are evaluated until telemetry arrives.",
-    );
-}
-
 pub fn models_tab_ui(_ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     coming_ui(
         ui,

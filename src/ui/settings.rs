@@ -2,7 +2,9 @@
 
 use egui::RichText;
 
-use crate::app::state::{Command, FormatChoice, QualityChoice, Settings, ThemeChoice};
+use crate::app::state::{
+    Command, FormatChoice, QualityChoice, Settings, ThemeChoice, new_api_token,
+};
 use crate::ui::theme::{self, space};
 use crate::ui::{StudioCtx, hint_ui, section_heading_ui};
 
@@ -83,7 +85,99 @@ pub fn settings_tab_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
              folder, the generated files. Set ORFEAS_DATA_DIR to move it.",
         );
     });
+    ui.add_space(space::LG);
+    monitoring_card_ui(ctx, ui, &mut s);
     if s != ctx.saved.settings {
         ctx.send(Command::SetSettings(s));
     }
+}
+
+/// Metrics endpoint, local API token and Alertmanager URL.
+fn monitoring_card_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, s: &mut Settings) {
+    let m = ctx.monitoring;
+    theme::card(ui.ctx()).show(ui, |ui| {
+        ui.set_max_width(720.0);
+        section_heading_ui(ui, "Monitoring and local API");
+        egui::Grid::new("monitoring-grid")
+            .num_columns(2)
+            .spacing([space::XL, space::MD])
+            .show(ui, |ui| {
+                ui.label("HTTP");
+                ui.vertical(|ui| {
+                    ui.checkbox(&mut s.metrics_endpoint, "Metrics endpoint")
+                        .on_hover_text("Serve /metrics, /health and the HTTP API on this computer");
+                    match (m.endpoint_addr, m.endpoint_error) {
+                        (Some(addr), _) => {
+                            ui.label(
+                                RichText::new(format!("serving on http://{addr}")).monospace(),
+                            );
+                        }
+                        (None, Some(err)) => {
+                            let p = theme::palette(ui.ctx());
+                            ui.label(RichText::new(err).color(p.danger));
+                        }
+                        (None, None) => hint_ui(ui, "off"),
+                    }
+                });
+                ui.end_row();
+
+                let label = ui.label("Port");
+                ui.add(egui::DragValue::new(&mut s.metrics_port).range(1024..=65535))
+                    .labelled_by(label.id)
+                    .on_hover_text("Listens on 127.0.0.1 only; changing it restarts the endpoint");
+                ui.end_row();
+
+                ui.label("Local API token");
+                ui.vertical(|ui| {
+                    ui.horizontal(|ui| {
+                        ui.label(RichText::new(&s.api_token).monospace());
+                        if ui.button("Copy").clicked() {
+                            ui.ctx().copy_text(s.api_token.clone());
+                        }
+                        if ui.button("New token").clicked() {
+                            s.api_token = new_api_token();
+                        }
+                    });
+                    hint_ui(
+                        ui,
+                        "/api/* asks for it as a bearer token; /metrics and /health do not.",
+                    );
+                });
+                ui.end_row();
+
+                ui.label("Example");
+                let curl = format!(
+                    "curl -H \"Authorization: Bearer {}\" http://127.0.0.1:{}/api/jobs",
+                    s.api_token, s.metrics_port
+                );
+                ui.horizontal(|ui| {
+                    ui.label(RichText::new(&curl).monospace().small());
+                    if ui.button("Copy").clicked() {
+                        ui.ctx().copy_text(curl.clone());
+                    }
+                });
+                ui.end_row();
+
+                let label = ui.label("Alertmanager URL");
+                ui.vertical(|ui| {
+                    ui.add(
+                        egui::TextEdit::singleline(&mut s.alertmanager_url)
+                            .hint_text("http://127.0.0.1:9093")
+                            .desired_width(320.0),
+                    )
+                    .labelled_by(label.id);
+                    let in_use = m.alertmanager_in_use.unwrap_or("");
+                    let note = if s.alertmanager_url.trim() == in_use {
+                        match m.alertmanager_in_use {
+                            Some(url) => format!("Firing and resolved alerts are sent to {url}."),
+                            None => "Alerts stay in the app.".to_owned(),
+                        }
+                    } else {
+                        "Saved; applied at the next start of the app.".to_owned()
+                    };
+                    hint_ui(ui, &note);
+                });
+                ui.end_row();
+            });
+    });
 }

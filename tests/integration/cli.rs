@@ -14,7 +14,9 @@ struct Sandbox {
 
 impl Sandbox {
     fn new() -> Sandbox {
-        Sandbox { dir: tempfile::tempdir().unwrap() }
+        Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -62,7 +64,10 @@ fn write_object_png(path: &Path, side: u32) {
         let (dx, dy) = (x as f32 - c, y as f32 - c);
         if dx * dx + dy * dy < r * r {
             Rgba([200, 40, 30, 255])
-        } else if (dx.abs() < side as f32 * 0.04) && (y as f32) < c - r + 4.0 && y as f32 > c - r * 1.5 {
+        } else if (dx.abs() < side as f32 * 0.04)
+            && (y as f32) < c - r + 4.0
+            && y as f32 > c - r * 1.5
+        {
             Rgba([40, 160, 60, 255])
         } else {
             Rgba([0, 0, 0, 0])
@@ -79,7 +84,14 @@ fn text(bytes: &[u8]) -> String {
 fn image_to_3d_writes_a_mesh_prints_a_summary_and_records_the_job() {
     let sb = Sandbox::new();
     write_object_png(&sb.path("apple.png"), 256);
-    let out = sb.orfeas(&["image-to-3d", "apple.png", "-o", "apple.glb", "--quality", "draft"]);
+    let out = sb.orfeas(&[
+        "image-to-3d",
+        "apple.png",
+        "-o",
+        "apple.glb",
+        "--quality",
+        "draft",
+    ]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let glb = std::fs::read(sb.path("apple.glb")).unwrap();
@@ -95,20 +107,39 @@ fn image_to_3d_writes_a_mesh_prints_a_summary_and_records_the_job() {
     assert_eq!(states, vec![(JobState::Succeeded, None)]);
     // `orfeas history` lists it.
     let listed = text(&sb.orfeas(&["history"]).stdout);
-    assert!(listed.contains("succeeded") && listed.contains("apple.png"), "{listed}");
+    assert!(
+        listed.contains("succeeded") && listed.contains("apple.png"),
+        "{listed}"
+    );
 }
 
 #[test]
 fn format_flag_overrides_the_extension_and_obj_writes_its_siblings() {
     let sb = Sandbox::new();
     write_object_png(&sb.path("in.png"), 128);
-    let out = sb.orfeas(&["image-to-3d", "in.png", "-o", "model.obj", "--quality", "draft"]);
+    let out = sb.orfeas(&[
+        "image-to-3d",
+        "in.png",
+        "-o",
+        "model.obj",
+        "--quality",
+        "draft",
+    ]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let mut files = sb.outputs(&["in.png"]);
     files.sort();
     assert_eq!(files, vec!["model.mtl", "model.obj", "model.png"]);
 
-    let out = sb.orfeas(&["image-to-3d", "in.png", "-o", "model.bin", "--format", "stl", "--quality", "draft"]);
+    let out = sb.orfeas(&[
+        "image-to-3d",
+        "in.png",
+        "-o",
+        "model.bin",
+        "--format",
+        "stl",
+        "--quality",
+        "draft",
+    ]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let bytes = std::fs::read(sb.path("model.bin")).unwrap();
     // Binary STL: 80-byte header, triangle count, 50 bytes per triangle.
@@ -128,19 +159,45 @@ fn bad_input_fails_clearly_writes_nothing_and_is_recorded() {
     let mut truncated = std::fs::read(sb.path("ok.png")).unwrap();
     truncated.truncate(truncated.len() / 2);
     std::fs::write(sb.path("truncated.png"), truncated).unwrap();
-    RgbaImage::from_pixel(64, 64, Rgba([0, 0, 0, 0])).save(sb.path("clear.png")).unwrap();
-    RgbaImage::from_pixel(1, 1, Rgba([255, 0, 0, 255])).save(sb.path("dot.png")).unwrap();
-    let inputs = ["empty.png", "notes.png", "ok.png", "truncated.png", "clear.png", "dot.png"];
+    RgbaImage::from_pixel(64, 64, Rgba([0, 0, 0, 0]))
+        .save(sb.path("clear.png"))
+        .unwrap();
+    RgbaImage::from_pixel(1, 1, Rgba([255, 0, 0, 255]))
+        .save(sb.path("dot.png"))
+        .unwrap();
+    let inputs = [
+        "empty.png",
+        "notes.png",
+        "ok.png",
+        "truncated.png",
+        "clear.png",
+        "dot.png",
+    ];
 
     let cases: [(&[&str], &str); 8] = [
-        (&["image-to-3d", "missing.png", "-o", "a.glb"], "does not exist"),
+        (
+            &["image-to-3d", "missing.png", "-o", "a.glb"],
+            "does not exist",
+        ),
         (&["image-to-3d", "empty.png", "-o", "a.glb"], "empty"),
-        (&["image-to-3d", "notes.png", "-o", "a.glb"], "PNG, JPEG or WebP"),
-        (&["image-to-3d", "truncated.png", "-o", "a.glb"], "truncated"),
+        (
+            &["image-to-3d", "notes.png", "-o", "a.glb"],
+            "PNG, JPEG or WebP",
+        ),
+        (
+            &["image-to-3d", "truncated.png", "-o", "a.glb"],
+            "truncated",
+        ),
         (&["image-to-3d", "clear.png", "-o", "a.glb"], "transparent"),
         (&["image-to-3d", "dot.png", "-o", "a.glb"], "small"),
-        (&["image-to-3d", "ok.png", "-o", "no/such/dir/a.glb"], "does not exist"),
-        (&["image-to-3d", "ok.png", "-o", "a.fbx"], ".glb, .obj, .ply or .stl"),
+        (
+            &["image-to-3d", "ok.png", "-o", "no/such/dir/a.glb"],
+            "does not exist",
+        ),
+        (
+            &["image-to-3d", "ok.png", "-o", "a.fbx"],
+            ".glb, .obj, .ply or .stl",
+        ),
     ];
     for (args, hint) in cases {
         let out = sb.orfeas(args);
@@ -151,11 +208,24 @@ fn bad_input_fails_clearly_writes_nothing_and_is_recorded() {
             "{args:?}: stderr does not mention {hint:?}: {stderr}"
         );
         assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-        assert_eq!(sb.outputs(&inputs), Vec::<String>::new(), "{args:?} left a file");
+        assert_eq!(
+            sb.outputs(&inputs),
+            Vec::<String>::new(),
+            "{args:?} left a file"
+        );
     }
     let states = sb.history_states();
-    assert_eq!(states.len(), cases.len(), "every refusal is a history record: {states:?}");
-    assert!(states.iter().all(|(s, reason)| *s == JobState::Failed && reason.is_some()), "{states:?}");
+    assert_eq!(
+        states.len(),
+        cases.len(),
+        "every refusal is a history record: {states:?}"
+    );
+    assert!(
+        states
+            .iter()
+            .all(|(s, reason)| *s == JobState::Failed && reason.is_some()),
+        "{states:?}"
+    );
 }
 
 #[test]
@@ -166,7 +236,13 @@ fn help_lists_the_commands_and_the_options_of_image_to_3d() {
         assert!(top.contains(cmd), "--help lacks {cmd}: {top}");
     }
     let sub = text(&sb.orfeas(&["image-to-3d", "--help"]).stdout);
-    for opt in ["--output", "--quality", "--foreground-ratio", "--format", "--method"] {
+    for opt in [
+        "--output",
+        "--quality",
+        "--foreground-ratio",
+        "--format",
+        "--method",
+    ] {
         assert!(sub.contains(opt), "image-to-3d --help lacks {opt}: {sub}");
     }
 }

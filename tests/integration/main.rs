@@ -3,5 +3,7 @@
 
 mod cli;
 mod gui;
+mod gui_metrics;
+mod gui_viewer;
 mod render;
 mod viewport;

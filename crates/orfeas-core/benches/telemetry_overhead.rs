@@ -43,8 +43,9 @@ fn child(sampling: bool) {
         ServeConfig {
             bind: "127.0.0.1:0".into(),
             workers: 4,
+            ..ServeConfig::default()
         },
-        HttpState { telemetry },
+        HttpState::new(telemetry),
     )
     .unwrap();
     std::thread::sleep(Duration::from_secs(3)); // warm-up: first samples, NVML init
@@ -91,10 +92,9 @@ fn main() {
         ServeConfig {
             bind: "127.0.0.1:0".into(),
             workers: 4,
+            ..ServeConfig::default()
         },
-        HttpState {
-            telemetry: telemetry.clone(),
-        },
+        HttpState::new(telemetry.clone()),
     )
     .unwrap();
     let bytes = telemetry.encode().len();

@@ -41,12 +41,13 @@ fn file_label(path: &Path) -> String {
 
 impl JobRunner for ImageTo3dRunner {
     fn run(&self, spec: &JobSpec, ctx: &JobContext) -> Result<JobOutput, JobFailure> {
-        let request: ImageTo3dRequest = serde_json::from_value(spec.params.clone()).map_err(|err| {
-            JobFailure::new(
-                "invalid_parameter",
-                format!("the job's parameters are not a valid image→3D request: {err}"),
-            )
-        })?;
+        let request: ImageTo3dRequest =
+            serde_json::from_value(spec.params.clone()).map_err(|err| {
+                JobFailure::new(
+                    "invalid_parameter",
+                    format!("the job's parameters are not a valid image→3D request: {err}"),
+                )
+            })?;
         let outcome = image_to_3d::run_file(
             &request,
             &mut |stage, fraction| ctx.progress(stage, fraction, ""),

@@ -106,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             clip.forward(&ids)?;
             Ok(())
         })?;
+        println!("{name}: text_encoder {te_ms:.0} ms");
         let ctx = clip.forward(&ids)?;
         let lat = size / 8;
         let sample = Tensor::randn(0f32, 1f32, (cfg_batch, 4, lat, lat), &dev)?.to_dtype(dtype)?;
@@ -113,16 +114,19 @@ fn main() -> anyhow::Result<()> {
             unet.forward(&sample, 999.0, &ctx, None)?;
             Ok(())
         })?;
+        println!("{name}: unet {unet_ms:.0} ms");
         let latents = sample.narrow(0, 0, 1)?;
         let vae_ms = time_ms(&dev, repeats, || {
             vae.decode(&latents)?;
             Ok(())
         })?;
+        println!("{name}: vae_decode {vae_ms:.0} ms");
         let tile = (lat / 2).max(16);
         let tiled_ms = time_ms(&dev, repeats, || {
             vae.decode_tiled(&latents, tile, tile / 4)?;
             Ok(())
         })?;
+        println!("{name}: vae_decode_tiled {tiled_ms:.0} ms");
         let e2e_ms = time_ms(&dev, repeats, || {
             let c = clip.forward(&ids)?;
             let eps = unet.forward(&sample, 999.0, &c, None)?;

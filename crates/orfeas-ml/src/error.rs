@@ -54,6 +54,23 @@ pub enum SdError {
 }
 
 impl SdError {
+    /// A bounded label for metrics and job failures.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownModel { .. } | Self::InvalidParams { .. } => "invalid_parameter",
+            Self::ModelNotFound { .. } | Self::MissingPart { .. } => "model_missing",
+            Self::CorruptWeights { .. } | Self::Config { .. } | Self::Tokenizer(_) => {
+                "model_corrupt"
+            }
+            Self::OutOfMemory { .. } => "out_of_memory",
+            Self::Cancelled => "cancelled",
+            Self::Io { .. } | Self::Write(_) => "io",
+            Self::Download(_) => "download",
+            Self::DeviceUnavailable(_) => "device",
+            Self::Candle(_) => "internal",
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),

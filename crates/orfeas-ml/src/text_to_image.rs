@@ -30,7 +30,8 @@ pub const MAX_GUIDANCE: f64 = 30.0;
 pub const MAX_PROMPT_CHARS: usize = 4000;
 
 /// Everything that decides the pictures.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TextToImageParams {
     pub prompt: String,
     pub negative: String,
@@ -335,4 +336,113 @@ pub fn write_png_with_params(
         writer.finish().map_err(std::io::Error::other)
     })?;
     Ok(())
+}
+
+/// A text→image job for `orfeas_core::jobs`: the parameters plus where the PNG goes.
+/// With `batch` > 1 the files are `STEM-0.png`, `STEM-1.png`, ….
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TextToImageJob {
+    #[serde(flatten)]
+    pub params: TextToImageParams,
+    pub output: PathBuf,
+    /// `auto`, `cpu`, `cuda`, `cuda:N` or `metal`.
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_device() -> String {
+    "auto".into()
+}
+
+impl TextToImageJob {
+    /// The job spec the engine queues (label: the prompt's start).
+    pub fn spec(&self) -> Result<orfeas_core::jobs::JobSpec, serde_json::Error> {
+        Ok(orfeas_core::jobs::JobSpec {
+            kind: orfeas_core::jobs::JobKind::TextToImage,
+            params: serde_json::to_value(self)?,
+            label: self.params.prompt.chars().take(60).collect(),
+        })
+    }
+
+    /// Output path of batch item `index`.
+    pub fn output_for(&self, index: usize) -> PathBuf {
+        if self.params.batch <= 1 {
+            return self.output.clone();
+        }
+        let stem = self
+            .output
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image".into());
+        self.output.with_file_name(format!("{stem}-{index}.png"))
+    }
+}
+
+/// Runs text→image jobs, keeping the last model loaded between jobs.
+#[derive(Debug, Default)]
+pub struct TextToImageRunner {
+    engine: Engine,
+}
+
+fn job_failure(e: &SdError) -> orfeas_core::jobs::JobFailure {
+    match e {
+        SdError::Cancelled => orfeas_core::jobs::JobFailure::cancelled(),
+        other => orfeas_core::jobs::JobFailure::new(other.reason(), format!("{other:#}")),
+    }
+}
+
+impl orfeas_core::jobs::JobRunner for TextToImageRunner {
+    fn run(
+        &self,
+        spec: &orfeas_core::jobs::JobSpec,
+        ctx: &orfeas_core::jobs::JobContext,
+    ) -> Result<orfeas_core::jobs::JobOutput, orfeas_core::jobs::JobFailure> {
+        let job: TextToImageJob = serde_json::from_value(spec.params.clone()).map_err(|e| {
+            orfeas_core::jobs::JobFailure::new(
+                "invalid_parameter",
+                format!("the job's parameters are not a valid text→image request: {e}"),
+            )
+        })?;
+        let device: DevicePref = job.device.parse().map_err(|e| job_failure(&e))?;
+        let cancelled = AtomicBool::new(ctx.is_cancelled());
+        let started = std::time::Instant::now();
+        let mut on_progress = |p: Progress| {
+            match p {
+                Progress::Started { .. } => ctx.progress("denoise", 0.05, ""),
+                Progress::Step { step, total, .. } => {
+                    let f = 0.05 + 0.85 * step as f32 / total.max(1) as f32;
+                    ctx.progress("denoise", f, &format!("step {step}/{total}"));
+                }
+                Progress::Decoding => ctx.progress("decode", 0.9, ""),
+            }
+            // The engine's flag is polled here, between steps.
+            if ctx.is_cancelled() {
+                cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        ctx.progress("load", 0.0, "");
+        let images = self
+            .engine
+            .run(&job.params, device, &mut on_progress, &cancelled)
+            .map_err(|e| job_failure(&e))?;
+        ctx.check_cancelled()?;
+        let mut files = Vec::new();
+        for (i, img) in images.iter().enumerate() {
+            let path = job.output_for(i);
+            write_png_with_params(img, &job.params, i, &path).map_err(|e| job_failure(&e))?;
+            files.push(path);
+        }
+        ctx.progress("write", 1.0, "");
+        Ok(orfeas_core::jobs::JobOutput {
+            files,
+            quality: None,
+            summary: serde_json::json!({
+                "seed": job.params.seed,
+                "steps": job.params.steps,
+                "size": format!("{}x{}", job.params.width, job.params.height),
+                "model": job.params.model,
+                "duration_secs": started.elapsed().as_secs_f64(),
+            }),
+        })
+    }
 }

@@ -14,10 +14,9 @@ pub fn start_server(telemetry: &Telemetry) -> ServerHandle {
         ServeConfig {
             bind: "127.0.0.1:0".into(),
             workers: 4,
+            ..Default::default()
         },
-        HttpState {
-            telemetry: telemetry.clone(),
-        },
+        HttpState::new(telemetry.clone()),
     )
     .unwrap()
 }

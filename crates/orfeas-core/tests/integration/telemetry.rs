@@ -314,10 +314,9 @@ fn scrape_declares_all_21_metrics_with_their_types_and_labels() {
         orfeas_core::http::ServeConfig {
             bind: "127.0.0.1:0".into(),
             workers: 2,
+            ..Default::default()
         },
-        orfeas_core::http::HttpState {
-            telemetry: telemetry.clone(),
-        },
+        orfeas_core::http::HttpState::new(telemetry.clone()),
     )
     .unwrap();
     let r = support::get(server.addr(), "/metrics");

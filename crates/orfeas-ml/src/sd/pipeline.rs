@@ -46,7 +46,8 @@ impl std::str::FromStr for DevicePref {
 }
 
 /// Number format of the weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// f16 on GPUs, f32 on the CPU.
     #[default]

@@ -25,11 +25,15 @@ pub trait Scheduler: Send {
 
 /// Which scheduler; parsed from the CLI (`euler`, `euler-a`, `ddim`, `dpm++2m`)
 /// or from a diffusers `_class_name`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub enum SchedulerKind {
+    #[serde(rename = "euler")]
     Euler,
+    #[serde(rename = "euler-a")]
     EulerAncestral,
+    #[serde(rename = "ddim")]
     Ddim,
+    #[serde(rename = "dpm++2m")]
     DpmSolverPp2m,
 }
 

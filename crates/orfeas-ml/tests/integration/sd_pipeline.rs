@@ -310,3 +310,30 @@ fn latent_preview_has_one_pixel_per_latent_cell() {
             .all(|p| p.0.iter().all(|&c| (127..=128).contains(&c)))
     );
 }
+
+#[test]
+fn job_params_round_trip_through_json_and_name_batch_outputs() {
+    let job = text_to_image::TextToImageJob {
+        params: TextToImageParams {
+            batch: 3,
+            scheduler: Some(SchedulerKind::DpmSolverPp2m),
+            ..params(4, 5.0)
+        },
+        output: "/tmp/out/cat.png".into(),
+        device: "cpu".into(),
+    };
+    let spec = job.spec().unwrap();
+    assert_eq!(spec.kind, orfeas_core::jobs::JobKind::TextToImage);
+    assert_eq!(spec.params["scheduler"], "dpm++2m");
+    let back: text_to_image::TextToImageJob = serde_json::from_value(spec.params).unwrap();
+    assert_eq!(back, job);
+    assert_eq!(
+        job.output_for(2),
+        std::path::PathBuf::from("/tmp/out/cat-2.png")
+    );
+    // A minimal request fills in the model's defaults.
+    let minimal: text_to_image::TextToImageJob =
+        serde_json::from_value(serde_json::json!({"prompt": "a cat", "output": "a.png"})).unwrap();
+    assert_eq!(minimal.params.steps, 1);
+    assert_eq!(minimal.device, "auto");
+}

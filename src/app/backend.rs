@@ -155,7 +155,7 @@ impl Backend {
     ) -> anyhow::Result<JobKey> {
         let mut job = item.params.clone().with_context(|| {
             format!(
-                "“{}” has no image→3D parameters that this build can re-run",
+                "“{}” has no image-to-3D parameters that this build can re-run",
                 item.label
             )
         })?;

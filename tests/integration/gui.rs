@@ -163,7 +163,10 @@ fn dropping_an_image_generates_a_model_that_appears_in_the_gallery() {
         h.query_by_label("Delete this generation?").is_some()
     });
     assert!(glb.exists(), "nothing is deleted before confirming");
-    let confirm = h.get_all_by_role_and_label(Role::Button, "Delete").last().unwrap();
+    let confirm = h
+        .get_all_by_role_and_label(Role::Button, "Delete")
+        .last()
+        .unwrap();
     confirm.click();
     step_until(&mut h, "the card to go away", |h| {
         h.query_by_label("Thumbnail of disc.png").is_none()

@@ -181,7 +181,7 @@ pub fn alerts_tab_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                                 ui.label(
                                     RichText::new(t.from.as_str()).color(state_color(ui, t.from)),
                                 );
-                                ui.label("→");
+                                ui.label("->");
                                 ui.label(
                                     RichText::new(t.to.as_str())
                                         .strong()

@@ -197,7 +197,8 @@ fn metrics_endpoint_switch_serves_metrics_on_the_chosen_port() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.contains("app_uptime_seconds"), "{reply}");
     assert!(
-        h.query_by_label_contains(&format!("127.0.0.1:{port}"))
+        h.query_all_by_label_contains(&format!("127.0.0.1:{port}"))
+            .next()
             .is_some(),
         "Settings shows where it listens"
     );

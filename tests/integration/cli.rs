@@ -189,7 +189,7 @@ fn bad_input_fails_clearly_writes_nothing_and_is_recorded() {
             "truncated",
         ),
         (&["image-to-3d", "clear.png", "-o", "a.glb"], "transparent"),
-        (&["image-to-3d", "dot.png", "-o", "a.glb"], "small"),
+        (&["image-to-3d", "dot.png", "-o", "a.glb"], "at least 8"),
         (
             &["image-to-3d", "ok.png", "-o", "no/such/dir/a.glb"],
             "does not exist",

@@ -373,7 +373,7 @@ pub fn panels() -> Vec<Panel> {
         // Generation
         panel(
             "text_to_image_rate",
-            "Text→image generations",
+            "Text-to-image generations",
             Generation,
             TimeSeries,
             Unit::PerSecond,
@@ -403,7 +403,7 @@ pub fn panels() -> Vec<Panel> {
         ),
         panel(
             "model_3d_rate",
-            "Image→3D generations",
+            "Image-to-3D generations",
             Generation,
             TimeSeries,
             Unit::PerSecond,
@@ -441,11 +441,11 @@ pub fn panels() -> Vec<Panel> {
             vec![
                 q(
                     "histogram_quantile(0.5, sum by (le) (rate(text_to_image_duration_seconds_bucket{SCOPE}[$__rate_interval])))",
-                    "text→image p50",
+                    "text-to-image p50",
                 ),
                 q(
                     "histogram_quantile(0.95, sum by (le) (rate(text_to_image_duration_seconds_bucket{SCOPE}[$__rate_interval])))",
-                    "text→image p95",
+                    "text-to-image p95",
                 ),
                 q(
                     "histogram_quantile(0.5, sum by (le) (rate(model_3d_duration_seconds_bucket{SCOPE}[$__rate_interval])))",
@@ -459,12 +459,12 @@ pub fn panels() -> Vec<Panel> {
             vec![
                 s(
                     "text_to_image_p50_secs",
-                    "text→image p50",
+                    "text-to-image p50",
                     quantile(0.5, "text_to_image_duration_seconds"),
                 ),
                 s(
                     "text_to_image_p95_secs",
-                    "text→image p95",
+                    "text-to-image p95",
                     quantile(0.95, "text_to_image_duration_seconds"),
                 ),
                 s(

@@ -25,7 +25,7 @@ if [ ! -x "$TOOLS/venv/bin/check-jsonschema" ] || [ ! -x "$TOOLS/venv/bin/schema
   echo "installing Python checkers into $TOOLS/venv" >&2
   python3 -m venv "$TOOLS/venv" >&2
   "$TOOLS/venv/bin/pip" install -q --disable-pip-version-check \
-    trimesh==4.5.3 numpy scipy networkx prometheus_client==0.21.1 check-jsonschema==0.29.4 schemathesis==4.32.5 >&2
+    trimesh==4.5.3 numpy scipy networkx prometheus_client==0.21.1 check-jsonschema==0.39.0 schemathesis==4.32.5 >&2
 fi
 if [ ! -d "$TOOLS/node/node_modules/gltf-validator" ]; then
   echo "installing the Khronos glTF-Validator into $TOOLS/node" >&2

@@ -152,7 +152,9 @@ fn chart_ui(ui: &mut egui::Ui, t: &Telemetry, panel: &Panel, range: TimeRange) {
         panel,
         range,
         CHART_HEIGHT,
-        lines.len() > 1,
+        // Beyond three entries the legend covers the plot in a dashboard card;
+        // hovering a line still names its series.
+        (2..=3).contains(&lines.len()),
         |plot_ui, now| {
             for (label, pts) in &lines {
                 plot_ui.line(Line::new(label.clone(), shift(pts, now, range)));

@@ -419,31 +419,20 @@ fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
     )?;
     engine.register(JobKind::ImageTo3d, Arc::new(ImageTo3dRunner));
     let (id, outcome, elapsed_ms) = run_job(&engine, spec)?;
-    match outcome {
-        JobEventKind::Succeeded(output) => {
-            let s = &output.summary;
-            let main_file = output
-                .files
-                .first()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            println!(
-                "wrote {main_file}: {} vertices, {} faces, quality {:.2}, {elapsed_ms:.0} ms (job {id})",
-                s["vertices"],
-                s["triangles"],
-                output.quality.unwrap_or(0.0),
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        JobEventKind::Failed(failure) => {
-            eprintln!("error: {} (job {id})", failure.message);
-            Ok(ExitCode::FAILURE)
-        }
-        _ => {
-            eprintln!("job {id} was cancelled; nothing was written");
-            Ok(ExitCode::FAILURE)
-        }
-    }
+    Ok(report_job(id, outcome, |output| {
+        let s = &output.summary;
+        let main_file = output
+            .files
+            .first()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        println!(
+            "wrote {main_file}: {} vertices, {} faces, quality {:.2}, {elapsed_ms:.0} ms (job {id})",
+            s["vertices"],
+            s["triangles"],
+            output.quality.unwrap_or(0.0),
+        );
+    }))
 }
 
 fn history(args: &HistoryArgs) -> anyhow::Result<ExitCode> {
@@ -764,26 +753,15 @@ fn text_to_image(args: TextToImageArgs) -> anyhow::Result<ExitCode> {
     )?;
     engine.register(JobKind::TextToImage, Arc::new(TextToImageRunner::default()));
     let (id, outcome, elapsed_ms) = run_job(&engine, job.spec()?)?;
-    match outcome {
-        JobEventKind::Succeeded(output) => {
-            for file in &output.files {
-                println!("wrote {}", file.display());
-            }
-            println!(
-                "seed {}, {} step(s), {elapsed_ms:.0} ms (job {id})",
-                output.summary["seed"], output.summary["steps"]
-            );
-            Ok(ExitCode::SUCCESS)
+    Ok(report_job(id, outcome, |output| {
+        for file in &output.files {
+            println!("wrote {}", file.display());
         }
-        JobEventKind::Failed(failure) => {
-            eprintln!("error: {} (job {id})", failure.message);
-            Ok(ExitCode::FAILURE)
-        }
-        _ => {
-            eprintln!("job {id} was cancelled; nothing was written");
-            Ok(ExitCode::FAILURE)
-        }
-    }
+        println!(
+            "seed {}, {} step(s), {elapsed_ms:.0} ms (job {id})",
+            output.summary["seed"], output.summary["steps"]
+        );
+    }))
 }
 
 fn models(command: ModelsCommand) -> anyhow::Result<ExitCode> {
@@ -861,6 +839,28 @@ fn models(command: ModelsCommand) -> anyhow::Result<ExitCode> {
             bar.finish();
             println!("{} is ready in {}", model.name, path.display());
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Prints how a job ended (`on_success` prints the summary) and picks the exit code.
+fn report_job(
+    id: orfeas_core::jobs::JobId,
+    outcome: JobEventKind,
+    on_success: impl FnOnce(&orfeas_core::jobs::JobOutput),
+) -> ExitCode {
+    match outcome {
+        JobEventKind::Succeeded(output) => {
+            on_success(&output);
+            ExitCode::SUCCESS
+        }
+        JobEventKind::Failed(failure) => {
+            eprintln!("error: {} (job {id})", failure.message);
+            ExitCode::FAILURE
+        }
+        _ => {
+            eprintln!("job {id} was cancelled; nothing was written");
+            ExitCode::FAILURE
         }
     }
 }

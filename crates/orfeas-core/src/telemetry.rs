@@ -85,6 +85,8 @@ struct Inner {
     started: Instant,
     live: Mutex<Live>,
     gpu_note: Mutex<Option<String>>,
+    /// The last `/metrics` body and when its encoding began (see [`Telemetry::scrape`]).
+    last_scrape: Mutex<Option<(Instant, Arc<Vec<u8>>)>>,
     instance: String,
     // Dropping the sender (with the last handle) stops the sampler thread.
     _stop: Mutex<Option<SyncSender<()>>>,
@@ -145,6 +147,7 @@ impl Telemetry {
                     notifier,
                 }),
                 gpu_note: Mutex::new(None),
+                last_scrape: Mutex::new(None),
                 instance: config.instance.clone(),
                 _stop: Mutex::new(None),
             }),
@@ -189,6 +192,24 @@ impl Telemetry {
         m.app_uptime_seconds
             .set(self.inner.started.elapsed().as_secs_f64());
         m.encode()
+    }
+
+    /// The `/metrics` body. Scrapes that arrive while another is encoding
+    /// wait for it and then share the next encoding, whose values were all
+    /// read after they arrived; no scrape ever gets values from before its
+    /// own arrival. Under concurrent scrapers this encodes once per batch.
+    pub fn scrape(&self) -> Arc<Vec<u8>> {
+        let arrived = Instant::now();
+        let mut last = self.inner.last_scrape.lock();
+        if let Some((began, body)) = last.as_ref()
+            && *began >= arrived
+        {
+            return Arc::clone(body);
+        }
+        let began = Instant::now();
+        let body = Arc::new(self.encode().into_bytes());
+        *last = Some((began, Arc::clone(&body)));
+        body
     }
 
     /// One sampling step without the system sampler: snapshot the registry,

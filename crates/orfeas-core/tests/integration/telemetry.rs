@@ -545,6 +545,35 @@ fn successful_plus_failed_equals_all_generations_with_mixed_outcomes() {
     );
 }
 
+/// `/metrics` bodies are shared between concurrent scrapers, but a scrape
+/// never returns values from before it arrived.
+#[test]
+fn shared_scrapes_never_return_values_older_than_the_request() {
+    let telemetry = Telemetry::without_sampler().unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Other scrapers keep encoding, so bodies get shared.
+        for _ in 0..3 {
+            s.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    drop(telemetry.scrape());
+                }
+            });
+        }
+        for i in 1..=200u32 {
+            telemetry.job_started();
+            let body = telemetry.scrape();
+            let text = std::str::from_utf8(&body).unwrap();
+            assert_eq!(
+                parse_exposition(text).sum("active_jobs", &[]),
+                f64::from(i),
+                "scrape {i} missed a job started before it"
+            );
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
+
 #[test]
 fn dashboard_series_are_rates_and_quantiles_of_what_happened() {
     let telemetry = Telemetry::without_sampler().unwrap();

@@ -46,19 +46,6 @@ fn ago(unix_secs: f64) -> String {
     }
 }
 
-fn value_text(value: Option<f64>) -> String {
-    match value {
-        Some(v) if v.is_finite() => {
-            if v.abs() >= 100.0 || v == v.round() {
-                format!("{v:.0}")
-            } else {
-                format!("{v:.3}")
-            }
-        }
-        _ => "no data".to_owned(),
-    }
-}
-
 /// A red strip under the top bar while anything fires; "Show alerts" opens the tab.
 pub fn firing_banner_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     let Ok(telemetry) = ctx.monitoring.telemetry else {
@@ -151,7 +138,7 @@ pub fn alerts_tab_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                                     .color(state_color(ui, a.state)),
                             );
                             ui.label(ago(a.since_unix_secs));
-                            ui.label(value_text(a.value));
+                            ui.label(a.unit.format(a.value));
                             ui.label(a.summary);
                             ui.end_row();
                         }
@@ -188,7 +175,7 @@ pub fn alerts_tab_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                                         .color(state_color(ui, t.to)),
                                 );
                             });
-                            ui.label(value_text(t.value));
+                            ui.label(t.unit.format(t.value));
                             ui.end_row();
                         }
                     });

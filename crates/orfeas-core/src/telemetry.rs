@@ -20,7 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
-pub use alerts::{AlertEngine, AlertRule, AlertState, AlertStatus, Severity, Transition};
+pub use alerts::{
+    AlertEngine, AlertRule, AlertState, AlertStatus, Severity, Transition, ValueUnit,
+};
 pub use derive::{Deriver, FlatSample};
 pub use metrics::{GenerationKind, Metrics, MetricsError, Outcome};
 pub use panels::{Panel, PanelKind, Row, Unit};

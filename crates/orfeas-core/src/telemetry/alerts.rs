@@ -62,6 +62,8 @@ pub struct AlertRule {
     pub cmp: Cmp,
     pub threshold: f64,
     pub for_secs: u32,
+    /// What the watched value measures, for showing it.
+    pub unit: ValueUnit,
     pub summary: &'static str,
     /// May use `{{ $value | humanize }}` and `{{ $labels.instance }}` (Prometheus templates).
     pub description: &'static str,
@@ -86,6 +88,46 @@ impl AlertRule {
         self.description
             .replace("{{ $value | humanize }}", &v)
             .replace("{{ $labels.instance }}", "this studio")
+    }
+}
+
+/// The unit of an alert's watched value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueUnit {
+    /// Prometheus's `up`: 1 reachable, 0 not.
+    Up,
+    PerSecond,
+    Seconds,
+    Percent,
+    /// A fraction 0..1, shown as a percentage.
+    Fraction,
+}
+
+impl ValueUnit {
+    /// The value as a person reads it: "48.0 %", "0.25 /s", "up"; "no data" when there is none.
+    pub fn format(self, value: Option<f64>) -> String {
+        let Some(v) = value.filter(|v| v.is_finite()) else {
+            return "no data".to_owned();
+        };
+        let num = |v: f64| {
+            if v == 0.0 {
+                "0".to_owned()
+            } else if v.abs() >= 100.0 {
+                format!("{v:.0}")
+            } else if v.abs() >= 1.0 {
+                format!("{v:.1}")
+            } else {
+                format!("{v:.3}")
+            }
+        };
+        match self {
+            ValueUnit::Up if v >= 1.0 => "up".to_owned(),
+            ValueUnit::Up => "down".to_owned(),
+            ValueUnit::PerSecond => format!("{} /s", num(v)),
+            ValueUnit::Seconds => format!("{} s", num(v)),
+            ValueUnit::Percent => format!("{} %", num(v)),
+            ValueUnit::Fraction => format!("{} %", num(v * 100.0)),
+        }
     }
 }
 
@@ -128,6 +170,7 @@ pub fn rules() -> Vec<AlertRule> {
             cmp: Cmp::Equal,
             threshold: 0.0,
             for_secs: 60,
+            unit: ValueUnit::Up,
             summary: "ORFEAS Studio is unreachable",
             description: "Prometheus cannot scrape /metrics of {{ $labels.instance }}; check that `orfeas serve` runs and the port is reachable.",
             expr: Expr::Value(sel("up", &[]), Agg::Min),
@@ -139,6 +182,7 @@ pub fn rules() -> Vec<AlertRule> {
             cmp: Cmp::Above,
             threshold: 1.0,
             for_secs: 120,
+            unit: ValueUnit::PerSecond,
             summary: "More than 1 error per second",
             description: "{{ $labels.instance }} counts {{ $value | humanize }} errors/s; see the Errors by type panel and the log.",
             expr: errors(60),
@@ -150,6 +194,7 @@ pub fn rules() -> Vec<AlertRule> {
             cmp: Cmp::Above,
             threshold: 30.0,
             for_secs: 120,
+            unit: ValueUnit::Seconds,
             summary: "HTTP p95 latency above 30 s",
             description: "p95 request latency of {{ $labels.instance }} is {{ $value | humanize }} s; the server is overloaded or blocked.",
             expr: p95(),
@@ -161,6 +206,7 @@ pub fn rules() -> Vec<AlertRule> {
             cmp: Cmp::Above,
             threshold: 95.0,
             for_secs: 120,
+            unit: ValueUnit::Percent,
             summary: "CPU above 95 %",
             description: "CPU of {{ $labels.instance }} is at {{ $value | humanize }} %; lower the job concurrency or move work to a GPU.",
             expr: cpu(),
@@ -172,6 +218,7 @@ pub fn rules() -> Vec<AlertRule> {
             cmp: Cmp::Above,
             threshold: 95.0,
             for_secs: 120,
+            unit: ValueUnit::Percent,
             summary: "Memory above 95 %",
             description: "Memory of {{ $labels.instance }} is {{ $value | humanize }} % used; the system may start swapping or kill the studio.",
             expr: mem(),
@@ -183,6 +230,7 @@ pub fn rules() -> Vec<AlertRule> {
             cmp: Cmp::Above,
             threshold: 10.0,
             for_secs: 60,
+            unit: ValueUnit::PerSecond,
             summary: "More than 10 rate-limit rejections per second",
             description: "{{ $labels.instance }} rejects {{ $value | humanize }} requests/s with 429; check the clients hitting the API.",
             expr: Expr::Rate(sel("rate_limit_rejections_total", &[]), 60),
@@ -194,6 +242,7 @@ pub fn rules() -> Vec<AlertRule> {
             cmp: Cmp::Above,
             threshold: 0.1,
             for_secs: 300,
+            unit: ValueUnit::PerSecond,
             summary: "More than 0.1 errors per second",
             description: "{{ $labels.instance }} counts {{ $value | humanize }} errors/s over 5 minutes; see the Errors by type panel.",
             expr: errors(300),
@@ -205,6 +254,7 @@ pub fn rules() -> Vec<AlertRule> {
             cmp: Cmp::Above,
             threshold: 5.0,
             for_secs: 300,
+            unit: ValueUnit::Seconds,
             summary: "HTTP p95 latency above 5 s",
             description: "p95 request latency of {{ $labels.instance }} is {{ $value | humanize }} s.",
             expr: p95(),
@@ -216,6 +266,7 @@ pub fn rules() -> Vec<AlertRule> {
             cmp: Cmp::Above,
             threshold: 80.0,
             for_secs: 300,
+            unit: ValueUnit::Percent,
             summary: "CPU above 80 %",
             description: "CPU of {{ $labels.instance }} is at {{ $value | humanize }} %.",
             expr: cpu(),
@@ -227,6 +278,7 @@ pub fn rules() -> Vec<AlertRule> {
             cmp: Cmp::Above,
             threshold: 85.0,
             for_secs: 300,
+            unit: ValueUnit::Percent,
             summary: "Memory above 85 %",
             description: "Memory of {{ $labels.instance }} is {{ $value | humanize }} % used.",
             expr: mem(),
@@ -238,6 +290,7 @@ pub fn rules() -> Vec<AlertRule> {
             cmp: Cmp::Above,
             threshold: 0.2,
             for_secs: 300,
+            unit: ValueUnit::Fraction,
             summary: "More than 20 % of generations fail",
             description: "{{ $value | humanize }} of the generations of {{ $labels.instance }} failed over 5 minutes; see failed_generations_total by reason.",
             expr: failed().over(succeeded().plus(failed())),
@@ -249,6 +302,7 @@ pub fn rules() -> Vec<AlertRule> {
             cmp: Cmp::Below,
             threshold: 20.0,
             for_secs: 300,
+            unit: ValueUnit::Percent,
             summary: "Less than 20 % disk space free",
             description: "Only {{ $value | humanize }} % of the data disk of {{ $labels.instance }} is free; delete old outputs or move the data dir (ORFEAS_DATA_DIR).",
             expr: Expr::Value(
@@ -353,6 +407,7 @@ pub struct AlertStatus {
     pub active_at_unix_secs: Option<f64>,
     /// The watched value at the last evaluation (`None`: no data).
     pub value: Option<f64>,
+    pub unit: ValueUnit,
     pub summary: &'static str,
     pub description: String,
 }
@@ -366,6 +421,7 @@ pub struct Transition {
     pub to: AlertState,
     pub at_unix_secs: f64,
     pub value: Option<f64>,
+    pub unit: ValueUnit,
 }
 
 /// How many transitions the engine keeps.
@@ -391,6 +447,7 @@ impl AlertEngine {
                 since_unix_secs: 0.0,
                 active_at_unix_secs: None,
                 value: None,
+                unit: r.unit,
                 summary: r.summary,
                 description: r.render_description(None),
             })
@@ -454,6 +511,7 @@ impl AlertEngine {
                     to,
                     at_unix_secs: now_unix_secs,
                     value,
+                    unit: rule.unit,
                 };
                 if self.history.len() >= HISTORY_LEN {
                     self.history.pop_front();

@@ -244,6 +244,7 @@ fn alertmanager_payload_is_what_the_v2_api_takes() {
         to: AlertState::Resolved,
         at_unix_secs: 1_700_000_000.0,
         value: Some(12.0),
+        unit: orfeas_core::telemetry::ValueUnit::Percent,
     };
     let body: serde_json::Value = serde_json::from_str(&alerts::alertmanager_payload(
         &t,
@@ -255,4 +256,33 @@ fn alertmanager_payload_is_what_the_v2_api_takes() {
     assert_eq!(body[0]["labels"]["alertname"], "HighCPUUsage");
     assert_eq!(body[0]["labels"]["severity"], "warning");
     assert_eq!(body[0]["endsAt"], "2023-11-14T22:13:20.000Z");
+}
+
+#[test]
+fn alert_values_are_shown_with_their_units() {
+    use orfeas_core::telemetry::ValueUnit;
+    assert_eq!(ValueUnit::Percent.format(Some(48.02)), "48.0 %");
+    assert_eq!(ValueUnit::Fraction.format(Some(0.25)), "25.0 %");
+    assert_eq!(ValueUnit::Up.format(Some(1.0)), "up");
+    assert_eq!(ValueUnit::Up.format(Some(0.0)), "down");
+    assert_eq!(ValueUnit::PerSecond.format(Some(0.0)), "0 /s");
+    assert_eq!(ValueUnit::Seconds.format(Some(0.1234)), "0.123 s");
+    assert_eq!(ValueUnit::PerSecond.format(Some(250.4)), "250 /s");
+    assert_eq!(ValueUnit::Percent.format(None), "no data");
+    assert_eq!(ValueUnit::Seconds.format(Some(f64::NAN)), "no data");
+    // Every rule says what its value measures, matching its PromQL.
+    for rule in orfeas_core::telemetry::alerts::rules() {
+        let expected = if rule.value_promql.starts_with("up{") {
+            ValueUnit::Up
+        } else if rule.value_promql.starts_with("histogram_quantile") {
+            ValueUnit::Seconds
+        } else if rule.value_promql.contains("100 *") || rule.value_promql.contains("percent") {
+            ValueUnit::Percent
+        } else if rule.value_promql.contains(") / (") {
+            ValueUnit::Fraction
+        } else {
+            ValueUnit::PerSecond
+        };
+        assert_eq!(rule.unit, expected, "{}", rule.name);
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod jobs;
+pub mod models;
 pub mod runner;
 pub mod state;
 pub mod thumbnails;
@@ -14,8 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
 use crate::app::backend::{Backend, BackendUpdate};
-use crate::app::jobs::{JobPhase, JobView};
-use crate::app::state::{Command, JobKey, SavedState, Tab, ThemeChoice};
+use crate::app::jobs::{JobPhase, JobView, StepPreview};
+use crate::app::models::{Models, ModelsEvent};
+use crate::app::state::{Command, CreateMode, JobKey, SavedState, Tab, ThemeChoice};
 use crate::app::thumbnails::Thumbnails;
 use crate::ui::theme::{self, space};
 use crate::ui::toast::Toasts;
@@ -35,6 +37,19 @@ pub struct AppConfig {
     pub start_tab: Option<Tab>,
     /// An image to turn into 3D right after start (`ORFEAS_GUI_GENERATE`, for screenshots).
     pub generate_on_start: Option<PathBuf>,
+    /// A text→image job to start right after start (`ORFEAS_GUI_PROMPT`, for screenshots).
+    pub prompt_on_start: Option<PromptStart>,
+    /// The hub models are downloaded from (`None`: `HF_ENDPOINT` or huggingface.co).
+    pub hf_endpoint: Option<String>,
+}
+
+/// `ORFEAS_GUI_PROMPT` with `ORFEAS_GUI_MODEL_DIR` (a diffusers folder) and
+/// `ORFEAS_GUI_STEPS`: generate this prompt at start.
+#[derive(Clone, Debug, Default)]
+pub struct PromptStart {
+    pub prompt: String,
+    pub model_dir: Option<PathBuf>,
+    pub steps: Option<usize>,
 }
 
 impl AppConfig {
@@ -45,6 +60,15 @@ impl AppConfig {
                 .ok()
                 .and_then(|name| Tab::from_label(&name)),
             generate_on_start: std::env::var_os("ORFEAS_GUI_GENERATE").map(PathBuf::from),
+            prompt_on_start: std::env::var("ORFEAS_GUI_PROMPT")
+                .ok()
+                .map(|prompt| PromptStart {
+                    prompt,
+                    model_dir: std::env::var_os("ORFEAS_GUI_MODEL_DIR").map(PathBuf::from),
+                    steps: std::env::var("ORFEAS_GUI_STEPS")
+                        .ok()
+                        .and_then(|s| s.parse().ok()),
+                }),
             ..Default::default()
         }
     }
@@ -81,6 +105,7 @@ enum PendingDialog {
     OpenImage(mpsc::Receiver<Option<PathBuf>>),
     OutputFolder(mpsc::Receiver<Option<PathBuf>>),
     OpenMesh(mpsc::Receiver<Option<PathBuf>>),
+    ModelFolder(mpsc::Receiver<Option<PathBuf>>),
     /// A save dialog followed by the export itself, both on the dialog's thread:
     /// `None` = the user cancelled, otherwise the files written or why not.
     ExportMesh(mpsc::Receiver<Option<Result<Vec<PathBuf>, String>>>),
@@ -92,6 +117,7 @@ enum DialogKind {
     OpenImage,
     OutputFolder,
     OpenMesh,
+    ModelFolder,
 }
 
 pub struct StudioApp {
@@ -117,6 +143,10 @@ pub struct StudioApp {
     viewer: ViewerState,
     /// For starting background mesh loads from [`Self::apply`].
     egui_ctx: egui::Context,
+    /// The Models tab: install state, downloads, deletes.
+    models: Models,
+    /// The newest step preview of each running text→image job.
+    previews: std::collections::HashMap<JobKey, StepPreview>,
 }
 
 impl StudioApp {
@@ -181,6 +211,7 @@ impl StudioApp {
                 Thumbnails::disabled()
             }
         };
+        let data_dir_for_models = data_dir.clone();
         let mut app = Self {
             saved,
             data_dir,
@@ -202,12 +233,35 @@ impl StudioApp {
             },
             viewer: ViewerState::new(egui::Id::unique("orfeas-viewer")),
             egui_ctx: ctx.clone(),
+            models: {
+                let repaint_ctx = ctx.clone();
+                Models::new(
+                    &data_dir_for_models,
+                    config.hf_endpoint.clone(),
+                    Arc::new(move || repaint_ctx.request_repaint()),
+                )
+            },
+            previews: Default::default(),
         };
         app.apply(Command::RefreshGallery);
         app.sync_endpoint();
         if let Some(input) = config.generate_on_start {
             app.apply(Command::SelectInput(input.clone()));
             app.apply(Command::Generate { input });
+        }
+        if let Some(start) = config.prompt_on_start {
+            let mut text = app.saved.text.clone();
+            text.prompt = start.prompt;
+            if start.model_dir.is_some() {
+                text.model_dir = start.model_dir;
+            }
+            if let Some(steps) = start.steps {
+                text.steps = steps;
+            }
+            app.saved.mode = CreateMode::TextToImage;
+            app.saved.tab = Tab::Create;
+            app.apply(Command::SetTextParams(text));
+            app.apply(Command::GenerateImage);
         }
         if let Some(path) = config.open_mesh {
             app.apply(Command::OpenInViewer {
@@ -228,6 +282,16 @@ impl StudioApp {
 
     pub fn gallery(&self) -> &GalleryView {
         &self.gallery
+    }
+
+    /// The Models tab's state.
+    pub fn models(&self) -> &crate::app::models::ModelsView {
+        self.models.view()
+    }
+
+    /// Jobs with a live step preview.
+    pub fn preview_keys(&self) -> Vec<JobKey> {
+        self.previews.keys().copied().collect()
     }
 
     pub fn toasts(&self) -> &Toasts {
@@ -309,6 +373,37 @@ impl StudioApp {
                 if tab == Tab::Gallery {
                     self.apply(Command::RefreshGallery);
                 }
+                if tab == Tab::Models {
+                    self.apply(Command::RefreshModels);
+                }
+            }
+            Command::SetMode(mode) => self.saved.mode = mode,
+            Command::SetTextParams(text) => self.saved.text = text,
+            Command::GenerateImage => self.generate_image(),
+            Command::MakeThreeD(image) => {
+                self.saved.mode = CreateMode::ImageTo3d;
+                self.saved.tab = Tab::Create;
+                self.apply(Command::SelectInput(image.clone()));
+                self.apply(Command::Generate { input: image });
+            }
+            Command::PickModelFolder => self.open_dialog(DialogKind::ModelFolder),
+            Command::RefreshModels => {
+                if let Err(err) = self.models.refresh() {
+                    self.toasts.error(err);
+                }
+            }
+            Command::DownloadModel(name) => {
+                if let Err(err) = self.models.download(&name) {
+                    self.toasts.error(err);
+                }
+            }
+            Command::CancelDownload(name) => self.models.cancel_download(&name),
+            Command::RequestDeleteModel(name) => self.models.request_delete(name),
+            Command::CancelDeleteModel => self.models.cancel_delete(),
+            Command::ConfirmDeleteModel(name) => {
+                if let Err(err) = self.models.delete(&name) {
+                    self.toasts.error(err);
+                }
             }
             Command::OpenFileDialog => self.open_dialog(DialogKind::OpenImage),
             Command::PickOutputFolder => self.open_dialog(DialogKind::OutputFolder),
@@ -349,6 +444,9 @@ impl StudioApp {
                     .filter(|j| j.phase.is_finished())
                     .map(|j| j.key)
                     .collect();
+                for key in &finished {
+                    self.previews.remove(key);
+                }
                 self.cleared.extend(finished);
                 self.jobs.retain(|j| !j.phase.is_finished());
             }
@@ -385,6 +483,61 @@ impl StudioApp {
         }
     }
 
+    /// Builds the text→image job from the Create tab and queues it; refused input
+    /// (empty prompt, a model that is not installed, …) is a toast and writes nothing.
+    fn generate_image(&mut self) {
+        use orfeas_ml::text_to_image::{
+            STYLE_PRESETS, StylePreset, TextToImageJob, TextToImageParams,
+        };
+        if !self.saved.text.seed_locked {
+            self.saved.text.seed = u64::from(rand::random::<u32>());
+        }
+        let t = &self.saved.text;
+        let style = StylePreset::by_key(&t.style).unwrap_or(&STYLE_PRESETS[0]);
+        let mut params = TextToImageParams::for_model(&t.model);
+        params.prompt = if t.prompt.trim().is_empty() {
+            String::new()
+        } else {
+            style.apply_prompt(&t.prompt)
+        };
+        params.negative = style.apply_negative(&t.negative);
+        params.steps = t.steps;
+        params.guidance = t.guidance;
+        params.seed = t.seed;
+        (params.width, params.height) = (t.width, t.height);
+        params.batch = t.batch;
+        params.scheduler = t.scheduler;
+        params.model_dir = t.model_dir.clone();
+        if let Err(err) = params.validate() {
+            self.toasts.error(format!("{err}"));
+            return;
+        }
+        if params.model_dir.is_none() {
+            match self.models.resolve(&t.model) {
+                Ok(dir) => params.model_dir = Some(dir),
+                Err(err) => {
+                    self.toasts.error(err);
+                    return;
+                }
+            }
+        }
+        let job = TextToImageJob {
+            params,
+            output: PathBuf::new(), // chosen by the backend
+            device: "auto".to_owned(),
+            style: style.key.to_owned(),
+        };
+        let output_dir = self.output_dir();
+        match &self.backend {
+            Ok(backend) => {
+                if let Err(err) = backend.submit_text(job, &output_dir) {
+                    self.toasts.error(format!("{err:#}"));
+                }
+            }
+            Err(err) => self.toasts.error(err.clone()),
+        }
+    }
+
     fn resubmit(&mut self, record: JobKey, format: Option<state::FormatChoice>) {
         let Some(item) = self.gallery.items.iter().find(|i| i.record == record) else {
             self.toasts.error(format!(
@@ -394,12 +547,18 @@ impl StudioApp {
         };
         let output_dir = self.output_dir();
         let input = item.input.clone();
+        let item_is_text = item.text.is_some();
         if let Ok(backend) = &self.backend
             && let Err(err) = backend.resubmit(item, format, &output_dir)
         {
             self.toasts.error(format!("{err:#}"));
         }
         // Show the job where its progress is: the Create tab, with its input.
+        self.saved.mode = if item_is_text {
+            CreateMode::TextToImage
+        } else {
+            CreateMode::ImageTo3d
+        };
         self.input = input.or(self.input.take());
         self.saved.tab = Tab::Create;
     }
@@ -424,6 +583,9 @@ impl StudioApp {
                         .set_title("Open a 3D model")
                         .add_filter("3D models", &orfeas_core::import::MeshFormat::EXTENSIONS)
                         .pick_file(),
+                    DialogKind::ModelFolder => rfd::FileDialog::new()
+                        .set_title("Choose a diffusers model folder (with model_index.json)")
+                        .pick_folder(),
                 };
                 let _ = tx.send(picked); // the app may have closed meanwhile
             });
@@ -433,6 +595,7 @@ impl StudioApp {
                     DialogKind::OutputFolder => PendingDialog::OutputFolder(rx),
                     DialogKind::OpenImage => PendingDialog::OpenImage(rx),
                     DialogKind::OpenMesh => PendingDialog::OpenMesh(rx),
+                    DialogKind::ModelFolder => PendingDialog::ModelFolder(rx),
                 });
             }
             Err(err) => self.toasts.error(format!(
@@ -520,7 +683,8 @@ impl StudioApp {
             Some(
                 PendingDialog::OpenImage(rx)
                 | PendingDialog::OutputFolder(rx)
-                | PendingDialog::OpenMesh(rx),
+                | PendingDialog::OpenMesh(rx)
+                | PendingDialog::ModelFolder(rx),
             ) => rx,
             Some(PendingDialog::ExportMesh(_)) | None => return None,
         };
@@ -541,12 +705,59 @@ impl StudioApp {
                 path,
                 quality_score: None,
             }),
+            Some(PendingDialog::ModelFolder(_)) => {
+                if !path.join("model_index.json").is_file() {
+                    self.toasts.error(format!(
+                        "{} has no model_index.json; choose a diffusers-format model folder",
+                        path.display()
+                    ));
+                    return None;
+                }
+                let mut text = self.saved.text.clone();
+                text.model_dir = Some(path);
+                Some(Command::SetTextParams(text))
+            }
             _ => Some(Command::SelectInput(path)),
+        }
+    }
+
+    fn poll_models(&mut self) {
+        for event in self.models.poll() {
+            match event {
+                ModelsEvent::Downloaded { name, dir } => self
+                    .toasts
+                    .success(format!("{name} is installed in {}", dir.display())),
+                ModelsEvent::DownloadCancelled { name } => self.toasts.info(format!(
+                    "Download of {name} stopped; Download again resumes it"
+                )),
+                ModelsEvent::DownloadFailed { name, error } => self
+                    .toasts
+                    .error(format!("Download of {name} failed: {error}")),
+                ModelsEvent::Deleted { name } => self.toasts.info(format!("Deleted {name}")),
+                ModelsEvent::DeleteFailed { error, .. } => self.toasts.error(error),
+            }
         }
     }
 
     fn poll_backend(&mut self) {
         let Ok(backend) = &self.backend else { return };
+        for (key, raw) in backend.take_previews() {
+            let (w, h) = raw.image.dimensions();
+            let image = egui::ColorImage::from_rgb([w as usize, h as usize], raw.image.as_raw());
+            let texture = self.egui_ctx.load_texture(
+                format!("step-preview-{key}"),
+                image,
+                egui::TextureOptions::LINEAR,
+            );
+            self.previews.insert(
+                key,
+                StepPreview {
+                    step: raw.step,
+                    total: raw.total,
+                    texture,
+                },
+            );
+        }
         let mut refresh_gallery = false;
         for update in backend.poll() {
             match update {
@@ -561,6 +772,7 @@ impl StudioApp {
                         });
                         if view.phase.is_finished() && !was_finished {
                             refresh_gallery = true;
+                            self.previews.remove(&view.key);
                             if view.phase == JobPhase::Succeeded
                                 && let Some(mesh) = view.mesh_output()
                             {
@@ -654,6 +866,7 @@ impl eframe::App for StudioApp {
         }
         self.thumbs.poll(&ctx);
         self.poll_backend();
+        self.poll_models();
         let mut commands: Vec<Command> = self.poll_dialog().into_iter().collect();
 
         // A mesh dropped anywhere on the window opens in the Viewer; anything else is
@@ -698,7 +911,9 @@ impl eframe::App for StudioApp {
             endpoint_addr: self.endpoint.handle.as_ref().map(ServerHandle::addr),
             endpoint_error: self.endpoint.error.as_deref(),
             alertmanager_in_use: self.alertmanager_in_use.as_deref(),
-        });
+        })
+        .with_models(self.models.view())
+        .with_previews(&self.previews);
         top_bar_ui(&studio, ui);
         crate::ui::alerts::firing_banner_ui(&studio, ui);
         let mut viewer_command = None;
@@ -720,7 +935,7 @@ impl eframe::App for StudioApp {
                 Tab::Gallery => crate::ui::gallery::gallery_tab_ui(&studio, ui),
                 Tab::Metrics => crate::ui::metrics::metrics_tab_ui(&studio, ui),
                 Tab::Alerts => crate::ui::alerts::alerts_tab_ui(&studio, ui),
-                Tab::Models => crate::ui::placeholders::models_tab_ui(&studio, ui),
+                Tab::Models => crate::ui::models::models_tab_ui(&studio, ui),
                 Tab::Settings => crate::ui::settings::settings_tab_ui(&studio, ui),
             });
         commands.extend(studio.into_commands());
@@ -748,6 +963,7 @@ impl eframe::App for StudioApp {
         if self.jobs.iter().any(|j| !j.phase.is_finished())
             || self.dialog.is_some()
             || self.viewer.is_loading()
+            || self.models.is_downloading()
         {
             // Progress arrives with a repaint request; this is a fallback for missed wakes.
             ctx.request_repaint_after(std::time::Duration::from_millis(250));

@@ -292,6 +292,10 @@ pub struct TextToImageArgs {
     /// Decode the image in tiles (less memory for large sizes).
     #[arg(long)]
     pub tiled_decode: bool,
+    /// Style preset: none, photographic, digital-art, anime, 3d-model, pixel-art
+    /// (adds its words to the prompt and the negative prompt).
+    #[arg(long, default_value = "none")]
+    pub style: String,
 }
 
 #[derive(Debug, Args)]
@@ -701,10 +705,17 @@ fn run_job(
 }
 
 fn text_to_image(args: TextToImageArgs) -> anyhow::Result<ExitCode> {
-    use orfeas_ml::text_to_image::{TextToImageJob, TextToImageParams, TextToImageRunner};
+    use orfeas_ml::text_to_image::{
+        StylePreset, TextToImageJob, TextToImageParams, TextToImageRunner,
+    };
+    let style = StylePreset::by_key(&args.style)?;
     let mut params = TextToImageParams::for_model(&args.model);
-    params.prompt = args.prompt;
-    params.negative = args.negative;
+    params.prompt = if args.prompt.trim().is_empty() {
+        args.prompt // refused by `validate` below, with its own message
+    } else {
+        style.apply_prompt(&args.prompt)
+    };
+    params.negative = style.apply_negative(&args.negative);
     params.model_dir = args.model_dir.as_deref().map(absolute);
     params.seed = args.seed;
     params.batch = args.batch;
@@ -742,6 +753,7 @@ fn text_to_image(args: TextToImageArgs) -> anyhow::Result<ExitCode> {
         params,
         output: absolute(&args.output),
         device: args.device,
+        style: style.key.to_owned(),
     };
     let history = open_history()?;
     let engine = Engine::new(

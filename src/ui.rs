@@ -5,8 +5,9 @@ pub mod alerts;
 pub mod create;
 pub mod gallery;
 pub mod metrics;
-pub mod placeholders;
+pub mod models;
 pub mod settings;
+pub mod text_to_image;
 pub mod theme;
 pub mod toast;
 pub mod viewer;
@@ -14,7 +15,7 @@ pub mod viewer;
 use std::cell::RefCell;
 use std::path::Path;
 
-use crate::app::jobs::{GalleryItem, JobPhase, JobView};
+use crate::app::jobs::{GalleryItem, JobPhase, JobView, StepPreview};
 use crate::app::state::{Command, SavedState};
 use crate::app::thumbnails::Thumbnails;
 
@@ -41,6 +42,10 @@ pub struct StudioCtx<'a> {
     /// Why generation is unavailable, if it is (shown instead of failing silently).
     pub engine_error: Option<&'a str>,
     pub monitoring: Monitoring<'a>,
+    /// The Models tab's state (absent in panels built without it).
+    pub models: Option<&'a crate::app::models::ModelsView>,
+    /// Live step previews of running text→image jobs.
+    pub previews: Option<&'a std::collections::HashMap<crate::app::state::JobKey, StepPreview>>,
     commands: RefCell<Vec<Command>>,
 }
 
@@ -89,6 +94,8 @@ impl<'a> StudioCtx<'a> {
             output_dir,
             engine_error,
             monitoring: Monitoring::default(),
+            models: None,
+            previews: None,
             commands: RefCell::new(Vec::new()),
         }
     }
@@ -96,6 +103,24 @@ impl<'a> StudioCtx<'a> {
     pub fn with_monitoring(mut self, monitoring: Monitoring<'a>) -> Self {
         self.monitoring = monitoring;
         self
+    }
+
+    pub fn with_models(mut self, models: &'a crate::app::models::ModelsView) -> Self {
+        self.models = Some(models);
+        self
+    }
+
+    pub fn with_previews(
+        mut self,
+        previews: &'a std::collections::HashMap<crate::app::state::JobKey, StepPreview>,
+    ) -> Self {
+        self.previews = Some(previews);
+        self
+    }
+
+    /// The live preview of job `key`, if one arrived.
+    pub fn preview(&self, key: crate::app::state::JobKey) -> Option<&'a StepPreview> {
+        self.previews.and_then(|p| p.get(&key))
     }
 
     pub fn send(&self, command: Command) {

@@ -13,6 +13,8 @@ use orfeas_core::jobs::{
     Engine, EngineConfig, JobEvent, JobId, JobKind, JobObserver, JobSnapshot, JobState,
 };
 
+use orfeas_ml::text_to_image::{TextToImageJob, TextToImageRunner};
+
 use crate::app::jobs::{GalleryItem, JobPhase, JobView};
 use crate::app::runner::{self, ImageTo3dJobParams};
 use crate::app::state::{CreateParams, FormatChoice, JobKey};
@@ -38,8 +40,19 @@ enum WorkerRequest {
     Delete(JobKey),
 }
 
+/// The newest step preview of each running text→image job, not yet shown.
+type PreviewSlots = Arc<parking_lot::Mutex<std::collections::HashMap<JobKey, RawPreview>>>;
+
+/// A step preview as the runner hands it over.
+pub struct RawPreview {
+    pub step: usize,
+    pub total: usize,
+    pub image: image::RgbImage,
+}
+
 pub struct Backend {
     engine: Engine,
+    previews: PreviewSlots,
     dirty: Arc<AtomicBool>,
     requests: mpsc::SyncSender<WorkerRequest>,
     updates: mpsc::Receiver<BackendUpdate>,
@@ -85,6 +98,24 @@ impl Backend {
             JobKind::ImageTo3d,
             Arc::new(orfeas_core::runner::ImageTo3dRunner),
         );
+        let previews: PreviewSlots = Arc::default();
+        let (slots, wake) = (previews.clone(), repaint.clone());
+        engine.register(
+            JobKind::TextToImage,
+            Arc::new(TextToImageRunner::with_previews(Arc::new(
+                move |id: JobId, step, total, image: &image::RgbImage| {
+                    slots.lock().insert(
+                        id.0,
+                        RawPreview {
+                            step,
+                            total,
+                            image: image.clone(),
+                        },
+                    );
+                    wake();
+                },
+            ))),
+        );
         let dirty = Arc::new(AtomicBool::new(true));
         engine.add_observer(Arc::new(UiObserver {
             dirty: dirty.clone(),
@@ -118,6 +149,7 @@ impl Backend {
 
         Ok(Self {
             engine,
+            previews,
             dirty,
             requests: req_tx,
             updates: upd_rx,
@@ -146,6 +178,30 @@ impl Backend {
         self.submit_params(job, output_dir)
     }
 
+    /// Step previews that arrived since the last call.
+    pub fn take_previews(&self) -> Vec<(JobKey, RawPreview)> {
+        self.previews.lock().drain().collect()
+    }
+
+    /// Queues a text→image job writing a new PNG into `output_dir`.
+    pub fn submit_text(
+        &self,
+        mut job: TextToImageJob,
+        output_dir: &Path,
+    ) -> anyhow::Result<JobKey> {
+        std::fs::create_dir_all(output_dir).with_context(|| {
+            format!(
+                "cannot create the output folder {}; choose another one in Settings",
+                output_dir.display()
+            )
+        })?;
+        job.output = unique_image_path(output_dir, &job.params.prompt);
+        let spec = job.spec().context("cannot encode the job parameters")?;
+        let id = self.engine.submit(spec)?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(id.0)
+    }
+
     /// Queues a new job with `item`'s parameters, optionally in another format.
     pub fn resubmit(
         &self,
@@ -153,6 +209,9 @@ impl Backend {
         format: Option<FormatChoice>,
         output_dir: &Path,
     ) -> anyhow::Result<JobKey> {
+        if let Some(text) = &item.text {
+            return self.submit_text(text.clone(), output_dir);
+        }
         let mut job = item.params.clone().with_context(|| {
             format!(
                 "“{}” has no image-to-3D parameters that this build can re-run",
@@ -223,6 +282,7 @@ fn job_view(s: &JobSnapshot) -> JobView {
         .unwrap_or_else(|| s.message.clone());
     JobView {
         key: s.id.0,
+        kind: s.kind,
         label: s.label.clone(),
         phase: phase(s.state),
         stage: s.stage.clone(),
@@ -240,9 +300,16 @@ fn job_view(s: &JobSnapshot) -> JobView {
 }
 
 fn gallery_item(r: &JobRecord) -> GalleryItem {
-    let params: Option<ImageTo3dJobParams> = serde_json::from_value(r.params.clone()).ok();
+    let params: Option<ImageTo3dJobParams> = (r.kind == JobKind::ImageTo3d)
+        .then(|| serde_json::from_value(r.params.clone()).ok())
+        .flatten();
+    let text: Option<TextToImageJob> = (r.kind == JobKind::TextToImage)
+        .then(|| serde_json::from_value(r.params.clone()).ok())
+        .flatten();
     GalleryItem {
         record: r.id.0,
+        kind: r.kind,
+        text,
         label: r.label.clone(),
         phase: phase(r.state),
         created_at_ms: r.created_at_ms,
@@ -283,6 +350,36 @@ fn delete_record(history: &History, key: JobKey) -> BackendUpdate {
             BackendUpdate::Error(format!("cannot delete job {key} from the history: {err}"))
         }
     }
+}
+
+/// `<dir>/<first words of the prompt>-<unix ms>.png`, with a counter if that exists already.
+fn unique_image_path(dir: &Path, prompt: &str) -> PathBuf {
+    let slug: String = prompt
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .take(6)
+        .collect::<Vec<_>>()
+        .join("-")
+        .to_lowercase()
+        .chars()
+        .take(48)
+        .collect();
+    let stem = if slug.is_empty() {
+        "image".to_owned()
+    } else {
+        slug
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let mut path = dir.join(format!("{stem}-{stamp}.png"));
+    let mut n = 1;
+    while path.exists() {
+        n += 1;
+        path = dir.join(format!("{stem}-{stamp}-{n}.png"));
+    }
+    path
 }
 
 /// `<dir>/<stem>-<unix ms>.<ext>`, with a counter if that exists already.

@@ -35,6 +35,7 @@ impl JobPhase {
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobView {
     pub key: JobKey,
+    pub kind: orfeas_core::jobs::JobKind,
     pub label: String,
     pub phase: JobPhase,
     pub stage: String,
@@ -53,13 +54,30 @@ impl JobView {
     pub fn mesh_output(&self) -> Option<&std::path::Path> {
         first_mesh(&self.outputs)
     }
+
+    /// The first image output (text→image jobs).
+    pub fn image_output(&self) -> Option<&std::path::Path> {
+        first_image(&self.outputs)
+    }
 }
 
 impl GalleryItem {
+    /// The first image output (text→image jobs).
+    pub fn image_output(&self) -> Option<&std::path::Path> {
+        first_image(&self.outputs)
+    }
+
     /// The first output the Viewer can open.
     pub fn mesh_output(&self) -> Option<&std::path::Path> {
         first_mesh(&self.outputs)
     }
+}
+
+fn first_image(outputs: &[PathBuf]) -> Option<&std::path::Path> {
+    outputs
+        .iter()
+        .map(PathBuf::as_path)
+        .find(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
 }
 
 fn first_mesh(outputs: &[PathBuf]) -> Option<&std::path::Path> {
@@ -73,6 +91,7 @@ fn first_mesh(outputs: &[PathBuf]) -> Option<&std::path::Path> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct GalleryItem {
     pub record: JobKey,
+    pub kind: orfeas_core::jobs::JobKind,
     pub label: String,
     pub phase: JobPhase,
     pub created_at_ms: i64,
@@ -86,4 +105,14 @@ pub struct GalleryItem {
     pub error: Option<String>,
     /// The job's parameters, when this build can read them (for re-run and export).
     pub params: Option<crate::app::runner::ImageTo3dJobParams>,
+    /// A text→image job's parameters (for re-run and the card's facts).
+    pub text: Option<orfeas_ml::text_to_image::TextToImageJob>,
+}
+
+/// The latest step preview of a running text→image job.
+#[derive(Clone)]
+pub struct StepPreview {
+    pub step: usize,
+    pub total: usize,
+    pub texture: egui::TextureHandle,
 }

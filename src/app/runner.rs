@@ -74,6 +74,12 @@ pub fn summary_text(summary: &serde_json::Value, quality: Option<f32>) -> String
     if let Some(t) = summary.get("triangles").and_then(|v| v.as_u64()) {
         parts.push(format!("{t} triangles"));
     }
+    if let Some(size) = summary.get("size").and_then(|v| v.as_str()) {
+        parts.push(size.to_owned());
+    }
+    if let Some(seed) = summary.get("seed").and_then(|v| v.as_u64()) {
+        parts.push(format!("seed {seed}"));
+    }
     if let Some(q) = quality {
         parts.push(format!("quality {q:.2}"));
     }

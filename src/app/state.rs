@@ -168,6 +168,86 @@ impl Default for CreateParams {
     }
 }
 
+/// What the Create tab makes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CreateMode {
+    #[default]
+    ImageTo3d,
+    TextToImage,
+}
+
+impl CreateMode {
+    pub const ALL: [CreateMode; 2] = [CreateMode::ImageTo3d, CreateMode::TextToImage];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CreateMode::ImageTo3d => "Image to 3D",
+            CreateMode::TextToImage => "Text to image",
+        }
+    }
+}
+
+/// The text→image parameters shown on the Create tab (the last used values are saved).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TextParams {
+    pub prompt: String,
+    pub negative: String,
+    /// Registry name (`sd-turbo`, `sd-1.5`, …); unused while `model_dir` is set.
+    pub model: String,
+    /// A diffusers-format folder chosen by the user instead of a registry model.
+    pub model_dir: Option<PathBuf>,
+    /// A style preset key (`orfeas_ml::text_to_image::STYLE_PRESETS`).
+    pub style: String,
+    pub steps: usize,
+    pub guidance: f64,
+    pub seed: u64,
+    /// Keep the seed between generations; otherwise each Generate rolls a new one.
+    pub seed_locked: bool,
+    pub width: usize,
+    pub height: usize,
+    pub batch: usize,
+    /// `None`: the model's own scheduler.
+    pub scheduler: Option<orfeas_ml::sd::schedulers::SchedulerKind>,
+}
+
+impl TextParams {
+    /// The registry model's recommended steps, guidance and size, keeping the prompt and seed.
+    pub fn with_model_defaults(&self, model: &str) -> TextParams {
+        let d = orfeas_ml::text_to_image::TextToImageParams::for_model(model);
+        TextParams {
+            model: model.to_owned(),
+            model_dir: None,
+            steps: d.steps,
+            guidance: d.guidance,
+            width: d.width,
+            height: d.height,
+            ..self.clone()
+        }
+    }
+}
+
+impl Default for TextParams {
+    fn default() -> Self {
+        let d = orfeas_ml::text_to_image::TextToImageParams::for_model("sd-turbo");
+        Self {
+            prompt: String::new(),
+            negative: String::new(),
+            model: d.model,
+            model_dir: None,
+            style: "none".to_owned(),
+            steps: d.steps,
+            guidance: d.guidance,
+            seed: 42,
+            seed_locked: false,
+            width: d.width,
+            height: d.height,
+            batch: 1,
+            scheduler: None,
+        }
+    }
+}
+
 /// User settings (Settings tab).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -227,6 +307,8 @@ pub struct SavedState {
     pub tab: Tab,
     pub settings: Settings,
     pub params: CreateParams,
+    pub mode: CreateMode,
+    pub text: TextParams,
 }
 
 impl SavedState {
@@ -248,6 +330,23 @@ pub enum Command {
     Generate {
         input: PathBuf,
     },
+    SetMode(CreateMode),
+    SetTextParams(TextParams),
+    /// Start a text→image job with the current text parameters.
+    GenerateImage,
+    /// Turn this image into a 3D model (switches to image→3D and starts the job).
+    MakeThreeD(PathBuf),
+    /// Show the native folder picker for a diffusers-format model folder.
+    PickModelFolder,
+    /// Re-read which models are installed (Models tab).
+    RefreshModels,
+    /// Download a registry model into the data dir's `models/` (user's request only).
+    DownloadModel(String),
+    CancelDownload(String),
+    /// Ask for confirmation before deleting a model folder.
+    RequestDeleteModel(String),
+    ConfirmDeleteModel(String),
+    CancelDeleteModel,
     Cancel(JobKey),
     ClearFinished,
     SetParams(CreateParams),

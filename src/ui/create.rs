@@ -3,7 +3,9 @@
 use egui::{RichText, Vec2};
 
 use crate::app::jobs::{JobPhase, JobView};
-use crate::app::state::{Command, CreateParams, FormatChoice, QualityChoice};
+use orfeas_core::jobs::JobKind;
+
+use crate::app::state::{Command, CreateMode, CreateParams, FormatChoice, QualityChoice};
 use crate::app::thumbnails::Thumb;
 use crate::ui::theme::{self, space};
 use crate::ui::{StudioCtx, hint_ui, phase_badge_ui, section_heading_ui};
@@ -36,9 +38,16 @@ pub fn create_tab_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
         .show(ui, |ui| {
             theme::card(ui.ctx()).show(ui, |ui| {
                 ui.set_min_height(ui.available_height());
+                mode_switch_ui(ctx, ui);
+                ui.add_space(space::MD);
                 egui::ScrollArea::vertical()
                     .id_salt("params-scroll")
-                    .show(ui, |ui| params_ui(ctx, ui));
+                    .show(ui, |ui| match ctx.saved.mode {
+                        CreateMode::ImageTo3d => params_ui(ctx, ui),
+                        CreateMode::TextToImage => {
+                            crate::ui::text_to_image::text_params_ui(ctx, ui)
+                        }
+                    });
             });
         });
 
@@ -46,8 +55,27 @@ pub fn create_tab_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
         theme::card(ui.ctx()).show(ui, |ui| {
             ui.set_width(ui.available_width());
             ui.set_min_height(ui.available_height());
-            input_ui(ctx, ui);
+            match ctx.saved.mode {
+                CreateMode::ImageTo3d => input_ui(ctx, ui),
+                CreateMode::TextToImage => crate::ui::text_to_image::prompt_ui(ctx, ui),
+            }
         });
+    });
+}
+
+/// "Image to 3D | Text to image" at the top of the parameters.
+fn mode_switch_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
+    ui.horizontal(|ui| {
+        for mode in CreateMode::ALL {
+            let selected = ctx.saved.mode == mode;
+            if ui
+                .selectable_label(selected, RichText::new(mode.label()).size(15.0))
+                .clicked()
+                && !selected
+            {
+                ctx.send(Command::SetMode(mode));
+            }
+        }
     });
 }
 
@@ -140,12 +168,9 @@ fn input_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
         // Truncated, not wrapped: a long output path must not widen the card.
         ui.add(egui::Label::new(RichText::new(hint).color(p.text_muted)).truncate());
     });
-    if let Some(job) = ctx
-        .jobs
-        .iter()
-        .rev()
-        .find(|j| matches!(j.phase, JobPhase::Running | JobPhase::Queued))
-    {
+    if let Some(job) = ctx.jobs.iter().rev().find(|j| {
+        j.kind == JobKind::ImageTo3d && matches!(j.phase, JobPhase::Running | JobPhase::Queued)
+    }) {
         ui.add_space(space::SM);
         ui.horizontal(|ui| {
             let cancel_width = 80.0;
@@ -166,7 +191,12 @@ fn input_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     }
 }
 
-fn preview_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, path: &std::path::Path, size: Vec2) {
+pub(crate) fn preview_ui(
+    ctx: &StudioCtx<'_>,
+    ui: &mut egui::Ui,
+    path: &std::path::Path,
+    size: Vec2,
+) {
     let p = theme::palette(ui.ctx());
     match ctx.thumbs.get(path) {
         Thumb::Ready(texture) => {
@@ -352,6 +382,14 @@ fn job_row_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, job: &JobView) {
                         && ui.small_button("Show in folder").clicked()
                     {
                         ctx.send(Command::OpenFolder(dir.to_path_buf()));
+                    }
+                    if let Some(image) = job.image_output()
+                        && ui
+                            .small_button("Make 3D")
+                            .on_hover_text("Turn this image into a 3D model")
+                            .clicked()
+                    {
+                        ctx.send(Command::MakeThreeD(image.to_path_buf()));
                     }
                 });
             }

@@ -57,7 +57,9 @@ fn card_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, item: &GalleryItem) {
         ui.set_width(CARD_WIDTH);
         ui.vertical(|ui| {
             ui.allocate_ui(Vec2::new(CARD_WIDTH, THUMB_SIDE), |ui| {
-                ui.centered_and_justified(|ui| match item.input.as_deref() {
+                // Text→image entries show their image, image→3D entries their input.
+                let shown = item.image_output().or(item.input.as_deref());
+                ui.centered_and_justified(|ui| match shown {
                     Some(path) => match ctx.thumbs.get(path) {
                         Thumb::Ready(tex) => {
                             ui.add(
@@ -84,6 +86,20 @@ fn card_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, item: &GalleryItem) {
                 ui.add(egui::Label::new(RichText::new(&item.label).strong()).truncate());
             });
             let mut facts = Vec::new();
+            if let Some(t) = &item.text {
+                facts.push(
+                    t.params
+                        .model_dir
+                        .as_deref()
+                        .and_then(|d| d.file_name())
+                        .map_or_else(
+                            || t.params.model.clone(),
+                            |n| n.to_string_lossy().into_owned(),
+                        ),
+                );
+                facts.push(format!("{}x{}", t.params.width, t.params.height));
+                facts.push(format!("seed {}", t.params.seed));
+            }
             if let Some(f) = item.format {
                 facts.push(f.label().to_owned());
             }
@@ -102,7 +118,7 @@ fn card_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, item: &GalleryItem) {
                 ui.add(egui::Label::new(RichText::new(err).small().color(p.danger)).wrap());
             }
             ui.add_space(space::XS);
-            let can_rerun = item.input.is_some();
+            let can_rerun = item.input.is_some() || item.text.is_some();
             ui.horizontal(|ui| {
                 ui.spacing_mut().item_spacing.x = space::XS;
                 if can_rerun && ui.button("Re-run").clicked() {
@@ -110,7 +126,16 @@ fn card_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, item: &GalleryItem) {
                         record: item.record,
                     });
                 }
-                if item.phase == JobPhase::Succeeded && can_rerun {
+                if item.phase == JobPhase::Succeeded
+                    && let Some(image) = item.image_output()
+                    && ui
+                        .button("Make 3D")
+                        .on_hover_text("Turn this image into a 3D model")
+                        .clicked()
+                {
+                    ctx.send(Command::MakeThreeD(image.to_path_buf()));
+                }
+                if item.phase == JobPhase::Succeeded && item.params.is_some() {
                     ui.menu_button("Export as…", |ui| {
                         for format in FormatChoice::ALL {
                             if Some(format) != item.format && ui.button(format.label()).clicked() {

@@ -239,7 +239,15 @@ fn plot(
         .include_x(-range.secs() / unit_secs)
         .include_x(0.0)
         .include_y(0.0)
-        .x_axis_formatter(move |mark, _| format!("{:.0}", -mark.value))
+        .x_axis_formatter(move |mark, _| {
+            // `+ 0.0` turns -0 into 0; the right edge reads "now".
+            let ago = (-mark.value).round() + 0.0;
+            if ago == 0.0 {
+                "now".to_owned()
+            } else {
+                format!("{ago:.0}")
+            }
+        })
         .y_axis_formatter(move |mark, _| format_value(mark.value, value_unit))
         .y_axis_min_width(48.0)
         .x_axis_label(unit_name);
@@ -287,7 +295,7 @@ fn format_secs(v: f64) -> String {
     }
 }
 
-fn format_bytes(v: f64) -> String {
+pub fn format_bytes(v: f64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut x = v;
     let mut i = 0;

@@ -22,6 +22,15 @@ pub(crate) fn harness(
     data_dir: &Path,
     storage: Option<&MemStorage>,
 ) -> Harness<'static, StudioApp> {
+    harness_with(data_dir, storage, AppConfig::default())
+}
+
+/// [`harness`] with more of the app's start-up config (the data dir is always set).
+pub(crate) fn harness_with(
+    data_dir: &Path,
+    storage: Option<&MemStorage>,
+    config: AppConfig,
+) -> Harness<'static, StudioApp> {
     let data_dir = data_dir.to_path_buf();
     let storage = storage.cloned();
     Harness::builder()
@@ -33,7 +42,7 @@ pub(crate) fn harness(
                 storage.as_ref().map(|s| s as &dyn eframe::Storage),
                 AppConfig {
                     data_dir: Some(data_dir),
-                    ..Default::default()
+                    ..config.clone()
                 },
             )
         })
@@ -176,7 +185,7 @@ fn dropping_an_image_generates_a_model_that_appears_in_the_gallery() {
 }
 
 #[test]
-fn tabs_switch_and_unfinished_tabs_say_what_is_coming() {
+fn tabs_switch_and_show_their_content() {
     let tmp = tempfile::tempdir().unwrap();
     let mut h = harness(tmp.path(), None);
     h.run();
@@ -203,10 +212,10 @@ fn tabs_switch_and_unfinished_tabs_say_what_is_coming() {
         "the Viewer is there and says it is empty"
     );
     h.get_by_role_and_label(Role::Button, "Models").click();
-    h.run();
+    step_until(&mut h, "the model list", |h| h.state().models().loaded);
     assert!(
-        h.query_by_label_contains("Not in this build yet").is_some(),
-        "Models says plainly that it is not there yet"
+        h.query_by_label("sd-turbo").is_some() && h.query_by_label("sd-1.5").is_some(),
+        "Models lists the registry"
     );
     assert_eq!(h.state().saved_state().tab, orfeas::app::state::Tab::Models);
 }

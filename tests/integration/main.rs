@@ -4,6 +4,7 @@
 mod cli;
 mod gui;
 mod gui_metrics;
+mod gui_text;
 mod gui_viewer;
 mod render;
 mod viewport;

@@ -6,6 +6,8 @@
 //! where IoU is the silhouette of the mesh rendered orthographically from the
 //! input view against the input mask, the booleans count 1 when true, and a
 //! floating component is a connected piece with under 1 % of the triangles.
+//!
+//! Image score (no reference; a CLIP score needs CLIP weights): see [`score_image`].
 
 use crate::mesh::{Mesh, Topology};
 
@@ -139,5 +141,105 @@ pub fn silhouette_iou(mesh: &Mesh, mask: &image::GrayImage) -> f32 {
         1.0
     } else {
         inter as f32 / union as f32
+    }
+}
+
+/// The no-reference measures behind an image's score (see [`score_image`]).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ImageReport {
+    /// Variance of the luma Laplacian mapped to 0..1 (`v / (v + 100)`).
+    pub sharpness: f32,
+    /// Share of pixels with luma at 0..=2 or 253..=255 (0..1; lower is better).
+    pub clipped_share: f32,
+    /// Hasler–Süsstrunk colourfulness mapped to 0..1 (`m / (m + 30)`).
+    pub colourfulness: f32,
+    /// Shannon entropy of the 256-bin luma histogram over 8 bits (0..1).
+    pub entropy: f32,
+    /// `0.35·sharpness + 0.25·(1 − min(1, 4·clipped)) + 0.15·colourfulness + 0.25·entropy`.
+    pub score: f32,
+}
+
+/// Scores a generated image without a reference: a flat or blown-out picture
+/// scores low, a detailed, well-exposed, colourful one high.
+pub fn score_image(img: &image::RgbImage) -> ImageReport {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 {
+        return ImageReport::default();
+    }
+    let luma: Vec<f32> = img
+        .pixels()
+        .map(|p| 0.299 * f32::from(p[0]) + 0.587 * f32::from(p[1]) + 0.114 * f32::from(p[2]))
+        .collect();
+    let at = |x: usize, y: usize| luma.get(y * w + x).copied().unwrap_or(0.0);
+
+    // Sharpness: variance of the 4-neighbour Laplacian over interior pixels.
+    let (mut sum, mut sum_sq, mut n) = (0f64, 0f64, 0f64);
+    for y in 1..h.saturating_sub(1) {
+        for x in 1..w.saturating_sub(1) {
+            let lap = f64::from(
+                at(x - 1, y) + at(x + 1, y) + at(x, y - 1) + at(x, y + 1) - 4.0 * at(x, y),
+            );
+            sum += lap;
+            sum_sq += lap * lap;
+            n += 1.0;
+        }
+    }
+    let lap_var = if n > 0.0 {
+        (sum_sq / n - (sum / n).powi(2)).max(0.0)
+    } else {
+        0.0
+    };
+    let sharpness = (lap_var / (lap_var + 100.0)) as f32;
+
+    let mut hist = [0u64; 256];
+    let mut clipped = 0u64;
+    for &l in &luma {
+        let bin = l.round().clamp(0.0, 255.0) as usize;
+        if let Some(c) = hist.get_mut(bin) {
+            *c += 1;
+        }
+        if bin <= 2 || bin >= 253 {
+            clipped += 1;
+        }
+    }
+    let total = luma.len() as f64;
+    let clipped_share = (clipped as f64 / total) as f32;
+    let entropy = hist
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / total;
+            -p * p.log2()
+        })
+        .sum::<f64>()
+        / 8.0;
+
+    // Colourfulness (Hasler & Süsstrunk 2003) on rg = R − G, yb = (R + G)/2 − B.
+    let (mut rg_s, mut rg_ss, mut yb_s, mut yb_ss) = (0f64, 0f64, 0f64, 0f64);
+    for p in img.pixels() {
+        let (r, g, b) = (f64::from(p[0]), f64::from(p[1]), f64::from(p[2]));
+        let rg = r - g;
+        let yb = 0.5 * (r + g) - b;
+        rg_s += rg;
+        rg_ss += rg * rg;
+        yb_s += yb;
+        yb_ss += yb * yb;
+    }
+    let (rg_m, yb_m) = (rg_s / total, yb_s / total);
+    let rg_sd = (rg_ss / total - rg_m * rg_m).max(0.0).sqrt();
+    let yb_sd = (yb_ss / total - yb_m * yb_m).max(0.0).sqrt();
+    let m = (rg_sd * rg_sd + yb_sd * yb_sd).sqrt() + 0.3 * (rg_m * rg_m + yb_m * yb_m).sqrt();
+    let colourfulness = (m / (m + 30.0)) as f32;
+
+    let entropy = entropy.clamp(0.0, 1.0) as f32;
+    let exposure = 1.0 - (4.0 * clipped_share).min(1.0);
+    let score = (0.35 * sharpness + 0.25 * exposure + 0.15 * colourfulness + 0.25 * entropy)
+        .clamp(0.0, 1.0);
+    ImageReport {
+        sharpness,
+        clipped_share,
+        colourfulness,
+        entropy,
+        score,
     }
 }

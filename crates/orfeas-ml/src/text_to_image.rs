@@ -29,6 +29,89 @@ pub const MAX_BATCH: usize = 16;
 pub const MAX_GUIDANCE: f64 = 30.0;
 pub const MAX_PROMPT_CHARS: usize = 4000;
 
+/// A style preset: words added to the prompt and the negative prompt. The
+/// keys are the `style` label values of `text_to_image_generations_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StylePreset {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub prompt_suffix: &'static str,
+    pub negative: &'static str,
+}
+
+pub const STYLE_PRESETS: [StylePreset; 6] = [
+    StylePreset {
+        key: "none",
+        label: "None",
+        prompt_suffix: "",
+        negative: "",
+    },
+    StylePreset {
+        key: "photographic",
+        label: "Photographic",
+        prompt_suffix: "photograph, natural light, 50mm lens, sharp focus, highly detailed",
+        negative: "drawing, painting, illustration, cartoon",
+    },
+    StylePreset {
+        key: "digital-art",
+        label: "Digital art",
+        prompt_suffix: "digital painting, concept art, vibrant colours, detailed",
+        negative: "photo, photograph",
+    },
+    StylePreset {
+        key: "anime",
+        label: "Anime",
+        prompt_suffix: "anime style, cel shading, clean line art",
+        negative: "photo, photograph, realistic",
+    },
+    StylePreset {
+        key: "3d-model",
+        label: "3D model",
+        prompt_suffix: "3d render of a single object, centered, plain white background, studio lighting",
+        negative: "cluttered background, multiple objects, cropped",
+    },
+    StylePreset {
+        key: "pixel-art",
+        label: "Pixel art",
+        prompt_suffix: "pixel art, 16-bit, limited palette",
+        negative: "photo, blurry, smooth gradients",
+    },
+];
+
+impl StylePreset {
+    /// The preset with this key (case-insensitive), or an error listing the keys.
+    pub fn by_key(key: &str) -> Result<&'static StylePreset> {
+        STYLE_PRESETS
+            .iter()
+            .find(|s| s.key.eq_ignore_ascii_case(key.trim()))
+            .ok_or_else(|| {
+                let keys: Vec<&str> = STYLE_PRESETS.iter().map(|s| s.key).collect();
+                SdError::invalid(
+                    "style",
+                    format!("'{key}' is not a style; use one of {}", keys.join(", ")),
+                )
+            })
+    }
+
+    /// `prompt` with the style's words appended.
+    pub fn apply_prompt(&self, prompt: &str) -> String {
+        join_words(prompt, self.prompt_suffix)
+    }
+
+    /// `negative` with the style's negative words appended.
+    pub fn apply_negative(&self, negative: &str) -> String {
+        join_words(negative, self.negative)
+    }
+}
+
+fn join_words(a: &str, b: &str) -> String {
+    match (a.trim(), b) {
+        (a, "") => a.to_owned(),
+        ("", b) => b.to_owned(),
+        (a, b) => format!("{a}, {b}"),
+    }
+}
+
 /// Everything that decides the pictures.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -348,6 +431,14 @@ pub struct TextToImageJob {
     /// `auto`, `cpu`, `cuda`, `cuda:N` or `metal`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// The style preset the prompt was built with (`none`, `photographic`, …),
+    /// for the `style` label of the metrics; the prompt already carries it.
+    #[serde(default = "default_style")]
+    pub style: String,
+}
+
+fn default_style() -> String {
+    "none".into()
 }
 
 fn default_device() -> String {
@@ -378,10 +469,33 @@ impl TextToImageJob {
     }
 }
 
+/// Receives each step's cheap preview: (job, step, total steps, image).
+pub type PreviewSink =
+    Arc<dyn Fn(orfeas_core::jobs::JobId, usize, usize, &image::RgbImage) + Send + Sync>;
+
 /// Runs text→image jobs, keeping the last model loaded between jobs.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct TextToImageRunner {
     engine: Engine,
+    previews: Option<PreviewSink>,
+}
+
+impl std::fmt::Debug for TextToImageRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextToImageRunner")
+            .field("previews", &self.previews.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TextToImageRunner {
+    /// A runner that hands every step's preview to `sink` (the GUI shows them live).
+    pub fn with_previews(sink: PreviewSink) -> Self {
+        Self {
+            engine: Engine::default(),
+            previews: Some(sink),
+        }
+    }
 }
 
 fn job_failure(e: &SdError) -> orfeas_core::jobs::JobFailure {
@@ -409,7 +523,14 @@ impl orfeas_core::jobs::JobRunner for TextToImageRunner {
         let mut on_progress = |p: Progress| {
             match p {
                 Progress::Started { .. } => ctx.progress("denoise", 0.05, ""),
-                Progress::Step { step, total, .. } => {
+                Progress::Step {
+                    step,
+                    total,
+                    preview,
+                } => {
+                    if let (Some(sink), Some(img)) = (&self.previews, &preview) {
+                        sink(ctx.id(), step, total, img);
+                    }
                     let f = 0.05 + 0.85 * step as f32 / total.max(1) as f32;
                     ctx.progress("denoise", f, &format!("step {step}/{total}"));
                 }
@@ -433,10 +554,19 @@ impl orfeas_core::jobs::JobRunner for TextToImageRunner {
             files.push(path);
         }
         ctx.progress("write", 1.0, "");
+        // The no-reference image score, averaged over the batch.
+        let quality = (!images.is_empty()).then(|| {
+            images
+                .iter()
+                .map(|img| orfeas_core::quality::score_image(img).score)
+                .sum::<f32>()
+                / images.len() as f32
+        });
         Ok(orfeas_core::jobs::JobOutput {
             files,
-            quality: None,
+            quality,
             summary: serde_json::json!({
+                "style": job.style,
                 "seed": job.params.seed,
                 "steps": job.params.steps,
                 "size": format!("{}x{}", job.params.width, job.params.height),

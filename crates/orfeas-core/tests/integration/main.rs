@@ -10,6 +10,7 @@ mod bad_input;
 mod export;
 mod history;
 mod http_metrics;
+mod image_quality;
 mod image_to_3d;
 mod import;
 mod jobs;

@@ -1,6 +1,7 @@
 //! The one-call API end to end on the tiny model: PNGs from stored noise,
 //! batch/seed behaviour, progress, cancellation, PNG metadata, tiled decode.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
@@ -321,6 +322,7 @@ fn job_params_round_trip_through_json_and_name_batch_outputs() {
         },
         output: "/tmp/out/cat.png".into(),
         device: "cpu".into(),
+        style: "anime".into(),
     };
     let spec = job.spec().unwrap();
     assert_eq!(spec.kind, orfeas_core::jobs::JobKind::TextToImage);
@@ -336,4 +338,76 @@ fn job_params_round_trip_through_json_and_name_batch_outputs() {
         serde_json::from_value(serde_json::json!({"prompt": "a cat", "output": "a.png"})).unwrap();
     assert_eq!(minimal.params.steps, 1);
     assert_eq!(minimal.device, "auto");
+    assert_eq!(minimal.style, "none");
+}
+
+#[test]
+fn style_presets_add_their_words_and_unknown_styles_are_refused() {
+    use text_to_image::StylePreset;
+    let anime = StylePreset::by_key("Anime").unwrap();
+    assert_eq!(
+        anime.apply_prompt("a fox in snow"),
+        "a fox in snow, anime style, cel shading, clean line art"
+    );
+    assert_eq!(anime.apply_negative(""), "photo, photograph, realistic");
+    assert_eq!(
+        anime.apply_negative("text"),
+        "text, photo, photograph, realistic"
+    );
+    let none = StylePreset::by_key("none").unwrap();
+    assert_eq!(none.apply_prompt("  a fox "), "a fox");
+    // Every preset key is a `style` label value of the metrics contract.
+    for s in &text_to_image::STYLE_PRESETS {
+        assert!(
+            orfeas_core::telemetry::metrics::STYLES.contains(&s.key),
+            "{} is not a metrics style",
+            s.key
+        );
+    }
+    let err = StylePreset::by_key("watercolour").unwrap_err().to_string();
+    assert!(
+        err.contains("watercolour") && err.contains("pixel-art"),
+        "{err}"
+    );
+}
+
+/// The job runner as the GUI and the API use it: previews reach the sink once
+/// per step, the PNG is written, the image gets a quality score and the style
+/// lands in the summary the metrics read.
+#[test]
+fn runner_reports_step_previews_quality_and_style() {
+    use orfeas_core::jobs::{Engine, EngineConfig, JobKind, JobState};
+    let tmp = tempfile::tempdir().unwrap();
+    let steps = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = steps.clone();
+    let runner = text_to_image::TextToImageRunner::with_previews(Arc::new(
+        move |_id, step, total, img: &image::RgbImage| {
+            assert_eq!(img.dimensions(), (96 / 8, 64 / 8), "a latent-sized preview");
+            seen.lock().push((step, total));
+        },
+    ));
+    let engine = Engine::new(EngineConfig::default(), None).unwrap();
+    engine.register(JobKind::TextToImage, Arc::new(runner));
+    let job = text_to_image::TextToImageJob {
+        params: params(3, 0.0),
+        output: tmp.path().join("teapot.png"),
+        device: "cpu".into(),
+        style: "3d-model".into(),
+    };
+    let id = engine.submit(job.spec().unwrap()).unwrap();
+    let done = engine
+        .wait(id, std::time::Duration::from_secs(300))
+        .expect("the job finishes");
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.failure);
+    assert_eq!(*steps.lock(), vec![(1, 3), (2, 3), (3, 3)]);
+    let out = done.output.unwrap();
+    assert_eq!(out.files, vec![tmp.path().join("teapot.png")]);
+    assert!(out.files[0].is_file());
+    let q = out.quality.expect("images get a quality score");
+    let png = image::open(&out.files[0]).unwrap().to_rgb8();
+    assert!(
+        (q - orfeas_core::quality::score_image(&png).score).abs() < 1e-6,
+        "the score is the written image's"
+    );
+    assert_eq!(out.summary["style"], "3d-model");
 }

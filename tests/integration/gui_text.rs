@@ -1,0 +1,310 @@
+//! The Create tab's text→image mode and the Models tab, driven through the real app
+//! with the tiny golden Stable Diffusion fixture (random weights, runs on the CPU).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use egui::accesskit::Role;
+use egui_kittest::kittest::Queryable;
+use orfeas::app::AppConfig;
+use orfeas::app::jobs::JobPhase;
+use orfeas::app::models::ModelInstall;
+use orfeas::app::state::{Command, CreateMode, TextParams};
+use orfeas_core::jobs::JobKind;
+
+use crate::gui::{harness, harness_with, step_until};
+
+fn fixture_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/orfeas-ml/tests/fixtures/sd-tiny")
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+fn tiny_params(prompt: &str) -> TextParams {
+    TextParams {
+        prompt: prompt.to_owned(),
+        model_dir: Some(fixture_model()),
+        steps: 2,
+        guidance: 0.0,
+        seed: 7,
+        seed_locked: true,
+        width: 64,
+        height: 64,
+        ..TextParams::default()
+    }
+}
+
+#[test]
+fn a_prompt_becomes_an_image_in_the_gallery_and_make_3d_turns_it_into_a_mesh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut h = harness(&data, None);
+    h.run();
+    h.get_by_role_and_label(Role::Button, "Text to image")
+        .click();
+    h.run();
+    assert_eq!(h.state().saved_state().mode, CreateMode::TextToImage);
+    assert!(
+        h.query_by_label("Write a prompt first.").is_some(),
+        "an empty prompt cannot be generated"
+    );
+    h.state_mut()
+        .apply(Command::SetTextParams(tiny_params("a red teapot")));
+    h.run();
+    h.get_by_role_and_label(Role::Button, "Generate image")
+        .click();
+    step_until(&mut h, "the image job to finish", |h| {
+        h.state()
+            .jobs()
+            .iter()
+            .any(|j| j.kind == JobKind::TextToImage && j.phase.is_finished())
+    });
+    let job = h
+        .state()
+        .jobs()
+        .iter()
+        .find(|j| j.kind == JobKind::TextToImage)
+        .unwrap()
+        .clone();
+    assert_eq!(job.phase, JobPhase::Succeeded, "{:?}", job.error);
+    let png = job.image_output().expect("a PNG output").to_path_buf();
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (64, 64));
+    assert!(
+        png.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("a-red-teapot-"),
+        "{png:?} is named after the prompt"
+    );
+    let score = job.quality_score.expect("images are scored");
+    assert!((0.0..=1.0).contains(&score));
+    assert!(
+        h.state().preview_keys().is_empty(),
+        "previews end with the job"
+    );
+    // The locked seed stays; the result is shown with its Make 3D button.
+    assert_eq!(h.state().saved_state().text.seed, 7);
+    step_until(&mut h, "the generated image on screen", |h| {
+        h.query_by_label("Generated image").is_some()
+    });
+
+    // One in the result panel, one in the queue; both send the same image.
+    h.query_all_by_role_and_label(Role::Button, "Make 3D")
+        .next()
+        .unwrap()
+        .click();
+    step_until(&mut h, "the 3D job from the image", |h| {
+        h.state()
+            .jobs()
+            .iter()
+            .any(|j| j.kind == JobKind::ImageTo3d && j.phase.is_finished())
+    });
+    assert_eq!(h.state().saved_state().mode, CreateMode::ImageTo3d);
+    let mesh_job = h
+        .state()
+        .jobs()
+        .iter()
+        .find(|j| j.kind == JobKind::ImageTo3d)
+        .unwrap()
+        .clone();
+    // The random-weight image may hold no clear subject; either way the job ends
+    // with a mesh or a message, and the image it used is the generated one.
+    assert!(mesh_job.phase.is_finished());
+    if mesh_job.phase == JobPhase::Succeeded {
+        assert!(mesh_job.mesh_output().is_some_and(Path::is_file));
+    } else {
+        assert!(mesh_job.error.is_some(), "a failure says why");
+    }
+
+    h.get_by_role_and_label(Role::Button, "Gallery").click();
+    step_until(&mut h, "both entries in the Gallery", |h| {
+        h.state().gallery().items.len() == 2
+    });
+    let item = h
+        .state()
+        .gallery()
+        .items
+        .iter()
+        .find(|i| i.kind == JobKind::TextToImage)
+        .unwrap()
+        .clone();
+    let text = item
+        .text
+        .clone()
+        .expect("the image job's parameters are readable");
+    assert_eq!(text.params.seed, 7);
+    assert_eq!(text.params.prompt, "a red teapot");
+    assert_eq!(item.image_output(), Some(png.as_path()));
+}
+
+#[test]
+fn a_model_that_is_not_installed_is_refused_with_the_way_to_get_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut h = harness(&data, None);
+    h.run();
+    h.state_mut()
+        .apply(Command::SetMode(CreateMode::TextToImage));
+    h.state_mut().apply(Command::SetTextParams(TextParams {
+        prompt: "a fox".into(),
+        ..TextParams::default() // sd-turbo from the registry: not on this machine
+    }));
+    h.state_mut().apply(Command::GenerateImage);
+    h.run();
+    let toast = h
+        .state()
+        .toasts()
+        .items()
+        .iter()
+        .map(|t| t.text.clone())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        toast.contains("sd-turbo") && toast.contains("Models tab"),
+        "{toast}"
+    );
+    // Bad sizes are refused the same way, before any job.
+    h.state_mut().apply(Command::SetTextParams(TextParams {
+        width: 100,
+        ..tiny_params("a fox")
+    }));
+    h.state_mut().apply(Command::GenerateImage);
+    h.run();
+    assert!(
+        h.state()
+            .toasts()
+            .items()
+            .iter()
+            .any(|t| t.text.contains("width") && t.text.contains("multiple of 8")),
+        "the size error names the field"
+    );
+    assert!(h.state().jobs().is_empty(), "no job was queued");
+    assert!(
+        files_in(&data.join("outputs")).is_empty(),
+        "nothing was written"
+    );
+}
+
+/// A minimal valid safetensors file: one f32 tensor of two values.
+fn safetensors_bytes() -> Vec<u8> {
+    let mut header = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#.to_vec();
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&[0u8; 8]);
+    out
+}
+
+/// A local stand-in for the hub serving every file of `sd-turbo`.
+fn fake_hub() -> String {
+    let model = orfeas_ml::models::known("sd-turbo").unwrap();
+    let files: HashMap<String, Vec<u8>> = model
+        .files
+        .iter()
+        .map(|f| {
+            let body = if f.path.ends_with(".safetensors") {
+                safetensors_bytes()
+            } else {
+                b"{}".to_vec()
+            };
+            (format!("/{}/resolve/main/{}", model.repo_id, f.path), body)
+        })
+        .collect();
+    let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+    std::thread::Builder::new()
+        .name("fake-hub".into())
+        .spawn(move || {
+            for req in server.incoming_requests() {
+                let response = match files.get(req.url()) {
+                    Some(_) if *req.method() == tiny_http::Method::Head => {
+                        tiny_http::Response::from_data(Vec::new())
+                    }
+                    Some(body) => tiny_http::Response::from_data(body.clone()),
+                    None => tiny_http::Response::from_data(Vec::new()).with_status_code(404),
+                };
+                let _ = req.respond(response);
+            }
+        })
+        .unwrap();
+    url
+}
+
+#[test]
+fn models_tab_downloads_a_model_with_progress_then_deletes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut h = harness_with(
+        &data,
+        None,
+        AppConfig {
+            hf_endpoint: Some(fake_hub()),
+            ..AppConfig::default()
+        },
+    );
+    h.run();
+    h.get_by_role_and_label(Role::Button, "Models").click();
+    step_until(&mut h, "the model list", |h| h.state().models().loaded);
+    let row = |h: &egui_kittest::Harness<'static, orfeas::app::StudioApp>, name: &str| {
+        h.state()
+            .models()
+            .rows
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row(&h, "sd-turbo").install, ModelInstall::Missing);
+    assert!(row(&h, "sd-turbo").non_commercial);
+    assert!(
+        h.query_all_by_label_contains("NON-COMMERCIAL").count() == 2,
+        "SD-Turbo's and SDXL-Turbo's licences are shown"
+    );
+    // The first Download button is SD-Turbo's (the registry's first row).
+    h.query_all_by_role_and_label(Role::Button, "Download")
+        .next()
+        .unwrap()
+        .click();
+    step_until(&mut h, "sd-turbo to be installed", |h| {
+        matches!(row(h, "sd-turbo").install, ModelInstall::Installed { .. })
+    });
+    let dir = data.join("models/sd-turbo");
+    assert!(
+        dir.join("unet/diffusion_pytorch_model.fp16.safetensors")
+            .is_file()
+    );
+    assert!(
+        h.state()
+            .toasts()
+            .items()
+            .iter()
+            .any(|t| t.text.contains("sd-turbo is installed")),
+        "the user is told"
+    );
+    // No partial files are left behind.
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for p in files_in(&d) {
+            assert!(!p.to_string_lossy().ends_with(".part"), "{p:?} left behind");
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+
+    h.get_by_role_and_label(Role::Button, "Delete").click();
+    h.run();
+    assert!(h.query_by_label("Delete sd-turbo from disk?").is_some());
+    h.get_by_role_and_label(Role::Button, "Delete").click();
+    step_until(&mut h, "sd-turbo to be gone", |h| {
+        row(h, "sd-turbo").install == ModelInstall::Missing
+    });
+    assert!(!dir.exists());
+}

@@ -244,6 +244,8 @@ impl StudioApp {
             previews: Default::default(),
         };
         app.apply(Command::RefreshGallery);
+        // The Create tab marks models that are not installed; the Models tab lists them.
+        app.apply(Command::RefreshModels);
         app.sync_endpoint();
         if let Some(input) = config.generate_on_start {
             app.apply(Command::SelectInput(input.clone()));

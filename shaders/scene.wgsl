@@ -65,7 +65,6 @@ fn fs_background(in: BackgroundOut) -> @location(0) vec4<f32> {
 // ---------------------------------------------------------------- mesh
 
 struct MeshIn {
-    @builtin(vertex_index) index: u32,
     @location(0) position: vec3<f32>,
     @location(1) normal: vec4<f32>,
     @location(2) uv: vec2<f32>,
@@ -88,17 +87,43 @@ fn srgb_to_linear(c: vec3<f32>) -> vec3<f32> {
     return select(high, low, c <= vec3<f32>(0.04045));
 }
 
+fn shade_vertex(position: vec3<f32>, normal: vec4<f32>, uv: vec2<f32>, color: vec4<f32>) -> MeshOut {
+    var out: MeshOut;
+    out.position = frame.clip_from_world * vec4<f32>(position, 1.0);
+    out.world = position;
+    out.normal = normal.xyz;
+    out.uv = uv;
+    out.color = vec4<f32>(srgb_to_linear(color.rgb), color.a);
+    // No edges: the wireframe is drawn by `vs_mesh_wire`.
+    out.barycentric = vec3<f32>(1.0);
+    return out;
+}
+
+// Indexed drawing: vertices shared between triangles.
 @vertex
 fn vs_mesh(in: MeshIn) -> MeshOut {
-    var out: MeshOut;
-    out.position = frame.clip_from_world * vec4<f32>(in.position, 1.0);
-    out.world = in.position;
-    out.normal = in.normal.xyz;
-    out.uv = in.uv;
-    out.color = vec4<f32>(srgb_to_linear(in.color.rgb), in.color.a);
-    // Triangles are drawn unindexed, three vertices each, so the corner of a
-    // vertex is its index modulo three.
-    let corner = in.index % 3u;
+    return shade_vertex(in.position, in.normal, in.uv, in.color);
+}
+
+// The same buffers read as storage (7 words per vertex, laid out like the
+// vertex buffer) in an unindexed draw, so each corner knows its place in the
+// triangle: the barycentrics of the single-pass wireframe.
+@group(2) @binding(0) var<storage, read> pulled_vertices: array<u32>;
+@group(2) @binding(1) var<storage, read> pulled_indices: array<u32>;
+
+@vertex
+fn vs_mesh_wire(@builtin(vertex_index) corner_index: u32) -> MeshOut {
+    let v = pulled_indices[corner_index] * 7u;
+    let position = vec3<f32>(
+        bitcast<f32>(pulled_vertices[v]),
+        bitcast<f32>(pulled_vertices[v + 1u]),
+        bitcast<f32>(pulled_vertices[v + 2u]),
+    );
+    let normal = unpack4x8snorm(pulled_vertices[v + 3u]);
+    let uv = vec2<f32>(bitcast<f32>(pulled_vertices[v + 4u]), bitcast<f32>(pulled_vertices[v + 5u]));
+    let color = unpack4x8unorm(pulled_vertices[v + 6u]);
+    var out = shade_vertex(position, normal, uv, color);
+    let corner = corner_index % 3u;
     out.barycentric = vec3<f32>(f32(corner == 0u), f32(corner == 1u), f32(corner == 2u));
     return out;
 }

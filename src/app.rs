@@ -296,6 +296,11 @@ impl StudioApp {
         self.previews.keys().copied().collect()
     }
 
+    /// Image previews and rendered mesh thumbnails.
+    pub fn thumbnails(&self) -> &Thumbnails {
+        &self.thumbs
+    }
+
     pub fn toasts(&self) -> &Toasts {
         &self.toasts
     }

@@ -1,4 +1,5 @@
-//! Image previews and gallery thumbnails, decoded on a named worker thread and cached
+//! Image previews and gallery thumbnails, decoded (images) or rendered offscreen
+//! through the viewport's renderer (meshes) on a named worker thread and cached
 //! as textures. Panels ask with `&self` (the request set sits behind a lock) so they can
 //! stay read-only; the app turns finished decodes into textures once per frame.
 
@@ -7,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use parking_lot::Mutex;
+
+use crate::viewport::{HeadlessRenderer, RenderOptions, ShadingMode, View};
 
 /// Longest side of a decoded preview, in pixels. Large enough for the Create preview,
 /// small enough that a 40-megapixel photo does not sit in GPU memory.
@@ -42,8 +45,21 @@ impl Thumbnails {
         std::thread::Builder::new()
             .name("orfeas-thumbnails".into())
             .spawn(move || {
+                // Opened at the first mesh; a machine without a usable GPU adapter
+                // gets "no render" once per mesh and image thumbnails still work.
+                let mut renderer: Option<Result<HeadlessRenderer, String>> = None;
                 for path in req_rx {
-                    let decoded = decode(&path);
+                    let decoded = if orfeas_core::import::MeshFormat::from_path(&path).is_some() {
+                        let r = renderer.get_or_insert_with(|| {
+                            HeadlessRenderer::new().map_err(|e| format!("no GPU to render with: {e}"))
+                        });
+                        match r {
+                            Ok(r) => render_mesh(r, &path),
+                            Err(err) => Err(err.clone()),
+                        }
+                    } else {
+                        decode(&path)
+                    };
                     if res_tx.send((path, decoded)).is_err() {
                         break;
                     }
@@ -101,6 +117,26 @@ impl Thumbnails {
             self.cache.lock().insert(path, thumb);
         }
     }
+}
+
+/// Side of a rendered mesh thumbnail, in pixels.
+pub const MESH_THUMB_SIDE_PX: u32 = 256;
+
+fn render_mesh(renderer: &HeadlessRenderer, path: &Path) -> Result<egui::ColorImage, String> {
+    let mesh = orfeas_core::import::import_mesh(path).map_err(|e| format!("cannot read: {e}"))?;
+    let options = RenderOptions {
+        width: MESH_THUMB_SIDE_PX,
+        height: MESH_THUMB_SIDE_PX,
+        view: View::Iso,
+        mode: ShadingMode::Lit,
+        grid: false,
+        ..RenderOptions::default()
+    };
+    let rgba = renderer
+        .render(&mesh, &options)
+        .map_err(|e| format!("cannot render: {e}"))?;
+    let size = [rgba.width() as usize, rgba.height() as usize];
+    Ok(egui::ColorImage::from_rgba_unmultiplied(size, rgba.as_raw()))
 }
 
 fn decode(path: &Path) -> Result<egui::ColorImage, String> {

@@ -57,8 +57,13 @@ fn card_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, item: &GalleryItem) {
         ui.set_width(CARD_WIDTH);
         ui.vertical(|ui| {
             ui.allocate_ui(Vec2::new(CARD_WIDTH, THUMB_SIDE), |ui| {
-                // Text→image entries show their image, image→3D entries their input.
-                let shown = item.image_output().or(item.input.as_deref());
+                // Text→image entries show their image; image→3D entries a render of
+                // their mesh, or their input where the mesh cannot be rendered.
+                let mesh_thumb = item.mesh_output().map(|m| (m, ctx.thumbs.get(m)));
+                let shown = match &mesh_thumb {
+                    Some((m, Thumb::Ready(_) | Thumb::Loading)) => Some(*m),
+                    _ => item.image_output().or(item.input.as_deref()),
+                };
                 ui.centered_and_justified(|ui| match shown {
                     Some(path) => match ctx.thumbs.get(path) {
                         Thumb::Ready(tex) => {

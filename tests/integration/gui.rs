@@ -157,6 +157,24 @@ fn dropping_an_image_generates_a_model_that_appears_in_the_gallery() {
     step_until(&mut h, "the gallery card with its thumbnail", |h| {
         h.query_by_label("Thumbnail of disc.png").is_some()
     });
+    // The thumbnail is a render of the mesh (square, lit orange), not the 96 px input.
+    let thumb = match h.state().thumbnails().get(glb) {
+        orfeas::app::thumbnails::Thumb::Ready(t) => t,
+        other => panic!(
+            "the mesh thumbnail is not ready: {}",
+            match other {
+                orfeas::app::thumbnails::Thumb::Failed(e) => e,
+                _ => "loading".into(),
+            }
+        ),
+    };
+    assert_eq!(
+        thumb.size(),
+        [
+            orfeas::app::thumbnails::MESH_THUMB_SIDE_PX as usize,
+            orfeas::app::thumbnails::MESH_THUMB_SIDE_PX as usize
+        ]
+    );
     assert!(
         h.query_by_label("Re-run").is_some(),
         "the card offers re-run"
@@ -213,6 +231,7 @@ fn tabs_switch_and_show_their_content() {
     );
     h.get_by_role_and_label(Role::Button, "Models").click();
     step_until(&mut h, "the model list", |h| h.state().models().loaded);
+    h.run(); // draw the Models tab with the list
     assert!(
         h.query_by_label("sd-turbo").is_some() && h.query_by_label("sd-1.5").is_some(),
         "Models lists the registry"

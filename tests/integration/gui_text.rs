@@ -252,6 +252,7 @@ fn models_tab_downloads_a_model_with_progress_then_deletes_it() {
     h.run();
     h.get_by_role_and_label(Role::Button, "Models").click();
     step_until(&mut h, "the model list", |h| h.state().models().loaded);
+    h.run(); // draw the Models tab with the list
     let row = |h: &egui_kittest::Harness<'static, orfeas::app::StudioApp>, name: &str| {
         h.state()
             .models()

@@ -16,13 +16,17 @@ fn main() -> anyhow::Result<()> {
     let (adapter, timings) =
         orfeas::viewport::bench::frame_times(&[10_000, 100_000, 1_000_000], width, height, frames)?;
     println!("viewport frame time on {adapter}, {frames} frames each");
+    println!("  triangles   size        waited  pipelined  wireframe (ms/frame)");
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     for timing in timings {
         println!(
-            "  {:>9} triangles  {}x{}  {:8.2} ms/frame",
+            "  {:>9}  {}x{}  {:8.2}  {:9.2}  {:9.2}",
             timing.triangles,
             timing.width,
             timing.height,
-            timing.mean_frame.as_secs_f64() * 1000.0
+            ms(timing.mean_frame),
+            ms(timing.pipelined_frame),
+            ms(timing.wireframe_frame)
         );
     }
     Ok(())

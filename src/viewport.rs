@@ -17,7 +17,7 @@ use std::path::Path;
 pub use callback::{EguiPassConfig, install};
 pub use camera::{Bounds, OrbitCamera, View};
 pub use headless::{
-    HeadlessRenderer, RenderError, RenderOptions, render_mesh_to_image, render_turntable,
+    HeadlessRenderer, Pacing, RenderError, RenderOptions, render_mesh_to_image, render_turntable,
 };
 pub use renderer::{Background, MeshVertices, ShadingMode};
 pub use widget::{MeshStats, ViewerCommand, ViewerState, viewer_ui};

@@ -51,7 +51,8 @@ impl Thumbnails {
                 for path in req_rx {
                     let decoded = if orfeas_core::import::MeshFormat::from_path(&path).is_some() {
                         let r = renderer.get_or_insert_with(|| {
-                            HeadlessRenderer::new().map_err(|e| format!("no GPU to render with: {e}"))
+                            HeadlessRenderer::new()
+                                .map_err(|e| format!("no GPU to render with: {e}"))
                         });
                         match r {
                             Ok(r) => render_mesh(r, &path),
@@ -136,7 +137,10 @@ fn render_mesh(renderer: &HeadlessRenderer, path: &Path) -> Result<egui::ColorIm
         .render(&mesh, &options)
         .map_err(|e| format!("cannot render: {e}"))?;
     let size = [rgba.width() as usize, rgba.height() as usize];
-    Ok(egui::ColorImage::from_rgba_unmultiplied(size, rgba.as_raw()))
+    Ok(egui::ColorImage::from_rgba_unmultiplied(
+        size,
+        rgba.as_raw(),
+    ))
 }
 
 fn decode(path: &Path) -> Result<egui::ColorImage, String> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use orfeas_core::mesh::Mesh;
 
 use super::camera::View;
-use super::headless::{HeadlessRenderer, RenderError, RenderOptions};
+use super::headless::{HeadlessRenderer, Pacing, RenderError, RenderOptions};
 use super::renderer::ShadingMode;
 
 /// A UV sphere of about `triangles` triangles, with vertex colours, so the
@@ -54,7 +54,12 @@ pub struct FrameTiming {
     pub triangles: usize,
     pub width: u32,
     pub height: u32,
+    /// Lit, each frame waited for (latency).
     pub mean_frame: Duration,
+    /// Lit, frames submitted back to back (throughput).
+    pub pipelined_frame: Duration,
+    /// Lit with the wireframe overlay, each frame waited for.
+    pub wireframe_frame: Duration,
 }
 
 /// Times `frames` frames for each mesh size at `width`×`height`, lit with wireframe
@@ -77,12 +82,21 @@ pub fn frame_times(
     for &triangles in triangle_counts {
         let mesh = sphere_mesh(triangles);
         let gpu_mesh = renderer.upload(&mesh);
-        let mean_frame = renderer.time_frames(&gpu_mesh, &options, 3, frames)?;
+        let mean_frame = renderer.time_frames(&gpu_mesh, &options, 3, frames, Pacing::Wait)?;
+        let pipelined_frame =
+            renderer.time_frames(&gpu_mesh, &options, 3, frames, Pacing::Pipelined)?;
+        let wire = RenderOptions {
+            wireframe: true,
+            ..options.clone()
+        };
+        let wireframe_frame = renderer.time_frames(&gpu_mesh, &wire, 3, frames, Pacing::Wait)?;
         timings.push(FrameTiming {
             triangles: mesh.triangle_count(),
             width,
             height,
             mean_frame,
+            pipelined_frame,
+            wireframe_frame,
         });
     }
     let description = format!(

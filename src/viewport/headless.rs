@@ -215,14 +215,18 @@ impl HeadlessRenderer {
         readback.read(&self.device, target.width, target.height)
     }
 
-    /// Mean wall-clock time of `frames` frames of `mesh` at the given size, each
-    /// submitted and waited for (no readback), after `warmup` unmeasured frames.
+    /// Mean wall-clock time of `frames` frames of `mesh` at the given size (no
+    /// readback), after `warmup` unmeasured frames. `Pacing::Wait` waits for each
+    /// frame before recording the next (latency: includes the submit round trip);
+    /// `Pacing::Pipelined` submits them back to back and waits once, as an
+    /// interactive loop that does not stall on the GPU sees them (throughput).
     pub fn time_frames(
         &self,
         mesh: &GpuMesh,
         options: &RenderOptions,
         warmup: u32,
         frames: u32,
+        pacing: Pacing,
     ) -> Result<Duration, RenderError> {
         options.check_size()?;
         let target = FrameTarget::new(
@@ -233,16 +237,7 @@ impl HeadlessRenderer {
             1.0,
         );
         let mut camera = options.camera_for(mesh.bounds);
-        let frame = |camera: &OrbitCamera| -> Result<(), RenderError> {
-            let mut encoder = self.device.create_command_encoder(&Default::default());
-            self.renderer.render(
-                &self.queue,
-                &mut encoder,
-                &target,
-                Some(mesh),
-                &settings_for(options, *camera),
-            );
-            let index = self.queue.submit([encoder.finish()]);
+        let wait = |index: wgpu::SubmissionIndex| -> Result<(), RenderError> {
             self.device
                 .poll(wgpu::PollType::Wait {
                     submission_index: Some(index),
@@ -251,14 +246,33 @@ impl HeadlessRenderer {
                 .map(|_| ())
                 .map_err(|err| RenderError::Gpu(err.to_string()))
         };
+        let submit = |camera: &OrbitCamera| -> wgpu::SubmissionIndex {
+            let mut encoder = self.device.create_command_encoder(&Default::default());
+            self.renderer.render(
+                &self.queue,
+                &mut encoder,
+                &target,
+                Some(mesh),
+                &settings_for(options, *camera),
+            );
+            self.queue.submit([encoder.finish()])
+        };
         for _ in 0..warmup {
-            frame(&camera)?;
+            wait(submit(&camera))?;
         }
         let start = Instant::now();
+        let mut last = None;
         for _ in 0..frames {
             // The view changes every frame, as when the user orbits.
             camera.turn(0.01);
-            frame(&camera)?;
+            let index = submit(&camera);
+            match pacing {
+                Pacing::Wait => wait(index)?,
+                Pacing::Pipelined => last = Some(index),
+            }
+        }
+        if let Some(index) = last {
+            wait(index)?;
         }
         Ok(start.elapsed() / frames.max(1))
     }
@@ -353,6 +367,15 @@ impl Readback {
             RenderError::Readback("the GPU returned fewer pixels than asked for".into())
         })
     }
+}
+
+/// How [`HeadlessRenderer::time_frames`] paces frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pacing {
+    /// Wait for each frame: latency, including the submit round trip.
+    Wait,
+    /// Submit all frames, wait once: GPU throughput per frame.
+    Pipelined,
 }
 
 /// Renders `mesh` offscreen into an sRGB image; opens a GPU device for the call

@@ -193,7 +193,7 @@ fn a_model_that_is_not_installed_is_refused_with_the_way_to_get_it() {
 /// A minimal valid safetensors file: one f32 tensor of two values.
 fn safetensors_bytes() -> Vec<u8> {
     let mut header = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#.to_vec();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let mut out = (header.len() as u64).to_le_bytes().to_vec();

@@ -5,7 +5,8 @@
 //! Environment: ORFEAS_BENCH_SIZE (default 512), ORFEAS_BENCH_MODELS
 //! (comma list of sd-turbo, sd-1.5; default both), ORFEAS_BENCH_WEIGHTS
 //! (zeros|random; default zeros on CPU, random on GPU), ORFEAS_BENCH_DEVICE
-//! (auto|cpu|cuda), ORFEAS_BENCH_REPEATS (default 1 on CPU, 5 on GPU).
+//! (auto|cpu|cuda), ORFEAS_BENCH_REPEATS (default 1 on CPU, 5 on GPU),
+//! ORFEAS_ML_FIXTURES (the sd-tiny fixture folder holding `full-configs/`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -17,9 +18,13 @@ use orfeas_ml::sd::pipeline::{DevicePref, select_device};
 use orfeas_ml::sd::unet::{UNet, UNetConfig};
 use orfeas_ml::sd::vae::{Vae, VaeConfig};
 
+/// The full-size configs beside the tiny fixture (`ORFEAS_ML_FIXTURES` overrides
+/// the fixture folder, for a binary run away from its source tree).
 fn configs(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/sd-tiny/full-configs")
+    std::env::var_os("ORFEAS_ML_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny"))
+        .join("full-configs")
         .join(name)
 }
 

@@ -189,17 +189,9 @@ impl Backend {
         mut job: TextToImageJob,
         output_dir: &Path,
     ) -> anyhow::Result<JobKey> {
-        std::fs::create_dir_all(output_dir).with_context(|| {
-            format!(
-                "cannot create the output folder {}; choose another one in Settings",
-                output_dir.display()
-            )
-        })?;
-        job.output = unique_image_path(output_dir, &job.params.prompt);
-        let spec = job.spec().context("cannot encode the job parameters")?;
-        let id = self.engine.submit(spec)?;
-        self.dirty.store(true, Ordering::Release);
-        Ok(id.0)
+        create_output_dir(output_dir)?;
+        job.output = unique_path(output_dir, &prompt_stem(&job.params.prompt), "png");
+        self.queue(job.spec().context("cannot encode the job parameters")?)
     }
 
     /// Queues a new job with `item`'s parameters, optionally in another format.
@@ -229,15 +221,21 @@ impl Backend {
         mut job: ImageTo3dJobParams,
         output_dir: &Path,
     ) -> anyhow::Result<JobKey> {
-        std::fs::create_dir_all(output_dir).with_context(|| {
-            format!(
-                "cannot create the output folder {}; choose another one in Settings",
-                output_dir.display()
-            )
-        })?;
-        job.output = unique_output_path(output_dir, &job.input, runner::format_choice(job.format));
-        let spec = orfeas_core::runner::image_to_3d_spec(&job)
-            .context("cannot encode the job parameters")?;
+        create_output_dir(output_dir)?;
+        let stem = job
+            .input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "model".to_owned());
+        job.output = unique_path(output_dir, &stem, job.format.extension());
+        self.queue(
+            orfeas_core::runner::image_to_3d_spec(&job)
+                .context("cannot encode the job parameters")?,
+        )
+    }
+
+    fn queue(&self, spec: orfeas_core::jobs::JobSpec) -> anyhow::Result<JobKey> {
         let id = self.engine.submit(spec)?;
         self.dirty.store(true, Ordering::Release);
         Ok(id.0)
@@ -352,8 +350,17 @@ fn delete_record(history: &History, key: JobKey) -> BackendUpdate {
     }
 }
 
-/// `<dir>/<first words of the prompt>-<unix ms>.png`, with a counter if that exists already.
-fn unique_image_path(dir: &Path, prompt: &str) -> PathBuf {
+fn create_output_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create the output folder {}; choose another one in Settings",
+            dir.display()
+        )
+    })
+}
+
+/// The first words of a prompt as a file-name stem: "a-red-teapot-on-a-white".
+fn prompt_stem(prompt: &str) -> String {
     let slug: String = prompt
         .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
@@ -364,40 +371,24 @@ fn unique_image_path(dir: &Path, prompt: &str) -> PathBuf {
         .chars()
         .take(48)
         .collect();
-    let stem = if slug.is_empty() {
+    if slug.is_empty() {
         "image".to_owned()
     } else {
         slug
-    };
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    let mut path = dir.join(format!("{stem}-{stamp}.png"));
-    let mut n = 1;
-    while path.exists() {
-        n += 1;
-        path = dir.join(format!("{stem}-{stamp}-{n}.png"));
     }
-    path
 }
 
 /// `<dir>/<stem>-<unix ms>.<ext>`, with a counter if that exists already.
-fn unique_output_path(dir: &Path, input: &Path, format: FormatChoice) -> PathBuf {
-    let stem = input
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "model".to_owned());
+fn unique_path(dir: &Path, stem: &str, ext: &str) -> PathBuf {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    let mut path = dir.join(format!("{stem}-{stamp}.{}", format.extension()));
+    let mut path = dir.join(format!("{stem}-{stamp}.{ext}"));
     let mut n = 1;
     while path.exists() {
         n += 1;
-        path = dir.join(format!("{stem}-{stamp}-{n}.{}", format.extension()));
+        path = dir.join(format!("{stem}-{stamp}-{n}.{ext}"));
     }
     path
 }

@@ -155,7 +155,11 @@ pub struct ImageReport {
     pub colourfulness: f32,
     /// Shannon entropy of the 256-bin luma histogram over 8 bits (0..1).
     pub entropy: f32,
-    /// `0.35·sharpness + 0.25·(1 − min(1, 4·clipped)) + 0.15·colourfulness + 0.25·entropy`.
+    /// How much the image looks like per-pixel noise (0..1): the Laplacian's
+    /// variance over 20× the luma variance, which is what independent noise gives.
+    pub noise: f32,
+    /// `(0.35·sharpness + 0.25·(1 − min(1, 4·clipped)) + 0.15·colourfulness
+    /// + 0.25·entropy) × (1 − noise)`.
     pub score: f32,
 }
 
@@ -231,15 +235,31 @@ pub fn score_image(img: &image::RgbImage) -> ImageReport {
     let m = (rg_sd * rg_sd + yb_sd * yb_sd).sqrt() + 0.3 * (rg_m * rg_m + yb_m * yb_m).sqrt();
     let colourfulness = (m / (m + 30.0)) as f32;
 
+    // Noise: for independent pixels of variance σ², the 4-neighbour Laplacian
+    // has variance 20σ²; natural pictures and renders stay far below that.
+    let mean = luma.iter().map(|&l| f64::from(l)).sum::<f64>() / total;
+    let luma_var = luma
+        .iter()
+        .map(|&l| (f64::from(l) - mean).powi(2))
+        .sum::<f64>()
+        / total;
+    let noise = if luma_var > 0.0 {
+        (lap_var / (20.0 * luma_var)).clamp(0.0, 1.0) as f32
+    } else {
+        0.0
+    };
+
     let entropy = entropy.clamp(0.0, 1.0) as f32;
     let exposure = 1.0 - (4.0 * clipped_share).min(1.0);
-    let score = (0.35 * sharpness + 0.25 * exposure + 0.15 * colourfulness + 0.25 * entropy)
+    let score = ((0.35 * sharpness + 0.25 * exposure + 0.15 * colourfulness + 0.25 * entropy)
+        * (1.0 - noise))
         .clamp(0.0, 1.0);
     ImageReport {
         sharpness,
         clipped_share,
         colourfulness,
         entropy,
+        noise,
         score,
     }
 }

@@ -96,6 +96,26 @@ fn a_blown_out_image_loses_the_exposure_term() {
 }
 
 #[test]
+fn per_pixel_noise_scores_low_however_sharp_and_colourful_it_is() {
+    // A fixed-seed xorshift: independent random colours per pixel.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 56) as u8
+    };
+    let noise = RgbImage::from_fn(128, 128, |_, _| Rgb([next(), next(), next()]));
+    let r = score_image(&noise);
+    assert!(r.noise > 0.8, "{r:?}");
+    assert!(r.score < 0.2, "{r:?}");
+    // A picture with structure is barely touched by the noise term.
+    let d = score_image(&detailed());
+    assert!(d.noise < 0.2, "{d:?}");
+    assert!(d.score > r.score + 0.5);
+}
+
+#[test]
 fn an_empty_image_scores_zero_without_panicking() {
     assert_eq!(score_image(&RgbImage::new(0, 0)).score, 0.0);
     assert!(score_image(&RgbImage::new(1, 1)).score <= 0.25);

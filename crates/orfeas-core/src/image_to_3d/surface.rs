@@ -117,6 +117,117 @@ fn components(inside: &[bool], g: usize) -> (Vec<u32>, Vec<usize>) {
     (label, areas)
 }
 
+/// Within this many cells of the outline, distances are measured to the
+/// sub-cell contour itself rather than taken from the grid transform.
+const EXACT_BAND: f32 = 3.0;
+
+/// Where the iso-0.5 contour crosses the grid edge from sample `a` to `b`, in
+/// grid units (the same interpolation and clamping as the mesh's crossings).
+fn crossing_point(field: &[f32], a: usize, b: usize, g: usize) -> [f32; 2] {
+    let (fa, fb) = (field[a], field[b]);
+    let t = if (fa - fb).abs() > 1e-6 {
+        (fa - 0.5) / (fa - fb)
+    } else {
+        0.5
+    };
+    let t = t.clamp(0.05, 0.95);
+    let (ax, ay) = ((a % g) as f32, (a / g) as f32);
+    let (bx, by) = ((b % g) as f32, (b / g) as f32);
+    [ax + (bx - ax) * t, ay + (by - ay) * t]
+}
+
+/// The contour's segments in each cell (marching squares, saddles resolved as
+/// in [`build`]), indexed by the cell's top-left sample.
+fn contour_segments(field: &[f32], inside: &[bool], g: usize) -> Vec<Vec<[[f32; 2]; 2]>> {
+    let mut cells = vec![Vec::new(); g * g];
+    for j in 0..g - 1 {
+        for i in 0..g - 1 {
+            let c = [
+                j * g + i,
+                j * g + i + 1,
+                (j + 1) * g + i + 1,
+                (j + 1) * g + i,
+            ];
+            let ins = c.map(|s| inside[s]);
+            let count = ins.iter().filter(|&&b| b).count();
+            if count == 0 || count == 4 {
+                continue;
+            }
+            let edge = |k: usize| crossing_point(field, c[k], c[(k + 1) % 4], g);
+            let segments = &mut cells[j * g + i];
+            let saddle = count == 2 && ins[0] == ins[2];
+            if saddle {
+                // Inside corners apart (centre outside) or joined (centre inside):
+                // either way each segment cuts off one corner of the pair that is apart.
+                let centre = c.iter().map(|&s| field[s]).sum::<f32>() * 0.25;
+                let apart = centre <= 0.5;
+                for k in 0..4 {
+                    if ins[k] == apart {
+                        segments.push([edge((k + 3) % 4), edge(k)]);
+                    }
+                }
+            } else {
+                let ends: Vec<[f32; 2]> = (0..4)
+                    .filter(|&k| ins[k] != ins[(k + 1) % 4])
+                    .map(edge)
+                    .collect();
+                if let [a, b] = ends[..] {
+                    segments.push([a, b]);
+                }
+            }
+        }
+    }
+    cells
+}
+
+fn point_segment_distance(p: [f32; 2], [a, b]: [[f32; 2]; 2]) -> f32 {
+    let (abx, aby) = (b[0] - a[0], b[1] - a[1]);
+    let (apx, apy) = (p[0] - a[0], p[1] - a[1]);
+    let len_sq = abx * abx + aby * aby;
+    let t = if len_sq > 0.0 {
+        ((apx * abx + apy * aby) / len_sq).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    ((apx - t * abx).powi(2) + (apy - t * aby).powi(2)).sqrt()
+}
+
+/// Distance from each inside sample to the outline, in cells. Near the outline
+/// it is measured to the sub-cell contour: grid distances jump between 1, √2,
+/// 2, … as a smooth outline passes the grid, and under √(d(2R − d)) those jumps
+/// become ridges along the sides. Further in, the exact grid transform less the
+/// half cell to the contour; the two are blended over one cell.
+fn contour_distance(field: &[f32], inside: &[bool], dist_sq: &[f32], g: usize) -> Vec<f32> {
+    let segments = contour_segments(field, inside, g);
+    let reach = EXACT_BAND.ceil() as i64 + 1;
+    (0..g * g)
+        .map(|s| {
+            if !inside[s] {
+                return 0.0;
+            }
+            let grid = dist_sq[s].sqrt() - 0.5;
+            if grid > EXACT_BAND + 0.5 {
+                return grid;
+            }
+            let (x, y) = ((s % g) as i64, (s / g) as i64);
+            let p = [x as f32, y as f32];
+            let mut exact = f32::INFINITY;
+            for cy in (y - reach).max(0)..=(y + reach).min(g as i64 - 2) {
+                for cx in (x - reach).max(0)..=(x + reach).min(g as i64 - 2) {
+                    for &seg in &segments[cy as usize * g + cx as usize] {
+                        exact = exact.min(point_segment_distance(p, seg));
+                    }
+                }
+            }
+            if !exact.is_finite() {
+                return grid.max(0.1);
+            }
+            let w = (grid - (EXACT_BAND - 0.5)).clamp(0.0, 1.0);
+            (exact * (1.0 - w) + grid * w).max(0.1)
+        })
+        .collect()
+}
+
 /// Builds the closed mesh from the (N+2)² coverage field. Components smaller
 /// than `min_component_share` of the largest are dropped as specks (their
 /// samples are cleared in `field`, so the scoring mask agrees). Heights
@@ -140,12 +251,7 @@ pub(super) fn build(field: &mut [f32], n: usize, thickness: f32, min_component_s
     }
 
     let dist_sq = distance_sq(&inside, g);
-    // The contour lies about half a cell from the outermost inside samples.
-    let dist: Vec<f32> = dist_sq
-        .iter()
-        .zip(&inside)
-        .map(|(&d, &i)| if i { (d.sqrt() - 0.5).max(0.25) } else { 0.0 })
-        .collect();
+    let dist = contour_distance(field, &inside, &dist_sq, g);
     let mut radius = vec![0.0f32; areas.len()];
     for s in 0..inside.len() {
         if inside[s] {

@@ -161,8 +161,8 @@ fn contour_segments(field: &[f32], inside: &[bool], g: usize) -> Vec<Vec<[[f32; 
                 // either way each segment cuts off one corner of the pair that is apart.
                 let centre = c.iter().map(|&s| field[s]).sum::<f32>() * 0.25;
                 let apart = centre <= 0.5;
-                for k in 0..4 {
-                    if ins[k] == apart {
+                for (k, &corner_inside) in ins.iter().enumerate() {
+                    if corner_inside == apart {
                         segments.push([edge((k + 3) % 4), edge(k)]);
                     }
                 }

@@ -233,6 +233,35 @@ pub(super) fn frame(mask: &Mask, foreground_ratio: f32) -> Frame {
 /// zeros around it, so the field is (N+2)². Cell (i, j) of the grid is sample
 /// (i+1, j+1). Each sample is the box average of the mask over its cell when
 /// cells span at least two pixels, else a bilinear sample at the cell centre.
+/// A binary 0/1 mask blurred with the 5-tap kernel [1, 2, 3, 2, 1]/9 (two 3-box
+/// passes) along each axis, outside the image counting as 0. The 0.5 level of
+/// the result follows the middle of the mask's pixel steps; features two
+/// pixels wide stay above it (peak 5/9), one-pixel ones drop out.
+fn soften(data: &[u8], w: usize, h: usize) -> Vec<f32> {
+    let mut a: Vec<f32> = data.iter().map(|&v| f32::from(v.min(1))).collect();
+    let mut b = vec![0.0f32; a.len()];
+    let at = |buf: &[f32], i: usize| buf.get(i).copied().unwrap_or(0.0);
+    for _ in 0..2 {
+        for y in 0..h {
+            for x in 0..w {
+                let i = y * w + x;
+                let left = if x > 0 { at(&a, i - 1) } else { 0.0 };
+                let right = if x + 1 < w { at(&a, i + 1) } else { 0.0 };
+                b[i] = (left + at(&a, i) + right) / 3.0;
+            }
+        }
+        for y in 0..h {
+            for x in 0..w {
+                let i = y * w + x;
+                let up = if y > 0 { at(&b, i - w) } else { 0.0 };
+                let down = if y + 1 < h { at(&b, i + w) } else { 0.0 };
+                a[i] = (up + at(&b, i) + down) / 3.0;
+            }
+        }
+    }
+    a
+}
+
 pub(super) fn coverage(mask: &Mask, frame: Frame, n: usize) -> Vec<f32> {
     let g = n + 2;
     let mut field = vec![0.0f32; g * g];
@@ -263,11 +292,15 @@ pub(super) fn coverage(mask: &Mask, frame: Frame, n: usize) -> Vec<f32> {
             }
         }
     } else {
+        // Cells under two pixels sample the mask between pixels; a binary mask
+        // would put its pixel staircase into the outline (ridges along the
+        // sides), so it is softened first.
+        let soft = soften(&mask.data, w, h);
         let at = |x: i64, y: i64| -> f32 {
             if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 {
                 0.0
             } else {
-                mask.data[y as usize * w + x as usize] as f32
+                soft[y as usize * w + x as usize]
             }
         };
         for j in 0..n {

@@ -152,6 +152,16 @@ fn card_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, item: &GalleryItem) {
                         }
                     });
                 }
+                // Right-aligned in the shorter first row, so it never covers a button.
+                if item.phase.is_finished() {
+                    ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                        if ui.button(RichText::new("Delete").color(p.danger)).clicked() {
+                            ctx.send(Command::RequestDelete {
+                                record: item.record,
+                            });
+                        }
+                    });
+                }
             });
             ui.horizontal(|ui| {
                 ui.spacing_mut().item_spacing.x = space::XS;
@@ -171,15 +181,6 @@ fn card_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, item: &GalleryItem) {
                     && ui.button("Open folder").clicked()
                 {
                     ctx.send(Command::OpenFolder(dir.to_path_buf()));
-                }
-                if item.phase.is_finished() {
-                    ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                        if ui.button(RichText::new("Delete").color(p.danger)).clicked() {
-                            ctx.send(Command::RequestDelete {
-                                record: item.record,
-                            });
-                        }
-                    });
                 }
             });
         });

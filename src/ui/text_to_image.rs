@@ -282,8 +282,9 @@ pub fn prompt_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
 /// The running job's live preview, else the newest finished images of this session.
 fn result_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     let p = theme::palette(ui.ctx());
+    // The page colour, not `surface_alt`: the progress bar's track is `surface_alt`.
     let frame = egui::Frame::new()
-        .fill(p.surface_alt)
+        .fill(p.bg)
         .stroke(egui::Stroke::new(1.0, p.border))
         .corner_radius(egui::CornerRadius::same(theme::radius::MD))
         .inner_margin(egui::Margin::same(space::MD as i8));
@@ -291,7 +292,8 @@ fn result_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     frame.show(ui, |ui| {
         ui.set_width(ui.available_width());
         ui.set_min_height(height);
-        let image_side = (height - 60.0).max(120.0);
+        // Square, as large as the frame allows in both directions.
+        let image_side = (height - 60.0).min(ui.available_width()).max(96.0);
         let text_jobs = || {
             ctx.jobs
                 .iter()

@@ -472,6 +472,15 @@ impl StudioApp {
                 }
             }
             Command::OpenFolder(dir) => {
+                // The models folder is where downloads go; opening it before the
+                // first download shows the (empty) place rather than an error.
+                if dir == self.models.view().download_root
+                    && let Err(err) = std::fs::create_dir_all(&dir)
+                {
+                    self.toasts
+                        .error(format!("cannot create {}: {err}", dir.display()));
+                    return;
+                }
                 if let Err(err) = open_in_file_manager(&dir) {
                     self.toasts.error(err);
                 }

@@ -18,13 +18,15 @@ pub fn sphere_mesh(triangles: usize) -> Mesh {
     let mut mesh = Mesh::default();
     for ring in 0..=rings {
         let theta = std::f32::consts::PI * ring as f32 / rings as f32;
+        // Exact poles and seam, so the sphere is closed once equal positions weld.
+        let (sin_t, cos_t) = match ring {
+            0 => (0.0, 1.0),
+            r if r == rings => (0.0, -1.0),
+            _ => (theta.sin(), theta.cos()),
+        };
         for segment in 0..=segments {
-            let phi = std::f32::consts::TAU * segment as f32 / segments as f32;
-            let normal = [
-                theta.sin() * phi.cos(),
-                theta.cos(),
-                theta.sin() * phi.sin(),
-            ];
+            let phi = std::f32::consts::TAU * (segment % segments) as f32 / segments as f32;
+            let normal = [sin_t * phi.cos(), cos_t, sin_t * phi.sin()];
             mesh.positions.push(normal);
             mesh.normals.push(normal);
             mesh.uvs

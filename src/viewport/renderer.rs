@@ -143,6 +143,9 @@ struct VertexChunk {
 #[derive(Clone, Debug)]
 pub struct MeshVertices {
     chunks: Vec<VertexChunk>,
+    /// Closed and consistently wound outwards: back faces are never visible from
+    /// outside, so they are culled (about half the triangles of a closed mesh).
+    pub closed_outward: bool,
     texture: Option<image::RgbaImage>,
     has_colors: bool,
     pub triangle_count: usize,
@@ -232,6 +235,7 @@ impl MeshVertices {
             .collect();
         Self {
             chunks,
+            closed_outward: is_closed_outward(mesh),
             texture: mesh.texture.clone().filter(|_| has_uvs),
             has_colors,
             triangle_count: mesh.triangle_count(),
@@ -240,6 +244,52 @@ impl MeshVertices {
                 .map(|(min, max)| Bounds::from_min_max(min, max)),
         }
     }
+}
+
+/// True when, with equal positions welded, every edge is used exactly once in
+/// each direction (closed, consistently wound) and the signed volume is
+/// positive (outward). Degenerate triangles are ignored.
+pub fn is_closed_outward(mesh: &Mesh) -> bool {
+    use std::collections::HashMap;
+    if mesh.indices.len() < 12 {
+        return false;
+    }
+    let mut welded: HashMap<[u32; 3], u32> = HashMap::with_capacity(mesh.positions.len());
+    let canonical: Vec<u32> = mesh
+        .positions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let next = u32::try_from(i).unwrap_or(u32::MAX);
+            // `+ 0.0` welds -0.0 with 0.0.
+            *welded.entry(p.map(|c| (c + 0.0).to_bits())).or_insert(next)
+        })
+        .collect();
+    let mut directed: HashMap<(u32, u32), u32> = HashMap::with_capacity(mesh.indices.len());
+    let mut volume = 0.0f64;
+    for triangle in mesh.indices.chunks_exact(3) {
+        let Some(c) = triangle
+            .iter()
+            .map(|&i| canonical.get(i as usize).copied())
+            .collect::<Option<Vec<u32>>>()
+        else {
+            return false; // an index past the vertices
+        };
+        if c[0] == c[1] || c[1] == c[2] || c[0] == c[2] {
+            continue;
+        }
+        for k in 0..3 {
+            *directed.entry((c[k], c[(k + 1) % 3])).or_default() += 1;
+        }
+        let p = |i: u32| Vec3::from(mesh.positions[i as usize]).as_dvec3();
+        let (a, b, cc) = (p(triangle[0]), p(triangle[1]), p(triangle[2]));
+        volume += a.dot(b.cross(cc));
+    }
+    !directed.is_empty()
+        && directed
+            .iter()
+            .all(|(&(a, b), &n)| n == 1 && directed.get(&(b, a)) == Some(&1))
+        && volume > 0.0
 }
 
 /// Faces meeting at a vertex at an angle above this are shaded with a hard edge.
@@ -319,6 +369,7 @@ struct GpuChunk {
 /// A mesh resident on the GPU.
 pub struct GpuMesh {
     chunks: Vec<GpuChunk>,
+    closed_outward: bool,
     bind_group: wgpu::BindGroup,
     has_texture: bool,
     has_colors: bool,
@@ -377,6 +428,7 @@ impl GpuMesh {
         };
         Self {
             chunks,
+            closed_outward: vertices.closed_outward,
             bind_group,
             has_texture: vertices.texture.is_some(),
             has_colors: vertices.has_colors,
@@ -426,6 +478,8 @@ fn linear_rgba(rgb: [u8; 3]) -> [f32; 4] {
 pub struct SceneRenderer {
     background_pipeline: wgpu::RenderPipeline,
     mesh_pipeline: wgpu::RenderPipeline,
+    /// `mesh_pipeline` with back faces culled, for closed outward-wound meshes.
+    mesh_pipeline_culled: wgpu::RenderPipeline,
     /// The mesh with barycentric wireframe: vertices pulled from storage buffers.
     wire_pipeline: wgpu::RenderPipeline,
     pull_layout: wgpu::BindGroupLayout,
@@ -508,6 +562,7 @@ impl SceneRenderer {
             ..Default::default()
         };
         let pipeline = |layout: &wgpu::PipelineLayout,
+                        cull_mode: Option<wgpu::Face>,
                         label: &str,
                         vs: &str,
                         fs: &str,
@@ -524,9 +579,9 @@ impl SceneRenderer {
                     buffers,
                 },
                 primitive: wgpu::PrimitiveState {
-                    // Both sides are drawn: generated and imported meshes may be open
-                    // or inconsistently wound, and a hole should not look like one.
-                    cull_mode: None,
+                    // Both sides are drawn unless the mesh is closed and outward-wound:
+                    // open or inconsistently wound meshes would show holes.
+                    cull_mode,
                     ..Default::default()
                 },
                 depth_stencil: Some(wgpu::DepthStencilState {
@@ -557,6 +612,7 @@ impl SceneRenderer {
         };
         let background_pipeline = pipeline(
             &layout,
+            None,
             "viewport background",
             "vs_background",
             "fs_background",
@@ -564,21 +620,34 @@ impl SceneRenderer {
             false,
             None,
         );
+        let vertex_layout = [Some(wgpu::VertexBufferLayout {
+            array_stride: std::mem::size_of::<GpuVertex>() as u64,
+            step_mode: wgpu::VertexStepMode::Vertex,
+            attributes: &VERTEX_ATTRIBUTES,
+        })];
         let mesh_pipeline = pipeline(
             &layout,
+            None,
             "viewport mesh",
             "vs_mesh",
             "fs_mesh",
-            &[Some(wgpu::VertexBufferLayout {
-                array_stride: std::mem::size_of::<GpuVertex>() as u64,
-                step_mode: wgpu::VertexStepMode::Vertex,
-                attributes: &VERTEX_ATTRIBUTES,
-            })],
+            &vertex_layout,
+            true,
+            None,
+        );
+        let mesh_pipeline_culled = pipeline(
+            &layout,
+            Some(wgpu::Face::Back),
+            "viewport mesh (closed)",
+            "vs_mesh",
+            "fs_mesh",
+            &vertex_layout,
             true,
             None,
         );
         let wire_pipeline = pipeline(
             &wire_layout,
+            None,
             "viewport mesh wireframe",
             "vs_mesh_wire",
             "fs_mesh",
@@ -588,6 +657,7 @@ impl SceneRenderer {
         );
         let grid_pipeline = pipeline(
             &layout,
+            None,
             "viewport grid",
             "vs_grid",
             "fs_grid",
@@ -612,6 +682,7 @@ impl SceneRenderer {
         Self {
             background_pipeline,
             mesh_pipeline,
+            mesh_pipeline_culled,
             wire_pipeline,
             pull_layout,
             grid_pipeline,
@@ -719,7 +790,11 @@ impl SceneRenderer {
                     pass.draw(0..chunk.index_count, 0..1);
                 }
             } else {
-                pass.set_pipeline(&self.mesh_pipeline);
+                pass.set_pipeline(if mesh.closed_outward {
+                    &self.mesh_pipeline_culled
+                } else {
+                    &self.mesh_pipeline
+                });
                 for chunk in &mesh.chunks {
                     pass.set_vertex_buffer(0, chunk.vertices.slice(..));
                     pass.set_index_buffer(chunk.indices.slice(..), wgpu::IndexFormat::Uint32);

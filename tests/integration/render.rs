@@ -353,3 +353,51 @@ fn invalid_sizes_are_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("1..="), "{err}");
 }
+
+#[test]
+fn only_closed_outward_meshes_get_back_faces_culled() {
+    use orfeas::viewport::renderer::is_closed_outward;
+    let outward = box_mesh([-0.5; 3], [0.5; 3]);
+    assert!(is_closed_outward(&outward));
+    let mut inward = outward.clone();
+    for t in inward.indices.chunks_exact_mut(3) {
+        t.swap(1, 2);
+    }
+    assert!(!is_closed_outward(&inward), "inward winding");
+    let mut open = outward.clone();
+    open.indices.truncate(open.indices.len() - 6);
+    assert!(!is_closed_outward(&open), "a missing face");
+    let mut mixed = outward.clone();
+    mixed.indices.swap(1, 2);
+    assert!(!is_closed_outward(&mixed), "one flipped triangle");
+    // The benchmark's UV sphere (seams and poles welded by position) is closed.
+    assert!(is_closed_outward(&orfeas::viewport::bench::sphere_mesh(
+        10_000
+    )));
+}
+
+#[test]
+fn inward_wound_and_open_meshes_still_show_both_sides() {
+    let Some(renderer) = renderer() else { return };
+    let outward = box_mesh([-0.5; 3], [0.5; 3]);
+    let mut inward = outward.clone();
+    for t in inward.indices.chunks_exact_mut(3) {
+        t.swap(1, 2);
+    }
+    let mut open = outward.clone();
+    open.indices.truncate(open.indices.len() - 6);
+    let opts = RenderOptions {
+        view: View::Iso,
+        ..options(128, ShadingMode::Clay)
+    };
+    let covered = |mesh: &Mesh| covered_fraction(&renderer.render(mesh, &opts).unwrap());
+    let reference = covered(&outward);
+    assert!(reference > 0.1, "the culled closed box shows: {reference}");
+    for (name, mesh) in [("inward", &inward), ("open", &open)] {
+        let c = covered(mesh);
+        assert!(
+            (c - reference).abs() < 0.02,
+            "{name}: covered {c:.4} vs {reference:.4}"
+        );
+    }
+}

@@ -482,6 +482,8 @@ pub struct SceneRenderer {
     mesh_pipeline_culled: wgpu::RenderPipeline,
     /// The mesh with barycentric wireframe: vertices pulled from storage buffers.
     wire_pipeline: wgpu::RenderPipeline,
+    /// `wire_pipeline` with back faces culled, for closed outward-wound meshes.
+    wire_pipeline_culled: wgpu::RenderPipeline,
     pull_layout: wgpu::BindGroupLayout,
     grid_pipeline: wgpu::RenderPipeline,
     frame_layout: wgpu::BindGroupLayout,
@@ -655,6 +657,16 @@ impl SceneRenderer {
             true,
             None,
         );
+        let wire_pipeline_culled = pipeline(
+            &wire_layout,
+            Some(wgpu::Face::Back),
+            "viewport mesh wireframe (closed)",
+            "vs_mesh_wire",
+            "fs_mesh",
+            &[],
+            true,
+            None,
+        );
         let grid_pipeline = pipeline(
             &layout,
             None,
@@ -684,6 +696,7 @@ impl SceneRenderer {
             mesh_pipeline,
             mesh_pipeline_culled,
             wire_pipeline,
+            wire_pipeline_culled,
             pull_layout,
             grid_pipeline,
             white_bind_group,
@@ -784,7 +797,11 @@ impl SceneRenderer {
         if let Some(mesh) = mesh {
             pass.set_bind_group(1, &mesh.bind_group, &[]);
             if settings.wireframe {
-                pass.set_pipeline(&self.wire_pipeline);
+                pass.set_pipeline(if mesh.closed_outward {
+                    &self.wire_pipeline_culled
+                } else {
+                    &self.wire_pipeline
+                });
                 for chunk in &mesh.chunks {
                     pass.set_bind_group(2, &chunk.pull_bind_group, &[]);
                     pass.draw(0..chunk.index_count, 0..1);

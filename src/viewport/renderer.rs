@@ -246,6 +246,21 @@ impl MeshVertices {
     }
 }
 
+/// For each vertex, the first vertex at exactly the same position (-0.0 and
+/// 0.0 count as equal): UV seams and split normals do not split the surface.
+pub fn weld_positions(mesh: &Mesh) -> Vec<u32> {
+    let mut welded: std::collections::HashMap<[u32; 3], u32> =
+        std::collections::HashMap::with_capacity(mesh.positions.len());
+    mesh.positions
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let next = u32::try_from(i).unwrap_or(u32::MAX);
+            *welded.entry(p.map(|c| (c + 0.0).to_bits())).or_insert(next)
+        })
+        .collect()
+}
+
 /// True when, with equal positions welded, every edge is used exactly once in
 /// each direction (closed, consistently wound) and the signed volume is
 /// positive (outward). Degenerate triangles are ignored.
@@ -254,17 +269,7 @@ pub fn is_closed_outward(mesh: &Mesh) -> bool {
     if mesh.indices.len() < 12 {
         return false;
     }
-    let mut welded: HashMap<[u32; 3], u32> = HashMap::with_capacity(mesh.positions.len());
-    let canonical: Vec<u32> = mesh
-        .positions
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let next = u32::try_from(i).unwrap_or(u32::MAX);
-            // `+ 0.0` welds -0.0 with 0.0.
-            *welded.entry(p.map(|c| (c + 0.0).to_bits())).or_insert(next)
-        })
-        .collect();
+    let canonical = weld_positions(mesh);
     let mut directed: HashMap<(u32, u32), u32> = HashMap::with_capacity(mesh.indices.len());
     let mut volume = 0.0f64;
     for triangle in mesh.indices.chunks_exact(3) {

@@ -44,16 +44,7 @@ pub fn is_watertight(mesh: &Mesh) -> bool {
     if mesh.indices.is_empty() {
         return false;
     }
-    let mut welded: HashMap<[u32; 3], u32> = HashMap::with_capacity(mesh.positions.len());
-    let canonical: Vec<u32> = mesh
-        .positions
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let next = u32::try_from(i).unwrap_or(u32::MAX);
-            *welded.entry(p.map(f32::to_bits)).or_insert(next)
-        })
-        .collect();
+    let canonical = super::renderer::weld_positions(mesh);
     let mut edges: HashMap<(u32, u32), u32> = HashMap::with_capacity(mesh.indices.len());
     for triangle in mesh.indices.chunks_exact(3) {
         let corners = [triangle[0], triangle[1], triangle[2]]

@@ -122,7 +122,7 @@ fn components(inside: &[bool], g: usize) -> (Vec<u32>, Vec<usize>) {
 const EXACT_BAND: f32 = 3.0;
 
 /// Where the iso-0.5 contour crosses the grid edge from sample `a` to `b`, in
-/// grid units (the same interpolation and clamping as the mesh's crossings).
+/// grid units: the mesh's crossing vertices and the rim distances both use it.
 fn crossing_point(field: &[f32], a: usize, b: usize, g: usize) -> [f32; 2] {
     let (fa, fb) = (field[a], field[b]);
     let t = if (fa - fb).abs() > 1e-6 {
@@ -130,6 +130,7 @@ fn crossing_point(field: &[f32], a: usize, b: usize, g: usize) -> [f32; 2] {
     } else {
         0.5
     };
+    // Keep crossings off the corners so no edge or face degenerates.
     let t = t.clamp(0.05, 0.95);
     let (ax, ay) = ((a % g) as f32, (a / g) as f32);
     let (bx, by) = ((b % g) as f32, (b / g) as f32);
@@ -287,17 +288,8 @@ pub(super) fn build(field: &mut [f32], n: usize, thickness: f32, min_component_s
             &mut cross_h[a]
         };
         if *slot == OUTSIDE {
-            let (fa, fb) = (field[a], field[b]);
-            let t = if (fa - fb).abs() > 1e-6 {
-                (fa - 0.5) / (fa - fb)
-            } else {
-                0.5
-            };
-            // Keep crossings off the corners so no edge or face degenerates.
-            let t = t.clamp(0.05, 0.95);
-            let (ax, ay) = ((a % g) as f32, (a / g) as f32);
-            let (bx, by) = ((b % g) as f32, (b / g) as f32);
-            let [x, y] = to_xy(ax + (bx - ax) * t, ay + (by - ay) * t);
+            let [gx, gy] = crossing_point(field, a, b, g);
+            let [x, y] = to_xy(gx, gy);
             *slot = positions.len() as u32;
             positions.push([x, y, 0.0]);
         }

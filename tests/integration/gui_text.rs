@@ -14,8 +14,18 @@ use orfeas_core::jobs::JobKind;
 
 use crate::gui::{harness, harness_with, step_until};
 
+/// The tiny SD fixture, completed once per test process (see `orfeas_ml::fixture`).
 fn fixture_model() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/orfeas-ml/tests/fixtures/sd-tiny")
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("crates/orfeas-ml/tests/fixtures/sd-tiny");
+        let dst = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sd-tiny-app");
+        let _ = std::fs::remove_dir_all(&dst); // a previous run's copy
+        orfeas_ml::fixture::complete_model_dir(&src, &dst).unwrap();
+        dst
+    })
+    .clone()
 }
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {

@@ -8,10 +8,20 @@ use orfeas_ml::sd::pipeline::DevicePref;
 
 /// The fixtures; `ORFEAS_ML_FIXTURES` overrides for test binaries run from another checkout (the GPU script).
 pub fn fixture_dir() -> PathBuf {
-    match std::env::var_os("ORFEAS_ML_FIXTURES") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny"),
-    }
+    // Completed once per test process (the git copy keeps only the embedding
+    // rows the tests use; see `orfeas_ml::fixture`).
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = match std::env::var_os("ORFEAS_ML_FIXTURES") {
+            Some(dir) => PathBuf::from(dir),
+            None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny"),
+        };
+        let dst = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sd-tiny-ml");
+        let _ = std::fs::remove_dir_all(&dst); // a previous run's copy
+        orfeas_ml::fixture::complete_model_dir(&src, &dst).unwrap();
+        dst
+    })
+    .clone()
 }
 
 /// `ORFEAS_TEST_DEVICE=cuda` runs the parity tests on the GPU (in f32); default CPU.

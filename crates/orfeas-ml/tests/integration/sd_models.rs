@@ -298,3 +298,41 @@ fn download_from_an_unreachable_server_says_what_to_do() {
     .unwrap_err();
     assert!(e.to_string().contains("run the command again"), "{e}");
 }
+
+/// The git copy of the fixture keeps only some token-embedding rows: every token
+/// the goldens use must be among them, and the completed folder must hold the
+/// full table with exactly those rows.
+#[test]
+fn the_partial_fixture_embedding_keeps_every_golden_token() {
+    let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny");
+    let part = candle_core::safetensors::load(
+        src.join(orfeas_ml::fixture::ROWS_FILE),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let ids: Vec<i64> = part["ids"].to_vec1().unwrap();
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(src.join("golden/tokenizer_cases.json")).unwrap(),
+    )
+    .unwrap();
+    for case in cases["cases"].as_array().unwrap() {
+        for id in case["ids_padded_77"].as_array().unwrap() {
+            assert!(ids.contains(&id.as_i64().unwrap()), "token {id} missing");
+        }
+    }
+    let done = crate::common::fixture_dir();
+    let full = candle_core::safetensors::load(
+        done.join("text_encoder/model-00002-of-00003.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let table = &full["text_model.embeddings.token_embedding.weight"];
+    assert_eq!(table.dims(), &[49408, 16]);
+    let rows: Vec<Vec<f32>> = part["rows"].to_vec2().unwrap();
+    let first = usize::try_from(ids[0]).unwrap();
+    let kept: Vec<f32> = table.get(first).unwrap().to_vec1().unwrap();
+    assert_eq!(kept, rows[0]);
+    let dropped = (0..49408i64).find(|i| !ids.contains(i)).unwrap();
+    let zero: Vec<f32> = table.get(dropped as usize).unwrap().to_vec1().unwrap();
+    assert!(zero.iter().all(|&v| v == 0.0));
+}

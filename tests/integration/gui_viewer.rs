@@ -11,6 +11,7 @@ use orfeas::app::{AppConfig, StudioApp};
 
 use super::gui::{MemStorage, step_until};
 use super::render::{box_mesh, renderer};
+use super::viewport::{changed_fraction, drag_right};
 
 const WINDOW: egui::Vec2 = egui::vec2(1280.0, 800.0);
 
@@ -48,16 +49,6 @@ fn viewer_app(
                 config.clone(),
             )
         })
-}
-
-/// Share of pixels that differ noticeably between two frames.
-fn changed_fraction(a: &image::RgbaImage, b: &image::RgbaImage) -> f64 {
-    let changed = a
-        .pixels()
-        .zip(b.pixels())
-        .filter(|(p, q)| p.0.iter().zip(q.0).any(|(x, y)| x.abs_diff(y) > 24))
-        .count();
-    changed as f64 / f64::from(a.width() * a.height())
 }
 
 #[test]
@@ -102,15 +93,7 @@ fn view_command_opens_the_mesh_on_the_viewer_tab_and_dragging_orbits() {
     );
 
     // Drag across the middle of the 3D view with the primary button.
-    let start = egui::pos2(WINDOW.x * 0.5, WINDOW.y * 0.6);
-    h.drag_at(start);
-    h.step();
-    for i in 1..=10 {
-        h.hover_at(start + egui::vec2(20.0 * i as f32, 0.0));
-        h.step();
-    }
-    h.drop_at(start + egui::vec2(200.0, 0.0));
-    h.run();
+    drag_right(&mut h, egui::pos2(WINDOW.x * 0.5, WINDOW.y * 0.6), 20.0);
     let dragged = h.render().unwrap();
     assert!(
         changed_fraction(&shown, &dragged) > 0.01,

@@ -57,13 +57,25 @@ fn harness(render_state: &egui_wgpu::RenderState) -> Harness<'static, ViewerStat
 }
 
 /// Share of pixels that differ noticeably between two renders.
-fn changed_fraction(a: &image::RgbaImage, b: &image::RgbaImage) -> f64 {
+pub(crate) fn changed_fraction(a: &image::RgbaImage, b: &image::RgbaImage) -> f64 {
     let changed = a
         .pixels()
         .zip(b.pixels())
         .filter(|(p, q)| p.0.iter().zip(q.0).any(|(x, y)| x.abs_diff(y) > 24))
         .count();
     changed as f64 / f64::from(a.width() * a.height())
+}
+
+/// Drags with the primary button from `start` to the right in ten moves of `step` pixels.
+pub(crate) fn drag_right<S>(h: &mut Harness<'_, S>, start: egui::Pos2, step: f32) {
+    h.drag_at(start);
+    h.step();
+    for i in 1..=10 {
+        h.hover_at(start + egui::vec2(step * i as f32, 0.0));
+        h.step();
+    }
+    h.drop_at(start + egui::vec2(step * 10.0, 0.0));
+    h.run();
 }
 
 #[test]
@@ -98,15 +110,7 @@ fn viewer_shows_a_mesh_and_dragging_orbits_it() {
     );
 
     // Drag across the middle of the view (below the toolbar) with the primary button.
-    let start = egui::pos2(SIZE.x * 0.5, SIZE.y * 0.6);
-    harness.drag_at(start);
-    harness.step();
-    for i in 1..=10 {
-        harness.hover_at(start + egui::vec2(18.0 * i as f32, 0.0));
-        harness.step();
-    }
-    harness.drop_at(start + egui::vec2(180.0, 0.0));
-    harness.run();
+    drag_right(&mut harness, egui::pos2(SIZE.x * 0.5, SIZE.y * 0.6), 18.0);
     let dragged = harness.render().unwrap();
     assert!(
         changed_fraction(&shown, &dragged) > 0.02,

@@ -12,7 +12,7 @@ use eframe::egui_wgpu::{self, wgpu};
 
 use super::renderer::{
     COLOR_FORMAT, COLOR_FORMAT_RAW, FrameTarget, GpuMesh, MeshVertices, SceneRenderer,
-    SceneSettings, pick_sample_count,
+    SceneSettings, pick_sample_count, texture_bind_group, texture_bind_group_layout,
 };
 
 /// The attachments of egui's render pass, which the blit pipeline must match.
@@ -100,27 +100,7 @@ impl ViewportResources {
             label: Some("viewport blit"),
             source: wgpu::ShaderSource::Wgsl(include_str!("../../shaders/blit.wgsl").into()),
         });
-        let blit_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("viewport blit"),
-            entries: &[
-                wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::FRAGMENT,
-                    ty: wgpu::BindingType::Texture {
-                        sample_type: wgpu::TextureSampleType::Float { filterable: true },
-                        view_dimension: wgpu::TextureViewDimension::D2,
-                        multisampled: false,
-                    },
-                    count: None,
-                },
-                wgpu::BindGroupLayoutEntry {
-                    binding: 1,
-                    visibility: wgpu::ShaderStages::FRAGMENT,
-                    ty: wgpu::BindingType::Sampler(wgpu::SamplerBindingType::Filtering),
-                    count: None,
-                },
-            ],
-        });
+        let blit_layout = texture_bind_group_layout(device, "viewport blit");
         let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
             label: Some("viewport blit"),
             bind_group_layouts: &[Some(&blit_layout)],
@@ -183,20 +163,13 @@ impl ViewportResources {
         } else {
             COLOR_FORMAT_RAW
         });
-        device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("viewport blit"),
-            layout: &self.blit_layout,
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::TextureView(&view),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: wgpu::BindingResource::Sampler(&self.blit_sampler),
-                },
-            ],
-        })
+        texture_bind_group(
+            device,
+            "viewport blit",
+            &self.blit_layout,
+            &self.blit_sampler,
+            &view,
+        )
     }
 }
 

@@ -692,9 +692,10 @@ impl SceneRenderer {
         });
         let white_bind_group = texture_bind_group(
             device,
+            "viewport white",
             &texture_layout,
             &sampler,
-            &white_texture(device, queue),
+            &white_texture(device, queue).create_view(&Default::default()),
         );
         Self {
             background_pipeline,
@@ -746,7 +747,13 @@ impl SceneRenderer {
                 image.as_raw()
             },
         );
-        texture_bind_group(device, &self.texture_layout, &self.sampler, &texture)
+        texture_bind_group(
+            device,
+            "viewport base colour",
+            &self.texture_layout,
+            &self.sampler,
+            &texture.create_view(&Default::default()),
+        )
     }
 
     /// Records one frame of the scene into `target`.
@@ -888,7 +895,11 @@ impl SceneRenderer {
     }
 }
 
-fn texture_bind_group_layout(device: &wgpu::Device, label: &str) -> wgpu::BindGroupLayout {
+/// A filterable 2D texture (binding 0) and its sampler (binding 1), for fragment shaders.
+pub(super) fn texture_bind_group_layout(
+    device: &wgpu::Device,
+    label: &str,
+) -> wgpu::BindGroupLayout {
     device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(label),
         entries: &[
@@ -912,20 +923,21 @@ fn texture_bind_group_layout(device: &wgpu::Device, label: &str) -> wgpu::BindGr
     })
 }
 
-fn texture_bind_group(
+/// Binds `view` and `sampler` to a [`texture_bind_group_layout`] layout.
+pub(super) fn texture_bind_group(
     device: &wgpu::Device,
+    label: &str,
     layout: &wgpu::BindGroupLayout,
     sampler: &wgpu::Sampler,
-    texture: &wgpu::Texture,
+    view: &wgpu::TextureView,
 ) -> wgpu::BindGroup {
-    let view = texture.create_view(&Default::default());
     device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some("viewport base colour"),
+        label: Some(label),
         layout,
         entries: &[
             wgpu::BindGroupEntry {
                 binding: 0,
-                resource: wgpu::BindingResource::TextureView(&view),
+                resource: wgpu::BindingResource::TextureView(view),
             },
             wgpu::BindGroupEntry {
                 binding: 1,

@@ -132,6 +132,25 @@ impl<'a> StudioCtx<'a> {
     }
 }
 
+/// The running telemetry, or `None` after drawing a card titled `title` that
+/// says why there is none. (The app repaints these tabs every second.)
+pub fn telemetry_or_card_ui<'a>(
+    ctx: &StudioCtx<'a>,
+    ui: &mut egui::Ui,
+    title: &str,
+) -> Option<&'a orfeas_core::telemetry::Telemetry> {
+    match ctx.monitoring.telemetry {
+        Ok(t) => Some(t),
+        Err(err) => {
+            theme::card(ui.ctx()).show(ui, |ui| {
+                section_heading_ui(ui, title);
+                hint_ui(ui, err);
+            });
+            None
+        }
+    }
+}
+
 /// A small coloured state badge ("running", "failed", …).
 pub fn phase_badge_ui(ui: &mut egui::Ui, phase: JobPhase) {
     let p = theme::palette(ui.ctx());

@@ -84,17 +84,8 @@ pub fn firing_banner_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
 }
 
 pub fn alerts_tab_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
-    ui.ctx()
-        .request_repaint_after(std::time::Duration::from_secs(1));
-    let telemetry = match ctx.monitoring.telemetry {
-        Ok(t) => t,
-        Err(err) => {
-            theme::card(ui.ctx()).show(ui, |ui| {
-                section_heading_ui(ui, "Alerts");
-                hint_ui(ui, err);
-            });
-            return;
-        }
+    let Some(telemetry) = crate::ui::telemetry_or_card_ui(ctx, ui, "Alerts") else {
+        return;
     };
     let alerts = telemetry.alerts();
     let history = telemetry.alert_history();

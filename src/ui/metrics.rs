@@ -13,18 +13,8 @@ const CHART_HEIGHT: f32 = 130.0;
 const NO_DATA: &str = "no data yet";
 
 pub fn metrics_tab_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
-    // The sampler adds a point each second; follow it while this tab is visible.
-    ui.ctx()
-        .request_repaint_after(std::time::Duration::from_secs(1));
-    let telemetry = match ctx.monitoring.telemetry {
-        Ok(t) => t,
-        Err(err) => {
-            theme::card(ui.ctx()).show(ui, |ui| {
-                section_heading_ui(ui, "Metrics");
-                hint_ui(ui, err);
-            });
-            return;
-        }
+    let Some(telemetry) = crate::ui::telemetry_or_card_ui(ctx, ui, "Metrics") else {
+        return;
     };
     let range_id = ui.make_persistent_id("metrics-range");
     let mut range_index: usize = ui.data(|d| d.get_temp(range_id)).unwrap_or(0);

@@ -290,8 +290,15 @@ pub struct TextToImageArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Decode the image in tiles (less memory for large sizes).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["tiny_decoder", "tiny_decoder_dir"])]
     pub tiled_decode: bool,
+    /// Decode with the tiny decoder (TAESD; `orfeas models download taesd`, or
+    /// taesdxl for SDXL) instead of the VAE: much faster, a little less detail.
+    #[arg(long)]
+    pub tiny_decoder: bool,
+    /// A TAESD folder (diffusers AutoencoderTiny) to decode with; implies --tiny-decoder.
+    #[arg(long, value_name = "DIR")]
+    pub tiny_decoder_dir: Option<PathBuf>,
     /// Style preset: none, photographic, digital-art, anime, 3d-model, pixel-art
     /// (adds its words to the prompt and the negative prompt).
     #[arg(long, default_value = "none")]
@@ -720,6 +727,8 @@ fn text_to_image(args: TextToImageArgs) -> anyhow::Result<ExitCode> {
     params.seed = args.seed;
     params.batch = args.batch;
     params.tiled_decode = args.tiled_decode;
+    params.tiny_decoder = args.tiny_decoder;
+    params.tiny_decoder_dir = args.tiny_decoder_dir.as_deref().map(absolute);
     params.init_latents = args.init_latents.as_deref().map(absolute);
     if let Some(steps) = args.steps {
         params.steps = steps;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use orfeas_ml::models::download::DownloadProgress;
-use orfeas_ml::models::{self, Architecture, KnownModel, SearchRoots};
+use orfeas_ml::models::{self, KnownModel, SearchRoots};
 use parking_lot::Mutex;
 
 /// Where an installed copy was found.
@@ -55,8 +55,6 @@ pub struct ModelRow {
     pub repo_id: &'static str,
     pub licence: &'static str,
     pub non_commercial: bool,
-    /// False for architectures this build cannot run yet (SDXL).
-    pub runnable: bool,
     /// Download size (approximate, from the registry).
     pub download_bytes: u64,
     pub install: ModelInstall,
@@ -395,7 +393,6 @@ fn row(roots: &SearchRoots, status: models::ModelStatus) -> ModelRow {
         repo_id: m.repo_id,
         licence: m.licence,
         non_commercial: m.non_commercial,
-        runnable: m.architecture == Architecture::Sd,
         download_bytes: m.approx_size_bytes(),
         install,
     }

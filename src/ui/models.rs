@@ -69,9 +69,6 @@ fn model_row_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, view: &ModelsView, row: 
             ModelInstall::Missing => ("not installed", p.text_muted),
         };
         ui.label(RichText::new(state).color(color).strong());
-        if !row.runnable {
-            ui.label(RichText::new("listed only: this build cannot run SDXL yet").color(p.warning));
-        }
     });
     match &row.install {
         ModelInstall::Installed { dir, bytes, source } => {

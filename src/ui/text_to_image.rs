@@ -71,7 +71,10 @@ pub fn text_params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
             egui::ComboBox::from_id_salt("t2i-model")
                 .selected_text(model_text(&t))
                 .show_ui(ui, |ui| {
-                    for m in KNOWN_MODELS {
+                    for m in KNOWN_MODELS
+                        .iter()
+                        .filter(|m| m.architecture.generates_images())
+                    {
                         let mut text = m.name.to_owned();
                         if installed(ctx, m.name) == Some(false) {
                             text.push_str("  (not installed)");

@@ -1,6 +1,6 @@
 //! Test fixtures kept small in git. A model folder may hold only the rows of
-//! its CLIP token embedding that its tests use, in
-//! `text_encoder/token_embedding.rows.safetensors` (tensors `ids`, I64, and
+//! its CLIP token embeddings that its tests use, in
+//! `text_encoder*/token_embedding.rows.safetensors` (tensors `ids`, I64, and
 //! `rows`, F32 `ids × hidden`). [`complete_model_dir`] writes the whole folder
 //! elsewhere with the full embedding: those rows, zeros for the rest, in the
 //! shard the folder's `model.safetensors.index.json` names. An embedding lookup
@@ -12,14 +12,57 @@ use std::path::Path;
 use anyhow::{Context as _, anyhow};
 use candle_core::{Device, Tensor};
 
-/// The partial embedding, relative to the model folder.
-pub const ROWS_FILE: &str = "text_encoder/token_embedding.rows.safetensors";
+/// The partial embedding inside a text encoder folder.
+pub const ROWS_FILE: &str = "token_embedding.rows.safetensors";
 const EMBEDDING: &str = "text_model.embeddings.token_embedding.weight";
+/// The text encoder folders a model may have (SDXL has two).
+const ENCODERS: [&str; 2] = ["text_encoder", "text_encoder_2"];
+/// The BPE files a tokenizer folder may leave out (see [`complete_model_dir_with_vocab`]).
+const VOCAB_FILES: [&str; 2] = ["vocab.json", "merges.txt"];
 
-/// Copies the model folder `src` to `dst` (created), completing a partial token
-/// embedding if `src` has one; a complete folder is copied as it is.
+/// Copies the model folder `src` to `dst` (created), completing partial token
+/// embeddings where `src` has them; a complete folder is copied as it is.
 pub fn complete_model_dir(src: &Path, dst: &Path) -> anyhow::Result<()> {
-    copy_tree(src, dst, &src.join(ROWS_FILE))?;
+    complete_model_dir_with_vocab(src, dst, None)
+}
+
+/// As [`complete_model_dir`], and copies `vocab.json` and `merges.txt` from
+/// `vocab_dir` into every `tokenizer*/` folder that lacks them (the SDXL
+/// fixture shares the SD fixture's 3 MB BPE files instead of holding copies).
+pub fn complete_model_dir_with_vocab(
+    src: &Path,
+    dst: &Path,
+    vocab_dir: Option<&Path>,
+) -> anyhow::Result<()> {
+    copy_tree(src, dst)?;
+    for encoder in ENCODERS {
+        complete_embedding(&src.join(encoder), &dst.join(encoder))?;
+    }
+    let Some(vocab_dir) = vocab_dir else {
+        return Ok(());
+    };
+    for entry in std::fs::read_dir(dst)? {
+        let dir = entry?.path();
+        let is_tokenizer = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("tokenizer"));
+        if !is_tokenizer || !dir.is_dir() || dir.join("tokenizer.json").is_file() {
+            continue;
+        }
+        for file in VOCAB_FILES {
+            if !dir.join(file).is_file() {
+                std::fs::copy(vocab_dir.join(file), dir.join(file))
+                    .with_context(|| format!("cannot copy {file} from {}", vocab_dir.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the full token embedding of one encoder folder into the shard its
+/// `model.safetensors.index.json` names, if `src` holds only some rows.
+fn complete_embedding(src: &Path, dst: &Path) -> anyhow::Result<()> {
     let rows_path = src.join(ROWS_FILE);
     if !rows_path.is_file() {
         return Ok(());
@@ -41,12 +84,11 @@ pub fn complete_model_dir(src: &Path, dst: &Path) -> anyhow::Result<()> {
     );
     let rows: Vec<f32> = rows.flatten_all()?.to_vec1()?;
 
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        src.join("text_encoder/config.json"),
-    )?)?;
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json"))?)?;
     let vocab = config["vocab_size"]
         .as_u64()
-        .ok_or_else(|| anyhow!("text_encoder/config.json has no vocab_size"))?
+        .ok_or_else(|| anyhow!("{}/config.json has no vocab_size", src.display()))?
         as usize;
     let mut full = vec![0f32; vocab * hidden];
     for (row, &id) in rows.chunks_exact(hidden).zip(&ids) {
@@ -56,13 +98,13 @@ pub fn complete_model_dir(src: &Path, dst: &Path) -> anyhow::Result<()> {
     }
 
     let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        src.join("text_encoder/model.safetensors.index.json"),
+        src.join("model.safetensors.index.json"),
     )?)?;
     let shard = index["weight_map"][EMBEDDING]
         .as_str()
-        .ok_or_else(|| anyhow!("the text encoder index does not place {EMBEDDING}"))?;
+        .ok_or_else(|| anyhow!("the index in {} does not place {EMBEDDING}", src.display()))?;
     let tensor = Tensor::from_vec(full, (vocab, hidden), &Device::Cpu)?;
-    let out = dst.join("text_encoder").join(shard);
+    let out = dst.join(shard);
     candle_core::safetensors::save(
         &std::collections::HashMap::from([(EMBEDDING, tensor)]),
         &out,
@@ -71,16 +113,17 @@ pub fn complete_model_dir(src: &Path, dst: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn copy_tree(src: &Path, dst: &Path, skip: &Path) -> anyhow::Result<()> {
+/// Copies `src` into `dst`, leaving out partial-embedding files.
+fn copy_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dst).with_context(|| format!("cannot create {}", dst.display()))?;
     for entry in std::fs::read_dir(src).with_context(|| format!("cannot read {}", src.display()))? {
         let path = entry?.path();
         let target = dst.join(path.file_name().unwrap_or_default());
-        if path == skip {
+        if path.file_name().is_some_and(|n| n == ROWS_FILE) {
             continue;
         }
         if path.is_dir() {
-            copy_tree(&path, &target, skip)?;
+            copy_tree(&path, &target)?;
         } else {
             std::fs::copy(&path, &target)
                 .with_context(|| format!("cannot copy {}", path.display()))?;

@@ -24,6 +24,15 @@ pub enum Architecture {
     Sd,
     /// SDXL (two text encoders, added conditioning).
     Sdxl,
+    /// A tiny latent decoder (TAESD): used instead of a model's VAE, not on its own.
+    TinyDecoder,
+}
+
+impl Architecture {
+    /// Whether a model of this family generates images on its own.
+    pub fn generates_images(self) -> bool {
+        matches!(self, Self::Sd | Self::Sdxl)
+    }
 }
 
 /// A file of a known model, relative to the model folder.
@@ -127,6 +136,11 @@ const SDXL_TURBO_FILES: [ModelFile; 17] = [
     f("vae/diffusion_pytorch_model.fp16.safetensors", 167_300_000),
 ];
 
+const TAESD_FILES: [ModelFile; 2] = [
+    f("config.json", 600),
+    f("diffusion_pytorch_model.safetensors", 9_800_000),
+];
+
 /// Every model the registry knows, in the order the UI lists them.
 pub const KNOWN_MODELS: &[KnownModel] = &[
     KnownModel {
@@ -173,6 +187,28 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
         default_steps: 1,
         default_guidance: 0.0,
         default_size: 512,
+    },
+    KnownModel {
+        name: "taesd",
+        repo_id: "madebyollin/taesd",
+        architecture: Architecture::TinyDecoder,
+        files: &TAESD_FILES,
+        licence: "MIT (tiny decoder for SD 1.x / 2.x latents)",
+        non_commercial: false,
+        default_steps: 0,
+        default_guidance: 0.0,
+        default_size: 0,
+    },
+    KnownModel {
+        name: "taesdxl",
+        repo_id: "madebyollin/taesdxl",
+        architecture: Architecture::TinyDecoder,
+        files: &TAESD_FILES,
+        licence: "MIT (tiny decoder for SDXL latents)",
+        non_commercial: false,
+        default_steps: 0,
+        default_guidance: 0.0,
+        default_size: 0,
     },
 ];
 

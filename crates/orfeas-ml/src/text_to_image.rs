@@ -21,6 +21,7 @@ use crate::sd::pipeline::{
     self, DecodeMode, DevicePref, GenerateRequest, Precision, Progress, SdModel,
 };
 use crate::sd::schedulers::SchedulerKind;
+use crate::sd::taesd::TinyDecoder;
 
 pub const MIN_SIDE: usize = 64;
 pub const MAX_SIDE: usize = 2048;
@@ -135,6 +136,11 @@ pub struct TextToImageParams {
     pub init_latents: Option<PathBuf>,
     /// Decode in overlapping tiles (less memory, slightly different seams).
     pub tiled_decode: bool,
+    /// Decode with the tiny decoder (TAESD: `taesd`, or `taesdxl` for SDXL) instead
+    /// of the VAE: much faster, a little less detail.
+    pub tiny_decoder: bool,
+    /// A TAESD folder to use instead of the registry's (implies `tiny_decoder`).
+    pub tiny_decoder_dir: Option<PathBuf>,
     /// f16 on GPUs and f32 on the CPU unless overridden.
     pub precision: Precision,
 }
@@ -165,6 +171,8 @@ impl TextToImageParams {
             scheduler: None,
             init_latents: None,
             tiled_decode: false,
+            tiny_decoder: false,
+            tiny_decoder_dir: None,
             precision: Precision::Auto,
         }
     }
@@ -215,17 +223,40 @@ impl TextToImageParams {
         }
         if self.model_dir.is_none() {
             let m = models::known(&self.model)?;
-            if m.architecture != models::Architecture::Sd {
+            if !m.architecture.generates_images() {
                 return Err(SdError::invalid(
                     "model",
                     format!(
-                        "'{}' (SDXL) is not supported by this build yet; use sd-turbo or sd-1.5",
+                        "'{}' is a tiny decoder, not an image model; choose sd-turbo, sd-1.5, \
+                         sd-2.1 or sdxl-turbo (and use the tiny decoder option to decode with it)",
                         m.name
                     ),
                 ));
             }
         }
+        if self.tiled_decode && self.uses_tiny_decoder() {
+            return Err(SdError::invalid(
+                "decoder",
+                "tiled decoding and the tiny decoder exclude each other; pick one",
+            ));
+        }
         Ok(())
+    }
+
+    /// How the latents become pixels: `vae`, `vae-tiled` or `taesd`.
+    pub fn decoder_name(&self) -> &'static str {
+        if self.uses_tiny_decoder() {
+            "taesd"
+        } else if self.tiled_decode {
+            "vae-tiled"
+        } else {
+            "vae"
+        }
+    }
+
+    /// Whether the tiny decoder replaces the VAE.
+    pub fn uses_tiny_decoder(&self) -> bool {
+        self.tiny_decoder || self.tiny_decoder_dir.is_some()
     }
 
     /// The folder the weights come from (registry lookup unless `model_dir` is set).
@@ -259,6 +290,7 @@ pub fn load_init_latents(path: &Path) -> Result<candle_core::Tensor> {
 #[derive(Default)]
 pub struct Engine {
     cached: Mutex<Option<(PathBuf, String, Arc<SdModel>)>>,
+    tiny: Mutex<Option<(PathBuf, String, Arc<TinyDecoder>)>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -283,6 +315,44 @@ impl Engine {
             Arc::new(SdModel::load(dir, device, dtype).map_err(|e| pipeline::map_oom(e, device))?);
         *guard = Some((dir.to_path_buf(), key, model.clone()));
         Ok(model)
+    }
+
+    /// The tiny decoder for `model`: the params' folder, else the registry's
+    /// `taesdxl` for SDXL and `taesd` otherwise.
+    fn tiny_decoder(
+        &self,
+        params: &TextToImageParams,
+        model: &SdModel,
+    ) -> Result<Arc<TinyDecoder>> {
+        let dir = match &params.tiny_decoder_dir {
+            Some(d) => d.clone(),
+            None => models::resolve(if model.is_xl() { "taesdxl" } else { "taesd" })?,
+        };
+        let key = format!("{:?}/{:?}", model.device, model.dtype);
+        let mut guard = self.tiny.lock();
+        if let Some((d, k, t)) = guard.as_ref()
+            && *d == dir
+            && *k == key
+        {
+            return Ok(t.clone());
+        }
+        let tiny = Arc::new(TinyDecoder::load_dir(&dir, &model.device, model.dtype)?);
+        if tiny.config.latent_channels != model.unet.config.out_channels
+            || tiny.config.upscale() != model.vae_scale()
+        {
+            return Err(SdError::invalid(
+                "tiny_decoder",
+                format!(
+                    "{} does not fit this model's latents ({} channels, x{}); use taesd for \
+                     SD 1.x/2.x and taesdxl for SDXL",
+                    dir.display(),
+                    model.unet.config.out_channels,
+                    model.vae_scale()
+                ),
+            ));
+        }
+        *guard = Some((dir, key, tiny.clone()));
+        Ok(tiny)
     }
 
     /// Validates, loads (or reuses) the model, and generates `params.batch` images.
@@ -329,6 +399,11 @@ impl Engine {
                 }
             } else {
                 DecodeMode::Full
+            },
+            tiny_decoder: if params.uses_tiny_decoder() {
+                Some(self.tiny_decoder(params, &model)?)
+            } else {
+                None
             },
             previews: true,
         };
@@ -383,6 +458,7 @@ pub fn png_text_chunks(params: &TextToImageParams, index: usize) -> Vec<(String,
         ("seed".into(), seed.to_string()),
         ("size".into(), format!("{}x{}", params.width, params.height)),
         ("scheduler".into(), scheduler),
+        ("decoder".into(), params.decoder_name().to_owned()),
         (
             "Software".into(),
             format!("ORFEAS Studio {}", env!("CARGO_PKG_VERSION")),

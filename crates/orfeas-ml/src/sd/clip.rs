@@ -1,4 +1,5 @@
-//! CLIP text encoder (transformers' `CLIPTextModel`), any size, built from its config.json.
+//! CLIP text encoder (transformers' `CLIPTextModel`, and `CLIPTextModelWithProjection`
+//! when the checkpoint has a `text_projection`), any size, built from its config.json.
 //!
 //! Written here rather than taken from candle-transformers because candle's
 //! config cannot be built at other sizes and its `gelu` is the tanh
@@ -42,6 +43,9 @@ fn default_eps() -> f64 {
 fn default_positions() -> usize {
     77
 }
+fn default_eos() -> u32 {
+    2
+}
 
 /// Mirrors the `text_encoder/config.json` fields the forward pass needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +60,13 @@ pub struct ClipConfig {
     pub hidden_act: Activation,
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+    /// Output size of `text_projection` (SDXL's second encoder).
+    #[serde(default)]
+    pub projection_dim: Option<usize>,
+    /// Picks the pooled token: 2 (the hub's legacy value) means "the largest
+    /// id", as transformers does; anything else is the first position of that id.
+    #[serde(default = "default_eos")]
+    pub eos_token_id: u32,
 }
 
 impl ClipConfig {
@@ -86,8 +97,22 @@ pub struct ClipTextModel {
     position_embedding: Embedding,
     layers: Vec<Layer>,
     final_layer_norm: LayerNorm,
+    text_projection: Option<Linear>,
     act: Activation,
     hidden_size: usize,
+    eos_token_id: u32,
+}
+
+/// What SDXL takes from an encoder.
+#[derive(Debug, Clone)]
+pub struct EncoderOutput {
+    /// After the final layer norm (SD 1.x/2.x's text embedding).
+    pub last_hidden: Tensor,
+    /// The second-to-last layer's output, before any norm (`hidden_states[-2]`).
+    pub penultimate: Tensor,
+    /// `text_projection` of the final-normed state at the pooled token
+    /// (transformers' `text_embeds`); `None` without a projection.
+    pub pooled: Option<Tensor>,
 }
 
 impl std::fmt::Debug for ClipTextModel {
@@ -102,11 +127,11 @@ impl std::fmt::Debug for ClipTextModel {
 impl ClipTextModel {
     /// Accepts both the hub naming (`text_model.embeddings...`) and the
     /// unprefixed one transformers 5 writes (`embeddings...`).
-    pub fn load(vb: VarBuilder, cfg: &ClipConfig) -> Result<Self> {
-        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
-            vb.pp("text_model")
+    pub fn load(root: VarBuilder, cfg: &ClipConfig) -> Result<Self> {
+        let vb = if root.contains_tensor("text_model.embeddings.token_embedding.weight") {
+            root.pp("text_model")
         } else {
-            vb
+            root.clone()
         };
         let h = cfg.hidden_size;
         if cfg.num_attention_heads == 0 || !h.is_multiple_of(cfg.num_attention_heads) {
@@ -144,13 +169,21 @@ impl ClipTextModel {
             .collect::<candle_core::Result<Vec<_>>>()?;
         let final_layer_norm =
             candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?;
+        let text_projection = match cfg.projection_dim {
+            Some(p) if root.contains_tensor("text_projection.weight") => {
+                Some(candle_nn::linear_no_bias(h, p, root.pp("text_projection"))?)
+            }
+            _ => None,
+        };
         Ok(Self {
             token_embedding,
             position_embedding,
             layers,
             final_layer_norm,
+            text_projection,
             act: cfg.hidden_act,
             hidden_size: h,
+            eos_token_id: cfg.eos_token_id,
         })
     }
 
@@ -187,6 +220,68 @@ impl ClipTextModel {
     /// `last_hidden_state` for `input_ids` of shape (batch, seq).
     pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
         Ok(self.forward_all(input_ids)?.0)
+    }
+
+    /// Whether this encoder has a `text_projection` (gives `pooled`).
+    pub fn has_projection(&self) -> bool {
+        self.text_projection.is_some()
+    }
+
+    /// The last, penultimate and pooled outputs in one pass (SDXL).
+    pub fn encode(&self, input_ids: &Tensor) -> Result<EncoderOutput> {
+        let (last_hidden, states) = self.forward_all(input_ids)?;
+        let penultimate = match states.len().checked_sub(2).and_then(|i| states.get(i)) {
+            Some(s) => s.clone(),
+            None => {
+                return Err(SdError::invalid(
+                    "text_encoder.num_hidden_layers",
+                    "needs at least one layer for a penultimate hidden state",
+                ));
+            }
+        };
+        let pooled = match &self.text_projection {
+            Some(proj) => {
+                let rows = self.pooled_positions(input_ids)?;
+                let picked = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(b, &pos)| last_hidden.get(b)?.get(pos)?.unsqueeze(0))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Some(proj.forward(&Tensor::cat(&picked, 0)?)?)
+            }
+            None => None,
+        };
+        Ok(EncoderOutput {
+            last_hidden,
+            penultimate,
+            pooled,
+        })
+    }
+
+    /// Per batch row, the position transformers pools: the largest id (the
+    /// end token, for configs with the legacy `eos_token_id` 2), else the
+    /// first position holding `eos_token_id`.
+    fn pooled_positions(&self, input_ids: &Tensor) -> Result<Vec<usize>> {
+        let ids = input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        Ok(ids
+            .iter()
+            .map(|row| {
+                if self.eos_token_id == 2 {
+                    // First of the largest, as torch.argmax.
+                    row.iter()
+                        .enumerate()
+                        .fold(
+                            (0, 0u32),
+                            |best, (i, &v)| if v > best.1 { (i, v) } else { best },
+                        )
+                        .0
+                } else {
+                    row.iter()
+                        .position(|&v| v == self.eos_token_id)
+                        .unwrap_or(row.len().saturating_sub(1))
+                }
+            })
+            .collect())
     }
 }
 

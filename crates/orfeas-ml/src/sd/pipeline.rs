@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{D, DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::clip::{ClipConfig, ClipTextModel};
 use super::schedulers::{self, Scheduler, SchedulerConfig, SchedulerKind};
 use super::tokenizer::ClipTokenizer;
-use super::unet::{UNet, UNetConfig};
+use super::unet::{AddedCond, UNet, UNetConfig};
 use super::vae::{Vae, VaeConfig};
 use crate::error::{Result, SdError};
 
@@ -231,19 +231,58 @@ const DIFFUSERS_FILES: &[&str] = &[
     "diffusion_pytorch_model.fp16.safetensors",
 ];
 
-/// A loaded diffusers-format Stable Diffusion folder.
+/// SDXL's second tokenizer and text encoder (OpenCLIP bigG with projection).
+#[derive(Debug)]
+pub struct SecondEncoder {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipTextModel,
+}
+
+/// A loaded diffusers-format Stable Diffusion folder (SD 1.x/2.x, or SDXL
+/// when the UNet asks for `text_time` added conditioning).
 #[derive(Debug)]
 pub struct SdModel {
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
+    /// SDXL only.
+    pub second: Option<SecondEncoder>,
     pub unet: UNet,
     pub vae: Vae,
+    /// The VAE runs in f32 when its config forces an upcast (SDXL in f16).
+    pub vae_dtype: DType,
     pub scheduler_config: SchedulerConfig,
+    /// SDXL: an empty negative prompt means zero unconditional embeddings
+    /// (`force_zeros_for_empty_prompt` in model_index.json, default true).
+    pub force_zeros_for_empty_prompt: bool,
     pub device: Device,
     pub dtype: DType,
 }
 
+/// `model_index.json`'s pipeline flag; SDXL pipelines default it to true.
+fn force_zeros_for_empty_prompt(dir: &Path) -> Result<bool> {
+    let path = dir.join("model_index.json");
+    if !path.is_file() {
+        return Ok(true);
+    }
+    let index: serde_json::Value = crate::sd::read_config(&path)?;
+    Ok(index
+        .get("force_zeros_for_empty_prompt")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(true))
+}
+
 impl SdModel {
+    /// Whether the folder is an SDXL one (its UNet takes `text_time` conditioning).
+    pub fn dir_is_xl(dir: &Path) -> Result<bool> {
+        let cfg = UNetConfig::from_file(&dir.join("unet/config.json"))?;
+        Ok(cfg.is_xl())
+    }
+
+    /// Whether this model is SDXL.
+    pub fn is_xl(&self) -> bool {
+        self.second.is_some()
+    }
+
     /// Checks every part exists before reading any weights, so a half-downloaded
     /// folder fails fast with the missing part's name.
     pub fn check_dir(dir: &Path) -> Result<()> {
@@ -274,13 +313,33 @@ impl SdModel {
                 part: "tokenizer/".into(),
             });
         }
+        if Self::dir_is_xl(dir)? {
+            if !dir.join("text_encoder_2/config.json").is_file() {
+                return Err(SdError::MissingPart {
+                    dir: dir.to_path_buf(),
+                    part: "text_encoder_2/config.json".into(),
+                });
+            }
+            weight_files(&dir.join("text_encoder_2"), TEXT_ENCODER_FILES)?;
+            if !dir.join("tokenizer_2").is_dir() {
+                return Err(SdError::MissingPart {
+                    dir: dir.to_path_buf(),
+                    part: "tokenizer_2/".into(),
+                });
+            }
+        }
         Ok(())
+    }
+
+    fn load_text_encoder(dir: &Path, dtype: DType, device: &Device) -> Result<ClipTextModel> {
+        let cfg = ClipConfig::from_file(&dir.join("config.json"))?;
+        let files = weight_files(dir, TEXT_ENCODER_FILES)?;
+        ClipTextModel::load(load_weights(&files, dtype, device)?, &cfg).map_err(weights_err(&files))
     }
 
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         Self::check_dir(dir)?;
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
-        let clip_cfg = ClipConfig::from_file(&dir.join("text_encoder/config.json"))?;
         let unet_cfg = UNetConfig::from_file(&dir.join("unet/config.json"))?;
         let vae_cfg = VaeConfig::from_file(&dir.join("vae/config.json"))?;
         let sched_path = dir.join("scheduler/scheduler_config.json");
@@ -289,21 +348,44 @@ impl SdModel {
         } else {
             SchedulerConfig::default()
         };
-        let te = weight_files(&dir.join("text_encoder"), TEXT_ENCODER_FILES)?;
-        let text_encoder = ClipTextModel::load(load_weights(&te, dtype, device)?, &clip_cfg)
-            .map_err(weights_err(&te))?;
+        let text_encoder = Self::load_text_encoder(&dir.join("text_encoder"), dtype, device)?;
+        let second = if unet_cfg.is_xl() {
+            let text_encoder = Self::load_text_encoder(&dir.join("text_encoder_2"), dtype, device)?;
+            if !text_encoder.has_projection() {
+                return Err(SdError::invalid(
+                    "text_encoder_2",
+                    "has no text_projection (projection_dim in its config.json and the \
+                     text_projection.weight tensor); SDXL needs its pooled embedding",
+                ));
+            }
+            Some(SecondEncoder {
+                tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?,
+                text_encoder,
+            })
+        } else {
+            None
+        };
         let un = weight_files(&dir.join("unet"), DIFFUSERS_FILES)?;
         let unet =
             UNet::load(load_weights(&un, dtype, device)?, &unet_cfg).map_err(weights_err(&un))?;
+        // As diffusers' SDXL pipeline: a VAE that asks for it decodes in f32.
+        let vae_dtype = if second.is_some() && vae_cfg.force_upcast {
+            DType::F32
+        } else {
+            dtype
+        };
         let va = weight_files(&dir.join("vae"), DIFFUSERS_FILES)?;
         let vae =
-            Vae::load(load_weights(&va, dtype, device)?, &vae_cfg).map_err(weights_err(&va))?;
+            Vae::load(load_weights(&va, vae_dtype, device)?, &vae_cfg).map_err(weights_err(&va))?;
         Ok(Self {
             tokenizer,
             text_encoder,
+            second,
             unet,
             vae,
+            vae_dtype,
             scheduler_config,
+            force_zeros_for_empty_prompt: force_zeros_for_empty_prompt(dir)?,
             device: device.clone(),
             dtype,
         })
@@ -315,18 +397,107 @@ impl SdModel {
     }
 }
 
+/// What the UNet is conditioned on. With CFG the batch is `[uncond, cond]`.
+#[derive(Debug, Clone)]
+pub struct Conditioning {
+    /// Cross-attention context, (1 or 2, 77, dim).
+    pub context: Tensor,
+    /// SDXL: the second encoder's pooled, projected embedding, (1 or 2, dim).
+    pub pooled: Option<Tensor>,
+}
+
+fn token_ids(tokenizer: &ClipTokenizer, text: &str, device: &Device) -> Result<Tensor> {
+    let ids = tokenizer.encode(text)?;
+    Ok(Tensor::new(ids.as_slice(), device)?.unsqueeze(0)?)
+}
+
+/// SDXL's text conditioning for one text: both encoders' penultimate hidden
+/// states side by side, and the second encoder's pooled embedding.
+fn encode_xl(model: &SdModel, second: &SecondEncoder, text: &str) -> Result<(Tensor, Tensor)> {
+    let first = model
+        .text_encoder
+        .encode(&token_ids(&model.tokenizer, text, &model.device)?)?;
+    let other = second
+        .text_encoder
+        .encode(&token_ids(&second.tokenizer, text, &model.device)?)?;
+    let context = Tensor::cat(&[&first.penultimate, &other.penultimate], D::Minus1)?;
+    let pooled = other.pooled.ok_or_else(|| {
+        SdError::invalid("text_encoder_2", "gave no pooled embedding (no projection)")
+    })?;
+    Ok((context, pooled))
+}
+
 /// Stage 1+2: token ids → text embeddings. With CFG the batch is `[uncond, cond]`.
-pub fn encode_prompt(model: &SdModel, prompt: &str, negative: &str, cfg: bool) -> Result<Tensor> {
-    let embed = |text: &str| -> Result<Tensor> {
-        let ids = model.tokenizer.encode(text)?;
-        let ids = Tensor::new(ids.as_slice(), &model.device)?.unsqueeze(0)?;
-        model.text_encoder.forward(&ids)
+/// SDXL with an empty negative prompt uses zeros for the unconditional half when
+/// the model asks for it (`force_zeros_for_empty_prompt`), as diffusers does when
+/// no negative prompt is given.
+pub fn encode_prompt(
+    model: &SdModel,
+    prompt: &str,
+    negative: &str,
+    cfg: bool,
+) -> Result<Conditioning> {
+    let Some(second) = &model.second else {
+        let embed = |text: &str| -> Result<Tensor> {
+            model
+                .text_encoder
+                .forward(&token_ids(&model.tokenizer, text, &model.device)?)
+        };
+        let cond = embed(prompt)?;
+        let context = if cfg {
+            Tensor::cat(&[&embed(negative)?, &cond], 0)?
+        } else {
+            cond
+        };
+        return Ok(Conditioning {
+            context,
+            pooled: None,
+        });
     };
-    let cond = embed(prompt)?;
+    let (context, pooled) = encode_xl(model, second, prompt)?;
+    if !cfg {
+        return Ok(Conditioning {
+            context,
+            pooled: Some(pooled),
+        });
+    }
+    let (neg_context, neg_pooled) =
+        if negative.trim().is_empty() && model.force_zeros_for_empty_prompt {
+            (context.zeros_like()?, pooled.zeros_like()?)
+        } else {
+            encode_xl(model, second, negative)?
+        };
+    Ok(Conditioning {
+        context: Tensor::cat(&[&neg_context, &context], 0)?,
+        pooled: Some(Tensor::cat(&[&neg_pooled, &pooled], 0)?),
+    })
+}
+
+/// SDXL's size conditioning for one image: original size, crop top-left and
+/// target size, `[h, w, 0, 0, h, w]` (no crop, original = target), shape (1, 6).
+pub fn add_time_ids(height: usize, width: usize, device: &Device) -> Result<Tensor> {
+    let (h, w) = (height as f32, width as f32);
+    Ok(Tensor::new(&[[h, w, 0.0, 0.0, h, w]], device)?)
+}
+
+/// Repeats each of the (1 or 2) rows of `t` `batch` times: `[u×B, c×B]` with CFG.
+fn per_image(t: &Tensor, batch: usize, cfg: bool) -> Result<Tensor> {
+    let mut reps = vec![1; t.rank()];
+    if let Some(first) = reps.first_mut() {
+        *first = batch;
+    }
     if cfg {
-        Ok(Tensor::cat(&[&embed(negative)?, &cond], 0)?)
+        if t.dim(0)? != 2 {
+            return Err(SdError::invalid(
+                "context",
+                "CFG needs [uncond, cond] embeddings",
+            ));
+        }
+        let u = t.narrow(0, 0, 1)?.repeat(reps.clone())?;
+        let c = t.narrow(0, 1, 1)?.repeat(reps)?;
+        Ok(Tensor::cat(&[&u, &c], 0)?)
     } else {
-        Ok(cond)
+        Ok(t.narrow(0, 0, 1)?.repeat(reps)?)
     }
 }
 
@@ -351,6 +522,10 @@ pub struct DenoiseOptions {
     pub guidance: f64,
     /// Build a latent→RGB preview for each step's progress event.
     pub previews: bool,
+    /// Output (height, width) in pixels: SDXL's size conditioning.
+    pub image_size: (usize, usize),
+    /// How to colour the previews.
+    pub preview_space: LatentSpace,
 }
 
 /// Classifier-free guidance is on when the scale is above 1 (as in diffusers).
@@ -359,12 +534,12 @@ pub fn uses_cfg(guidance: f64) -> bool {
 }
 
 /// Stage 3: the denoising loop. `latents` are the initial noise already scaled by
-/// `init_noise_sigma`; `context` is `[uncond, cond]` per image when CFG is on.
+/// `init_noise_sigma`; `cond` is `[uncond, cond]` per image when CFG is on.
 pub fn denoise(
     unet: &UNet,
     scheduler: &mut dyn Scheduler,
     mut latents: Tensor,
-    context: &Tensor,
+    cond: &Conditioning,
     opts: DenoiseOptions,
     progress: &mut dyn FnMut(Progress),
     cancelled: &AtomicBool,
@@ -372,20 +547,20 @@ pub fn denoise(
     let cfg = uses_cfg(opts.guidance);
     let batch = latents.dim(0)?;
     // Embeddings for the whole batch: [uncond×B, cond×B] to match cat([lat×B, lat×B]).
-    let context = if cfg {
-        let ctx_batch = context.dim(0)?;
-        if ctx_batch != 2 {
-            return Err(SdError::invalid(
-                "context",
-                "CFG needs [uncond, cond] embeddings",
-            ));
+    let context = per_image(&cond.context, batch, cfg)?;
+    let added = match &cond.pooled {
+        Some(pooled) => {
+            let rows = if cfg { 2 * batch } else { batch };
+            let (h, w) = opts.image_size;
+            let ids = add_time_ids(h, w, latents.device())?.repeat((rows, 1))?;
+            Some((per_image(pooled, batch, cfg)?, ids))
         }
-        let u = context.narrow(0, 0, 1)?.repeat((batch, 1, 1))?;
-        let c = context.narrow(0, 1, 1)?.repeat((batch, 1, 1))?;
-        Tensor::cat(&[&u, &c], 0)?
-    } else {
-        context.repeat((batch, 1, 1))?
+        None => None,
     };
+    let added = added.as_ref().map(|(text_embeds, time_ids)| AddedCond {
+        text_embeds,
+        time_ids,
+    });
     let timesteps = scheduler.timesteps().to_vec();
     let total = timesteps.len();
     progress(Progress::Started { total });
@@ -399,7 +574,7 @@ pub fn denoise(
             latents.clone()
         };
         let input = scheduler.scale_model_input(&input, i)?;
-        let out = unet.forward(&input, t, &context, None)?;
+        let out = unet.forward(&input, t, &context, added.as_ref())?;
         let eps = if cfg {
             let u = out.narrow(0, 0, batch)?;
             let c = out.narrow(0, batch, batch)?;
@@ -409,7 +584,7 @@ pub fn denoise(
         };
         latents = scheduler.step(&eps, i, &latents)?;
         let preview = if opts.previews {
-            Some(latent_preview(&latents)?)
+            Some(latent_preview(&latents, opts.preview_space)?)
         } else {
             None
         };
@@ -470,17 +645,39 @@ pub fn to_rgb_images(decoded: &Tensor) -> Result<Vec<image::RgbImage>> {
         .collect()
 }
 
-/// Linear latent→RGB factors for the SD 1.x/2.x VAE (the widely used approximation).
-const LATENT_RGB: [[f32; 3]; 4] = [
-    [0.3512, 0.2297, 0.3227],
-    [0.3250, 0.4974, 0.2350],
-    [-0.2829, 0.1762, 0.2721],
-    [-0.2120, -0.2616, -0.7177],
-];
+/// Which VAE's latent space a preview reads: the linear latent→RGB maps differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LatentSpace {
+    /// SD 1.x / 2.x VAE.
+    #[default]
+    Sd,
+    /// SDXL VAE.
+    Sdxl,
+}
+
+impl LatentSpace {
+    /// Linear latent→RGB factors (the widely used approximations).
+    fn rgb_factors(self) -> [[f32; 3]; 4] {
+        match self {
+            Self::Sd => [
+                [0.3512, 0.2297, 0.3227],
+                [0.3250, 0.4974, 0.2350],
+                [-0.2829, 0.1762, 0.2721],
+                [-0.2120, -0.2616, -0.7177],
+            ],
+            Self::Sdxl => [
+                [0.3920, 0.4054, 0.4549],
+                [-0.2634, -0.0196, 0.0653],
+                [0.0568, 0.1687, -0.0755],
+                [-0.3112, -0.2359, -0.2076],
+            ],
+        }
+    }
+}
 
 /// A cheap preview of the first image of a latent batch: one RGB pixel per
 /// latent cell through a fixed linear map (no VAE), so it costs microseconds.
-pub fn latent_preview(latents: &Tensor) -> Result<image::RgbImage> {
+pub fn latent_preview(latents: &Tensor, space: LatentSpace) -> Result<image::RgbImage> {
     let first = latents
         .get(0)?
         .to_dtype(DType::F32)?
@@ -491,7 +688,7 @@ pub fn latent_preview(latents: &Tensor) -> Result<image::RgbImage> {
     for y in 0..h {
         for x in 0..w {
             let mut rgb = [0f32; 3];
-            for (ch, factors) in LATENT_RGB.iter().enumerate().take(c) {
+            for (ch, factors) in space.rgb_factors().iter().enumerate().take(c) {
                 let v = data.get((ch * h + y) * w + x).copied().unwrap_or(0.0);
                 for k in 0..3 {
                     rgb[k] += v * factors[k];
@@ -519,6 +716,8 @@ pub struct GenerateRequest {
     /// Initial unit noise (before `init_noise_sigma`), shape (1 or batch, 4, h/8, w/8).
     pub init_noise: Option<Tensor>,
     pub decode: DecodeMode,
+    /// Decode with this tiny decoder (TAESD) instead of the model's VAE.
+    pub tiny_decoder: Option<std::sync::Arc<super::taesd::TinyDecoder>>,
     pub previews: bool,
 }
 
@@ -541,7 +740,7 @@ pub fn generate(
         req.seed.wrapping_add(0x5eed),
     )?;
     let cfg = uses_cfg(req.guidance);
-    let context = encode_prompt(model, &req.prompt, &req.negative, cfg)?;
+    let cond = encode_prompt(model, &req.prompt, &req.negative, cfg)?;
     let noise = match &req.init_noise {
         Some(n) => {
             let (nb, c, h, w) = n.dims4()?;
@@ -572,12 +771,18 @@ pub fn generate(
     let opts = DenoiseOptions {
         guidance: req.guidance,
         previews: req.previews,
+        image_size: (req.height, req.width),
+        preview_space: if model.is_xl() {
+            LatentSpace::Sdxl
+        } else {
+            LatentSpace::Sd
+        },
     };
     let latents = denoise(
         &model.unet,
         scheduler.as_mut(),
         latents,
-        &context,
+        &cond,
         opts,
         progress,
         cancelled,
@@ -586,6 +791,9 @@ pub fn generate(
         return Err(SdError::Cancelled);
     }
     progress(Progress::Decoding);
-    let decoded = decode_latents(&model.vae, &latents, req.decode)?;
+    let decoded = match &req.tiny_decoder {
+        Some(tiny) => tiny.decode(&latents)?,
+        None => decode_latents(&model.vae, &latents.to_dtype(model.vae_dtype)?, req.decode)?,
+    };
     to_rgb_images(&decoded)
 }

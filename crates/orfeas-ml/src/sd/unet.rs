@@ -101,6 +101,11 @@ impl UNetConfig {
             .map_or(Some(8), |p| p.get(i))
     }
 
+    /// SDXL-style added conditioning (pooled text + size ids).
+    pub fn is_xl(&self) -> bool {
+        self.addition_embed_type.as_deref() == Some("text_time")
+    }
+
     fn depth(&self, i: usize) -> Option<usize> {
         self.transformer_layers_per_block.get(i)
     }

@@ -53,6 +53,10 @@ pub struct VaeConfig {
     pub use_post_quant_conv: bool,
     #[serde(default)]
     pub shift_factor: Option<f64>,
+    /// The VAE overflows in f16 and must decode in f32 (SDXL's). Only the SDXL
+    /// pipeline reads it, as in diffusers; absent means false here.
+    #[serde(default)]
+    pub force_upcast: bool,
 }
 
 impl VaeConfig {

@@ -24,6 +24,41 @@ pub fn fixture_dir() -> PathBuf {
     .clone()
 }
 
+/// The SDXL fixture, completed once per test process: embeddings rebuilt and
+/// the SD fixture's BPE files copied into both tokenizer folders.
+pub fn xl_fixture_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = fixture_root().join("sdxl-tiny");
+        let dst = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sdxl-tiny-ml");
+        let _ = std::fs::remove_dir_all(&dst);
+        let vocab = fixture_root().join("sd-tiny/tokenizer");
+        orfeas_ml::fixture::complete_model_dir_with_vocab(&src, &dst, Some(&vocab)).unwrap();
+        dst
+    })
+    .clone()
+}
+
+/// The folder holding `sd-tiny/` and `sdxl-tiny/` (`ORFEAS_ML_FIXTURES` names `sd-tiny` itself).
+fn fixture_root() -> PathBuf {
+    match std::env::var_os("ORFEAS_ML_FIXTURES") {
+        Some(dir) => PathBuf::from(dir)
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default(),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+    }
+}
+
+/// A golden tensor file of the SDXL fixture.
+pub fn xl_golden(name: &str) -> HashMap<String, Tensor> {
+    let path = xl_fixture_dir()
+        .join("golden")
+        .join(format!("{name}.safetensors"));
+    candle_core::safetensors::load(&path, &dev())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// `ORFEAS_TEST_DEVICE=cuda` runs the parity tests on the GPU (in f32); default CPU.
 pub fn test_pref() -> DevicePref {
     std::env::var("ORFEAS_TEST_DEVICE")

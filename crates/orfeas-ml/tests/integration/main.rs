@@ -6,6 +6,9 @@
 
 mod common;
 mod sd_errors;
+mod sd_full_configs;
 mod sd_models;
 mod sd_parity;
 mod sd_pipeline;
+mod sd_taesd;
+mod sd_xl;

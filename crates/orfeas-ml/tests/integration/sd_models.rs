@@ -35,9 +35,28 @@ fn safetensors_bytes(n: usize) -> Vec<u8> {
 }
 
 #[test]
-fn registry_knows_the_four_models_and_flags_non_commercial_licences() {
+fn registry_knows_the_models_and_flags_non_commercial_licences() {
     let names: Vec<&str> = models::KNOWN_MODELS.iter().map(|m| m.name).collect();
-    assert_eq!(names, ["sd-turbo", "sd-1.5", "sd-2.1", "sdxl-turbo"]);
+    assert_eq!(
+        names,
+        [
+            "sd-turbo",
+            "sd-1.5",
+            "sd-2.1",
+            "sdxl-turbo",
+            "taesd",
+            "taesdxl"
+        ]
+    );
+    for name in ["taesd", "taesdxl"] {
+        let m = models::known(name).unwrap();
+        assert!(!m.architecture.generates_images(), "{name}");
+        // About 9.8 MB each (encoder + decoder, f32).
+        assert!(
+            (5e6..2e7).contains(&(m.approx_size_bytes() as f64)),
+            "{name}"
+        );
+    }
     assert!(sd_turbo().non_commercial);
     assert!(sd_turbo().licence.to_lowercase().contains("non-commercial"));
     assert!(!models::known("sd-1.5").unwrap().non_commercial);
@@ -306,7 +325,7 @@ fn download_from_an_unreachable_server_says_what_to_do() {
 fn the_partial_fixture_embedding_keeps_every_golden_token() {
     let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny");
     let part = candle_core::safetensors::load(
-        src.join(orfeas_ml::fixture::ROWS_FILE),
+        src.join("text_encoder").join(orfeas_ml::fixture::ROWS_FILE),
         &candle_core::Device::Cpu,
     )
     .unwrap();

@@ -404,13 +404,19 @@ fn check_chained(run: &str, kind: SchedulerKind, cfg: &SchedulerConfig) {
     let opts = pipeline::DenoiseOptions {
         guidance,
         previews: false,
+        image_size: (64, 96),
+        preview_space: pipeline::LatentSpace::Sd,
     };
     let never = std::sync::atomic::AtomicBool::new(false);
+    let cond = pipeline::Conditioning {
+        context,
+        pooled: None,
+    };
     let out = pipeline::denoise(
         &unet,
         sched.as_mut(),
         latents,
-        &context,
+        &cond,
         opts,
         &mut |_| {},
         &never,

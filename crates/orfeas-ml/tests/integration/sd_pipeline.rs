@@ -102,6 +102,7 @@ fn ddim_png_from_stored_noise_matches_diffusers() {
         scheduler: None,
         init_noise: Some(get(&g, "noise").clone()),
         decode: pipeline::DecodeMode::Full,
+        tiny_decoder: None,
         previews: false,
     };
     let images = pipeline::generate(&model, &req, &mut |_| {}, &AtomicBool::new(false)).unwrap();
@@ -303,7 +304,7 @@ fn tiled_decode_matches_full_decode_closely() {
 #[test]
 fn latent_preview_has_one_pixel_per_latent_cell() {
     let lat = Tensor::zeros((2, 4, 8, 12), DType::F32, &Device::Cpu).unwrap();
-    let img = pipeline::latent_preview(&lat).unwrap();
+    let img = pipeline::latent_preview(&lat, pipeline::LatentSpace::Sd).unwrap();
     assert_eq!(img.dimensions(), (12, 8));
     // Zero latents map to mid grey.
     assert!(
@@ -410,4 +411,79 @@ fn runner_reports_step_previews_quality_and_style() {
         "the score is the written image's"
     );
     assert_eq!(out.summary["style"], "3d-model");
+}
+
+/// The tiny decoder replaces the VAE end to end: the image from stored noise
+/// is TAESD's decode of the golden final latents (checked against diffusers
+/// in sd_taesd), and the PNG records which decoder made it.
+#[test]
+fn tiny_decoder_replaces_the_vae_decode() {
+    let taesd_dir =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/taesd-tiny");
+    let tmp = tempfile::tempdir().unwrap();
+    let run = "euler_1step_nocfg";
+    let p = TextToImageParams {
+        init_latents: Some(noise_file(run, tmp.path())),
+        tiny_decoder_dir: Some(taesd_dir.clone()),
+        ..params(1, 0.0)
+    };
+    assert!(p.uses_tiny_decoder());
+    let never = AtomicBool::new(false);
+    let images = text_to_image::run(&p, test_pref(), &mut |_| {}, &never).unwrap();
+    let tiny = orfeas_ml::sd::taesd::TinyDecoder::load_dir(&taesd_dir, &dev(), DType::F32).unwrap();
+    let g = golden(run);
+    let want =
+        &pipeline::to_rgb_images(&tiny.decode(get(&g, "latents_final")).unwrap()).unwrap()[0];
+    let max = images[0]
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(max <= 1, "max channel difference {max}");
+    // ...and it is not the VAE's picture.
+    let (differ, _) = compare_png("tiny vs vae", &images[0], &format!("{run}.png"));
+    assert!(differ > 1000, "{differ}");
+    let chunks = text_to_image::png_text_chunks(&p, 0);
+    assert!(chunks.contains(&("decoder".to_owned(), "taesd".to_owned())));
+}
+
+#[test]
+fn tiny_decoder_errors_say_what_to_do() {
+    // Tiled decoding and the tiny decoder exclude each other.
+    let both = TextToImageParams {
+        tiled_decode: true,
+        tiny_decoder: true,
+        ..params(1, 0.0)
+    };
+    let e = both.validate().unwrap_err();
+    assert!(e.to_string().contains("pick one"), "{e}");
+    // A tiny decoder is not an image model.
+    let wrong = TextToImageParams {
+        model: "taesd".into(),
+        model_dir: None,
+        ..params(1, 0.0)
+    };
+    let e = wrong.validate().unwrap_err();
+    assert!(e.to_string().contains("not an image model"), "{e}");
+    // A folder that is not a TAESD: named, nothing generated.
+    let tmp = tempfile::tempdir().unwrap();
+    let p = TextToImageParams {
+        tiny_decoder_dir: Some(tmp.path().to_path_buf()),
+        ..params(1, 0.0)
+    };
+    let e = text_to_image::run(&p, test_pref(), &mut |_| {}, &AtomicBool::new(false)).unwrap_err();
+    assert!(e.to_string().contains("config.json"), "{e}");
+    // The registry names the download command when TAESD is not installed.
+    let roots = orfeas_ml::models::SearchRoots {
+        orfeas_models: Some(tmp.path().to_path_buf()),
+        data_models: None,
+        hf_cache: None,
+    };
+    let e = roots.resolve("taesd").unwrap_err();
+    assert!(
+        e.to_string().contains("orfeas models download taesd"),
+        "{e}"
+    );
 }

@@ -528,9 +528,24 @@ impl StudioApp {
             self.toasts.error(format!("{err}"));
             return;
         }
+        params.tiled_decode = t.decoder == state::DecoderChoice::TiledVae;
         if params.model_dir.is_none() {
             match self.models.resolve(&t.model) {
                 Ok(dir) => params.model_dir = Some(dir),
+                Err(err) => {
+                    self.toasts.error(err);
+                    return;
+                }
+            }
+        }
+        if t.decoder == state::DecoderChoice::Tiny {
+            // The tiny decoder that fits the model's latents, found where models are.
+            let xl = params
+                .model_dir
+                .as_deref()
+                .is_some_and(|d| orfeas_ml::sd::pipeline::SdModel::dir_is_xl(d).unwrap_or(false));
+            match self.models.resolve(if xl { "taesdxl" } else { "taesd" }) {
+                Ok(dir) => params.tiny_decoder_dir = Some(dir),
                 Err(err) => {
                     self.toasts.error(err);
                     return;

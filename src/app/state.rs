@@ -187,6 +187,44 @@ impl CreateMode {
     }
 }
 
+/// How text→image turns latents into pixels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecoderChoice {
+    /// The model's own VAE, in one pass.
+    #[default]
+    Vae,
+    /// The VAE in overlapping tiles (less memory).
+    TiledVae,
+    /// The tiny decoder (TAESD): much faster, a little less detail.
+    Tiny,
+}
+
+impl DecoderChoice {
+    pub const ALL: [DecoderChoice; 3] = [Self::Vae, Self::TiledVae, Self::Tiny];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Vae => "VAE",
+            Self::TiledVae => "VAE, tiled",
+            Self::Tiny => "Tiny (TAESD)",
+        }
+    }
+
+    pub fn hint(self) -> &'static str {
+        match self {
+            Self::Vae => "The model's own decoder: best detail.",
+            Self::TiledVae => {
+                "The model's decoder in overlapping tiles: less memory for large sizes, slower."
+            }
+            Self::Tiny => {
+                "A 1.2M-parameter decoder (taesd, or taesdxl for SDXL; install it on the Models \
+                 tab): many times faster, a little less fine detail."
+            }
+        }
+    }
+}
+
 /// The text→image parameters shown on the Create tab (the last used values are saved).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -209,6 +247,7 @@ pub struct TextParams {
     pub batch: usize,
     /// `None`: the model's own scheduler.
     pub scheduler: Option<orfeas_ml::sd::schedulers::SchedulerKind>,
+    pub decoder: DecoderChoice,
 }
 
 impl TextParams {
@@ -244,6 +283,7 @@ impl Default for TextParams {
             height: d.height,
             batch: 1,
             scheduler: None,
+            decoder: DecoderChoice::Vae,
         }
     }
 }

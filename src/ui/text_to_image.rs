@@ -9,7 +9,7 @@ use orfeas_ml::text_to_image::{MAX_BATCH, MAX_GUIDANCE, MAX_STEPS, STYLE_PRESETS
 
 use crate::app::jobs::{JobPhase, JobView};
 use crate::app::models::ModelInstall;
-use crate::app::state::{Command, TextParams};
+use crate::app::state::{Command, DecoderChoice, TextParams};
 use crate::app::thumbnails::Thumb;
 use crate::ui::theme::{self, space};
 use crate::ui::{StudioCtx, hint_ui, section_heading_ui};
@@ -184,6 +184,20 @@ pub fn text_params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                 })
                 .response
                 .labelled_by(label.id);
+            ui.end_row();
+
+            let label = ui.label("Decoder");
+            egui::ComboBox::from_id_salt("t2i-decoder")
+                .selected_text(t.decoder.label())
+                .show_ui(ui, |ui| {
+                    for d in DecoderChoice::ALL {
+                        ui.selectable_value(&mut t.decoder, d, d.label())
+                            .on_hover_text(d.hint());
+                    }
+                })
+                .response
+                .labelled_by(label.id)
+                .on_hover_text(t.decoder.hint());
             ui.end_row();
         });
     ui.add_space(space::SM);

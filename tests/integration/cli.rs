@@ -246,3 +246,88 @@ fn help_lists_the_commands_and_the_options_of_image_to_3d() {
         assert!(sub.contains(opt), "image-to-3d --help lacks {opt}: {sub}");
     }
 }
+
+/// The tiny SDXL fixture, completed (embeddings rebuilt, BPE files copied in).
+fn sdxl_fixture(sb: &Sandbox) -> PathBuf {
+    let fixtures =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/orfeas-ml/tests/fixtures");
+    let dst = sb.path("sdxl-tiny");
+    orfeas_ml::fixture::complete_model_dir_with_vocab(
+        &fixtures.join("sdxl-tiny"),
+        &dst,
+        Some(&fixtures.join("sd-tiny/tokenizer")),
+    )
+    .unwrap();
+    dst
+}
+
+/// An SDXL folder through the CLI, from diffusers' stored noise: the PNG is
+/// diffusers' own (SDXL-Turbo's way: 1 step, Euler ancestral, no guidance).
+#[test]
+fn text_to_image_runs_an_sdxl_folder_and_matches_diffusers() {
+    let sb = Sandbox::new();
+    let model = sdxl_fixture(&sb);
+    let golden = model.join("golden");
+    let run = candle_core::safetensors::load(
+        golden.join("euler_a_1step_nocfg.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let noise = sb.path("noise.safetensors");
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("latents", run["noise"].clone())]),
+        &noise,
+    )
+    .unwrap();
+    let out = sb.orfeas(&[
+        "text-to-image",
+        "a red ceramic teapot, studio lighting",
+        "-o",
+        "teapot.png",
+        "--model-dir",
+        model.to_str().unwrap(),
+        "--size",
+        "96x64",
+        "--steps",
+        "1",
+        "--guidance",
+        "0",
+        "--scheduler",
+        "euler-a",
+        "--init-latents",
+        noise.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let got = image::open(sb.path("teapot.png")).unwrap().to_rgb8();
+    let want = image::open(golden.join("euler_a_1step_nocfg.png"))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(got.dimensions(), want.dimensions());
+    let max = got
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(max <= 1, "max channel difference {max}");
+}
+
+#[test]
+fn tiled_decode_and_the_tiny_decoder_cannot_be_combined() {
+    let sb = Sandbox::new();
+    let out = sb.orfeas(&[
+        "text-to-image",
+        "a fox",
+        "-o",
+        "fox.png",
+        "--tiled-decode",
+        "--tiny-decoder",
+    ]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("--tiny-decoder"), "{stderr}");
+    assert!(sb.outputs(&[]).is_empty(), "nothing was written");
+}

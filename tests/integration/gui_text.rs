@@ -9,7 +9,7 @@ use egui_kittest::kittest::Queryable;
 use orfeas::app::AppConfig;
 use orfeas::app::jobs::JobPhase;
 use orfeas::app::models::ModelInstall;
-use orfeas::app::state::{Command, CreateMode, TextParams};
+use orfeas::app::state::{Command, CreateMode, DecoderChoice, TextParams};
 use orfeas_core::jobs::JobKind;
 
 use crate::gui::{harness, harness_with, step_until};
@@ -198,6 +198,77 @@ fn a_model_that_is_not_installed_is_refused_with_the_way_to_get_it() {
         files_in(&data.join("outputs")).is_empty(),
         "nothing was written"
     );
+}
+
+/// The Decoder choice "Tiny (TAESD)": refused with the way to get it while
+/// taesd is not installed; once it is in the models folder the image is decoded
+/// by it and its PNG says so.
+#[test]
+fn the_tiny_decoder_choice_decodes_with_taesd_once_installed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut h = harness(&data, None);
+    h.run();
+    h.state_mut()
+        .apply(Command::SetMode(CreateMode::TextToImage));
+    h.state_mut().apply(Command::SetTextParams(TextParams {
+        decoder: DecoderChoice::Tiny,
+        ..tiny_params("a green vase")
+    }));
+    h.run();
+    h.state_mut().apply(Command::GenerateImage);
+    h.run();
+    let toasts: Vec<String> = h
+        .state()
+        .toasts()
+        .items()
+        .iter()
+        .map(|t| t.text.clone())
+        .collect();
+    assert!(
+        toasts
+            .iter()
+            .any(|t| t.contains("taesd") && t.contains("Models tab")),
+        "{toasts:?}"
+    );
+    assert!(h.state().jobs().is_empty(), "no job was queued");
+
+    // Install the tiny fixture decoder where the app keeps models.
+    let taesd = data.join("models/taesd");
+    std::fs::create_dir_all(&taesd).unwrap();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/orfeas-ml/tests/fixtures/taesd-tiny");
+    for file in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(src.join(file), taesd.join(file)).unwrap();
+    }
+    h.state_mut().apply(Command::RefreshModels);
+    h.run();
+    h.state_mut().apply(Command::GenerateImage);
+    step_until(&mut h, "the image job to finish", |h| {
+        h.state()
+            .jobs()
+            .iter()
+            .any(|j| j.kind == JobKind::TextToImage && j.phase.is_finished())
+    });
+    let job = h.state().jobs()[0].clone();
+    assert_eq!(job.phase, JobPhase::Succeeded, "{:?}", job.error);
+    let png = job.image_output().unwrap().to_path_buf();
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let reader = decoder.read_info().unwrap();
+    let texts: HashMap<String, String> = reader
+        .info()
+        .uncompressed_latin1_text
+        .iter()
+        .map(|t| (t.keyword.clone(), t.text.clone()))
+        .chain(
+            reader
+                .info()
+                .utf8_text
+                .iter()
+                .map(|t| (t.keyword.clone(), t.get_text().unwrap())),
+        )
+        .collect();
+    assert_eq!(texts.get("decoder").map(String::as_str), Some("taesd"));
 }
 
 /// A minimal valid safetensors file: one f32 tensor of two values.

@@ -118,6 +118,7 @@ enum DialogKind {
     OutputFolder,
     OpenMesh,
     ModelFolder,
+    ModelCheckpoint,
 }
 
 pub struct StudioApp {
@@ -394,6 +395,7 @@ impl StudioApp {
                 self.apply(Command::Generate { input: image });
             }
             Command::PickModelFolder => self.open_dialog(DialogKind::ModelFolder),
+            Command::PickModelCheckpoint => self.open_dialog(DialogKind::ModelCheckpoint),
             Command::RefreshModels => {
                 if let Err(err) = self.models.refresh() {
                     self.toasts.error(err);
@@ -617,6 +619,10 @@ impl StudioApp {
                     DialogKind::ModelFolder => rfd::FileDialog::new()
                         .set_title("Choose a diffusers model folder (with model_index.json)")
                         .pick_folder(),
+                    DialogKind::ModelCheckpoint => rfd::FileDialog::new()
+                        .set_title("Choose an SD 1.x single-file checkpoint")
+                        .add_filter("safetensors checkpoints", &["safetensors"])
+                        .pick_file(),
                 };
                 let _ = tx.send(picked); // the app may have closed meanwhile
             });
@@ -626,7 +632,9 @@ impl StudioApp {
                     DialogKind::OutputFolder => PendingDialog::OutputFolder(rx),
                     DialogKind::OpenImage => PendingDialog::OpenImage(rx),
                     DialogKind::OpenMesh => PendingDialog::OpenMesh(rx),
-                    DialogKind::ModelFolder => PendingDialog::ModelFolder(rx),
+                    DialogKind::ModelFolder | DialogKind::ModelCheckpoint => {
+                        PendingDialog::ModelFolder(rx)
+                    }
                 });
             }
             Err(err) => self.toasts.error(format!(
@@ -737,14 +745,21 @@ impl StudioApp {
                 quality_score: None,
             }),
             Some(PendingDialog::ModelFolder(_)) => {
-                if !path.join("model_index.json").is_file() {
+                let checkpoint = orfeas_ml::sd::single_file::is_single_file(&path);
+                if !checkpoint && !path.join("model_index.json").is_file() {
                     self.toasts.error(format!(
-                        "{} has no model_index.json; choose a diffusers-format model folder",
+                        "{} has no model_index.json; choose a diffusers-format model folder \
+                         or an SD 1.x .safetensors checkpoint",
                         path.display()
                     ));
                     return None;
                 }
-                let mut text = self.saved.text.clone();
+                let mut text = if checkpoint {
+                    // SD 1.x: its steps and guidance, not a turbo model's.
+                    self.saved.text.with_model_defaults("sd-1.5")
+                } else {
+                    self.saved.text.clone()
+                };
                 text.model_dir = Some(path);
                 Some(Command::SetTextParams(text))
             }

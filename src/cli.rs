@@ -259,8 +259,9 @@ pub struct TextToImageArgs {
     /// Model name from `orfeas models list`.
     #[arg(long, default_value = "sd-turbo")]
     pub model: String,
-    /// A diffusers-format model folder to use instead of a registry model.
-    #[arg(long)]
+    /// A diffusers-format model folder, or an SD 1.x single-file .safetensors
+    /// checkpoint, to use instead of a registry model.
+    #[arg(long, visible_alias = "checkpoint", value_name = "DIR|FILE")]
     pub model_dir: Option<PathBuf>,
     /// What not to draw (used with guidance > 1).
     #[arg(long, default_value = "")]

@@ -378,6 +378,8 @@ pub enum Command {
     MakeThreeD(PathBuf),
     /// Show the native folder picker for a diffusers-format model folder.
     PickModelFolder,
+    /// Choose an SD 1.x single-file `.safetensors` checkpoint as the text→image model.
+    PickModelCheckpoint,
     /// Re-read which models are installed (Models tab).
     RefreshModels,
     /// Download a registry model into the data dir's `models/` (user's request only).

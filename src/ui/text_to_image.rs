@@ -39,7 +39,12 @@ fn scheduler_label(s: Option<SchedulerKind>) -> &'static str {
 fn model_text(t: &TextParams) -> String {
     match &t.model_dir {
         Some(dir) => format!(
-            "Folder: {}",
+            "{}: {}",
+            if dir.is_file() {
+                "Checkpoint"
+            } else {
+                "Folder"
+            },
             dir.file_name().map_or_else(
                 || dir.display().to_string(),
                 |n| n.to_string_lossy().into_owned()
@@ -84,11 +89,21 @@ pub fn text_params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                             t = t.with_model_defaults(m.name);
                         }
                     }
+                    let folder = t.model_dir.as_ref().is_some_and(|d| d.is_dir());
                     if ui
-                        .selectable_label(t.model_dir.is_some(), "Model folder...")
+                        .selectable_label(folder, "Model folder...")
+                        .on_hover_text("A diffusers-format folder (with model_index.json)")
                         .clicked()
                     {
                         ctx.send(Command::PickModelFolder);
+                    }
+                    let file = t.model_dir.as_ref().is_some_and(|d| d.is_file());
+                    if ui
+                        .selectable_label(file, "Checkpoint file...")
+                        .on_hover_text("An SD 1.x single-file .safetensors checkpoint")
+                        .clicked()
+                    {
+                        ctx.send(Command::PickModelCheckpoint);
                     }
                 })
                 .response
@@ -221,10 +236,12 @@ pub fn text_params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     }
     ui.add_space(space::SM);
     if ui.button("Model defaults").clicked() {
-        t = if t.model_dir.is_some() {
+        t = if let Some(dir) = &t.model_dir {
+            // A single file is SD 1.x; a folder's defaults are a turbo model's.
+            let like = if dir.is_file() { "sd-1.5" } else { "sd-turbo" };
             TextParams {
                 model_dir: t.model_dir.clone(),
-                ..t.with_model_defaults("sd-turbo")
+                ..t.with_model_defaults(like)
             }
         } else {
             t.with_model_defaults(&t.model.clone())

@@ -131,3 +131,64 @@ fn copy_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Writes the single-file checkpoint a sharded fixture folder stands for: every
+/// tensor of the shards its `model.safetensors.index.json` lists, plus the full
+/// token embedding its metadata names (rebuilt from `token_embedding.rows.safetensors`).
+pub fn complete_single_file(src: &Path, dst_file: &Path) -> anyhow::Result<()> {
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(src.join("model.safetensors.index.json"))
+            .with_context(|| format!("cannot read the index in {}", src.display()))?,
+    )?;
+    let mut shards: Vec<&str> = index["weight_map"]
+        .as_object()
+        .ok_or_else(|| anyhow!("the index has no weight_map"))?
+        .values()
+        .filter_map(|v| v.as_str())
+        .collect();
+    shards.sort_unstable();
+    shards.dedup();
+    let mut all = std::collections::HashMap::new();
+    for shard in shards {
+        all.extend(candle_core::safetensors::load(
+            src.join(shard),
+            &Device::Cpu,
+        )?);
+    }
+    let meta = &index["metadata"]["token_embedding"];
+    if let (Some(name), Some(shape)) = (meta["tensor"].as_str(), meta["shape"].as_array()) {
+        let dims: Vec<usize> = shape
+            .iter()
+            .filter_map(|d| d.as_u64().map(|d| d as usize))
+            .collect();
+        let [vocab, hidden] = dims[..] else {
+            anyhow::bail!("the token embedding shape {dims:?} is not 2-D");
+        };
+        let rows = candle_core::safetensors::load(src.join(ROWS_FILE), &Device::Cpu)?;
+        let ids: Vec<i64> = rows
+            .get("ids")
+            .ok_or_else(|| anyhow!("no ids in {ROWS_FILE}"))?
+            .to_vec1()?;
+        let values: Vec<f32> = rows
+            .get("rows")
+            .ok_or_else(|| anyhow!("no rows in {ROWS_FILE}"))?
+            .flatten_all()?
+            .to_vec1()?;
+        let mut full = vec![0f32; vocab * hidden];
+        for (row, &id) in values.chunks_exact(hidden).zip(&ids) {
+            let id = usize::try_from(id).ok().filter(|&i| i < vocab);
+            let id = id.ok_or_else(|| anyhow!("token id outside the vocabulary of {vocab}"))?;
+            full[id * hidden..(id + 1) * hidden].copy_from_slice(row);
+        }
+        all.insert(
+            name.to_owned(),
+            Tensor::from_vec(full, (vocab, hidden), &Device::Cpu)?,
+        );
+    }
+    if let Some(parent) = dst_file.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    candle_core::safetensors::save(&all, dst_file)
+        .with_context(|| format!("cannot write {}", dst_file.display()))?;
+    Ok(())
+}

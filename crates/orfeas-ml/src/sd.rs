@@ -6,6 +6,7 @@ pub mod clip;
 pub mod noise;
 pub mod pipeline;
 pub mod schedulers;
+pub mod single_file;
 pub mod taesd;
 pub mod tokenizer;
 pub mod unet;

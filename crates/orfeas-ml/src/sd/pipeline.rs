@@ -273,9 +273,36 @@ fn force_zeros_for_empty_prompt(dir: &Path) -> Result<bool> {
 
 impl SdModel {
     /// Whether the folder is an SDXL one (its UNet takes `text_time` conditioning).
+    /// Single files load only as SD 1.x.
     pub fn dir_is_xl(dir: &Path) -> Result<bool> {
+        if super::single_file::is_single_file(dir) {
+            return Ok(false);
+        }
         let cfg = UNetConfig::from_file(&dir.join("unet/config.json"))?;
         Ok(cfg.is_xl())
+    }
+
+    /// An SD 1.x single-file checkpoint; `config_dir` (a diffusers folder of the
+    /// same architecture) replaces the built-in SD 1.5 configs and tokenizer.
+    pub fn load_single_file(
+        path: &Path,
+        config_dir: Option<&Path>,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
+        let m = super::single_file::load(path, config_dir, device, dtype)?;
+        Ok(Self {
+            tokenizer: m.tokenizer,
+            text_encoder: m.text_encoder,
+            second: None,
+            unet: m.unet,
+            vae: m.vae,
+            vae_dtype: dtype,
+            scheduler_config: m.scheduler,
+            force_zeros_for_empty_prompt: false,
+            device: device.clone(),
+            dtype,
+        })
     }
 
     /// Whether this model is SDXL.
@@ -286,6 +313,9 @@ impl SdModel {
     /// Checks every part exists before reading any weights, so a half-downloaded
     /// folder fails fast with the missing part's name.
     pub fn check_dir(dir: &Path) -> Result<()> {
+        if super::single_file::is_single_file(dir) {
+            return crate::models::check_safetensors(dir);
+        }
         if !dir.is_dir() {
             return Err(SdError::MissingPart {
                 dir: dir.to_path_buf(),
@@ -337,7 +367,11 @@ impl SdModel {
         ClipTextModel::load(load_weights(&files, dtype, device)?, &cfg).map_err(weights_err(&files))
     }
 
+    /// Loads a diffusers-format folder, or an SD 1.x single-file `.safetensors`.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        if super::single_file::is_single_file(dir) {
+            return Self::load_single_file(dir, None, device, dtype);
+        }
         Self::check_dir(dir)?;
         let tokenizer = ClipTokenizer::from_dir(&dir.join("tokenizer"))?;
         let unet_cfg = UNetConfig::from_file(&dir.join("unet/config.json"))?;

@@ -96,6 +96,17 @@ impl ClipTokenizer {
         Self::new(inner, &pad_token, max_length)
     }
 
+    /// A tokenizer from the contents of `vocab.json` and `merges.txt`.
+    pub fn from_parts(
+        vocab: Value,
+        merges_txt: &str,
+        pad_token: &str,
+        max_length: usize,
+    ) -> Result<Self> {
+        let inner = Self::build_from_parts(vocab, merges_txt, pad_token)?;
+        Self::new(inner, pad_token, max_length)
+    }
+
     fn build_from_parts(
         vocab: Value,
         merges_txt: &str,

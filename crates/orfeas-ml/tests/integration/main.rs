@@ -10,5 +10,6 @@ mod sd_full_configs;
 mod sd_models;
 mod sd_parity;
 mod sd_pipeline;
+mod sd_single_file;
 mod sd_taesd;
 mod sd_xl;

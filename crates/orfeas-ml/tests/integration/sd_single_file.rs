@@ -1,0 +1,210 @@
+//! SD 1.x single-file checkpoints (original LDM layout): the tiny fixture as one
+//! file (made from sd-tiny and checked bitwise against diffusers'
+//! `from_single_file`), the real SD 1.5 layout's names and shapes, and the
+//! refusals of other families.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{DType, Device, Tensor};
+use orfeas_ml::sd::clip::ClipTextModel;
+use orfeas_ml::sd::pipeline::{self, SdModel};
+use orfeas_ml::sd::single_file::{self, SingleFileConfigs, Target, UnetLayout};
+use orfeas_ml::sd::unet::UNet;
+use orfeas_ml::sd::vae::Vae;
+
+use crate::common::{assert_close, dev, fixture_dir, get, golden, scalar};
+use crate::sd_full_configs::loads_exactly;
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny-single")
+}
+
+/// The fixture as the one file a user has, written once per test process.
+fn checkpoint() -> PathBuf {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sd-tiny-single.safetensors");
+        orfeas_ml::fixture::complete_single_file(&fixture(), &file).unwrap();
+        file
+    })
+    .clone()
+}
+
+fn model() -> SdModel {
+    SdModel::load_single_file(&checkpoint(), Some(&fixture_dir()), &dev(), DType::F32).unwrap()
+}
+
+#[test]
+fn the_single_file_unet_and_text_encoder_match_the_golden() {
+    let m = model();
+    let g = golden("unet");
+    let out = m
+        .unet
+        .forward(
+            get(&g, "sample"),
+            scalar(&g, "timestep"),
+            get(&g, "encoder_hidden_states"),
+            None,
+        )
+        .unwrap();
+    assert_close("single-file unet", &out, get(&g, "unet_out"), 1e-5);
+    let te = golden("text_encoder");
+    let ids = get(&te, "input_ids_cond").to_dtype(DType::U32).unwrap();
+    let emb = m.text_encoder.forward(&ids).unwrap();
+    assert_close(
+        "single-file text encoder",
+        &emb,
+        get(&te, "text_embeddings_cond"),
+        1e-5,
+    );
+}
+
+#[test]
+fn the_single_file_makes_diffusers_picture_from_stored_noise() {
+    let m = model();
+    let g = golden("euler_1step_nocfg");
+    let req = pipeline::GenerateRequest {
+        prompt: "a red ceramic teapot, studio lighting".into(),
+        negative: String::new(),
+        steps: 1,
+        guidance: 0.0,
+        seed: 0,
+        width: 96,
+        height: 64,
+        batch: 1,
+        scheduler: None,
+        init_noise: Some(get(&g, "noise").clone()),
+        decode: pipeline::DecodeMode::Full,
+        tiny_decoder: None,
+        previews: false,
+    };
+    let images = pipeline::generate(&m, &req, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    let want = image::open(fixture_dir().join("golden/euler_1step_nocfg.png"))
+        .unwrap()
+        .to_rgb8();
+    let (mut differ, mut max) = (0, 0u8);
+    for (a, b) in images[0].as_raw().iter().zip(want.as_raw()) {
+        let d = a.abs_diff(*b);
+        differ += usize::from(d > 0);
+        max = max.max(d);
+    }
+    // A value sitting exactly on .5 may round either way (README of the fixture).
+    assert!(max <= 1 && differ <= 20, "{differ} differ, max {max}");
+}
+
+/// Every tensor of a real SD 1.5 single file maps to a diffusers name, and the
+/// built-in SD 1.5 configs build each part asking for exactly those tensors.
+#[test]
+fn real_sd15_layout_maps_onto_every_loader_tensor() {
+    let keys: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture().join("ldm_keys_sd15.json")).unwrap(),
+    )
+    .unwrap();
+    let entries = keys
+        .as_array()
+        .or_else(|| keys["keys"].as_array())
+        .expect("a list of [name, shape]");
+    let cfg = SingleFileConfigs::load(None).unwrap();
+    let layout = UnetLayout::of(&cfg.unet);
+    let mut parts: [BTreeMap<String, Vec<usize>>; 3] = Default::default();
+    let mut skipped = Vec::new();
+    for entry in entries {
+        let name = entry[0].as_str().unwrap();
+        let mut shape: Vec<usize> = entry[1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        match single_file::target(name, &layout, cfg.vae.block_out_channels.len()).unwrap() {
+            Target::Unet(n) => {
+                parts[0].insert(n, shape);
+            }
+            Target::Vae(n) => {
+                if n.contains("mid_block.attentions.0.to_") && n.ends_with(".weight") {
+                    shape.truncate(2); // 1×1 conv → linear
+                }
+                parts[1].insert(n, shape);
+            }
+            Target::TextEncoder(n) => {
+                parts[2].insert(n, shape);
+            }
+            Target::Skip => skipped.push(name.to_owned()),
+        }
+    }
+    assert_eq!(
+        skipped,
+        ["cond_stage_model.transformer.text_model.embeddings.position_ids"]
+    );
+    let [unet, vae, text] = parts;
+    loads_exactly("sd1.5 single-file unet", unet, |vb| {
+        UNet::load(vb, &cfg.unet).unwrap();
+    });
+    loads_exactly("sd1.5 single-file vae", vae, |vb| {
+        Vae::load(vb, &cfg.vae).unwrap();
+    });
+    loads_exactly("sd1.5 single-file text encoder", text, |vb| {
+        ClipTextModel::load(vb, &cfg.text_encoder).unwrap();
+    });
+    // The built-in tokenizer is SD 1.x's: pads with the end token.
+    let ids = cfg.tokenizer.encode("a red ceramic teapot").unwrap();
+    assert_eq!(ids.len(), 77);
+    assert_eq!(ids.last(), Some(&49407));
+}
+
+fn write_file(path: &std::path::Path, names: &[&str]) {
+    let map: std::collections::HashMap<String, Tensor> = names
+        .iter()
+        .map(|n| {
+            (
+                (*n).to_owned(),
+                Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap(),
+            )
+        })
+        .collect();
+    candle_core::safetensors::save(&map, path).unwrap();
+}
+
+#[test]
+fn other_families_and_other_files_are_refused_with_the_way_forward() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "sd2.safetensors",
+            vec![
+                "model.diffusion_model.out.2.weight",
+                "first_stage_model.decoder.conv_out.weight",
+                "cond_stage_model.model.ln_final.weight",
+            ],
+            "SD 2.x",
+        ),
+        (
+            "sdxl.safetensors",
+            vec![
+                "model.diffusion_model.out.2.weight",
+                "first_stage_model.decoder.conv_out.weight",
+                "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight",
+            ],
+            "SDXL",
+        ),
+        (
+            "lora.safetensors",
+            vec!["lora_unet_down_blocks_0_attentions_0_proj_in.alpha"],
+            "not a Stable Diffusion checkpoint",
+        ),
+    ];
+    for (file, names, says) in cases {
+        let path = tmp.path().join(file);
+        write_file(&path, &names);
+        let e = SdModel::load(&path, &Device::Cpu, DType::F32).unwrap_err();
+        assert!(e.to_string().contains(says), "{file}: {e}");
+    }
+    // A truncated checkpoint is reported as damaged, by name.
+    let path = tmp.path().join("cut.safetensors");
+    let bytes = std::fs::read(checkpoint()).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let e = SdModel::load(&path, &Device::Cpu, DType::F32).unwrap_err();
+    assert!(e.to_string().contains("cut.safetensors"), "{e}");
+}

@@ -23,5 +23,5 @@ status=0
 echo "==== 1. viewport frame time"
 timeout 120 bash scripts/gpu/viewport.sh .bin/viewport-bench 200 1920x1080 2>&1 | tee "$OUT/viewport.log" || status=1
 echo "==== 2. text→image on CUDA"
-OUT=$OUT timeout 420 bash scripts/gpu/sd.sh 2>&1 | tee "$OUT/sd.log" || status=1
+OUT=$OUT timeout 460 bash scripts/gpu/sd.sh 2>&1 | tee "$OUT/sd.log" || status=1
 exit $status

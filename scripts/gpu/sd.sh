@@ -13,7 +13,8 @@
 #
 # It runs (1) every orfeas-ml integration test with the parity tests on CUDA in f32,
 # (2) the candle bench: full-size SD-Turbo, 512², 1 step, f16, random weights,
-# (3) the same split in diffusers/PyTorch eager f16, in the same run. Logs go to $OUT.
+# (3) the same split in diffusers/PyTorch eager f16, in the same run, (4) candle SDXL-Turbo
+# and the TAESD decoder. Logs go to $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -73,4 +74,7 @@ echo "== 3. diffusers/PyTorch eager f16, same machine =="
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 ORFEAS_BENCH_REPEATS=10 timeout 180 python3 scripts/gpu/sd_torch.py \
   2>&1 | tee "$OUT/bench-torch.log" || status=1
+echo "== 4. candle SDXL-Turbo 512² 1 step f16 and TAESD (cuDNN build; no PyTorch pair) =="
+ORFEAS_BENCH_DEVICE=cuda ORFEAS_BENCH_MODELS=sdxl-turbo ORFEAS_BENCH_WEIGHTS=random ORFEAS_BENCH_REPEATS=5 \
+  timeout 120 /tmp/sd-bin/orfeas-ml-bench-sd 2>&1 | tee "$OUT/bench-sdxl.log" || status=1
 exit $status

@@ -40,7 +40,7 @@ pub fn xl_fixture_dir() -> PathBuf {
 }
 
 /// The folder holding `sd-tiny/` and `sdxl-tiny/` (`ORFEAS_ML_FIXTURES` names `sd-tiny` itself).
-fn fixture_root() -> PathBuf {
+pub fn fixture_root() -> PathBuf {
     match std::env::var_os("ORFEAS_ML_FIXTURES") {
         Some(dir) => PathBuf::from(dir)
             .parent()

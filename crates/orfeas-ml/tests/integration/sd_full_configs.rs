@@ -16,8 +16,8 @@ use orfeas_ml::sd::unet::{UNet, UNetConfig};
 use orfeas_ml::sd::vae::{Vae, VaeConfig};
 
 fn full_configs(model: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/sd-tiny/full-configs")
+    crate::common::fixture_root()
+        .join("sd-tiny/full-configs")
         .join(model)
 }
 

@@ -323,7 +323,7 @@ fn download_from_an_unreachable_server_says_what_to_do() {
 /// full table with exactly those rows.
 #[test]
 fn the_partial_fixture_embedding_keeps_every_golden_token() {
-    let src = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny");
+    let src = crate::common::fixture_root().join("sd-tiny");
     let part = candle_core::safetensors::load(
         src.join("text_encoder").join(orfeas_ml::fixture::ROWS_FILE),
         &candle_core::Device::Cpu,

@@ -418,8 +418,7 @@ fn runner_reports_step_previews_quality_and_style() {
 /// in sd_taesd), and the PNG records which decoder made it.
 #[test]
 fn tiny_decoder_replaces_the_vae_decode() {
-    let taesd_dir =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/taesd-tiny");
+    let taesd_dir = crate::common::fixture_root().join("taesd-tiny");
     let tmp = tempfile::tempdir().unwrap();
     let run = "euler_1step_nocfg";
     let p = TextToImageParams {

@@ -18,7 +18,7 @@ use crate::common::{assert_close, dev, fixture_dir, get, golden, scalar};
 use crate::sd_full_configs::loads_exactly;
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd-tiny-single")
+    crate::common::fixture_root().join("sd-tiny-single")
 }
 
 /// The fixture as the one file a user has, written once per test process.

@@ -10,7 +10,7 @@ use orfeas_ml::sd::taesd::{TinyDecoder, TinyDecoderConfig};
 use crate::common::{assert_close, dev, get};
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/taesd-tiny")
+    crate::common::fixture_root().join("taesd-tiny")
 }
 
 fn golden() -> std::collections::HashMap<String, candle_core::Tensor> {

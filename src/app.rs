@@ -106,6 +106,7 @@ enum PendingDialog {
     OutputFolder(mpsc::Receiver<Option<PathBuf>>),
     OpenMesh(mpsc::Receiver<Option<PathBuf>>),
     ModelFolder(mpsc::Receiver<Option<PathBuf>>),
+    InitImage(mpsc::Receiver<Option<PathBuf>>),
     /// A save dialog followed by the export itself, both on the dialog's thread:
     /// `None` = the user cancelled, otherwise the files written or why not.
     ExportMesh(mpsc::Receiver<Option<Result<Vec<PathBuf>, String>>>),
@@ -119,6 +120,7 @@ enum DialogKind {
     OpenMesh,
     ModelFolder,
     ModelCheckpoint,
+    InitImage,
 }
 
 pub struct StudioApp {
@@ -396,6 +398,7 @@ impl StudioApp {
             }
             Command::PickModelFolder => self.open_dialog(DialogKind::ModelFolder),
             Command::PickModelCheckpoint => self.open_dialog(DialogKind::ModelCheckpoint),
+            Command::PickInitImage => self.open_dialog(DialogKind::InitImage),
             Command::RefreshModels => {
                 if let Err(err) = self.models.refresh() {
                     self.toasts.error(err);
@@ -531,6 +534,8 @@ impl StudioApp {
             return;
         }
         params.tiled_decode = t.decoder == state::DecoderChoice::TiledVae;
+        params.init_image = t.init_image.clone();
+        params.strength = t.strength;
         if params.model_dir.is_none() {
             match self.models.resolve(&t.model) {
                 Ok(dir) => params.model_dir = Some(dir),
@@ -608,6 +613,10 @@ impl StudioApp {
                     DialogKind::OutputFolder => rfd::FileDialog::new()
                         .set_title("Choose the output folder")
                         .pick_folder(),
+                    DialogKind::InitImage => rfd::FileDialog::new()
+                        .set_title("Choose the picture to start from")
+                        .add_filter("Images", &["png", "jpg", "jpeg", "webp"])
+                        .pick_file(),
                     DialogKind::OpenImage => rfd::FileDialog::new()
                         .set_title("Open an image")
                         .add_filter("Images", &["png", "jpg", "jpeg", "webp"])
@@ -631,6 +640,7 @@ impl StudioApp {
                 self.dialog = Some(match kind {
                     DialogKind::OutputFolder => PendingDialog::OutputFolder(rx),
                     DialogKind::OpenImage => PendingDialog::OpenImage(rx),
+                    DialogKind::InitImage => PendingDialog::InitImage(rx),
                     DialogKind::OpenMesh => PendingDialog::OpenMesh(rx),
                     DialogKind::ModelFolder | DialogKind::ModelCheckpoint => {
                         PendingDialog::ModelFolder(rx)
@@ -723,7 +733,8 @@ impl StudioApp {
                 PendingDialog::OpenImage(rx)
                 | PendingDialog::OutputFolder(rx)
                 | PendingDialog::OpenMesh(rx)
-                | PendingDialog::ModelFolder(rx),
+                | PendingDialog::ModelFolder(rx)
+                | PendingDialog::InitImage(rx),
             ) => rx,
             Some(PendingDialog::ExportMesh(_)) | None => return None,
         };
@@ -744,6 +755,10 @@ impl StudioApp {
                 path,
                 quality_score: None,
             }),
+            Some(PendingDialog::InitImage(_)) => Some(Command::SetTextParams(state::TextParams {
+                init_image: Some(path),
+                ..self.saved.text.clone()
+            })),
             Some(PendingDialog::ModelFolder(_)) => {
                 let checkpoint = orfeas_ml::sd::single_file::is_single_file(&path);
                 if !checkpoint && !path.join("model_index.json").is_file() {

@@ -284,6 +284,14 @@ pub struct TextToImageArgs {
     /// Scheduler: euler, euler-a, ddim or dpm++2m (default: the model's scheduler config).
     #[arg(long)]
     pub scheduler: Option<String>,
+    /// Image→image: start from this picture (cropped to the output's aspect and
+    /// resized) instead of pure noise.
+    #[arg(long, value_name = "IMAGE")]
+    pub init_image: Option<PathBuf>,
+    /// With --init-image: how much of the schedule runs over the picture (0-1;
+    /// 0.3 keeps most of it, 0.8 little). Steps run = steps x strength.
+    #[arg(long, requires = "init_image")]
+    pub strength: Option<f64>,
     /// A safetensors file with the initial noise tensor `latents` (reproducibility tests).
     #[arg(long)]
     pub init_latents: Option<PathBuf>,
@@ -731,6 +739,10 @@ fn text_to_image(args: TextToImageArgs) -> anyhow::Result<ExitCode> {
     params.tiny_decoder = args.tiny_decoder;
     params.tiny_decoder_dir = args.tiny_decoder_dir.as_deref().map(absolute);
     params.init_latents = args.init_latents.as_deref().map(absolute);
+    params.init_image = args.init_image.as_deref().map(absolute);
+    if let Some(strength) = args.strength {
+        params.strength = strength;
+    }
     if let Some(steps) = args.steps {
         params.steps = steps;
     }

@@ -248,6 +248,10 @@ pub struct TextParams {
     /// `None`: the model's own scheduler.
     pub scheduler: Option<orfeas_ml::sd::schedulers::SchedulerKind>,
     pub decoder: DecoderChoice,
+    /// Image→image: the picture to start from (`None`: pure noise).
+    pub init_image: Option<PathBuf>,
+    /// How much of the schedule runs over `init_image` (0-1).
+    pub strength: f64,
 }
 
 impl TextParams {
@@ -284,6 +288,8 @@ impl Default for TextParams {
             batch: 1,
             scheduler: None,
             decoder: DecoderChoice::Vae,
+            init_image: None,
+            strength: orfeas_ml::text_to_image::DEFAULT_STRENGTH,
         }
     }
 }
@@ -380,6 +386,8 @@ pub enum Command {
     PickModelFolder,
     /// Choose an SD 1.x single-file `.safetensors` checkpoint as the text→image model.
     PickModelCheckpoint,
+    /// Choose the picture an image→image generation starts from.
+    PickInitImage,
     /// Re-read which models are installed (Models tab).
     RefreshModels,
     /// Download a registry model into the data dir's `models/` (user's request only).

@@ -201,6 +201,52 @@ pub fn text_params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                 .labelled_by(label.id);
             ui.end_row();
 
+            let label = ui.label("Start image");
+            ui.horizontal(|ui| {
+                match &t.init_image {
+                    Some(path) => {
+                        let name = path.file_name().map_or_else(
+                            || path.display().to_string(),
+                            |n| n.to_string_lossy().into_owned(),
+                        );
+                        ui.label(RichText::new(name).monospace())
+                            .labelled_by(label.id)
+                            .on_hover_text(path.display().to_string());
+                        if ui
+                            .small_button("Clear")
+                            .on_hover_text("Start from noise again")
+                            .clicked()
+                        {
+                            t.init_image = None;
+                        }
+                    }
+                    None => {
+                        ui.label(RichText::new("none (noise)").color(p.text_muted))
+                            .labelled_by(label.id);
+                    }
+                }
+                if ui
+                    .small_button("Choose...")
+                    .on_hover_text(
+                        "Image to image: start from a picture (cropped to the size's aspect)",
+                    )
+                    .clicked()
+                {
+                    ctx.send(Command::PickInitImage);
+                }
+            });
+            ui.end_row();
+            if t.init_image.is_some() {
+                let label = ui.label("Strength");
+                ui.add(egui::Slider::new(&mut t.strength, 0.05..=1.0).fixed_decimals(2))
+                    .labelled_by(label.id)
+                    .on_hover_text(
+                        "How much of the schedule runs over the picture: 0.3 keeps most of \
+                         it, 0.8 little. Steps run = steps x strength.",
+                    );
+                ui.end_row();
+            }
+
             let label = ui.label("Decoder");
             egui::ComboBox::from_id_salt("t2i-decoder")
                 .selected_text(t.decoder.label())
@@ -446,6 +492,16 @@ fn finished_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, job: &JobView, side: f32)
                         .clicked()
                     {
                         ctx.send(Command::MakeThreeD(path.to_path_buf()));
+                    }
+                    if ui
+                        .button("Vary")
+                        .on_hover_text("Start the next image from this one (image to image)")
+                        .clicked()
+                    {
+                        ctx.send(Command::SetTextParams(TextParams {
+                            init_image: Some(path.to_path_buf()),
+                            ..ctx.saved.text.clone()
+                        }));
                     }
                     if let Some(dir) = path.parent()
                         && ui.button("Show in folder").clicked()

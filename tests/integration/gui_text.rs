@@ -271,6 +271,57 @@ fn the_tiny_decoder_choice_decodes_with_taesd_once_installed() {
     assert_eq!(texts.get("decoder").map(String::as_str), Some("taesd"));
 }
 
+/// "Vary" on a result makes it the start image of the next generation, which
+/// then runs image to image (steps x strength) and records its start.
+#[test]
+fn vary_starts_the_next_image_from_the_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut h = harness(&data, None);
+    h.run();
+    h.state_mut()
+        .apply(Command::SetMode(CreateMode::TextToImage));
+    h.state_mut()
+        .apply(Command::SetTextParams(tiny_params("a blue bowl")));
+    h.state_mut().apply(Command::GenerateImage);
+    step_until(&mut h, "the first image", |h| {
+        h.query_by_label("Generated image").is_some()
+    });
+    let first = h.state().jobs()[0].image_output().unwrap().to_path_buf();
+    h.get_by_role_and_label(Role::Button, "Vary").click();
+    h.run();
+    assert_eq!(
+        h.state().saved_state().text.init_image.as_deref(),
+        Some(first.as_path())
+    );
+    assert!(
+        h.query_all_by_label("Strength").next().is_some(),
+        "the strength slider appears with a start image"
+    );
+    let varied = TextParams {
+        strength: 0.5,
+        steps: 4,
+        ..h.state().saved_state().text.clone()
+    };
+    h.state_mut().apply(Command::SetTextParams(varied));
+    h.state_mut().apply(Command::GenerateImage);
+    step_until(&mut h, "the varied image", |h| {
+        h.state().jobs().len() == 2 && h.state().jobs()[1].phase.is_finished()
+    });
+    let job = h.state().jobs()[1].clone();
+    assert_eq!(job.phase, JobPhase::Succeeded, "{:?}", job.error);
+    let text = std::fs::read(job.image_output().unwrap()).unwrap();
+    let needle = b"strength";
+    assert!(
+        text.windows(needle.len()).any(|w| w == needle),
+        "the PNG records the strength"
+    );
+    // Clearing the start image goes back to pure noise.
+    h.get_by_role_and_label(Role::Button, "Clear").click();
+    h.run();
+    assert!(h.state().saved_state().text.init_image.is_none());
+}
+
 /// A minimal valid safetensors file: one f32 tensor of two values.
 fn safetensors_bytes() -> Vec<u8> {
     let mut header = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#.to_vec();

@@ -29,6 +29,8 @@ pub const MAX_STEPS: usize = 500;
 pub const MAX_BATCH: usize = 16;
 pub const MAX_GUIDANCE: f64 = 30.0;
 pub const MAX_PROMPT_CHARS: usize = 4000;
+/// Image→image strength when none is given.
+pub const DEFAULT_STRENGTH: f64 = 0.6;
 
 /// A style preset: words added to the prompt and the negative prompt. The
 /// keys are the `style` label values of `text_to_image_generations_total`.
@@ -134,6 +136,12 @@ pub struct TextToImageParams {
     /// A safetensors file with a tensor `latents` (1 or batch, 4, h/8, w/8): the
     /// initial noise exactly as diffusers' pipeline takes it (before init_noise_sigma).
     pub init_latents: Option<PathBuf>,
+    /// Image→image: start from this picture (cropped to the output's aspect
+    /// and resized) instead of pure noise.
+    pub init_image: Option<PathBuf>,
+    /// How much of the schedule runs over `init_image`: near 0 keeps it, 1
+    /// replaces it. Only read with `init_image`.
+    pub strength: f64,
     /// Decode in overlapping tiles (less memory, slightly different seams).
     pub tiled_decode: bool,
     /// Decode with the tiny decoder (TAESD: `taesd`, or `taesdxl` for SDXL) instead
@@ -170,6 +178,8 @@ impl TextToImageParams {
             batch: 1,
             scheduler: None,
             init_latents: None,
+            init_image: None,
+            strength: DEFAULT_STRENGTH,
             tiled_decode: false,
             tiny_decoder: false,
             tiny_decoder_dir: None,
@@ -234,6 +244,19 @@ impl TextToImageParams {
                 ));
             }
         }
+        if self.init_image.is_some() {
+            if !self.strength.is_finite() || self.strength <= 0.0 || self.strength > 1.0 {
+                return Err(SdError::invalid(
+                    "strength",
+                    format!(
+                        "{} must be above 0 and at most 1 (0.3 keeps most of the picture, 0.8 \
+                         little of it)",
+                        self.strength
+                    ),
+                ));
+            }
+            crate::sd::schedulers::img2img_start(self.steps, self.strength)?;
+        }
         if self.tiled_decode && self.uses_tiny_decoder() {
             return Err(SdError::invalid(
                 "decoder",
@@ -266,6 +289,43 @@ impl TextToImageParams {
             None => models::resolve(&self.model),
         }
     }
+}
+
+/// Reads an image→image start picture: size-checked before decoding (no
+/// decompression bombs), transparency over white, cropped to the aspect of
+/// `width`×`height` around the centre and resized to it.
+pub fn load_init_image(path: &Path, width: usize, height: usize) -> Result<image::RgbImage> {
+    let rgba = orfeas_core::image_input::load_image(
+        path,
+        &orfeas_core::image_input::ImageLimits::default(),
+    )
+    .map_err(|e| SdError::invalid("init_image", e.to_string()))?;
+    let rgb = image::RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let [r, g, b, a] = rgba.get_pixel(x, y).0;
+        let a = f32::from(a) / 255.0;
+        let over_white = |c: u8| (f32::from(c) * a + 255.0 * (1.0 - a)).round() as u8;
+        image::Rgb([over_white(r), over_white(g), over_white(b)])
+    });
+    let (w, h) = (width as u32, height as u32);
+    if rgb.dimensions() == (w, h) {
+        return Ok(rgb);
+    }
+    // Cover: the largest centred crop of the output's aspect, then resize.
+    let (iw, ih) = (u64::from(rgb.width()), u64::from(rgb.height()));
+    let (cw, ch) = if iw * u64::from(h) > ih * u64::from(w) {
+        ((ih * u64::from(w) / u64::from(h)).max(1), ih)
+    } else {
+        (iw, (iw * u64::from(h) / u64::from(w)).max(1))
+    };
+    let (x0, y0) = ((iw - cw) / 2, (ih - ch) / 2);
+    let crop =
+        image::imageops::crop_imm(&rgb, x0 as u32, y0 as u32, cw as u32, ch as u32).to_image();
+    Ok(image::imageops::resize(
+        &crop,
+        w,
+        h,
+        image::imageops::FilterType::Lanczos3,
+    ))
 }
 
 /// Loads the `latents` tensor of an init-latents file.
@@ -369,6 +429,11 @@ impl Engine {
             .as_deref()
             .map(load_init_latents)
             .transpose()?;
+        let init_image = params
+            .init_image
+            .as_deref()
+            .map(|p| load_init_image(p, params.width, params.height))
+            .transpose()?;
         let dir = params.resolve_model_dir()?;
         SdModel::check_dir(&dir)?;
         let (dev, _) = pipeline::select_device(device)?;
@@ -392,6 +457,10 @@ impl Engine {
             batch: params.batch,
             scheduler: params.scheduler,
             init_noise,
+            init_image: init_image.map(|image| pipeline::InitImage {
+                image,
+                strength: params.strength,
+            }),
             decode: if params.tiled_decode {
                 DecodeMode::Tiled {
                     tile: 64,
@@ -448,7 +517,7 @@ pub fn png_text_chunks(params: &TextToImageParams, index: usize) -> Vec<(String,
         params.height,
         model
     );
-    vec![
+    let mut chunks: Vec<(String, String)> = vec![
         ("parameters".into(), summary),
         ("prompt".into(), params.prompt.clone()),
         ("negative_prompt".into(), params.negative.clone()),
@@ -463,7 +532,16 @@ pub fn png_text_chunks(params: &TextToImageParams, index: usize) -> Vec<(String,
             "Software".into(),
             format!("ORFEAS Studio {}", env!("CARGO_PKG_VERSION")),
         ),
-    ]
+    ];
+    if let Some(init) = &params.init_image {
+        let name = init.file_name().map_or_else(
+            || init.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        chunks.push(("init_image".into(), name));
+        chunks.push(("strength".into(), params.strength.to_string()));
+    }
+    chunks
 }
 
 /// Writes image `index` of a batch as PNG with the parameters in tEXt/iTXt chunks, atomically.

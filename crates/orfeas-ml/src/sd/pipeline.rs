@@ -560,6 +560,8 @@ pub struct DenoiseOptions {
     pub image_size: (usize, usize),
     /// How to colour the previews.
     pub preview_space: LatentSpace,
+    /// Index of the first scheduler step to run (image→image starts part-way).
+    pub first_step: usize,
 }
 
 /// Classifier-free guidance is on when the scale is above 1 (as in diffusers).
@@ -596,9 +598,9 @@ pub fn denoise(
         time_ids,
     });
     let timesteps = scheduler.timesteps().to_vec();
-    let total = timesteps.len();
+    let total = timesteps.len().saturating_sub(opts.first_step);
     progress(Progress::Started { total });
-    for (i, &t) in timesteps.iter().enumerate() {
+    for (i, &t) in timesteps.iter().enumerate().skip(opts.first_step) {
         if cancelled.load(Ordering::Relaxed) {
             return Err(SdError::Cancelled);
         }
@@ -623,12 +625,37 @@ pub fn denoise(
             None
         };
         progress(Progress::Step {
-            step: i + 1,
+            step: i + 1 - opts.first_step,
             total,
             preview,
         });
     }
     Ok(latents)
+}
+
+/// An image→image start: the picture (already at the output size) and how much
+/// of the schedule to run over it (1 = all of it, ignoring the picture's detail).
+#[derive(Debug, Clone)]
+pub struct InitImage {
+    pub image: image::RgbImage,
+    pub strength: f64,
+}
+
+/// RGB pixels → a (1, 3, h, w) tensor in [-1, 1], as diffusers' image processor.
+pub fn image_to_tensor(img: &image::RgbImage, device: &Device) -> Result<Tensor> {
+    let (w, h) = img.dimensions();
+    let data: Vec<f32> = img.as_raw().iter().map(|&v| f32::from(v) / 255.0).collect();
+    let t = Tensor::from_vec(data, (h as usize, w as usize, 3), device)?
+        .permute((2, 0, 1))?
+        .unsqueeze(0)?;
+    Ok(((t * 2.0)? - 1.0)?)
+}
+
+/// Stage 0 of image→image: the picture's latents, sampled from the VAE's
+/// distribution with the unit noise `eps`, times the VAE's scaling factor.
+pub fn encode_image(vae: &Vae, image: &Tensor, eps: &Tensor) -> Result<Tensor> {
+    let dist = vae.encode(image)?;
+    Ok((dist.sample_with(eps)? * vae.config.scaling_factor)?)
 }
 
 /// How to run the VAE decoder.
@@ -750,6 +777,8 @@ pub struct GenerateRequest {
     /// Initial unit noise (before `init_noise_sigma`), shape (1 or batch, 4, h/8, w/8).
     pub init_noise: Option<Tensor>,
     pub decode: DecodeMode,
+    /// Start from this picture instead of pure noise (image→image).
+    pub init_image: Option<InitImage>,
     /// Decode with this tiny decoder (TAESD) instead of the model's VAE.
     pub tiny_decoder: Option<std::sync::Arc<super::taesd::TinyDecoder>>,
     pub previews: bool,
@@ -801,11 +830,47 @@ pub fn generate(
         }
         None => super::noise::initial_noise(req.seed, req.batch, latent_shape, &model.device)?,
     };
-    let latents = (noise * scheduler.init_noise_sigma())?.to_dtype(model.dtype)?;
+    let (latents, first_step) = match &req.init_image {
+        None => (
+            (noise * scheduler.init_noise_sigma())?.to_dtype(model.dtype)?,
+            0,
+        ),
+        Some(init) => {
+            let first = schedulers::img2img_start(req.steps, init.strength)?;
+            if init.image.dimensions() != (req.width as u32, req.height as u32) {
+                return Err(SdError::invalid(
+                    "init_image",
+                    format!(
+                        "is {}x{}; resize it to the output size {}x{} first",
+                        init.image.width(),
+                        init.image.height(),
+                        req.width,
+                        req.height
+                    ),
+                ));
+            }
+            let pixels = image_to_tensor(&init.image, &model.device)?.to_dtype(model.vae_dtype)?;
+            // The VAE sample's noise comes from its own stream of the seed.
+            let eps_shape = (
+                model.vae.config.latent_channels,
+                latent_shape.1,
+                latent_shape.2,
+            );
+            let eps =
+                super::noise::initial_noise(req.seed ^ 0x1a7e_4e5c, 1, eps_shape, &model.device)?
+                    .to_dtype(model.vae_dtype)?;
+            let clean = encode_image(&model.vae, &pixels, &eps)?
+                .to_dtype(DType::F32)?
+                .repeat((req.batch, 1, 1, 1))?;
+            let noisy = scheduler.add_noise(&clean, &noise, first)?;
+            (noisy.to_dtype(model.dtype)?, first)
+        }
+    };
     let opts = DenoiseOptions {
         guidance: req.guidance,
         previews: req.previews,
         image_size: (req.height, req.width),
+        first_step,
         preview_space: if model.is_xl() {
             LatentSpace::Sdxl
         } else {

@@ -21,6 +21,24 @@ pub trait Scheduler: Send {
     fn scale_model_input(&self, sample: &Tensor, i: usize) -> Result<Tensor>;
     /// Advances `sample` from step `i` given the (guided) model output.
     fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor) -> Result<Tensor>;
+    /// Noises clean latents to the level step `i` starts from (image→image).
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor>;
+}
+
+/// Image→image: the step a run starts from when `strength` of the `steps`
+/// is kept (diffusers: `init_timestep = min(int(steps × strength), steps)`,
+/// start = steps − init_timestep). Errors when no step would run.
+pub fn img2img_start(steps: usize, strength: f64) -> Result<usize> {
+    let kept = ((steps as f64 * strength) as usize).min(steps);
+    if kept == 0 {
+        return Err(SdError::invalid(
+            "strength",
+            format!(
+                "{strength} of {steps} steps leaves no step to run; raise the strength or the steps"
+            ),
+        ));
+    }
+    Ok(steps - kept)
 }
 
 /// Which scheduler; parsed from the CLI (`euler`, `euler-a`, `ddim`, `dpm++2m`)
@@ -460,6 +478,10 @@ impl Scheduler for Euler {
         };
         Ok(prev.to_dtype(in_dtype)?)
     }
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        let (sigma, _) = self.sigma(i)?;
+        Ok((original + mul(noise, sigma)?)?)
+    }
 }
 
 /// `DDIMScheduler` with eta = 0.
@@ -505,6 +527,16 @@ impl Scheduler for Ddim {
             ),
         };
         Ok((mul(&x0, a_prev.sqrt())? + mul(&eps, (1.0 - a_prev).sqrt())?)?)
+    }
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        let t = self
+            .timesteps
+            .get(i)
+            .copied()
+            .ok_or_else(|| SdError::invalid("step", format!("step {i} is past the schedule")))?
+            as usize;
+        let a = self.ac.get(t).copied().unwrap_or(self.final_alpha);
+        Ok((mul(original, a.sqrt())? + mul(noise, (1.0 - a).sqrt())?)?)
     }
 }
 
@@ -569,6 +601,16 @@ impl Scheduler for DpmPp2m {
         };
         self.prev_x0 = Some(x0);
         Ok(prev.to_dtype(in_dtype)?)
+    }
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
+        if i >= self.timesteps.len() {
+            return Err(SdError::invalid(
+                "step",
+                format!("step {i} is past the schedule"),
+            ));
+        }
+        let (alpha, sigma, _) = self.coeffs(i);
+        Ok((mul(original, alpha as f32)? + mul(noise, sigma as f32)?)?)
     }
 }
 

@@ -7,6 +7,7 @@
 mod common;
 mod sd_errors;
 mod sd_full_configs;
+mod sd_img2img;
 mod sd_models;
 mod sd_parity;
 mod sd_pipeline;

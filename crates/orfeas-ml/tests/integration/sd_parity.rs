@@ -406,6 +406,7 @@ fn check_chained(run: &str, kind: SchedulerKind, cfg: &SchedulerConfig) {
         previews: false,
         image_size: (64, 96),
         preview_space: pipeline::LatentSpace::Sd,
+        first_step: 0,
     };
     let never = std::sync::atomic::AtomicBool::new(false);
     let cond = pipeline::Conditioning {

@@ -102,6 +102,7 @@ fn ddim_png_from_stored_noise_matches_diffusers() {
         scheduler: None,
         init_noise: Some(get(&g, "noise").clone()),
         decode: pipeline::DecodeMode::Full,
+        init_image: None,
         tiny_decoder: None,
         previews: false,
     };

@@ -77,6 +77,7 @@ fn the_single_file_makes_diffusers_picture_from_stored_noise() {
         scheduler: None,
         init_noise: Some(get(&g, "noise").clone()),
         decode: pipeline::DecodeMode::Full,
+        init_image: None,
         tiny_decoder: None,
         previews: false,
     };

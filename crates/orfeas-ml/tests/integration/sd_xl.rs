@@ -248,6 +248,7 @@ fn denoising_runs_match_golden_latents_and_decode() {
             previews: true,
             image_size: (64, 96),
             preview_space: LatentSpace::Sdxl,
+            first_step: 0,
         };
         let mut previews = 0;
         let out = pipeline::denoise(

@@ -43,13 +43,15 @@ pub struct AppConfig {
     pub hf_endpoint: Option<String>,
 }
 
-/// `ORFEAS_GUI_PROMPT` with `ORFEAS_GUI_MODEL_DIR` (a diffusers folder) and
-/// `ORFEAS_GUI_STEPS`: generate this prompt at start.
+/// `ORFEAS_GUI_PROMPT` with `ORFEAS_GUI_MODEL_DIR` (a diffusers folder),
+/// `ORFEAS_GUI_STEPS` and `ORFEAS_GUI_INIT_IMAGE` (image to image): generate
+/// this prompt at start.
 #[derive(Clone, Debug, Default)]
 pub struct PromptStart {
     pub prompt: String,
     pub model_dir: Option<PathBuf>,
     pub steps: Option<usize>,
+    pub init_image: Option<PathBuf>,
 }
 
 impl AppConfig {
@@ -68,6 +70,7 @@ impl AppConfig {
                     steps: std::env::var("ORFEAS_GUI_STEPS")
                         .ok()
                         .and_then(|s| s.parse().ok()),
+                    init_image: std::env::var_os("ORFEAS_GUI_INIT_IMAGE").map(PathBuf::from),
                 }),
             ..Default::default()
         }
@@ -262,6 +265,9 @@ impl StudioApp {
             }
             if let Some(steps) = start.steps {
                 text.steps = steps;
+            }
+            if start.init_image.is_some() {
+                text.init_image = start.init_image;
             }
             app.saved.mode = CreateMode::TextToImage;
             app.saved.tab = Tab::Create;

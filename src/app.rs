@@ -635,7 +635,7 @@ impl StudioApp {
                         .set_title("Choose a diffusers model folder (with model_index.json)")
                         .pick_folder(),
                     DialogKind::ModelCheckpoint => rfd::FileDialog::new()
-                        .set_title("Choose an SD 1.x single-file checkpoint")
+                        .set_title("Choose an SD 1.x or SDXL single-file checkpoint")
                         .add_filter("safetensors checkpoints", &["safetensors"])
                         .pick_file(),
                 };
@@ -770,14 +770,19 @@ impl StudioApp {
                 if !checkpoint && !path.join("model_index.json").is_file() {
                     self.toasts.error(format!(
                         "{} has no model_index.json; choose a diffusers-format model folder \
-                         or an SD 1.x .safetensors checkpoint",
+                         or an SD 1.x or SDXL .safetensors checkpoint",
                         path.display()
                     ));
                     return None;
                 }
                 let mut text = if checkpoint {
-                    // SD 1.x: its steps and guidance, not a turbo model's.
-                    self.saved.text.with_model_defaults("sd-1.5")
+                    // A community checkpoint: a full model's steps and guidance, not a
+                    // turbo's; SDXL ones are trained at 1024².
+                    let mut t = self.saved.text.with_model_defaults("sd-1.5");
+                    if orfeas_ml::sd::pipeline::SdModel::dir_is_xl(&path).unwrap_or(false) {
+                        (t.width, t.height) = (1024, 1024);
+                    }
+                    t
                 } else {
                     self.saved.text.clone()
                 };

@@ -259,7 +259,7 @@ pub struct TextToImageArgs {
     /// Model name from `orfeas models list`.
     #[arg(long, default_value = "sd-turbo")]
     pub model: String,
-    /// A diffusers-format model folder, or an SD 1.x single-file .safetensors
+    /// A diffusers-format model folder, or an SD 1.x or SDXL single-file .safetensors
     /// checkpoint, to use instead of a registry model.
     #[arg(long, visible_alias = "checkpoint", value_name = "DIR|FILE")]
     pub model_dir: Option<PathBuf>,

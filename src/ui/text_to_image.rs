@@ -100,7 +100,7 @@ pub fn text_params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                     let file = t.model_dir.as_ref().is_some_and(|d| d.is_file());
                     if ui
                         .selectable_label(file, "Checkpoint file...")
-                        .on_hover_text("An SD 1.x single-file .safetensors checkpoint")
+                        .on_hover_text("An SD 1.x or SDXL single-file .safetensors checkpoint")
                         .clicked()
                     {
                         ctx.send(Command::PickModelCheckpoint);
@@ -283,7 +283,7 @@ pub fn text_params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     ui.add_space(space::SM);
     if ui.button("Model defaults").clicked() {
         t = if let Some(dir) = &t.model_dir {
-            // A single file is SD 1.x; a folder's defaults are a turbo model's.
+            // A single file is a full SD 1.x/SDXL model; a folder's defaults are a turbo model's.
             let like = if dir.is_file() { "sd-1.5" } else { "sd-turbo" };
             TextParams {
                 model_dir: t.model_dir.clone(),

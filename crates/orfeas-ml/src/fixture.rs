@@ -133,8 +133,8 @@ fn copy_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
 }
 
 /// Writes the single-file checkpoint a sharded fixture folder stands for: every
-/// tensor of the shards its `model.safetensors.index.json` lists, plus the full
-/// token embedding its metadata names (rebuilt from `token_embedding.rows.safetensors`).
+/// tensor of the shards its `model.safetensors.index.json` lists, plus each full
+/// token embedding its metadata names (rebuilt from the rows file it names).
 pub fn complete_single_file(src: &Path, dst_file: &Path) -> anyhow::Result<()> {
     let index: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(src.join("model.safetensors.index.json"))
@@ -155,23 +155,37 @@ pub fn complete_single_file(src: &Path, dst_file: &Path) -> anyhow::Result<()> {
             &Device::Cpu,
         )?);
     }
-    let meta = &index["metadata"]["token_embedding"];
-    if let (Some(name), Some(shape)) = (meta["tensor"].as_str(), meta["shape"].as_array()) {
-        let dims: Vec<usize> = shape
-            .iter()
-            .filter_map(|d| d.as_u64().map(|d| d as usize))
-            .collect();
+    // One embedding (`token_embedding`) or several (`token_embeddings`).
+    let meta = &index["metadata"];
+    let specs: Vec<&serde_json::Value> = match meta["token_embeddings"].as_array() {
+        Some(list) => list.iter().collect(),
+        None if meta["token_embedding"].is_object() => vec![&meta["token_embedding"]],
+        None => Vec::new(),
+    };
+    for spec in specs {
+        let name = spec["tensor"]
+            .as_str()
+            .ok_or_else(|| anyhow!("a token embedding entry has no tensor name"))?;
+        let dims: Vec<usize> = spec["shape"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_u64().map(|d| d as usize))
+                    .collect()
+            })
+            .unwrap_or_default();
         let [vocab, hidden] = dims[..] else {
-            anyhow::bail!("the token embedding shape {dims:?} is not 2-D");
+            anyhow::bail!("the token embedding shape {dims:?} of {name} is not 2-D");
         };
-        let rows = candle_core::safetensors::load(src.join(ROWS_FILE), &Device::Cpu)?;
+        let rows_file = spec["rows_file"].as_str().unwrap_or(ROWS_FILE);
+        let rows = candle_core::safetensors::load(src.join(rows_file), &Device::Cpu)?;
         let ids: Vec<i64> = rows
             .get("ids")
-            .ok_or_else(|| anyhow!("no ids in {ROWS_FILE}"))?
+            .ok_or_else(|| anyhow!("no ids in {rows_file}"))?
             .to_vec1()?;
         let values: Vec<f32> = rows
             .get("rows")
-            .ok_or_else(|| anyhow!("no rows in {ROWS_FILE}"))?
+            .ok_or_else(|| anyhow!("no rows in {rows_file}"))?
             .flatten_all()?
             .to_vec1()?;
         let mut full = vec![0f32; vocab * hidden];

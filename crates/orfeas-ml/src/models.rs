@@ -429,6 +429,12 @@ fn dir_size_bytes(dir: &Path) -> u64 {
 /// Checks a safetensors file without reading its tensors: the header parses
 /// and the file is exactly as long as the header says.
 pub fn check_safetensors(path: &Path) -> Result<()> {
+    safetensors_names(path).map(|_| ())
+}
+
+/// The tensor names of a safetensors file, after the same checks as
+/// [`check_safetensors`] (reads the header only).
+pub fn safetensors_names(path: &Path) -> Result<Vec<String>> {
     let corrupt = |reason: String| SdError::CorruptWeights {
         path: path.to_path_buf(),
         reason,
@@ -453,10 +459,12 @@ pub fn check_safetensors(path: &Path) -> Result<()> {
         .as_object()
         .ok_or_else(|| corrupt("header is not a JSON object".into()))?;
     let mut data_end = 0u64;
+    let mut names = Vec::with_capacity(obj.len());
     for (name, info) in obj {
         if name == "__metadata__" {
             continue;
         }
+        names.push(name.clone());
         let offs = info
             .get("data_offsets")
             .and_then(|o| o.as_array())
@@ -473,7 +481,7 @@ pub fn check_safetensors(path: &Path) -> Result<()> {
             "header describes {expected} bytes but the file has {file_len} (truncated download?)"
         )));
     }
-    Ok(())
+    Ok(names)
 }
 
 /// Result of `verify`.

@@ -273,17 +273,18 @@ fn force_zeros_for_empty_prompt(dir: &Path) -> Result<bool> {
 
 impl SdModel {
     /// Whether the folder is an SDXL one (its UNet takes `text_time` conditioning).
-    /// Single files load only as SD 1.x.
+    /// For a single file, from its tensor names.
     pub fn dir_is_xl(dir: &Path) -> Result<bool> {
         if super::single_file::is_single_file(dir) {
-            return Ok(false);
+            return Ok(super::single_file::family_of_file(dir)?
+                == Some(super::single_file::CheckpointFamily::Sdxl));
         }
         let cfg = UNetConfig::from_file(&dir.join("unet/config.json"))?;
         Ok(cfg.is_xl())
     }
 
-    /// An SD 1.x single-file checkpoint; `config_dir` (a diffusers folder of the
-    /// same architecture) replaces the built-in SD 1.5 configs and tokenizer.
+    /// An SD 1.x or SDXL single-file checkpoint; `config_dir` (a diffusers folder
+    /// of the same architecture) replaces the built-in configs and tokenizers.
     pub fn load_single_file(
         path: &Path,
         config_dir: Option<&Path>,
@@ -291,15 +292,20 @@ impl SdModel {
         dtype: DType,
     ) -> Result<Self> {
         let m = super::single_file::load(path, config_dir, device, dtype)?;
+        let second = m.second.map(|(tokenizer, text_encoder)| SecondEncoder {
+            tokenizer,
+            text_encoder,
+        });
+        let xl = second.is_some();
         Ok(Self {
             tokenizer: m.tokenizer,
             text_encoder: m.text_encoder,
-            second: None,
+            second,
             unet: m.unet,
             vae: m.vae,
-            vae_dtype: dtype,
+            vae_dtype: m.vae_dtype,
             scheduler_config: m.scheduler,
-            force_zeros_for_empty_prompt: false,
+            force_zeros_for_empty_prompt: xl,
             device: device.clone(),
             dtype,
         })

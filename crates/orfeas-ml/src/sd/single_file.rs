@@ -1,14 +1,17 @@
-//! Single-file checkpoints in the original (CompVis/LDM) layout, as community SD
-//! 1.x models are shared: one `.safetensors` with the UNet under
-//! `model.diffusion_model.`, the VAE under `first_stage_model.` and the CLIP text
-//! encoder under `cond_stage_model.transformer.`. Their tensors are renamed to
-//! the diffusers layout the loaders read; the configs and the tokenizer are
-//! SD 1.5's (built in), or those of a diffusers folder given alongside.
+//! Single-file checkpoints in the original (CompVis/LDM and Stability SGM)
+//! layout, as community SD 1.x and SDXL models are shared: one `.safetensors`
+//! with the UNet under `model.diffusion_model.` and the VAE under
+//! `first_stage_model.`; SD 1.x's CLIP text encoder under
+//! `cond_stage_model.transformer.`, SDXL's two under `conditioner.embedders.0.`
+//! (CLIP-L, transformers naming) and `conditioner.embedders.1.model.` (OpenCLIP
+//! bigG: fused attention projections, a transposed text projection). Their
+//! tensors are renamed to the diffusers layout the loaders read; configs and
+//! tokenizers are SD 1.5's or SDXL's (built in), or those of a diffusers folder
+//! given alongside.
 //!
-//! SD 2.x (OpenCLIP text encoder, `cond_stage_model.model.`) and SDXL
-//! (`conditioner.embedders.`) single files are recognised and refused with the
-//! way forward: their text encoders need fused-attention splitting and, for 2.x
-//! 768 models, a v-prediction flag the file does not carry.
+//! SD 2.x single files (OpenCLIP under `cond_stage_model.model.`) are recognised
+//! and refused with the way forward: whether one predicts noise or velocity
+//! (512-base or 768-v) is not in the file.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +29,8 @@ use crate::error::{Result, SdError};
 const UNET_PREFIX: &str = "model.diffusion_model.";
 const VAE_PREFIX: &str = "first_stage_model.";
 const TEXT_PREFIX: &str = "cond_stage_model.transformer.";
+const XL_TEXT_PREFIX: &str = "conditioner.embedders.0.transformer.";
+const XL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
 
 /// SD 1.5's configs and CLIP BPE files, for files that carry none.
 mod sd15 {
@@ -44,6 +49,27 @@ mod sd15 {
     /// OpenAI CLIP's BPE (the SD fixture's copy; every SD tokenizer uses it).
     pub const VOCAB: &str = include_str!("../../tests/fixtures/sd-tiny/tokenizer/vocab.json");
     pub const MERGES: &str = include_str!("../../tests/fixtures/sd-tiny/tokenizer/merges.txt");
+}
+
+/// SDXL's configs (SDXL base and its fine-tunes share SDXL-Turbo's architecture).
+mod sdxl {
+    pub const UNET: &str =
+        include_str!("../../tests/fixtures/sd-tiny/full-configs/sdxl-turbo/unet/config.json");
+    pub const VAE: &str =
+        include_str!("../../tests/fixtures/sd-tiny/full-configs/sdxl-turbo/vae/config.json");
+    pub const TEXT_ENCODER: &str = include_str!(
+        "../../tests/fixtures/sd-tiny/full-configs/sdxl-turbo/text_encoder/config.json"
+    );
+    pub const TEXT_ENCODER_2: &str = include_str!(
+        "../../tests/fixtures/sd-tiny/full-configs/sdxl-turbo/text_encoder_2/config.json"
+    );
+    /// SDXL base's published scheduler (Euler, leading spacing).
+    pub const SCHEDULER: &str = r#"{
+        "_class_name": "EulerDiscreteScheduler",
+        "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000, "prediction_type": "epsilon",
+        "timestep_spacing": "leading", "steps_offset": 1
+    }"#;
 }
 
 /// Which family a single file holds, from its tensor names.
@@ -68,6 +94,11 @@ pub fn family_of(names: &[String]) -> Option<CheckpointFamily> {
     }
 }
 
+/// The family of a single file, from its header alone.
+pub fn family_of_file(path: &Path) -> Result<Option<CheckpointFamily>> {
+    Ok(family_of(&crate::models::safetensors_names(path)?))
+}
+
 /// Whether `path` looks like a single-file checkpoint rather than a folder.
 pub fn is_single_file(path: &Path) -> bool {
     path.is_file()
@@ -84,17 +115,24 @@ fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
 }
 
 /// The parts besides the weights: from `config_dir` (a diffusers folder of the
-/// same architecture) or SD 1.5's built-in ones.
+/// same architecture) or the family's built-in ones.
 pub struct SingleFileConfigs {
     pub unet: UNetConfig,
     pub vae: VaeConfig,
     pub text_encoder: ClipConfig,
     pub scheduler: SchedulerConfig,
     pub tokenizer: ClipTokenizer,
+    /// SDXL's second text encoder and its tokenizer.
+    pub second: Option<(ClipConfig, ClipTokenizer)>,
+}
+
+fn builtin_tokenizer(pad: &str) -> Result<ClipTokenizer> {
+    ClipTokenizer::from_parts(parse("vocabulary", sd15::VOCAB)?, sd15::MERGES, pad, 77)
 }
 
 impl SingleFileConfigs {
-    pub fn load(config_dir: Option<&Path>) -> Result<Self> {
+    pub fn load(family: CheckpointFamily, config_dir: Option<&Path>) -> Result<Self> {
+        let xl = family == CheckpointFamily::Sdxl;
         match config_dir {
             Some(dir) => Ok(Self {
                 unet: UNetConfig::from_file(&dir.join("unet/config.json"))?,
@@ -104,6 +142,26 @@ impl SingleFileConfigs {
                     &dir.join("scheduler/scheduler_config.json"),
                 )?,
                 tokenizer: ClipTokenizer::from_dir(&dir.join("tokenizer"))?,
+                second: if xl {
+                    Some((
+                        ClipConfig::from_file(&dir.join("text_encoder_2/config.json"))?,
+                        ClipTokenizer::from_dir(&dir.join("tokenizer_2"))?,
+                    ))
+                } else {
+                    None
+                },
+            }),
+            None if xl => Ok(Self {
+                unet: parse("SDXL unet config", sdxl::UNET)?,
+                vae: parse("SDXL vae config", sdxl::VAE)?,
+                text_encoder: parse("SDXL text encoder config", sdxl::TEXT_ENCODER)?,
+                scheduler: parse("SDXL scheduler config", sdxl::SCHEDULER)?,
+                // CLIP-L pads with the end token, OpenCLIP-bigG with "!".
+                tokenizer: builtin_tokenizer("<|endoftext|>")?,
+                second: Some((
+                    parse("SDXL second text encoder config", sdxl::TEXT_ENCODER_2)?,
+                    builtin_tokenizer("!")?,
+                )),
             }),
             None => Ok(Self {
                 unet: parse("unet config", sd15::UNET)?,
@@ -111,12 +169,8 @@ impl SingleFileConfigs {
                 text_encoder: parse("text encoder config", sd15::TEXT_ENCODER)?,
                 scheduler: parse("scheduler config", sd15::SCHEDULER)?,
                 // SD 1.x pads with the end token.
-                tokenizer: ClipTokenizer::from_parts(
-                    parse("vocabulary", sd15::VOCAB)?,
-                    sd15::MERGES,
-                    "<|endoftext|>",
-                    77,
-                )?,
+                tokenizer: builtin_tokenizer("<|endoftext|>")?,
+                second: None,
             }),
         }
     }
@@ -128,8 +182,60 @@ pub enum Target {
     Unet(String),
     Vae(String),
     TextEncoder(String),
+    /// SDXL's second (OpenCLIP) encoder, under transformers names.
+    TextEncoder2(OpenClip),
     /// Not a weight the pipeline uses (position ids, EMA copies, …).
     Skip,
+}
+
+/// How an OpenCLIP tensor becomes transformers' `CLIPTextModelWithProjection` ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenClip {
+    /// Renamed only.
+    Rename(String),
+    /// Layer `layer`'s fused q, k, v projection (weight or bias): split in three.
+    InProj { layer: usize, bias: bool },
+    /// `text_projection` (hidden × projection): transposed into the Linear weight.
+    Projection,
+}
+
+/// The transformers name of an OpenCLIP text tower tensor (without the prefix).
+pub fn open_clip_name(name: &str) -> Option<OpenClip> {
+    let plain = |s: String| Some(OpenClip::Rename(s));
+    match name {
+        "token_embedding.weight" => {
+            return plain("text_model.embeddings.token_embedding.weight".into());
+        }
+        "positional_embedding" => {
+            return plain("text_model.embeddings.position_embedding.weight".into());
+        }
+        "text_projection" => return Some(OpenClip::Projection),
+        _ => {}
+    }
+    if let Some(tail) = name.strip_prefix("ln_final.") {
+        return plain(format!("text_model.final_layer_norm.{tail}"));
+    }
+    let rest = name.strip_prefix("transformer.resblocks.")?;
+    let (layer, tail) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    match tail {
+        "attn.in_proj_weight" => return Some(OpenClip::InProj { layer, bias: false }),
+        "attn.in_proj_bias" => return Some(OpenClip::InProj { layer, bias: true }),
+        _ => {}
+    }
+    let base = format!("text_model.encoder.layers.{layer}");
+    for (from, to) in [
+        ("ln_1.", "layer_norm1."),
+        ("ln_2.", "layer_norm2."),
+        ("attn.out_proj.", "self_attn.out_proj."),
+        ("mlp.c_fc.", "mlp.fc1."),
+        ("mlp.c_proj.", "mlp.fc2."),
+    ] {
+        if let Some(param) = tail.strip_prefix(from) {
+            return plain(format!("{base}.{to}{param}"));
+        }
+    }
+    None
 }
 
 /// The UNet block layout the index arithmetic needs.
@@ -317,7 +423,7 @@ pub fn target(name: &str, layout: &UnetLayout, vae_blocks: usize) -> Result<Targ
     let unmapped = |part: &str| {
         SdError::invalid(
             "checkpoint",
-            format!("{part} tensor '{name}' does not fit the SD 1.x layout"),
+            format!("{part} tensor '{name}' does not fit the SD 1.x / SDXL layout"),
         )
     };
     if let Some(rest) = name.strip_prefix(UNET_PREFIX) {
@@ -330,11 +436,23 @@ pub fn target(name: &str, layout: &UnetLayout, vae_blocks: usize) -> Result<Targ
             .map(Target::Vae)
             .ok_or_else(|| unmapped("VAE"));
     }
-    if let Some(rest) = name.strip_prefix(TEXT_PREFIX) {
+    if let Some(rest) = name
+        .strip_prefix(TEXT_PREFIX)
+        .or_else(|| name.strip_prefix(XL_TEXT_PREFIX))
+    {
         if rest.ends_with("position_ids") {
             return Ok(Target::Skip);
         }
         return Ok(Target::TextEncoder(rest.to_owned()));
+    }
+    if let Some(rest) = name.strip_prefix(XL_OPEN_CLIP_PREFIX) {
+        // CLIP's contrastive temperature and buffers are not used for text conditioning.
+        if rest == "logit_scale" || rest == "attn_mask" {
+            return Ok(Target::Skip);
+        }
+        return open_clip_name(rest)
+            .map(Target::TextEncoder2)
+            .ok_or_else(|| unmapped("OpenCLIP text encoder"));
     }
     Ok(Target::Skip)
 }
@@ -344,6 +462,8 @@ pub struct SplitWeights {
     pub unet: HashMap<String, Tensor>,
     pub vae: HashMap<String, Tensor>,
     pub text_encoder: HashMap<String, Tensor>,
+    /// SDXL's second encoder (empty otherwise).
+    pub text_encoder_2: HashMap<String, Tensor>,
 }
 
 /// Renames every tensor of an SD 1.x single file; VAE attention weights stored
@@ -352,6 +472,7 @@ pub fn split(
     tensors: HashMap<String, Tensor>,
     cfg: &SingleFileConfigs,
     dtype: DType,
+    vae_dtype: DType,
 ) -> Result<SplitWeights> {
     let layout = UnetLayout::of(&cfg.unet);
     let vae_blocks = cfg.vae.block_out_channels.len();
@@ -359,14 +480,21 @@ pub fn split(
         unet: HashMap::new(),
         vae: HashMap::new(),
         text_encoder: HashMap::new(),
+        text_encoder_2: HashMap::new(),
     };
     for (name, t) in tensors {
+        let target = target(&name, &layout, vae_blocks)?;
+        let want = if matches!(target, Target::Vae(_)) {
+            vae_dtype
+        } else {
+            dtype
+        };
         let t = if t.dtype().is_float() {
-            t.to_dtype(dtype)?
+            t.to_dtype(want)?
         } else {
             t
         };
-        match target(&name, &layout, vae_blocks)? {
+        match target {
             Target::Unet(n) => {
                 out.unet.insert(n, t);
             }
@@ -385,6 +513,30 @@ pub fn split(
             Target::TextEncoder(n) => {
                 out.text_encoder.insert(n, t);
             }
+            Target::TextEncoder2(OpenClip::Rename(n)) => {
+                out.text_encoder_2.insert(n, t);
+            }
+            Target::TextEncoder2(OpenClip::Projection) => {
+                out.text_encoder_2
+                    .insert("text_projection.weight".into(), t.t()?.contiguous()?);
+            }
+            Target::TextEncoder2(OpenClip::InProj { layer, bias }) => {
+                let rows = t.dim(0)?;
+                if rows % 3 != 0 {
+                    return Err(SdError::invalid(
+                        "checkpoint",
+                        format!("{name} has {rows} rows; a fused q/k/v needs a multiple of 3"),
+                    ));
+                }
+                let h = rows / 3;
+                let param = if bias { "bias" } else { "weight" };
+                for (i, part) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+                    out.text_encoder_2.insert(
+                        format!("text_model.encoder.layers.{layer}.self_attn.{part}.{param}"),
+                        t.narrow(0, i * h, h)?.contiguous()?,
+                    );
+                }
+            }
             Target::Skip => {}
         }
     }
@@ -393,10 +545,15 @@ pub fn split(
 
 /// The loaded parts of a single file.
 pub struct SingleFileModel {
+    pub family: CheckpointFamily,
     pub tokenizer: ClipTokenizer,
     pub text_encoder: ClipTextModel,
+    /// SDXL's second tokenizer and encoder.
+    pub second: Option<(ClipTokenizer, ClipTextModel)>,
     pub unet: UNet,
     pub vae: Vae,
+    /// f32 where the VAE forces an upcast (SDXL), else the model's dtype.
+    pub vae_dtype: DType,
     pub scheduler: SchedulerConfig,
 }
 
@@ -404,7 +561,7 @@ fn refuse(path: &Path, what: &str) -> SdError {
     SdError::invalid(
         "checkpoint",
         format!(
-            "{} is a single-file {what} checkpoint; only SD 1.x single files load directly. \
+            "{} is a single-file {what} checkpoint; only SD 1.x and SDXL single files load directly. \
              Use the model's diffusers-format folder instead (Hugging Face repos have one), \
              or convert it with diffusers' from_single_file(...).save_pretrained(DIR)",
             path.display()
@@ -412,8 +569,8 @@ fn refuse(path: &Path, what: &str) -> SdError {
     )
 }
 
-/// Loads an SD 1.x single-file checkpoint; `config_dir` supplies configs and a
-/// tokenizer in place of SD 1.5's.
+/// Loads an SD 1.x or SDXL single-file checkpoint; `config_dir` supplies
+/// configs and tokenizers in place of the built-in ones.
 pub fn load(
     path: &Path,
     config_dir: Option<&Path>,
@@ -430,30 +587,35 @@ pub fn load(
     })?;
     drop(bytes);
     let names: Vec<String> = tensors.keys().cloned().collect();
-    match family_of(&names) {
-        Some(CheckpointFamily::Sd1) => {}
+    let family = match family_of(&names) {
         Some(CheckpointFamily::Sd2) => return Err(refuse(path, "SD 2.x")),
-        Some(CheckpointFamily::Sdxl) => return Err(refuse(path, "SDXL")),
+        Some(f) => f,
         None => {
             return Err(SdError::invalid(
                 "checkpoint",
                 format!(
                     "{} is not a Stable Diffusion checkpoint (no model.diffusion_model., \
-                     first_stage_model. and cond_stage_model. tensors)",
+                     first_stage_model. and cond_stage_model./conditioner. tensors)",
                     path.display()
                 ),
             ));
         }
-    }
-    let cfg = SingleFileConfigs::load(config_dir)?;
-    let parts = split(tensors, &cfg, dtype)?;
+    };
+    let cfg = SingleFileConfigs::load(family, config_dir)?;
+    // As diffusers' SDXL pipeline: a VAE that asks for it decodes in f32.
+    let vae_dtype = if family == CheckpointFamily::Sdxl && cfg.vae.force_upcast {
+        DType::F32
+    } else {
+        dtype
+    };
+    let parts = split(tensors, &cfg, dtype, vae_dtype)?;
     let mismatch = |part: &str| {
         let path = path.to_path_buf();
         let part = part.to_owned();
         move |e: SdError| match e {
             SdError::Candle(c) => SdError::CorruptWeights {
                 path: path.clone(),
-                reason: format!("its {part} does not match the SD 1.x layout: {c}"),
+                reason: format!("its {part} does not match the {family:?} layout: {c}"),
             },
             other => other,
         }
@@ -461,13 +623,28 @@ pub fn load(
     let vb = |map: HashMap<String, Tensor>| VarBuilder::from_tensors(map, dtype, device);
     let text_encoder = ClipTextModel::load(vb(parts.text_encoder), &cfg.text_encoder)
         .map_err(mismatch("text encoder"))?;
+    let second = match cfg.second {
+        Some((te_cfg, tokenizer)) => {
+            let model = ClipTextModel::load(vb(parts.text_encoder_2), &te_cfg)
+                .map_err(mismatch("second text encoder"))?;
+            Some((tokenizer, model))
+        }
+        None => None,
+    };
     let unet = UNet::load(vb(parts.unet), &cfg.unet).map_err(mismatch("UNet"))?;
-    let vae = Vae::load(vb(parts.vae), &cfg.vae).map_err(mismatch("VAE"))?;
+    let vae = Vae::load(
+        VarBuilder::from_tensors(parts.vae, vae_dtype, device),
+        &cfg.vae,
+    )
+    .map_err(mismatch("VAE"))?;
     Ok(SingleFileModel {
+        family,
         tokenizer: cfg.tokenizer,
         text_encoder,
+        second,
         unet,
         vae,
+        vae_dtype,
         scheduler: cfg.scheduler,
     })
 }

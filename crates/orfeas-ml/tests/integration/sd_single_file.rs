@@ -10,7 +10,10 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{DType, Device, Tensor};
 use orfeas_ml::sd::clip::ClipTextModel;
 use orfeas_ml::sd::pipeline::{self, SdModel};
-use orfeas_ml::sd::single_file::{self, SingleFileConfigs, Target, UnetLayout};
+use orfeas_ml::sd::schedulers;
+use orfeas_ml::sd::single_file::{
+    self, CheckpointFamily, OpenClip, SingleFileConfigs, Target, UnetLayout,
+};
 use orfeas_ml::sd::unet::UNet;
 use orfeas_ml::sd::vae::Vae;
 
@@ -95,21 +98,20 @@ fn the_single_file_makes_diffusers_picture_from_stored_noise() {
     assert!(max <= 1 && differ <= 20, "{differ} differ, max {max}");
 }
 
-/// Every tensor of a real SD 1.5 single file maps to a diffusers name, and the
-/// built-in SD 1.5 configs build each part asking for exactly those tensors.
-#[test]
-fn real_sd15_layout_maps_onto_every_loader_tensor() {
-    let keys: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture().join("ldm_keys_sd15.json")).unwrap(),
-    )
-    .unwrap();
+/// Every tensor of a real single file of `family` (names and shapes in
+/// `keys_file`) maps to a diffusers name, and the built-in configs build each
+/// part asking for exactly those tensors. Returns the names it skipped.
+fn check_real_layout(keys_file: &str, family: CheckpointFamily) -> Vec<String> {
+    let keys: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(keys_file_path(keys_file)).unwrap()).unwrap();
     let entries = keys
         .as_array()
         .or_else(|| keys["keys"].as_array())
+        .or_else(|| keys["tensors"].as_array())
         .expect("a list of [name, shape]");
-    let cfg = SingleFileConfigs::load(None).unwrap();
+    let cfg = SingleFileConfigs::load(family, None).unwrap();
     let layout = UnetLayout::of(&cfg.unet);
-    let mut parts: [BTreeMap<String, Vec<usize>>; 3] = Default::default();
+    let mut parts: [BTreeMap<String, Vec<usize>>; 4] = Default::default();
     let mut skipped = Vec::new();
     for entry in entries {
         let name = entry[0].as_str().unwrap();
@@ -132,27 +134,66 @@ fn real_sd15_layout_maps_onto_every_loader_tensor() {
             Target::TextEncoder(n) => {
                 parts[2].insert(n, shape);
             }
+            Target::TextEncoder2(OpenClip::Rename(n)) => {
+                parts[3].insert(n, shape);
+            }
+            Target::TextEncoder2(OpenClip::Projection) => {
+                shape.reverse();
+                parts[3].insert("text_projection.weight".into(), shape);
+            }
+            Target::TextEncoder2(OpenClip::InProj { layer, bias }) => {
+                shape[0] /= 3;
+                let param = if bias { "bias" } else { "weight" };
+                for part in ["q_proj", "k_proj", "v_proj"] {
+                    parts[3].insert(
+                        format!("text_model.encoder.layers.{layer}.self_attn.{part}.{param}"),
+                        shape.clone(),
+                    );
+                }
+            }
             Target::Skip => skipped.push(name.to_owned()),
         }
     }
+    let [unet, vae, text, text2] = parts;
+    loads_exactly(&format!("{keys_file} unet"), unet, |vb| {
+        UNet::load(vb, &cfg.unet).unwrap();
+    });
+    loads_exactly(&format!("{keys_file} vae"), vae, |vb| {
+        Vae::load(vb, &cfg.vae).unwrap();
+    });
+    loads_exactly(&format!("{keys_file} text encoder"), text, |vb| {
+        ClipTextModel::load(vb, &cfg.text_encoder).unwrap();
+    });
+    match &cfg.second {
+        Some((te2, _)) => loads_exactly(&format!("{keys_file} text encoder 2"), text2, |vb| {
+            let model = ClipTextModel::load(vb, te2).unwrap();
+            assert!(model.has_projection());
+        }),
+        None => assert!(text2.is_empty()),
+    }
+    // The built-in first tokenizer pads with the end token (and SDXL's second with "!").
+    let ids = cfg.tokenizer.encode("a red ceramic teapot").unwrap();
+    assert_eq!((ids.len(), ids.last()), (77, Some(&49407)));
+    if let Some((_, tok2)) = &cfg.second {
+        assert_eq!(
+            tok2.encode("a red ceramic teapot").unwrap().last(),
+            Some(&0)
+        );
+    }
+    skipped
+}
+
+fn keys_file_path(name: &str) -> PathBuf {
+    crate::common::fixture_root().join(name)
+}
+
+#[test]
+fn real_sd15_layout_maps_onto_every_loader_tensor() {
+    let skipped = check_real_layout("sd-tiny-single/ldm_keys_sd15.json", CheckpointFamily::Sd1);
     assert_eq!(
         skipped,
         ["cond_stage_model.transformer.text_model.embeddings.position_ids"]
     );
-    let [unet, vae, text] = parts;
-    loads_exactly("sd1.5 single-file unet", unet, |vb| {
-        UNet::load(vb, &cfg.unet).unwrap();
-    });
-    loads_exactly("sd1.5 single-file vae", vae, |vb| {
-        Vae::load(vb, &cfg.vae).unwrap();
-    });
-    loads_exactly("sd1.5 single-file text encoder", text, |vb| {
-        ClipTextModel::load(vb, &cfg.text_encoder).unwrap();
-    });
-    // The built-in tokenizer is SD 1.x's: pads with the end token.
-    let ids = cfg.tokenizer.encode("a red ceramic teapot").unwrap();
-    assert_eq!(ids.len(), 77);
-    assert_eq!(ids.last(), Some(&49407));
 }
 
 fn write_file(path: &std::path::Path, names: &[&str]) {
@@ -182,15 +223,6 @@ fn other_families_and_other_files_are_refused_with_the_way_forward() {
             "SD 2.x",
         ),
         (
-            "sdxl.safetensors",
-            vec![
-                "model.diffusion_model.out.2.weight",
-                "first_stage_model.decoder.conv_out.weight",
-                "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight",
-            ],
-            "SDXL",
-        ),
-        (
             "lora.safetensors",
             vec!["lora_unet_down_blocks_0_attentions_0_proj_in.alpha"],
             "not a Stable Diffusion checkpoint",
@@ -208,4 +240,112 @@ fn other_families_and_other_files_are_refused_with_the_way_forward() {
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let e = SdModel::load(&path, &Device::Cpu, DType::F32).unwrap_err();
     assert!(e.to_string().contains("cut.safetensors"), "{e}");
+}
+
+/// The tiny SDXL model as one Stability-layout file (made from sdxl-tiny and
+/// checked bitwise against diffusers' `from_single_file`), written once.
+fn xl_checkpoint() -> PathBuf {
+    static FILE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sdxl-tiny-single.safetensors");
+        orfeas_ml::fixture::complete_single_file(
+            &crate::common::fixture_root().join("sdxl-tiny-single"),
+            &file,
+        )
+        .unwrap();
+        file
+    })
+    .clone()
+}
+
+#[test]
+fn an_sdxl_single_file_matches_the_sdxl_goldens() {
+    use crate::common::{xl_fixture_dir, xl_golden};
+    let m = SdModel::load_single_file(
+        &xl_checkpoint(),
+        Some(&xl_fixture_dir()),
+        &dev(),
+        DType::F32,
+    )
+    .unwrap();
+    assert!(m.is_xl());
+    assert!(m.force_zeros_for_empty_prompt);
+    // The family is read from the header alone (the GUI picks taesdxl by it).
+    assert!(SdModel::dir_is_xl(&xl_checkpoint()).unwrap());
+    assert!(!SdModel::dir_is_xl(&checkpoint()).unwrap());
+    let te = xl_golden("text_encoders");
+    let cond = pipeline::encode_prompt(
+        &m,
+        "a red ceramic teapot, studio lighting",
+        "blurry, low quality",
+        true,
+    )
+    .unwrap();
+    let want = candle_core::Tensor::cat(
+        &[
+            get(&te, "negative_prompt_embeds"),
+            get(&te, "prompt_embeds"),
+        ],
+        0,
+    )
+    .unwrap();
+    assert_close("xl single-file context", &cond.context, &want, 1e-5);
+    let want_pooled = candle_core::Tensor::cat(
+        &[
+            get(&te, "negative_pooled_prompt_embeds"),
+            get(&te, "pooled_prompt_embeds"),
+        ],
+        0,
+    )
+    .unwrap();
+    assert_close(
+        "xl single-file pooled (OpenCLIP projection)",
+        cond.pooled.as_ref().unwrap(),
+        &want_pooled,
+        1e-5,
+    );
+    // The whole SDXL-Turbo way from diffusers' stored noise.
+    let g = xl_golden("euler_a_1step_nocfg");
+    let req = pipeline::GenerateRequest {
+        prompt: "a red ceramic teapot, studio lighting".into(),
+        negative: String::new(),
+        steps: 1,
+        guidance: 0.0,
+        seed: 0,
+        width: 96,
+        height: 64,
+        batch: 1,
+        scheduler: Some(schedulers::SchedulerKind::EulerAncestral),
+        init_noise: Some(get(&g, "noise").clone()),
+        init_image: None,
+        decode: pipeline::DecodeMode::Full,
+        tiny_decoder: None,
+        previews: false,
+    };
+    let images = pipeline::generate(&m, &req, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    let want = image::open(xl_fixture_dir().join("golden/euler_a_1step_nocfg.png"))
+        .unwrap()
+        .to_rgb8();
+    let max = images[0]
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(max <= 1, "max channel difference {max}");
+}
+
+#[test]
+fn real_sdxl_layout_maps_onto_every_loader_tensor() {
+    let skipped = check_real_layout(
+        "sdxl-tiny-single/ldm_keys_sdxl.json",
+        CheckpointFamily::Sdxl,
+    );
+    assert!(
+        skipped
+            .iter()
+            .all(|n| n.ends_with("position_ids") || n.ends_with("logit_scale")),
+        "{skipped:?}"
+    );
 }

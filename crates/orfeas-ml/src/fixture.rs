@@ -67,7 +67,37 @@ fn complete_embedding(src: &Path, dst: &Path) -> anyhow::Result<()> {
     if !rows_path.is_file() {
         return Ok(());
     }
-    let tensors = candle_core::safetensors::load(&rows_path, &Device::Cpu)
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json"))?)?;
+    let vocab = config["vocab_size"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("{}/config.json has no vocab_size", src.display()))?
+        as usize;
+    let hidden = config["hidden_size"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("{}/config.json has no hidden_size", src.display()))?
+        as usize;
+    let tensor = full_embedding(&rows_path, vocab, hidden)?;
+
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        src.join("model.safetensors.index.json"),
+    )?)?;
+    let shard = index["weight_map"][EMBEDDING]
+        .as_str()
+        .ok_or_else(|| anyhow!("the index in {} does not place {EMBEDDING}", src.display()))?;
+    let out = dst.join(shard);
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([(EMBEDDING, tensor)]),
+        &out,
+    )
+    .with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(())
+}
+
+/// The full (vocab × hidden) table: the rows of `rows_path` (tensors `ids`
+/// and `rows`) at their ids, zeros elsewhere.
+fn full_embedding(rows_path: &Path, vocab: usize, hidden: usize) -> anyhow::Result<Tensor> {
+    let tensors = candle_core::safetensors::load(rows_path, &Device::Cpu)
         .with_context(|| format!("cannot read {}", rows_path.display()))?;
     let get = |name: &str| {
         tensors
@@ -76,41 +106,21 @@ fn complete_embedding(src: &Path, dst: &Path) -> anyhow::Result<()> {
     };
     let ids: Vec<i64> = get("ids")?.to_vec1()?;
     let rows = get("rows")?;
-    let (count, hidden) = rows.dims2()?;
+    let (count, width) = rows.dims2()?;
     anyhow::ensure!(
-        count == ids.len(),
-        "{}: ids and rows differ in length",
-        rows_path.display()
+        count == ids.len() && width == hidden,
+        "{}: {count} rows of {width} for {} ids of width {hidden}",
+        rows_path.display(),
+        ids.len()
     );
     let rows: Vec<f32> = rows.flatten_all()?.to_vec1()?;
-
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json"))?)?;
-    let vocab = config["vocab_size"]
-        .as_u64()
-        .ok_or_else(|| anyhow!("{}/config.json has no vocab_size", src.display()))?
-        as usize;
     let mut full = vec![0f32; vocab * hidden];
     for (row, &id) in rows.chunks_exact(hidden).zip(&ids) {
         let id = usize::try_from(id).ok().filter(|&i| i < vocab);
         let id = id.ok_or_else(|| anyhow!("token id outside the vocabulary of {vocab}"))?;
         full[id * hidden..(id + 1) * hidden].copy_from_slice(row);
     }
-
-    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-        src.join("model.safetensors.index.json"),
-    )?)?;
-    let shard = index["weight_map"][EMBEDDING]
-        .as_str()
-        .ok_or_else(|| anyhow!("the index in {} does not place {EMBEDDING}", src.display()))?;
-    let tensor = Tensor::from_vec(full, (vocab, hidden), &Device::Cpu)?;
-    let out = dst.join(shard);
-    candle_core::safetensors::save(
-        &std::collections::HashMap::from([(EMBEDDING, tensor)]),
-        &out,
-    )
-    .with_context(|| format!("cannot write {}", out.display()))?;
-    Ok(())
+    Ok(Tensor::from_vec(full, (vocab, hidden), &Device::Cpu)?)
 }
 
 /// Copies `src` into `dst`, leaving out partial-embedding files.
@@ -178,25 +188,9 @@ pub fn complete_single_file(src: &Path, dst_file: &Path) -> anyhow::Result<()> {
             anyhow::bail!("the token embedding shape {dims:?} of {name} is not 2-D");
         };
         let rows_file = spec["rows_file"].as_str().unwrap_or(ROWS_FILE);
-        let rows = candle_core::safetensors::load(src.join(rows_file), &Device::Cpu)?;
-        let ids: Vec<i64> = rows
-            .get("ids")
-            .ok_or_else(|| anyhow!("no ids in {rows_file}"))?
-            .to_vec1()?;
-        let values: Vec<f32> = rows
-            .get("rows")
-            .ok_or_else(|| anyhow!("no rows in {rows_file}"))?
-            .flatten_all()?
-            .to_vec1()?;
-        let mut full = vec![0f32; vocab * hidden];
-        for (row, &id) in values.chunks_exact(hidden).zip(&ids) {
-            let id = usize::try_from(id).ok().filter(|&i| i < vocab);
-            let id = id.ok_or_else(|| anyhow!("token id outside the vocabulary of {vocab}"))?;
-            full[id * hidden..(id + 1) * hidden].copy_from_slice(row);
-        }
         all.insert(
             name.to_owned(),
-            Tensor::from_vec(full, (vocab, hidden), &Device::Cpu)?,
+            full_embedding(&src.join(rows_file), vocab, hidden)?,
         );
     }
     if let Some(parent) = dst_file.parent() {

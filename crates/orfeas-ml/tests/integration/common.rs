@@ -135,3 +135,54 @@ pub fn scalar(map: &HashMap<String, Tensor>, key: &str) -> f64 {
         .to_vec1::<f32>()
         .unwrap()[0] as f64
 }
+
+/// Compares two pictures channel by channel: (values that differ, largest difference).
+pub fn pixel_diff(got: &image::RgbImage, want: &image::RgbImage) -> (usize, u8) {
+    assert_eq!(got.dimensions(), want.dimensions(), "picture sizes differ");
+    got.as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .filter(|&d| d > 0)
+        .fold((0, 0), |(n, max), d| (n + 1, max.max(d)))
+}
+
+/// Asserts `got` is diffusers' PNG at `want_png` up to rounding: at most 20
+/// channel values off, by at most 1 (a value exactly on .5 may round either way).
+pub fn assert_png_close(label: &str, got: &image::RgbImage, want_png: &std::path::Path) {
+    let want = image::open(want_png)
+        .unwrap_or_else(|e| panic!("{}: {e}", want_png.display()))
+        .to_rgb8();
+    let (differ, max) = pixel_diff(got, &want);
+    eprintln!("parity {label}: {differ} channel values differ, max {max}");
+    assert!(
+        max <= 1 && differ <= 20,
+        "{label}: {differ} values differ, max {max}"
+    );
+}
+
+/// One generation of the tiny models from diffusers' stored noise, 96×64.
+pub fn stored_noise_request(
+    prompt: &str,
+    steps: usize,
+    guidance: f64,
+    scheduler: Option<orfeas_ml::sd::schedulers::SchedulerKind>,
+    noise: &Tensor,
+) -> orfeas_ml::sd::pipeline::GenerateRequest {
+    orfeas_ml::sd::pipeline::GenerateRequest {
+        prompt: prompt.into(),
+        negative: String::new(),
+        steps,
+        guidance,
+        seed: 0,
+        width: 96,
+        height: 64,
+        batch: 1,
+        scheduler,
+        init_noise: Some(noise.clone()),
+        init_image: None,
+        decode: orfeas_ml::sd::pipeline::DecodeMode::Full,
+        tiny_decoder: None,
+        previews: false,
+    }
+}

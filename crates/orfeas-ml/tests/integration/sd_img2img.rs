@@ -112,17 +112,11 @@ fn img2img_stages_match_diffusers() {
             pipeline::decode_latents(&m.vae, get(&g, "latents_final"), pipeline::DecodeMode::Full)
                 .unwrap();
         let img = &pipeline::to_rgb_images(&decoded).unwrap()[0];
-        let want_png = image::open(fixture_dir().join(format!("golden/img2img/{run}.png")))
-            .unwrap()
-            .to_rgb8();
-        let max = img
-            .as_raw()
-            .iter()
-            .zip(want_png.as_raw())
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
-        assert!(max <= 1, "{run}: max channel difference {max}");
+        crate::common::assert_png_close(
+            &format!("img2img {run}"),
+            img,
+            &fixture_dir().join(format!("golden/img2img/{run}.png")),
+        );
     }
 }
 

@@ -37,34 +37,8 @@ fn noise_file(run: &str, dir: &std::path::Path) -> std::path::PathBuf {
     path
 }
 
-/// Counts differing pixels and the largest difference against a golden PNG.
-fn compare_png(label: &str, img: &image::RgbImage, golden_png: &str) -> (usize, u8) {
-    let want = image::open(fixture_dir().join("golden").join(golden_png))
-        .unwrap()
-        .to_rgb8();
-    assert_eq!(img.dimensions(), want.dimensions(), "{label}: size");
-    let mut differ = 0;
-    let mut max = 0u8;
-    for (a, b) in img.pixels().zip(want.pixels()) {
-        for k in 0..3 {
-            let d = a[k].abs_diff(b[k]);
-            if d > 0 {
-                differ += 1;
-                max = max.max(d);
-            }
-        }
-    }
-    eprintln!("parity {label}: {differ} channel values differ, max {max}");
-    (differ, max)
-}
-
 fn assert_png_matches(label: &str, img: &image::RgbImage, golden_png: &str) {
-    let (differ, max) = compare_png(label, img, golden_png);
-    // README: +-1 on a few pixels (f32 vs f64 already differs on 2).
-    assert!(
-        max <= 1 && differ <= 20,
-        "{label}: {differ} values differ, max {max}"
-    );
+    crate::common::assert_png_close(label, img, &fixture_dir().join("golden").join(golden_png));
 }
 
 #[test]
@@ -90,22 +64,7 @@ fn ddim_png_from_stored_noise_matches_diffusers() {
         SchedulerConfig::from_file(&fixture_dir().join("golden/scheduler_ddim_config.json"))
             .unwrap();
     let g = golden("ddim_2step_cfg");
-    let req = pipeline::GenerateRequest {
-        prompt: PROMPT.into(),
-        negative: String::new(),
-        steps: 2,
-        guidance: 7.5,
-        seed: 0,
-        width: 96,
-        height: 64,
-        batch: 1,
-        scheduler: None,
-        init_noise: Some(get(&g, "noise").clone()),
-        decode: pipeline::DecodeMode::Full,
-        init_image: None,
-        tiny_decoder: None,
-        previews: false,
-    };
+    let req = crate::common::stored_noise_request(PROMPT, 2, 7.5, None, get(&g, "noise"));
     let images = pipeline::generate(&model, &req, &mut |_| {}, &AtomicBool::new(false)).unwrap();
     assert_png_matches("ddim_2step_cfg", &images[0], "ddim_2step_cfg.png");
 }
@@ -141,19 +100,7 @@ fn seeds_are_reproducible_and_batch_items_follow_seed_plus_index() {
         noise_diff.max_all().unwrap().to_scalar::<f32>().unwrap(),
         0.0
     );
-    let differ = batch[1]
-        .as_raw()
-        .iter()
-        .zip(next[0].as_raw())
-        .filter(|(a, b)| a != b)
-        .count();
-    let max = batch[1]
-        .as_raw()
-        .iter()
-        .zip(next[0].as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
+    let (differ, max) = crate::common::pixel_diff(&batch[1], &next[0]);
     eprintln!("batch item 1 vs seed+1 alone: {differ} values differ, max {max}");
     assert!(max <= 1, "batch item 1 uses seed + 1");
     assert_ne!(batch[0], batch[1]);
@@ -434,16 +381,13 @@ fn tiny_decoder_replaces_the_vae_decode() {
     let g = golden(run);
     let want =
         &pipeline::to_rgb_images(&tiny.decode(get(&g, "latents_final")).unwrap()).unwrap()[0];
-    let max = images[0]
-        .as_raw()
-        .iter()
-        .zip(want.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
+    let (_, max) = crate::common::pixel_diff(&images[0], want);
     assert!(max <= 1, "max channel difference {max}");
     // ...and it is not the VAE's picture.
-    let (differ, _) = compare_png("tiny vs vae", &images[0], &format!("{run}.png"));
+    let vae_png = image::open(fixture_dir().join(format!("golden/{run}.png")))
+        .unwrap()
+        .to_rgb8();
+    let (differ, _) = crate::common::pixel_diff(&images[0], &vae_png);
     assert!(differ > 1000, "{differ}");
     let chunks = text_to_image::png_text_chunks(&p, 0);
     assert!(chunks.contains(&("decoder".to_owned(), "taesd".to_owned())));

@@ -68,34 +68,19 @@ fn the_single_file_unet_and_text_encoder_match_the_golden() {
 fn the_single_file_makes_diffusers_picture_from_stored_noise() {
     let m = model();
     let g = golden("euler_1step_nocfg");
-    let req = pipeline::GenerateRequest {
-        prompt: "a red ceramic teapot, studio lighting".into(),
-        negative: String::new(),
-        steps: 1,
-        guidance: 0.0,
-        seed: 0,
-        width: 96,
-        height: 64,
-        batch: 1,
-        scheduler: None,
-        init_noise: Some(get(&g, "noise").clone()),
-        decode: pipeline::DecodeMode::Full,
-        init_image: None,
-        tiny_decoder: None,
-        previews: false,
-    };
+    let req = crate::common::stored_noise_request(
+        "a red ceramic teapot, studio lighting",
+        1,
+        0.0,
+        None,
+        get(&g, "noise"),
+    );
     let images = pipeline::generate(&m, &req, &mut |_| {}, &AtomicBool::new(false)).unwrap();
-    let want = image::open(fixture_dir().join("golden/euler_1step_nocfg.png"))
-        .unwrap()
-        .to_rgb8();
-    let (mut differ, mut max) = (0, 0u8);
-    for (a, b) in images[0].as_raw().iter().zip(want.as_raw()) {
-        let d = a.abs_diff(*b);
-        differ += usize::from(d > 0);
-        max = max.max(d);
-    }
-    // A value sitting exactly on .5 may round either way (README of the fixture).
-    assert!(max <= 1 && differ <= 20, "{differ} differ, max {max}");
+    crate::common::assert_png_close(
+        "single-file euler_1step_nocfg",
+        &images[0],
+        &fixture_dir().join("golden/euler_1step_nocfg.png"),
+    );
 }
 
 /// Every tensor of a real single file of `family` (names and shapes in
@@ -306,34 +291,19 @@ fn an_sdxl_single_file_matches_the_sdxl_goldens() {
     );
     // The whole SDXL-Turbo way from diffusers' stored noise.
     let g = xl_golden("euler_a_1step_nocfg");
-    let req = pipeline::GenerateRequest {
-        prompt: "a red ceramic teapot, studio lighting".into(),
-        negative: String::new(),
-        steps: 1,
-        guidance: 0.0,
-        seed: 0,
-        width: 96,
-        height: 64,
-        batch: 1,
-        scheduler: Some(schedulers::SchedulerKind::EulerAncestral),
-        init_noise: Some(get(&g, "noise").clone()),
-        init_image: None,
-        decode: pipeline::DecodeMode::Full,
-        tiny_decoder: None,
-        previews: false,
-    };
+    let req = crate::common::stored_noise_request(
+        "a red ceramic teapot, studio lighting",
+        1,
+        0.0,
+        Some(schedulers::SchedulerKind::EulerAncestral),
+        get(&g, "noise"),
+    );
     let images = pipeline::generate(&m, &req, &mut |_| {}, &AtomicBool::new(false)).unwrap();
-    let want = image::open(xl_fixture_dir().join("golden/euler_a_1step_nocfg.png"))
-        .unwrap()
-        .to_rgb8();
-    let max = images[0]
-        .as_raw()
-        .iter()
-        .zip(want.as_raw())
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap();
-    assert!(max <= 1, "max channel difference {max}");
+    crate::common::assert_png_close(
+        "xl single-file euler_a_1step_nocfg",
+        &images[0],
+        &xl_fixture_dir().join("golden/euler_a_1step_nocfg.png"),
+    );
 }
 
 #[test]

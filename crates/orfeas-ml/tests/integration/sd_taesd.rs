@@ -34,18 +34,7 @@ fn tiny_decoder_png_matches_diffusers() {
     let decoder = TinyDecoder::load_dir(&fixture(), &dev(), DType::F32).unwrap();
     let out = decoder.decode(get(&g, "latents")).unwrap();
     let img = &pipeline::to_rgb_images(&out).unwrap()[0];
-    let want = image::open(fixture().join("decode.png")).unwrap().to_rgb8();
-    assert_eq!(img.dimensions(), want.dimensions());
-    let (mut differ, mut max) = (0, 0u8);
-    for (a, b) in img.as_raw().iter().zip(want.as_raw()) {
-        let d = a.abs_diff(*b);
-        differ += usize::from(d > 0);
-        max = max.max(d);
-    }
-    assert!(
-        max <= 1 && differ <= 20,
-        "{differ} values differ, max {max}"
-    );
+    crate::common::assert_png_close("taesd decode", img, &fixture().join("decode.png"));
 }
 
 /// The real checkpoints (madebyollin/taesd, taesdxl): the decoder reads every

@@ -288,26 +288,6 @@ fn denoising_runs_match_golden_latents_and_decode() {
     }
 }
 
-/// Counts differing channel values and the largest difference against a golden PNG.
-fn png_diff(img: &image::RgbImage, golden_png: &str) -> (usize, u8) {
-    let want = image::open(xl_fixture_dir().join("golden").join(golden_png))
-        .unwrap()
-        .to_rgb8();
-    assert_eq!(img.dimensions(), want.dimensions(), "{golden_png}: size");
-    let mut differ = 0;
-    let mut max = 0u8;
-    for (a, b) in img.pixels().zip(want.pixels()) {
-        for k in 0..3 {
-            let d = a[k].abs_diff(b[k]);
-            if d > 0 {
-                differ += 1;
-                max = max.max(d);
-            }
-        }
-    }
-    (differ, max)
-}
-
 #[test]
 fn pngs_from_stored_noise_match_diffusers() {
     let tmp = tempfile::tempdir().unwrap();
@@ -334,11 +314,10 @@ fn pngs_from_stored_noise_match_diffusers() {
             ..TextToImageParams::for_model("sdxl-turbo")
         };
         let images = text_to_image::run(&params, test_pref(), &mut |_| {}, &never).unwrap();
-        let (differ, max) = png_diff(&images[0], &format!("{run}.png"));
-        eprintln!("parity xl {run}.png: {differ} channel values differ, max {max}");
-        assert!(
-            max <= 1 && differ <= 20,
-            "{run}: {differ} values differ, max {max}"
+        crate::common::assert_png_close(
+            &format!("xl {run}.png"),
+            &images[0],
+            &xl_fixture_dir().join("golden").join(format!("{run}.png")),
         );
     }
 }

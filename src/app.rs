@@ -402,6 +402,11 @@ impl StudioApp {
                 self.apply(Command::SelectInput(image.clone()));
                 self.apply(Command::Generate { input: image });
             }
+            Command::VaryImage(image) => {
+                self.saved.text.init_image = Some(image);
+                self.saved.mode = CreateMode::TextToImage;
+                self.saved.tab = Tab::Create;
+            }
             Command::PickModelFolder => self.open_dialog(DialogKind::ModelFolder),
             Command::PickModelCheckpoint => self.open_dialog(DialogKind::ModelCheckpoint),
             Command::PickInitImage => self.open_dialog(DialogKind::InitImage),

@@ -382,6 +382,9 @@ pub enum Command {
     GenerateImage,
     /// Turn this image into a 3D model (switches to image→3D and starts the job).
     MakeThreeD(PathBuf),
+    /// Make this image the start of the next text→image generation (image to
+    /// image) and show the Create tab's text mode.
+    VaryImage(PathBuf),
     /// Show the native folder picker for a diffusers-format model folder.
     PickModelFolder,
     /// Choose an SD 1.x single-file `.safetensors` checkpoint as the text→image model.

@@ -498,10 +498,7 @@ fn finished_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, job: &JobView, side: f32)
                         .on_hover_text("Start the next image from this one (image to image)")
                         .clicked()
                     {
-                        ctx.send(Command::SetTextParams(TextParams {
-                            init_image: Some(path.to_path_buf()),
-                            ..ctx.saved.text.clone()
-                        }));
+                        ctx.send(Command::VaryImage(path.to_path_buf()));
                     }
                     if let Some(dir) = path.parent()
                         && ui.button("Show in folder").clicked()

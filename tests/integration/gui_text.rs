@@ -9,7 +9,7 @@ use egui_kittest::kittest::Queryable;
 use orfeas::app::AppConfig;
 use orfeas::app::jobs::JobPhase;
 use orfeas::app::models::ModelInstall;
-use orfeas::app::state::{Command, CreateMode, DecoderChoice, TextParams};
+use orfeas::app::state::{Command, CreateMode, DecoderChoice, Tab, TextParams};
 use orfeas_core::jobs::JobKind;
 
 use crate::gui::{harness, harness_with, step_until};
@@ -320,6 +320,34 @@ fn vary_starts_the_next_image_from_the_result() {
     h.get_by_role_and_label(Role::Button, "Clear").click();
     h.run();
     assert!(h.state().saved_state().text.init_image.is_none());
+
+    // Vary on a Gallery card brings the image back to the Create tab's text mode.
+    h.get_by_role_and_label(Role::Button, "Gallery").click();
+    step_until(&mut h, "both images in the Gallery", |h| {
+        h.state().gallery().items.len() == 2
+    });
+    // The card's buttons sit at the bottom of the window: scroll them into view first.
+    h.query_all_by_role_and_label(Role::Button, "Vary")
+        .next()
+        .expect("a Vary button on the cards")
+        .scroll_to_me();
+    h.run();
+    h.query_all_by_role_and_label(Role::Button, "Vary")
+        .next()
+        .expect("a Vary button on the cards")
+        .click();
+    h.run();
+    let saved = h.state().saved_state();
+    assert_eq!(saved.tab, Tab::Create);
+    assert_eq!(saved.mode, CreateMode::TextToImage);
+    let start = saved.text.init_image.clone().expect("a start image");
+    assert!(
+        h.state()
+            .jobs()
+            .iter()
+            .any(|j| j.image_output() == Some(start.as_path())),
+        "{start:?} is one of the generated images"
+    );
 }
 
 /// A minimal valid safetensors file: one f32 tensor of two values.

@@ -322,6 +322,17 @@ impl SdModel {
         if super::single_file::is_single_file(dir) {
             return crate::models::check_safetensors(dir);
         }
+        if dir.is_file() {
+            return Err(SdError::invalid(
+                "model",
+                format!(
+                    "{} is a file but not a .safetensors checkpoint; pickled .ckpt/.pt files are \
+                     not loaded (they can run code): use the model's .safetensors or diffusers \
+                     folder",
+                    dir.display()
+                ),
+            ));
+        }
         if !dir.is_dir() {
             return Err(SdError::MissingPart {
                 dir: dir.to_path_buf(),

@@ -219,6 +219,11 @@ fn other_families_and_other_files_are_refused_with_the_way_forward() {
         let e = SdModel::load(&path, &Device::Cpu, DType::F32).unwrap_err();
         assert!(e.to_string().contains(says), "{file}: {e}");
     }
+    // Pickled checkpoints are not loaded.
+    let ckpt = tmp.path().join("model.ckpt");
+    std::fs::write(&ckpt, b"PK\x03\x04 not really").unwrap();
+    let e = SdModel::check_dir(&ckpt).unwrap_err();
+    assert!(e.to_string().contains(".safetensors"), "{e}");
     // A truncated checkpoint is reported as damaged, by name.
     let path = tmp.path().join("cut.safetensors");
     let bytes = std::fs::read(checkpoint()).unwrap();

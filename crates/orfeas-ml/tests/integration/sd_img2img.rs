@@ -201,3 +201,101 @@ fn the_start_picture_is_cropped_to_the_output_aspect_over_white() {
     assert_eq!(strip.get_pixel(2, 16).0, [255, 255, 255]);
     assert_eq!(strip.get_pixel(93, 16).0, [0, 0, 255]);
 }
+
+/// SDXL image to image against diffusers' `StableDiffusionXLImg2ImgPipeline`
+/// on the tiny SDXL model (goldens in `sdxl-tiny/golden/img2img/`): the same
+/// stages through both text encoders, the size conditioning and SDXL's VAE.
+#[test]
+fn sdxl_img2img_stages_match_diffusers() {
+    use crate::common::{xl_fixture_dir, xl_golden};
+    let m = SdModel::load(&xl_fixture_dir(), &dev(), DType::F32).unwrap();
+    let input = image::open(fixture_dir().join("golden/vae_encode_input.png"))
+        .unwrap()
+        .to_rgb8();
+    let never = AtomicBool::new(false);
+    // (run, scheduler, steps, strength, guidance, negative prompt)
+    let runs = [
+        (
+            "euler_a_s05_2step_nocfg",
+            SchedulerKind::EulerAncestral,
+            2,
+            0.5,
+            0.0,
+            "",
+        ),
+        (
+            "euler_s05_4step_cfg",
+            SchedulerKind::Euler,
+            4,
+            0.5,
+            5.0,
+            "blurry, low quality",
+        ),
+    ];
+    for (run, kind, steps, strength, guidance, negative) in runs {
+        let g = xl_golden(&format!("img2img/{run}"));
+        let mut sched = schedulers::build(kind, &m.scheduler_config, steps, 0).unwrap();
+        let start = schedulers::img2img_start(steps, strength).unwrap();
+        assert_eq!(start as f64, scalar(&g, "t_start"), "{run} t_start");
+        let want: Vec<f32> = get(&g, "timesteps").to_vec1().unwrap();
+        let got: Vec<f32> = sched.timesteps()[start..]
+            .iter()
+            .map(|&t| t as f32)
+            .collect();
+        assert_eq!(got, want, "{run} timesteps");
+        let ids = pipeline::add_time_ids(64, 96, &dev()).unwrap();
+        let golden_ids = get(&g, "add_time_ids").narrow(0, 0, 1).unwrap();
+        assert_close(&format!("{run} add_time_ids"), &ids, &golden_ids, 0.0);
+
+        let pixels = pipeline::image_to_tensor(&input, &dev()).unwrap();
+        let clean = pipeline::encode_image(&m.vae, &pixels, get(&g, "encode_eps")).unwrap();
+        assert_close(
+            &format!("{run} init_latents"),
+            &clean,
+            get(&g, "init_latents"),
+            3e-5,
+        );
+        let noisy = sched
+            .add_noise(get(&g, "init_latents"), get(&g, "noise"), start)
+            .unwrap();
+        assert_close(
+            &format!("{run} noisy_latents"),
+            &noisy,
+            get(&g, "noisy_latents"),
+            1e-6,
+        );
+        let cond =
+            pipeline::encode_prompt(&m, PROMPT, negative, pipeline::uses_cfg(guidance)).unwrap();
+        let opts = DenoiseOptions {
+            guidance,
+            previews: false,
+            image_size: (64, 96),
+            preview_space: LatentSpace::Sdxl,
+            first_step: start,
+        };
+        let out = pipeline::denoise(
+            &m.unet,
+            sched.as_mut(),
+            get(&g, "noisy_latents").clone(),
+            &cond,
+            opts,
+            &mut |_| {},
+            &never,
+        )
+        .unwrap();
+        assert_close(
+            &format!("{run} latents_final"),
+            &out,
+            get(&g, "latents_final"),
+            1e-4,
+        );
+        let decoded =
+            pipeline::decode_latents(&m.vae, get(&g, "latents_final"), pipeline::DecodeMode::Full)
+                .unwrap();
+        crate::common::assert_png_close(
+            &format!("xl img2img {run}"),
+            &pipeline::to_rgb_images(&decoded).unwrap()[0],
+            &xl_fixture_dir().join(format!("golden/img2img/{run}.png")),
+        );
+    }
+}

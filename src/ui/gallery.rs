@@ -134,20 +134,7 @@ fn card_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, item: &GalleryItem) {
                 if item.phase == JobPhase::Succeeded
                     && let Some(image) = item.image_output()
                 {
-                    if ui
-                        .button("Make 3D")
-                        .on_hover_text("Turn this image into a 3D model")
-                        .clicked()
-                    {
-                        ctx.send(Command::MakeThreeD(image.to_path_buf()));
-                    }
-                    if ui
-                        .button("Vary")
-                        .on_hover_text("Start a new image from this one (image to image)")
-                        .clicked()
-                    {
-                        ctx.send(Command::VaryImage(image.to_path_buf()));
-                    }
+                    crate::ui::text_to_image::generated_image_actions_ui(ctx, ui, image);
                 }
                 if item.phase == JobPhase::Succeeded && item.params.is_some() {
                     ui.menu_button("Export as…", |ui| {

@@ -486,20 +486,7 @@ fn finished_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, job: &JobView, side: f32)
                     }
                 }
                 ui.horizontal(|ui| {
-                    if ui
-                        .button("Make 3D")
-                        .on_hover_text("Turn this image into a 3D model")
-                        .clicked()
-                    {
-                        ctx.send(Command::MakeThreeD(path.to_path_buf()));
-                    }
-                    if ui
-                        .button("Vary")
-                        .on_hover_text("Start the next image from this one (image to image)")
-                        .clicked()
-                    {
-                        ctx.send(Command::VaryImage(path.to_path_buf()));
-                    }
+                    generated_image_actions_ui(ctx, ui, path);
                     if let Some(dir) = path.parent()
                         && ui.button("Show in folder").clicked()
                     {
@@ -511,5 +498,23 @@ fn finished_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, job: &JobView, side: f32)
     });
     if !job.message.is_empty() {
         ui.label(RichText::new(&job.message).small().color(p.text_muted));
+    }
+}
+
+/// "Make 3D" and "Vary" for a generated image (result panel and Gallery cards).
+pub fn generated_image_actions_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, image: &std::path::Path) {
+    if ui
+        .button("Make 3D")
+        .on_hover_text("Turn this image into a 3D model")
+        .clicked()
+    {
+        ctx.send(Command::MakeThreeD(image.to_path_buf()));
+    }
+    if ui
+        .button("Vary")
+        .on_hover_text("Start a new image from this one (image to image)")
+        .clicked()
+    {
+        ctx.send(Command::VaryImage(image.to_path_buf()));
     }
 }

@@ -137,18 +137,24 @@ fn crossing_point(field: &[f32], a: usize, b: usize, g: usize) -> [f32; 2] {
     [ax + (bx - ax) * t, ay + (by - ay) * t]
 }
 
+/// Sample indices of cell (i, j)'s corners in walking order: (i,j) (i+1,j)
+/// (i+1,j+1) (i,j+1).
+fn cell_corners(i: usize, j: usize, g: usize) -> [usize; 4] {
+    [
+        j * g + i,
+        j * g + i + 1,
+        (j + 1) * g + i + 1,
+        (j + 1) * g + i,
+    ]
+}
+
 /// The contour's segments in each cell (marching squares, saddles resolved as
 /// in [`build`]), indexed by the cell's top-left sample.
 fn contour_segments(field: &[f32], inside: &[bool], g: usize) -> Vec<Vec<[[f32; 2]; 2]>> {
     let mut cells = vec![Vec::new(); g * g];
     for j in 0..g - 1 {
         for i in 0..g - 1 {
-            let c = [
-                j * g + i,
-                j * g + i + 1,
-                (j + 1) * g + i + 1,
-                (j + 1) * g + i,
-            ];
+            let c = cell_corners(i, j, g);
             let ins = c.map(|s| inside[s]);
             let count = ins.iter().filter(|&&b| b).count();
             if count == 0 || count == 4 {
@@ -328,13 +334,7 @@ pub(super) fn build(field: &mut [f32], n: usize, thickness: f32, min_component_s
     let mut poly: Vec<V> = Vec::with_capacity(8);
     for j in 0..g - 1 {
         for i in 0..g - 1 {
-            // Corners in walking order: (i,j) (i+1,j) (i+1,j+1) (i,j+1).
-            let c = [
-                j * g + i,
-                j * g + i + 1,
-                (j + 1) * g + i + 1,
-                (j + 1) * g + i,
-            ];
+            let c = cell_corners(i, j, g);
             let ins = c.map(|s| inside[s]);
             let count = ins.iter().filter(|&&b| b).count();
             if count == 0 {

@@ -429,10 +429,7 @@ impl Euler {
     fn sigma(&self, i: usize) -> Result<(f32, f32)> {
         match (self.sigmas.get(i), self.sigmas.get(i + 1)) {
             (Some(&s), Some(&n)) => Ok((s, n)),
-            _ => Err(SdError::invalid(
-                "step",
-                format!("step {i} is past the schedule"),
-            )),
+            _ => Err(past_schedule(i)),
         }
     }
 
@@ -484,6 +481,11 @@ impl Scheduler for Euler {
     }
 }
 
+/// The error for a step index beyond the scheduler's timesteps.
+fn past_schedule(i: usize) -> SdError {
+    SdError::invalid("step", format!("step {i} is past the schedule"))
+}
+
 /// `DDIMScheduler` with eta = 0.
 struct Ddim {
     timesteps: Vec<f64>,
@@ -491,6 +493,18 @@ struct Ddim {
     final_alpha: f32,
     step_ratio: usize,
     prediction: Prediction,
+}
+
+impl Ddim {
+    /// The training timestep of step `i`.
+    fn timestep(&self, i: usize) -> Result<usize> {
+        let t = self
+            .timesteps
+            .get(i)
+            .copied()
+            .ok_or_else(|| past_schedule(i))?;
+        Ok(t as usize)
+    }
 }
 
 impl Scheduler for Ddim {
@@ -504,12 +518,7 @@ impl Scheduler for Ddim {
         Ok(sample.clone())
     }
     fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor) -> Result<Tensor> {
-        let t = self
-            .timesteps
-            .get(i)
-            .copied()
-            .ok_or_else(|| SdError::invalid("step", format!("step {i} is past the schedule")))?
-            as usize;
+        let t = self.timestep(i)?;
         let a_t = self.ac.get(t).copied().unwrap_or(self.final_alpha);
         let a_prev = t
             .checked_sub(self.step_ratio)
@@ -529,12 +538,7 @@ impl Scheduler for Ddim {
         Ok((mul(&x0, a_prev.sqrt())? + mul(&eps, (1.0 - a_prev).sqrt())?)?)
     }
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
-        let t = self
-            .timesteps
-            .get(i)
-            .copied()
-            .ok_or_else(|| SdError::invalid("step", format!("step {i} is past the schedule")))?
-            as usize;
+        let t = self.timestep(i)?;
         let a = self.ac.get(t).copied().unwrap_or(self.final_alpha);
         Ok((mul(original, a.sqrt())? + mul(noise, (1.0 - a).sqrt())?)?)
     }
@@ -570,10 +574,7 @@ impl Scheduler for DpmPp2m {
     }
     fn step(&mut self, model_output: &Tensor, i: usize, sample: &Tensor) -> Result<Tensor> {
         if i >= self.timesteps.len() {
-            return Err(SdError::invalid(
-                "step",
-                format!("step {i} is past the schedule"),
-            ));
+            return Err(past_schedule(i));
         }
         let in_dtype = sample.dtype();
         let sample = sample.to_dtype(DType::F32)?;
@@ -604,10 +605,7 @@ impl Scheduler for DpmPp2m {
     }
     fn add_noise(&self, original: &Tensor, noise: &Tensor, i: usize) -> Result<Tensor> {
         if i >= self.timesteps.len() {
-            return Err(SdError::invalid(
-                "step",
-                format!("step {i} is past the schedule"),
-            ));
+            return Err(past_schedule(i));
         }
         let (alpha, sigma, _) = self.coeffs(i);
         Ok((mul(original, alpha as f32)? + mul(noise, sigma as f32)?)?)

@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use egui::accesskit::Role;
+use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use orfeas::app::AppConfig;
 use orfeas::app::jobs::JobPhase;
 use orfeas::app::models::ModelInstall;
 use orfeas::app::state::{Command, CreateMode, DecoderChoice, Tab, TextParams};
+use orfeas::app::{AppConfig, StudioApp};
 use orfeas_core::jobs::JobKind;
 
 use crate::gui::{harness, harness_with, step_until};
@@ -46,6 +47,16 @@ fn tiny_params(prompt: &str) -> TextParams {
         height: 64,
         ..TextParams::default()
     }
+}
+
+/// The app on Create → Text to image with `params` set.
+fn text_mode(data: &Path, params: TextParams) -> Harness<'static, StudioApp> {
+    let mut h = harness(data, None);
+    h.run();
+    h.state_mut()
+        .apply(Command::SetMode(CreateMode::TextToImage));
+    h.state_mut().apply(Command::SetTextParams(params));
+    h
 }
 
 #[test]
@@ -156,14 +167,13 @@ fn a_prompt_becomes_an_image_in_the_gallery_and_make_3d_turns_it_into_a_mesh() {
 fn a_model_that_is_not_installed_is_refused_with_the_way_to_get_it() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut h = harness(&data, None);
-    h.run();
-    h.state_mut()
-        .apply(Command::SetMode(CreateMode::TextToImage));
-    h.state_mut().apply(Command::SetTextParams(TextParams {
-        prompt: "a fox".into(),
-        ..TextParams::default() // sd-turbo from the registry: not on this machine
-    }));
+    let mut h = text_mode(
+        &data,
+        TextParams {
+            prompt: "a fox".into(),
+            ..TextParams::default() // sd-turbo from the registry: not on this machine
+        },
+    );
     h.state_mut().apply(Command::GenerateImage);
     h.run();
     let toast = h
@@ -207,14 +217,13 @@ fn a_model_that_is_not_installed_is_refused_with_the_way_to_get_it() {
 fn the_tiny_decoder_choice_decodes_with_taesd_once_installed() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut h = harness(&data, None);
-    h.run();
-    h.state_mut()
-        .apply(Command::SetMode(CreateMode::TextToImage));
-    h.state_mut().apply(Command::SetTextParams(TextParams {
-        decoder: DecoderChoice::Tiny,
-        ..tiny_params("a green vase")
-    }));
+    let mut h = text_mode(
+        &data,
+        TextParams {
+            decoder: DecoderChoice::Tiny,
+            ..tiny_params("a green vase")
+        },
+    );
     h.run();
     h.state_mut().apply(Command::GenerateImage);
     h.run();
@@ -277,12 +286,7 @@ fn the_tiny_decoder_choice_decodes_with_taesd_once_installed() {
 fn vary_starts_the_next_image_from_the_result() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut h = harness(&data, None);
-    h.run();
-    h.state_mut()
-        .apply(Command::SetMode(CreateMode::TextToImage));
-    h.state_mut()
-        .apply(Command::SetTextParams(tiny_params("a blue bowl")));
+    let mut h = text_mode(&data, tiny_params("a blue bowl"));
     h.state_mut().apply(Command::GenerateImage);
     step_until(&mut h, "the first image", |h| {
         h.query_by_label("Generated image").is_some()

@@ -4,9 +4,11 @@
 //! latents, the shortened denoising loop and the final picture; then the
 //! one-call API with a picture file.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 use orfeas_ml::sd::pipeline::{self, Conditioning, DenoiseOptions, LatentSpace, SdModel};
 use orfeas_ml::sd::schedulers::{self, SchedulerConfig, SchedulerKind};
 use orfeas_ml::text_to_image::{self, TextToImageParams};
@@ -15,108 +17,191 @@ use crate::common::{assert_close, dev, fixture_dir, get, golden, scalar, test_pr
 
 const PROMPT: &str = "a red ceramic teapot, studio lighting";
 
-/// (run, scheduler, strength, guidance)
-const RUNS: [(&str, SchedulerKind, f64, f64); 3] = [
-    ("euler_s05_4step_cfg", SchedulerKind::Euler, 0.5, 7.5),
-    ("euler_s075_4step_nocfg", SchedulerKind::Euler, 0.75, 0.0),
-    ("ddim_s05_4step_cfg", SchedulerKind::Ddim, 0.5, 7.5),
+/// One diffusers img2img run and how it was made.
+struct Run {
+    name: &'static str,
+    kind: SchedulerKind,
+    steps: usize,
+    strength: f64,
+    guidance: f64,
+    negative: &'static str,
+}
+
+const SD_RUNS: [Run; 3] = [
+    Run {
+        name: "euler_s05_4step_cfg",
+        kind: SchedulerKind::Euler,
+        steps: 4,
+        strength: 0.5,
+        guidance: 7.5,
+        negative: "",
+    },
+    Run {
+        name: "euler_s075_4step_nocfg",
+        kind: SchedulerKind::Euler,
+        steps: 4,
+        strength: 0.75,
+        guidance: 0.0,
+        negative: "",
+    },
+    Run {
+        name: "ddim_s05_4step_cfg",
+        kind: SchedulerKind::Ddim,
+        steps: 4,
+        strength: 0.5,
+        guidance: 7.5,
+        negative: "",
+    },
 ];
 
-fn scheduler_config(kind: SchedulerKind, model: &SdModel) -> SchedulerConfig {
-    match kind {
-        SchedulerKind::Ddim => {
-            SchedulerConfig::from_file(&fixture_dir().join("golden/scheduler_ddim_config.json"))
-                .unwrap()
-        }
-        _ => model.scheduler_config.clone(),
+const XL_RUNS: [Run; 2] = [
+    Run {
+        name: "euler_a_s05_2step_nocfg",
+        kind: SchedulerKind::EulerAncestral,
+        steps: 2,
+        strength: 0.5,
+        guidance: 0.0,
+        negative: "",
+    },
+    Run {
+        name: "euler_s05_4step_cfg",
+        kind: SchedulerKind::Euler,
+        steps: 4,
+        strength: 0.5,
+        guidance: 5.0,
+        negative: "blurry, low quality",
+    },
+];
+
+/// Checks every stage of `run` against its golden in `model_dir/golden/img2img/`:
+/// the start step and the timesteps that run, the image tensor, the VAE
+/// sample, the noising, (SDXL) the size ids, the shortened loop and its
+/// progress, and the decoded PNG.
+fn check_run(
+    m: &SdModel,
+    g: &HashMap<String, Tensor>,
+    sched_cfg: &SchedulerConfig,
+    run: &Run,
+    png: &Path,
+) {
+    let name = run.name;
+    assert_eq!(scalar(g, "strength"), run.strength, "{name}");
+    let mut sched = schedulers::build(run.kind, sched_cfg, run.steps, 0).unwrap();
+    let start = schedulers::img2img_start(run.steps, run.strength).unwrap();
+    assert_eq!(start as f64, scalar(g, "t_start"), "{name} t_start");
+    let want: Vec<f32> = get(g, "timesteps").to_vec1().unwrap();
+    let got: Vec<f32> = sched.timesteps()[start..]
+        .iter()
+        .map(|&t| t as f32)
+        .collect();
+    assert_eq!(got, want, "{name} timesteps");
+    if m.is_xl() {
+        let ids = pipeline::add_time_ids(64, 96, &dev()).unwrap();
+        let golden_ids = get(g, "add_time_ids").narrow(0, 0, 1).unwrap();
+        assert_close(&format!("{name} add_time_ids"), &ids, &golden_ids, 0.0);
     }
+
+    let input = image::open(fixture_dir().join("golden/vae_encode_input.png"))
+        .unwrap()
+        .to_rgb8();
+    let pixels = pipeline::image_to_tensor(&input, &dev()).unwrap();
+    assert_close(&format!("{name} image"), &pixels, get(g, "image"), 1e-6);
+    let clean = pipeline::encode_image(&m.vae, &pixels, get(g, "encode_eps")).unwrap();
+    assert_close(
+        &format!("{name} init_latents"),
+        &clean,
+        get(g, "init_latents"),
+        // The encoder's f32 sums (≈1e-5 like the plain encode golden) scaled by the sample noise.
+        3e-5,
+    );
+    let noisy = sched
+        .add_noise(get(g, "init_latents"), get(g, "noise"), start)
+        .unwrap();
+    assert_close(
+        &format!("{name} noisy_latents"),
+        &noisy,
+        get(g, "noisy_latents"),
+        1e-6,
+    );
+
+    let cfg = pipeline::uses_cfg(run.guidance);
+    let cond: Conditioning = pipeline::encode_prompt(m, PROMPT, run.negative, cfg).unwrap();
+    let opts = DenoiseOptions {
+        guidance: run.guidance,
+        previews: false,
+        image_size: (64, 96),
+        preview_space: if m.is_xl() {
+            LatentSpace::Sdxl
+        } else {
+            LatentSpace::Sd
+        },
+        first_step: start,
+    };
+    let mut steps_seen = Vec::new();
+    let out = pipeline::denoise(
+        &m.unet,
+        sched.as_mut(),
+        get(g, "noisy_latents").clone(),
+        &cond,
+        opts,
+        &mut |p| {
+            if let pipeline::Progress::Step { step, total, .. } = p {
+                steps_seen.push((step, total));
+            }
+        },
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let kept = want.len();
+    assert_eq!(
+        steps_seen,
+        (1..=kept).map(|s| (s, kept)).collect::<Vec<_>>(),
+        "{name}: progress counts the steps that run"
+    );
+    assert_close(
+        &format!("{name} latents_final"),
+        &out,
+        get(g, "latents_final"),
+        1e-4,
+    );
+    let decoded =
+        pipeline::decode_latents(&m.vae, get(g, "latents_final"), pipeline::DecodeMode::Full)
+            .unwrap();
+    crate::common::assert_png_close(
+        &format!("img2img {name}"),
+        &pipeline::to_rgb_images(&decoded).unwrap()[0],
+        png,
+    );
 }
 
 #[test]
 fn img2img_stages_match_diffusers() {
     let m = SdModel::load(&fixture_dir(), &dev(), DType::F32).unwrap();
-    let input = image::open(fixture_dir().join("golden/vae_encode_input.png"))
-        .unwrap()
-        .to_rgb8();
-    let never = AtomicBool::new(false);
-    for (run, kind, strength, guidance) in RUNS {
-        let g = golden(&format!("img2img/{run}"));
-        assert_eq!(scalar(&g, "strength"), strength, "{run}");
-        let mut sched = schedulers::build(kind, &scheduler_config(kind, &m), 4, 0).unwrap();
-        let start = schedulers::img2img_start(4, strength).unwrap();
-        assert_eq!(start as f64, scalar(&g, "t_start"), "{run} t_start");
-        let want: Vec<f32> = get(&g, "timesteps").to_vec1().unwrap();
-        let got: Vec<f32> = sched.timesteps()[start..]
-            .iter()
-            .map(|&t| t as f32)
-            .collect();
-        assert_eq!(got, want, "{run} timesteps");
-
-        let pixels = pipeline::image_to_tensor(&input, &dev()).unwrap();
-        assert_close(&format!("{run} image"), &pixels, get(&g, "image"), 1e-6);
-        let clean = pipeline::encode_image(&m.vae, &pixels, get(&g, "encode_eps")).unwrap();
-        assert_close(
-            &format!("{run} init_latents"),
-            &clean,
-            get(&g, "init_latents"),
-            // The encoder's f32 sums (≈1e-5 like the plain encode golden) scaled by the sample noise.
-            3e-5,
-        );
-        let noisy = sched
-            .add_noise(get(&g, "init_latents"), get(&g, "noise"), start)
-            .unwrap();
-        assert_close(
-            &format!("{run} noisy_latents"),
-            &noisy,
-            get(&g, "noisy_latents"),
-            1e-6,
-        );
-
-        let cfg = pipeline::uses_cfg(guidance);
-        let cond: Conditioning = pipeline::encode_prompt(&m, PROMPT, "", cfg).unwrap();
-        let opts = DenoiseOptions {
-            guidance,
-            previews: false,
-            image_size: (64, 96),
-            preview_space: LatentSpace::Sd,
-            first_step: start,
-        };
-        let mut steps_seen = Vec::new();
-        let out = pipeline::denoise(
-            &m.unet,
-            sched.as_mut(),
-            get(&g, "noisy_latents").clone(),
-            &cond,
-            opts,
-            &mut |p| {
-                if let pipeline::Progress::Step { step, total, .. } = p {
-                    steps_seen.push((step, total));
-                }
-            },
-            &never,
-        )
+    // The DDIM golden used its own scheduler config (leading spacing).
+    let ddim = SchedulerConfig::from_file(&fixture_dir().join("golden/scheduler_ddim_config.json"))
         .unwrap();
-        let kept = want.len();
-        assert_eq!(
-            steps_seen,
-            (1..=kept).map(|s| (s, kept)).collect::<Vec<_>>(),
-            "{run}: progress counts the steps that run"
-        );
-        assert_close(
-            &format!("{run} latents_final"),
-            &out,
-            get(&g, "latents_final"),
-            1e-4,
-        );
-        let decoded =
-            pipeline::decode_latents(&m.vae, get(&g, "latents_final"), pipeline::DecodeMode::Full)
-                .unwrap();
-        let img = &pipeline::to_rgb_images(&decoded).unwrap()[0];
-        crate::common::assert_png_close(
-            &format!("img2img {run}"),
-            img,
-            &fixture_dir().join(format!("golden/img2img/{run}.png")),
-        );
+    for run in &SD_RUNS {
+        let cfg = match run.kind {
+            SchedulerKind::Ddim => &ddim,
+            _ => &m.scheduler_config,
+        };
+        let g = golden(&format!("img2img/{}", run.name));
+        let png = fixture_dir().join(format!("golden/img2img/{}.png", run.name));
+        check_run(&m, &g, cfg, run, &png);
+    }
+}
+
+/// SDXL image to image against diffusers' `StableDiffusionXLImg2ImgPipeline`
+/// on the tiny SDXL model (goldens in `sdxl-tiny/golden/img2img/`): the same
+/// stages through both text encoders, the size conditioning and SDXL's VAE.
+#[test]
+fn sdxl_img2img_stages_match_diffusers() {
+    use crate::common::{xl_fixture_dir, xl_golden};
+    let m = SdModel::load(&xl_fixture_dir(), &dev(), DType::F32).unwrap();
+    for run in &XL_RUNS {
+        let g = xl_golden(&format!("img2img/{}", run.name));
+        let png = xl_fixture_dir().join(format!("golden/img2img/{}.png", run.name));
+        check_run(&m, &g, &m.scheduler_config, run, &png);
     }
 }
 
@@ -200,102 +285,4 @@ fn the_start_picture_is_cropped_to_the_output_aspect_over_white() {
     let strip = text_to_image::load_init_image(&src, 96, 32).unwrap();
     assert_eq!(strip.get_pixel(2, 16).0, [255, 255, 255]);
     assert_eq!(strip.get_pixel(93, 16).0, [0, 0, 255]);
-}
-
-/// SDXL image to image against diffusers' `StableDiffusionXLImg2ImgPipeline`
-/// on the tiny SDXL model (goldens in `sdxl-tiny/golden/img2img/`): the same
-/// stages through both text encoders, the size conditioning and SDXL's VAE.
-#[test]
-fn sdxl_img2img_stages_match_diffusers() {
-    use crate::common::{xl_fixture_dir, xl_golden};
-    let m = SdModel::load(&xl_fixture_dir(), &dev(), DType::F32).unwrap();
-    let input = image::open(fixture_dir().join("golden/vae_encode_input.png"))
-        .unwrap()
-        .to_rgb8();
-    let never = AtomicBool::new(false);
-    // (run, scheduler, steps, strength, guidance, negative prompt)
-    let runs = [
-        (
-            "euler_a_s05_2step_nocfg",
-            SchedulerKind::EulerAncestral,
-            2,
-            0.5,
-            0.0,
-            "",
-        ),
-        (
-            "euler_s05_4step_cfg",
-            SchedulerKind::Euler,
-            4,
-            0.5,
-            5.0,
-            "blurry, low quality",
-        ),
-    ];
-    for (run, kind, steps, strength, guidance, negative) in runs {
-        let g = xl_golden(&format!("img2img/{run}"));
-        let mut sched = schedulers::build(kind, &m.scheduler_config, steps, 0).unwrap();
-        let start = schedulers::img2img_start(steps, strength).unwrap();
-        assert_eq!(start as f64, scalar(&g, "t_start"), "{run} t_start");
-        let want: Vec<f32> = get(&g, "timesteps").to_vec1().unwrap();
-        let got: Vec<f32> = sched.timesteps()[start..]
-            .iter()
-            .map(|&t| t as f32)
-            .collect();
-        assert_eq!(got, want, "{run} timesteps");
-        let ids = pipeline::add_time_ids(64, 96, &dev()).unwrap();
-        let golden_ids = get(&g, "add_time_ids").narrow(0, 0, 1).unwrap();
-        assert_close(&format!("{run} add_time_ids"), &ids, &golden_ids, 0.0);
-
-        let pixels = pipeline::image_to_tensor(&input, &dev()).unwrap();
-        let clean = pipeline::encode_image(&m.vae, &pixels, get(&g, "encode_eps")).unwrap();
-        assert_close(
-            &format!("{run} init_latents"),
-            &clean,
-            get(&g, "init_latents"),
-            3e-5,
-        );
-        let noisy = sched
-            .add_noise(get(&g, "init_latents"), get(&g, "noise"), start)
-            .unwrap();
-        assert_close(
-            &format!("{run} noisy_latents"),
-            &noisy,
-            get(&g, "noisy_latents"),
-            1e-6,
-        );
-        let cond =
-            pipeline::encode_prompt(&m, PROMPT, negative, pipeline::uses_cfg(guidance)).unwrap();
-        let opts = DenoiseOptions {
-            guidance,
-            previews: false,
-            image_size: (64, 96),
-            preview_space: LatentSpace::Sdxl,
-            first_step: start,
-        };
-        let out = pipeline::denoise(
-            &m.unet,
-            sched.as_mut(),
-            get(&g, "noisy_latents").clone(),
-            &cond,
-            opts,
-            &mut |_| {},
-            &never,
-        )
-        .unwrap();
-        assert_close(
-            &format!("{run} latents_final"),
-            &out,
-            get(&g, "latents_final"),
-            1e-4,
-        );
-        let decoded =
-            pipeline::decode_latents(&m.vae, get(&g, "latents_final"), pipeline::DecodeMode::Full)
-                .unwrap();
-        crate::common::assert_png_close(
-            &format!("xl img2img {run}"),
-            &pipeline::to_rgb_images(&decoded).unwrap()[0],
-            &xl_fixture_dir().join(format!("golden/img2img/{run}.png")),
-        );
-    }
 }

@@ -330,13 +330,7 @@ pub fn load_init_image(path: &Path, width: usize, height: usize) -> Result<image
 
 /// Loads the `latents` tensor of an init-latents file.
 pub fn load_init_latents(path: &Path) -> Result<candle_core::Tensor> {
-    models::check_safetensors(path)?;
-    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        SdError::CorruptWeights {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        }
-    })?;
+    let mut tensors = pipeline::read_safetensors(path, &Device::Cpu)?;
     let t = tensors.remove("latents").ok_or_else(|| {
         SdError::invalid(
             "init_latents",

@@ -183,6 +183,22 @@ pub fn weight_files(dir: &Path, names: &[&str]) -> Result<Vec<PathBuf>> {
     ))
 }
 
+/// Reads one safetensors file (header checked first) onto `device`, reporting
+/// damage as `CorruptWeights`.
+pub(crate) fn read_safetensors(
+    path: &Path,
+    device: &Device,
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    crate::models::check_safetensors(path)?;
+    // Read into memory rather than mmap: this crate forbids `unsafe`, and the
+    // copy is small next to the model's run time.
+    let bytes = std::fs::read(path).map_err(|e| SdError::io(path, e))?;
+    candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| SdError::CorruptWeights {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
 /// Reads safetensors files into a VarBuilder in `dtype`, reporting damage as `CorruptWeights`.
 pub fn load_weights(
     files: &[PathBuf],
@@ -191,17 +207,7 @@ pub fn load_weights(
 ) -> Result<VarBuilder<'static>> {
     let mut all = std::collections::HashMap::new();
     for path in files {
-        crate::models::check_safetensors(path)?;
-        // Read into memory rather than mmap: this crate forbids `unsafe`, and the
-        // copy is small next to the model's run time.
-        let bytes = std::fs::read(path).map_err(|e| SdError::io(path, e))?;
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
-            SdError::CorruptWeights {
-                path: path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        for (name, t) in tensors {
+        for (name, t) in read_safetensors(path, device)? {
             // Convert once here so f32 checkpoints do not sit on the GPU twice.
             let t = if t.dtype().is_float() {
                 t.to_dtype(dtype)?
@@ -214,15 +220,25 @@ pub fn load_weights(
     Ok(VarBuilder::from_tensors(all, dtype, device))
 }
 
-/// Wraps tensor-lookup failures while building a model as a damaged/mismatched weights file.
-fn weights_err(files: &[PathBuf]) -> impl Fn(SdError) -> SdError + '_ {
+/// Turns tensor-lookup failures while building a model from `path` into a
+/// damaged or mismatched weights file whose reason starts with `what`.
+pub(crate) fn mismatch_err(path: &Path, what: String) -> impl Fn(SdError) -> SdError + use<> {
+    let path = path.to_path_buf();
     move |e| match e {
         SdError::Candle(c) => SdError::CorruptWeights {
-            path: files.first().cloned().unwrap_or_default(),
-            reason: format!("does not match its config: {c}"),
+            path: path.clone(),
+            reason: format!("{what}: {c}"),
         },
         other => other,
     }
+}
+
+/// [`mismatch_err`] for a model built from its config and `files`.
+pub(crate) fn weights_err(files: &[PathBuf]) -> impl Fn(SdError) -> SdError + use<> {
+    mismatch_err(
+        files.first().map(PathBuf::as_path).unwrap_or(Path::new("")),
+        "does not match its config".to_owned(),
+    )
 }
 
 const TEXT_ENCODER_FILES: &[&str] = &["model.safetensors", "model.fp16.safetensors"];
@@ -314,6 +330,15 @@ impl SdModel {
     /// Whether this model is SDXL.
     pub fn is_xl(&self) -> bool {
         self.second.is_some()
+    }
+
+    /// Whose latent→RGB preview factors fit this model's VAE.
+    pub fn latent_space(&self) -> LatentSpace {
+        if self.is_xl() {
+            LatentSpace::Sdxl
+        } else {
+            LatentSpace::Sd
+        }
     }
 
     /// Checks every part exists before reading any weights, so a half-downloaded
@@ -675,6 +700,41 @@ pub fn encode_image(vae: &Vae, image: &Tensor, eps: &Tensor) -> Result<Tensor> {
     Ok((dist.sample_with(eps)? * vae.config.scaling_factor)?)
 }
 
+/// Image→image's start: the picture encoded by the VAE (its sample noise from
+/// its own stream of the seed), one copy per batch item, noised with `noise`
+/// to the level of the first step that runs; returns the latents and that step.
+fn noised_image_latents(
+    model: &SdModel,
+    scheduler: &dyn Scheduler,
+    init: &InitImage,
+    noise: &Tensor,
+    req: &GenerateRequest,
+) -> Result<(Tensor, usize)> {
+    let first = schedulers::img2img_start(req.steps, init.strength)?;
+    if init.image.dimensions() != (req.width as u32, req.height as u32) {
+        return Err(SdError::invalid(
+            "init_image",
+            format!(
+                "is {}x{}; resize it to the output size {}x{} first",
+                init.image.width(),
+                init.image.height(),
+                req.width,
+                req.height
+            ),
+        ));
+    }
+    let (_, _, h, w) = noise.dims4()?;
+    let pixels = image_to_tensor(&init.image, &model.device)?.to_dtype(model.vae_dtype)?;
+    let eps_shape = (model.vae.config.latent_channels, h, w);
+    let eps = super::noise::initial_noise(req.seed ^ 0x1a7e_4e5c, 1, eps_shape, &model.device)?
+        .to_dtype(model.vae_dtype)?;
+    let clean = encode_image(&model.vae, &pixels, &eps)?
+        .to_dtype(DType::F32)?
+        .repeat((req.batch, 1, 1, 1))?;
+    let noisy = scheduler.add_noise(&clean, noise, first)?;
+    Ok((noisy.to_dtype(model.dtype)?, first))
+}
+
 /// How to run the VAE decoder.
 #[derive(Debug, Clone, Copy, Default)]
 pub enum DecodeMode {
@@ -852,47 +912,14 @@ pub fn generate(
             (noise * scheduler.init_noise_sigma())?.to_dtype(model.dtype)?,
             0,
         ),
-        Some(init) => {
-            let first = schedulers::img2img_start(req.steps, init.strength)?;
-            if init.image.dimensions() != (req.width as u32, req.height as u32) {
-                return Err(SdError::invalid(
-                    "init_image",
-                    format!(
-                        "is {}x{}; resize it to the output size {}x{} first",
-                        init.image.width(),
-                        init.image.height(),
-                        req.width,
-                        req.height
-                    ),
-                ));
-            }
-            let pixels = image_to_tensor(&init.image, &model.device)?.to_dtype(model.vae_dtype)?;
-            // The VAE sample's noise comes from its own stream of the seed.
-            let eps_shape = (
-                model.vae.config.latent_channels,
-                latent_shape.1,
-                latent_shape.2,
-            );
-            let eps =
-                super::noise::initial_noise(req.seed ^ 0x1a7e_4e5c, 1, eps_shape, &model.device)?
-                    .to_dtype(model.vae_dtype)?;
-            let clean = encode_image(&model.vae, &pixels, &eps)?
-                .to_dtype(DType::F32)?
-                .repeat((req.batch, 1, 1, 1))?;
-            let noisy = scheduler.add_noise(&clean, &noise, first)?;
-            (noisy.to_dtype(model.dtype)?, first)
-        }
+        Some(init) => noised_image_latents(model, scheduler.as_ref(), init, &noise, req)?,
     };
     let opts = DenoiseOptions {
         guidance: req.guidance,
         previews: req.previews,
         image_size: (req.height, req.width),
         first_step,
-        preview_space: if model.is_xl() {
-            LatentSpace::Sdxl
-        } else {
-            LatentSpace::Sd
-        },
+        preview_space: model.latent_space(),
     };
     let latents = denoise(
         &model.unet,

@@ -577,15 +577,7 @@ pub fn load(
     device: &Device,
     dtype: DType,
 ) -> Result<SingleFileModel> {
-    crate::models::check_safetensors(path)?;
-    let bytes = std::fs::read(path).map_err(|e| SdError::io(path, e))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
-        SdError::CorruptWeights {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        }
-    })?;
-    drop(bytes);
+    let tensors = super::pipeline::read_safetensors(path, device)?;
     let names: Vec<String> = tensors.keys().cloned().collect();
     let family = match family_of(&names) {
         Some(CheckpointFamily::Sd2) => return Err(refuse(path, "SD 2.x")),
@@ -610,15 +602,10 @@ pub fn load(
     };
     let parts = split(tensors, &cfg, dtype, vae_dtype)?;
     let mismatch = |part: &str| {
-        let path = path.to_path_buf();
-        let part = part.to_owned();
-        move |e: SdError| match e {
-            SdError::Candle(c) => SdError::CorruptWeights {
-                path: path.clone(),
-                reason: format!("its {part} does not match the {family:?} layout: {c}"),
-            },
-            other => other,
-        }
+        super::pipeline::mismatch_err(
+            path,
+            format!("its {part} does not match the {family:?} layout"),
+        )
     };
     let vb = |map: HashMap<String, Tensor>| VarBuilder::from_tensors(map, dtype, device);
     let text_encoder = ClipTextModel::load(vb(parts.text_encoder), &cfg.text_encoder)

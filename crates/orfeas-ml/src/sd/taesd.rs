@@ -204,13 +204,7 @@ impl TinyDecoder {
             ],
         )?;
         let vb = super::pipeline::load_weights(&files, dtype, device)?;
-        Self::load(vb, &cfg).map_err(|e| match e {
-            SdError::Candle(c) => SdError::CorruptWeights {
-                path: files.first().cloned().unwrap_or_default(),
-                reason: format!("does not match its config: {c}"),
-            },
-            other => other,
-        })
+        Self::load(vb, &cfg).map_err(super::pipeline::weights_err(&files))
     }
 
     /// UNet latents (B, 4, h, w) → image (B, 3, h·8, w·8) in about [-1, 1].

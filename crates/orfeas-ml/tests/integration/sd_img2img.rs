@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Tensor};
-use orfeas_ml::sd::pipeline::{self, Conditioning, DenoiseOptions, LatentSpace, SdModel};
+use orfeas_ml::sd::pipeline::{self, Conditioning, DenoiseOptions, SdModel};
 use orfeas_ml::sd::schedulers::{self, SchedulerConfig, SchedulerKind};
 use orfeas_ml::text_to_image::{self, TextToImageParams};
 
@@ -130,11 +130,7 @@ fn check_run(
         guidance: run.guidance,
         previews: false,
         image_size: (64, 96),
-        preview_space: if m.is_xl() {
-            LatentSpace::Sdxl
-        } else {
-            LatentSpace::Sd
-        },
+        preview_space: m.latent_space(),
         first_step: start,
     };
     let mut steps_seen = Vec::new();

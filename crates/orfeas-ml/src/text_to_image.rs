@@ -340,11 +340,45 @@ pub fn load_init_latents(path: &Path) -> Result<candle_core::Tensor> {
     Ok(t.to_dtype(DType::F32)?)
 }
 
-/// Keeps the last loaded model so consecutive jobs skip the load.
+/// The last thing loaded from a folder for one device and dtype, kept so
+/// consecutive jobs skip the load.
+struct Kept<T>(Mutex<Option<(PathBuf, String, Arc<T>)>>);
+
+impl<T> Default for Kept<T> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<T> Kept<T> {
+    /// The kept value for (`dir`, `key`), or else what `load` gives, which
+    /// replaces it. The old value is dropped first so two never sit in memory
+    /// together.
+    fn get_or_load(
+        &self,
+        dir: &Path,
+        key: String,
+        load: impl FnOnce() -> Result<T>,
+    ) -> Result<Arc<T>> {
+        let mut guard = self.0.lock();
+        if let Some((d, k, v)) = guard.as_ref()
+            && d == dir
+            && *k == key
+        {
+            return Ok(v.clone());
+        }
+        *guard = None;
+        let value = Arc::new(load()?);
+        *guard = Some((dir.to_path_buf(), key, value.clone()));
+        Ok(value)
+    }
+}
+
+/// Keeps the last loaded model (and tiny decoder) so consecutive jobs skip the load.
 #[derive(Default)]
 pub struct Engine {
-    cached: Mutex<Option<(PathBuf, String, Arc<SdModel>)>>,
-    tiny: Mutex<Option<(PathBuf, String, Arc<TinyDecoder>)>>,
+    model: Kept<SdModel>,
+    tiny: Kept<TinyDecoder>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -355,20 +389,10 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     fn model(&self, dir: &Path, device: &Device, dtype: DType) -> Result<Arc<SdModel>> {
-        let key = format!("{device:?}/{dtype:?}");
-        let mut guard = self.cached.lock();
-        if let Some((d, k, m)) = guard.as_ref()
-            && d == dir
-            && *k == key
-        {
-            return Ok(m.clone());
-        }
-        // Drop the old model first so two never sit in memory together.
-        *guard = None;
-        let model =
-            Arc::new(SdModel::load(dir, device, dtype).map_err(|e| pipeline::map_oom(e, device))?);
-        *guard = Some((dir.to_path_buf(), key, model.clone()));
-        Ok(model)
+        self.model
+            .get_or_load(dir, format!("{device:?}/{dtype:?}"), || {
+                SdModel::load(dir, device, dtype).map_err(|e| pipeline::map_oom(e, device))
+            })
     }
 
     /// The tiny decoder for `model`: the params' folder, else the registry's
@@ -383,30 +407,24 @@ impl Engine {
             None => models::resolve(if model.is_xl() { "taesdxl" } else { "taesd" })?,
         };
         let key = format!("{:?}/{:?}", model.device, model.dtype);
-        let mut guard = self.tiny.lock();
-        if let Some((d, k, t)) = guard.as_ref()
-            && *d == dir
-            && *k == key
-        {
-            return Ok(t.clone());
-        }
-        let tiny = Arc::new(TinyDecoder::load_dir(&dir, &model.device, model.dtype)?);
-        if tiny.config.latent_channels != model.unet.config.out_channels
-            || tiny.config.upscale() != model.vae_scale()
-        {
-            return Err(SdError::invalid(
-                "tiny_decoder",
-                format!(
-                    "{} does not fit this model's latents ({} channels, x{}); use taesd for \
-                     SD 1.x/2.x and taesdxl for SDXL",
-                    dir.display(),
-                    model.unet.config.out_channels,
-                    model.vae_scale()
-                ),
-            ));
-        }
-        *guard = Some((dir, key, tiny.clone()));
-        Ok(tiny)
+        self.tiny.get_or_load(&dir, key, || {
+            let tiny = TinyDecoder::load_dir(&dir, &model.device, model.dtype)?;
+            if tiny.config.latent_channels != model.unet.config.out_channels
+                || tiny.config.upscale() != model.vae_scale()
+            {
+                return Err(SdError::invalid(
+                    "tiny_decoder",
+                    format!(
+                        "{} does not fit this model's latents ({} channels, x{}); use taesd for \
+                         SD 1.x/2.x and taesdxl for SDXL",
+                        dir.display(),
+                        model.unet.config.out_channels,
+                        model.vae_scale()
+                    ),
+                ));
+            }
+            Ok(tiny)
+        })
     }
 
     /// Validates, loads (or reuses) the model, and generates `params.batch` images.

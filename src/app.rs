@@ -780,18 +780,14 @@ impl StudioApp {
                     ));
                     return None;
                 }
-                let mut text = if checkpoint {
-                    // A community checkpoint: a full model's steps and guidance, not a
-                    // turbo's; SDXL ones are trained at 1024².
-                    let mut t = self.saved.text.with_model_defaults("sd-1.5");
-                    if orfeas_ml::sd::pipeline::SdModel::dir_is_xl(&path).unwrap_or(false) {
-                        (t.width, t.height) = (1024, 1024);
-                    }
-                    t
+                let text = if checkpoint {
+                    self.saved.text.with_path_defaults(&path)
                 } else {
-                    self.saved.text.clone()
+                    state::TextParams {
+                        model_dir: Some(path),
+                        ..self.saved.text.clone()
+                    }
                 };
-                text.model_dir = Some(path);
                 Some(Command::SetTextParams(text))
             }
             _ => Some(Command::SelectInput(path)),

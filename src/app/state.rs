@@ -2,7 +2,7 @@
 //! eframe storage on start and written back by `App::save`; everything else is runtime
 //! state rebuilt on each start. Panels never mutate either directly: they emit [`Command`]s.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -255,6 +255,24 @@ pub struct TextParams {
 }
 
 impl TextParams {
+    /// Defaults for a model the user chose by path, keeping the prompt and
+    /// seed: a single-file checkpoint is a full SD 1.x/SDXL model (SD 1.5's
+    /// steps and guidance, 1024² for SDXL ones, which are trained at that size);
+    /// a folder gets a turbo model's.
+    pub fn with_path_defaults(&self, path: &Path) -> TextParams {
+        let mut t = if path.is_file() {
+            let mut t = self.with_model_defaults("sd-1.5");
+            if orfeas_ml::sd::pipeline::SdModel::dir_is_xl(path).unwrap_or(false) {
+                (t.width, t.height) = (1024, 1024);
+            }
+            t
+        } else {
+            self.with_model_defaults("sd-turbo")
+        };
+        t.model_dir = Some(path.to_path_buf());
+        t
+    }
+
     /// The registry model's recommended steps, guidance and size, keeping the prompt and seed.
     pub fn with_model_defaults(&self, model: &str) -> TextParams {
         let d = orfeas_ml::text_to_image::TextToImageParams::for_model(model);

@@ -282,13 +282,8 @@ pub fn text_params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     }
     ui.add_space(space::SM);
     if ui.button("Model defaults").clicked() {
-        t = if let Some(dir) = &t.model_dir {
-            // A single file is a full SD 1.x/SDXL model; a folder's defaults are a turbo model's.
-            let like = if dir.is_file() { "sd-1.5" } else { "sd-turbo" };
-            TextParams {
-                model_dir: t.model_dir.clone(),
-                ..t.with_model_defaults(like)
-            }
+        t = if let Some(dir) = t.model_dir.clone() {
+            t.with_path_defaults(&dir)
         } else {
             t.with_model_defaults(&t.model.clone())
         };

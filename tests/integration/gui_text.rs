@@ -473,3 +473,35 @@ fn models_tab_downloads_a_model_with_progress_then_deletes_it() {
     });
     assert!(!dir.exists());
 }
+
+/// "Model defaults" for a model chosen by path: SD 1.5's for a checkpoint
+/// file, 1024² for an SDXL one, a turbo model's for a folder; the prompt and
+/// the seed stay.
+#[test]
+fn defaults_for_a_chosen_model_path_follow_what_it_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/orfeas-ml/tests/fixtures");
+    let sd1 = tmp.path().join("sd1.safetensors");
+    let sdxl = tmp.path().join("sdxl.safetensors");
+    orfeas_ml::fixture::complete_single_file(&fixtures.join("sd-tiny-single"), &sd1).unwrap();
+    orfeas_ml::fixture::complete_single_file(&fixtures.join("sdxl-tiny-single"), &sdxl).unwrap();
+    let mine = TextParams {
+        prompt: "a fox".into(),
+        seed: 9,
+        steps: 3,
+        ..TextParams::default()
+    };
+    let a = mine.with_path_defaults(&sd1);
+    assert_eq!(
+        (a.steps, a.guidance, a.width, a.height),
+        (25, 7.5, 512, 512)
+    );
+    assert_eq!(a.model_dir.as_deref(), Some(sd1.as_path()));
+    assert_eq!((a.prompt.as_str(), a.seed), ("a fox", 9));
+    let b = mine.with_path_defaults(&sdxl);
+    assert_eq!((b.steps, b.width, b.height), (25, 1024, 1024));
+    let c = mine.with_path_defaults(&fixture_model());
+    assert_eq!((c.steps, c.guidance, c.width), (1, 0.0, 512));
+    assert_eq!(c.model_dir, Some(fixture_model()));
+}

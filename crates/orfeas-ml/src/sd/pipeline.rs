@@ -409,7 +409,7 @@ impl SdModel {
         ClipTextModel::load(load_weights(&files, dtype, device)?, &cfg).map_err(weights_err(&files))
     }
 
-    /// Loads a diffusers-format folder, or an SD 1.x single-file `.safetensors`.
+    /// Loads a diffusers-format folder, or an SD 1.x or SDXL single-file `.safetensors`.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         if super::single_file::is_single_file(dir) {
             return Self::load_single_file(dir, None, device, dtype);

@@ -109,7 +109,7 @@ pub fn is_single_file(path: &Path) -> bool {
 
 fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| SdError::Config {
-        path: PathBuf::from(format!("<built-in SD 1.5 {what}>")),
+        path: PathBuf::from(format!("<built-in {what}>")),
         reason: e.to_string(),
     })
 }
@@ -127,7 +127,12 @@ pub struct SingleFileConfigs {
 }
 
 fn builtin_tokenizer(pad: &str) -> Result<ClipTokenizer> {
-    ClipTokenizer::from_parts(parse("vocabulary", sd15::VOCAB)?, sd15::MERGES, pad, 77)
+    ClipTokenizer::from_parts(
+        parse("CLIP vocabulary", sd15::VOCAB)?,
+        sd15::MERGES,
+        pad,
+        77,
+    )
 }
 
 impl SingleFileConfigs {
@@ -164,10 +169,10 @@ impl SingleFileConfigs {
                 )),
             }),
             None => Ok(Self {
-                unet: parse("unet config", sd15::UNET)?,
-                vae: parse("vae config", sd15::VAE)?,
-                text_encoder: parse("text encoder config", sd15::TEXT_ENCODER)?,
-                scheduler: parse("scheduler config", sd15::SCHEDULER)?,
+                unet: parse("SD 1.5 unet config", sd15::UNET)?,
+                vae: parse("SD 1.5 vae config", sd15::VAE)?,
+                text_encoder: parse("SD 1.5 text encoder config", sd15::TEXT_ENCODER)?,
+                scheduler: parse("SD 1.5 scheduler config", sd15::SCHEDULER)?,
                 // SD 1.x pads with the end token.
                 tokenizer: builtin_tokenizer("<|endoftext|>")?,
                 second: None,
@@ -457,7 +462,7 @@ pub fn target(name: &str, layout: &UnetLayout, vae_blocks: usize) -> Result<Targ
     Ok(Target::Skip)
 }
 
-/// The three components' tensors under diffusers names, in `dtype` on `device`.
+/// Each model's tensors under diffusers names, in `dtype` on `device`.
 pub struct SplitWeights {
     pub unet: HashMap<String, Tensor>,
     pub vae: HashMap<String, Tensor>,
@@ -466,7 +471,7 @@ pub struct SplitWeights {
     pub text_encoder_2: HashMap<String, Tensor>,
 }
 
-/// Renames every tensor of an SD 1.x single file; VAE attention weights stored
+/// Renames every tensor of an SD 1.x or SDXL single file; VAE attention weights stored
 /// as 1×1 convolutions become the linear weights diffusers uses.
 pub fn split(
     tensors: HashMap<String, Tensor>,

@@ -5,6 +5,7 @@ use egui::{RichText, Vec2};
 use orfeas_core::jobs::JobKind;
 use orfeas_ml::models::KNOWN_MODELS;
 use orfeas_ml::sd::schedulers::SchedulerKind;
+use orfeas_ml::sd::single_file::has_checkpoint_name;
 use orfeas_ml::text_to_image::{MAX_BATCH, MAX_GUIDANCE, MAX_STEPS, STYLE_PRESETS};
 
 use crate::app::jobs::{JobPhase, JobView};
@@ -40,7 +41,7 @@ fn model_text(t: &TextParams) -> String {
     match &t.model_dir {
         Some(dir) => format!(
             "{}: {}",
-            if dir.is_file() {
+            if has_checkpoint_name(dir) {
                 "Checkpoint"
             } else {
                 "Folder"
@@ -89,7 +90,11 @@ pub fn text_params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                             t = t.with_model_defaults(m.name);
                         }
                     }
-                    let folder = t.model_dir.as_ref().is_some_and(|d| d.is_dir());
+                    // By name: these run every frame, so no file-system calls.
+                    let folder = t
+                        .model_dir
+                        .as_ref()
+                        .is_some_and(|d| !has_checkpoint_name(d));
                     if ui
                         .selectable_label(folder, "Model folder...")
                         .on_hover_text("A diffusers-format folder (with model_index.json)")
@@ -97,7 +102,7 @@ pub fn text_params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                     {
                         ctx.send(Command::PickModelFolder);
                     }
-                    let file = t.model_dir.as_ref().is_some_and(|d| d.is_file());
+                    let file = t.model_dir.as_ref().is_some_and(|d| has_checkpoint_name(d));
                     if ui
                         .selectable_label(file, "Checkpoint file...")
                         .on_hover_text("An SD 1.x or SDXL single-file .safetensors checkpoint")

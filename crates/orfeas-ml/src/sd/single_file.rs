@@ -99,12 +99,15 @@ pub fn family_of_file(path: &Path) -> Result<Option<CheckpointFamily>> {
     Ok(family_of(&crate::models::safetensors_names(path)?))
 }
 
-/// Whether `path` looks like a single-file checkpoint rather than a folder.
+/// Whether `path` is named like a single-file checkpoint (no file-system access).
+pub fn has_checkpoint_name(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+}
+
+/// Whether `path` is a single-file checkpoint rather than a folder.
 pub fn is_single_file(path: &Path) -> bool {
-    path.is_file()
-        && path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+    has_checkpoint_name(path) && path.is_file()
 }
 
 fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {

@@ -407,6 +407,7 @@ impl StudioApp {
                 self.saved.mode = CreateMode::TextToImage;
                 self.saved.tab = Tab::Create;
             }
+            Command::LoadPngSettings(path) => self.load_png_settings(&path),
             Command::PickModelFolder => self.open_dialog(DialogKind::ModelFolder),
             Command::PickModelCheckpoint => self.open_dialog(DialogKind::ModelCheckpoint),
             Command::PickInitImage => self.open_dialog(DialogKind::InitImage),
@@ -518,63 +519,35 @@ impl StudioApp {
     /// Builds the text→image job from the Create tab and queues it; refused input
     /// (empty prompt, a model that is not installed, …) is a toast and writes nothing.
     fn generate_image(&mut self) {
-        use orfeas_ml::text_to_image::{
-            STYLE_PRESETS, StylePreset, TextToImageJob, TextToImageParams,
-        };
         if !self.saved.text.seed_locked {
             self.saved.text.seed = u64::from(rand::random::<u32>());
         }
-        let t = &self.saved.text;
-        let style = StylePreset::by_key(&t.style).unwrap_or(&STYLE_PRESETS[0]);
-        let mut params = TextToImageParams::for_model(&t.model);
-        params.prompt = if t.prompt.trim().is_empty() {
-            String::new()
-        } else {
-            style.apply_prompt(&t.prompt)
-        };
-        params.negative = style.apply_negative(&t.negative);
-        params.steps = t.steps;
-        params.guidance = t.guidance;
-        params.seed = t.seed;
-        (params.width, params.height) = (t.width, t.height);
-        params.batch = t.batch;
-        params.scheduler = t.scheduler;
-        params.model_dir = t.model_dir.clone();
-        if let Err(err) = params.validate() {
-            self.toasts.error(format!("{err}"));
+        let request = self.saved.text.to_request();
+        if let Err(err) = request.check() {
+            self.toasts.error(err.to_string());
             return;
         }
-        params.tiled_decode = t.decoder == state::DecoderChoice::TiledVae;
-        params.init_image = t.init_image.clone();
-        params.strength = t.strength;
-        if params.model_dir.is_none() {
-            match self.models.resolve(&t.model) {
-                Ok(dir) => params.model_dir = Some(dir),
+        // Say now, not after the queue, when a registry model is not installed.
+        let model_dir = match &request.model_path {
+            Some(dir) => dir.clone(),
+            None => match self.models.resolve(&request.model) {
+                Ok(dir) => dir,
                 Err(err) => {
                     self.toasts.error(err);
                     return;
                 }
+            },
+        };
+        if request.decoder == orfeas_core::request::Decoder::Taesd {
+            let xl = orfeas_ml::sd::pipeline::SdModel::dir_is_xl(&model_dir).unwrap_or(false);
+            if let Err(err) = self.models.resolve(if xl { "taesdxl" } else { "taesd" }) {
+                self.toasts.error(err);
+                return;
             }
         }
-        if t.decoder == state::DecoderChoice::Tiny {
-            // The tiny decoder that fits the model's latents, found where models are.
-            let xl = params
-                .model_dir
-                .as_deref()
-                .is_some_and(|d| orfeas_ml::sd::pipeline::SdModel::dir_is_xl(d).unwrap_or(false));
-            match self.models.resolve(if xl { "taesdxl" } else { "taesd" }) {
-                Ok(dir) => params.tiny_decoder_dir = Some(dir),
-                Err(err) => {
-                    self.toasts.error(err);
-                    return;
-                }
-            }
-        }
-        let job = TextToImageJob {
-            params,
+        let job = orfeas_core::request::TextToImageJob {
+            request,
             output: PathBuf::new(), // chosen by the backend
-            device: "auto".to_owned(),
-            style: style.key.to_owned(),
         };
         let output_dir = self.output_dir();
         match &self.backend {
@@ -584,6 +557,66 @@ impl StudioApp {
                 }
             }
             Err(err) => self.toasts.error(err.clone()),
+        }
+    }
+
+    /// The text→image fields from the PNG's own text chunks, as A1111's PNG Info
+    /// does: prompt, negative prompt, style, seed (locked), model, scheduler,
+    /// size, steps, guidance, decoder and strength. What the PNG cannot hold (a
+    /// model chosen by path, the start picture) is kept when it matches by
+    /// name, and otherwise named in a toast.
+    fn load_png_settings(&mut self, path: &std::path::Path) {
+        let info = match orfeas_core::request::text_to_image_from_png(path) {
+            Ok(info) => info,
+            Err(err) => {
+                self.toasts.error(err.message);
+                return;
+            }
+        };
+        let current = self.saved.text.clone();
+        let mut request = info.request.clone();
+        let file_name = |p: &std::path::Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        };
+        let mut missing = Vec::new();
+        if let Some(name) = &info.model_name
+            && *name != request.model
+        {
+            // Not a registry name: the folder or checkpoint the user chose.
+            match &current.model_dir {
+                Some(dir) if file_name(dir).as_deref() == Some(name.as_str()) => {
+                    request.model_path = Some(dir.clone());
+                }
+                _ => {
+                    request.model = current.model.clone();
+                    request.model_path = current.model_dir.clone();
+                    missing.push(format!("the model “{name}” (choose its folder or file)"));
+                }
+            }
+        }
+        if let Some(name) = &info.init_image_name {
+            match &current.init_image {
+                Some(p) if file_name(p).as_deref() == Some(name.as_str()) => {
+                    request.init_image = Some(p.clone());
+                }
+                _ => missing.push(format!("the start picture “{name}”")),
+            }
+        }
+        if request.init_image.is_none() {
+            request.strength = None;
+        }
+        self.saved.text = current.from_request(&request);
+        self.saved.mode = CreateMode::TextToImage;
+        self.saved.tab = Tab::Create;
+        let source = file_name(path).unwrap_or_default();
+        if missing.is_empty() {
+            self.toasts.success(format!("Settings loaded from {source}"));
+        } else {
+            self.toasts.info(format!(
+                "Settings loaded from {source}; a PNG does not hold {}",
+                missing.join(" or ")
+            ));
         }
     }
 
@@ -942,8 +975,10 @@ impl eframe::App for StudioApp {
         self.poll_models();
         let mut commands: Vec<Command> = self.poll_dialog().into_iter().collect();
 
-        // A mesh dropped anywhere on the window opens in the Viewer; anything else is
-        // taken as an image and starts a job right away. The drops are taken out of the
+        // A mesh dropped anywhere on the window opens in the Viewer; a picture
+        // dropped on the Create tab's text→image side fills its fields from the
+        // picture's text chunks; anything else is taken as an image and starts
+        // an image→3D job right away. The drops are taken out of the
         // input so the Viewer widget does not handle them a second time.
         let (dropped, hovering) = ctx.input_mut(|i| {
             (
@@ -960,6 +995,11 @@ impl eframe::App for StudioApp {
                     path,
                     quality_score: None,
                 });
+            } else if self.saved.tab == Tab::Create
+                && self.saved.mode == CreateMode::TextToImage
+            {
+                // On the text→image side a picture brings back its settings (PNG Info).
+                commands.push(Command::LoadPngSettings(path));
             } else {
                 commands.push(Command::SelectTab(Tab::Create));
                 commands.push(Command::SelectInput(path.clone()));

@@ -10,9 +10,9 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use orfeas_core::export::ExportFormat;
 use orfeas_core::history::History;
-use orfeas_core::image_to_3d::{ImageTo3dParams, ImageTo3dRequest, Quality};
-use orfeas_core::jobs::{Engine, EngineConfig, JobEventKind, JobKind};
-use orfeas_core::runner::{ImageTo3dRunner, image_to_3d_spec};
+use orfeas_core::image_to_3d::{ImageTo3dParams, Quality};
+use orfeas_core::jobs::{Engine, EngineConfig, JobEventKind, JobKind, JobSpec};
+use orfeas_core::request::{ImageTo3dMethod, ImageTo3dRequest, TextToImageRequest};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -251,36 +251,42 @@ pub enum ModelsCommand {
 
 #[derive(Debug, Args)]
 pub struct TextToImageArgs {
-    /// What to draw. Must not be empty.
-    pub prompt: String,
+    /// What to draw. Must not be empty (optional with --from-png).
+    #[arg(required_unless_present = "from_png")]
+    pub prompt: Option<String>,
     /// Where to write the PNG (with --batch N: NAME-0.png … NAME-(N-1).png).
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Model name from `orfeas models list`.
-    #[arg(long, default_value = "sd-turbo")]
-    pub model: String,
+    /// Re-create a PNG that ORFEAS or A1111 generated from its own text chunks
+    /// (prompt, seed, model, scheduler, size, strength); any other flag given
+    /// changes that one field.
+    #[arg(long, value_name = "PIC")]
+    pub from_png: Option<PathBuf>,
+    /// Model name from `orfeas models list` (default: sd-turbo).
+    #[arg(long)]
+    pub model: Option<String>,
     /// A diffusers-format model folder, or an SD 1.x or SDXL single-file .safetensors
     /// checkpoint, to use instead of a registry model.
     #[arg(long, visible_alias = "checkpoint", value_name = "DIR|FILE")]
     pub model_dir: Option<PathBuf>,
     /// What not to draw (used with guidance > 1).
-    #[arg(long, default_value = "")]
-    pub negative: String,
+    #[arg(long)]
+    pub negative: Option<String>,
     /// Denoising steps (default: the model's, e.g. 1 for SD-Turbo).
     #[arg(long)]
-    pub steps: Option<usize>,
+    pub steps: Option<u32>,
     /// Classifier-free guidance scale (default: the model's; 0 turns it off).
     #[arg(long)]
     pub guidance: Option<f64>,
-    /// Random seed; the same seed and parameters give the same image.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Random seed; the same seed and parameters give the same image (default 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Image size as WIDTHxHEIGHT, multiples of 8 (default: the model's).
     #[arg(long)]
     pub size: Option<String>,
-    /// Images to generate.
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
+    /// Images to generate (default 1).
+    #[arg(long)]
+    pub batch: Option<u32>,
     /// Scheduler: euler, euler-a, ddim or dpm++2m (default: the model's scheduler config).
     #[arg(long)]
     pub scheduler: Option<String>,
@@ -290,7 +296,7 @@ pub struct TextToImageArgs {
     pub init_image: Option<PathBuf>,
     /// With --init-image: how much of the schedule runs over the picture (0-1;
     /// 0.3 keeps most of it, 0.8 little). Steps run = steps x strength.
-    #[arg(long, requires = "init_image")]
+    #[arg(long)]
     pub strength: Option<f64>,
     /// A safetensors file with the initial noise tensor `latents` (reproducibility tests).
     #[arg(long)]
@@ -309,9 +315,9 @@ pub struct TextToImageArgs {
     #[arg(long, value_name = "DIR")]
     pub tiny_decoder_dir: Option<PathBuf>,
     /// Style preset: none, photographic, digital-art, anime, 3d-model, pixel-art
-    /// (adds its words to the prompt and the negative prompt).
-    #[arg(long, default_value = "none")]
-    pub style: String,
+    /// (adds its words to the prompt and the negative prompt; default none).
+    #[arg(long)]
+    pub style: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -372,12 +378,6 @@ fn absolute(path: &Path) -> PathBuf {
 }
 
 fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
-    if args.method == Method::Triposr {
-        anyhow::bail!(
-            "TripoSR is not available in this build yet; use `--method inflate` (the default), \
-             which needs no weights"
-        );
-    }
     let history = open_history()?;
     let mut params = ImageTo3dParams {
         quality: args.quality.into(),
@@ -423,12 +423,15 @@ fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let request = ImageTo3dRequest {
-        input,
-        output,
-        format,
+        method: match args.method {
+            Method::Inflate => ImageTo3dMethod::Inflate,
+            Method::Triposr => ImageTo3dMethod::TripoSr,
+        },
         params,
+        ..ImageTo3dRequest::new(input, output, format)
     };
-    let spec = image_to_3d_spec(&request)?;
+    request.check()?;
+    let spec = JobSpec::from(request);
 
     let engine = Engine::new(
         EngineConfig {
@@ -437,7 +440,7 @@ fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
         },
         Some(history),
     )?;
-    engine.register(JobKind::ImageTo3d, Arc::new(ImageTo3dRunner));
+    orfeas_ml::register_runners(&engine, orfeas_ml::models::SearchRoots::from_env(), None);
     let (id, outcome, elapsed_ms) = run_job(&engine, spec)?;
     Ok(report_job(id, outcome, |output| {
         let s = &output.summary;
@@ -572,7 +575,9 @@ fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         },
         Some(history),
     )?;
-    engine.register(JobKind::ImageTo3d, Arc::new(ImageTo3dRunner));
+    let kinds =
+        orfeas_ml::register_runners(&engine, orfeas_ml::models::SearchRoots::from_env(), None);
+    tracing::info!(?kinds, "job runners registered");
     engine.add_observer(Arc::new(telemetry.clone()));
     let config = ServeConfig {
         bind: args.bind.clone(),
@@ -720,46 +725,93 @@ fn run_job(
     Ok((id, outcome, started.elapsed().as_secs_f64() * 1000.0))
 }
 
-fn text_to_image(args: TextToImageArgs) -> anyhow::Result<ExitCode> {
-    use orfeas_ml::text_to_image::{
-        StylePreset, TextToImageJob, TextToImageParams, TextToImageRunner,
+/// The one conversion from the command line to a request: the PNG's request
+/// (with `--from-png`) or the defaults, then every flag given.
+pub fn text_to_image_request(args: &TextToImageArgs) -> anyhow::Result<TextToImageRequest> {
+    use orfeas_core::request::{Decoder, text_to_image_from_png};
+    let mut r = match &args.from_png {
+        Some(pic) => {
+            let info = text_to_image_from_png(pic)?;
+            if let Some(name) = &info.model_name
+                && info.request.model != *name
+                && args.model.is_none()
+                && args.model_dir.is_none()
+            {
+                anyhow::bail!(
+                    "{} was made with the model {name:?}, which is not a registry model; \
+                     pass the same model with --model-dir (or choose one with --model)",
+                    pic.display()
+                );
+            }
+            if let Some(name) = &info.init_image_name
+                && args.init_image.is_none()
+            {
+                anyhow::bail!(
+                    "{} was made from the start picture {name:?}, which a PNG does not hold; \
+                     pass it with --init-image",
+                    pic.display()
+                );
+            }
+            info.request
+        }
+        None => TextToImageRequest::default(),
     };
-    let style = StylePreset::by_key(&args.style)?;
-    let mut params = TextToImageParams::for_model(&args.model);
-    params.prompt = if args.prompt.trim().is_empty() {
-        args.prompt // refused by `validate` below, with its own message
-    } else {
-        style.apply_prompt(&args.prompt)
-    };
-    params.negative = style.apply_negative(&args.negative);
-    params.model_dir = args.model_dir.as_deref().map(absolute);
-    params.seed = args.seed;
-    params.batch = args.batch;
-    params.tiled_decode = args.tiled_decode;
-    params.tiny_decoder = args.tiny_decoder;
-    params.tiny_decoder_dir = args.tiny_decoder_dir.as_deref().map(absolute);
-    params.init_latents = args.init_latents.as_deref().map(absolute);
-    params.init_image = args.init_image.as_deref().map(absolute);
-    if let Some(strength) = args.strength {
-        params.strength = strength;
+    if let Some(prompt) = &args.prompt {
+        r.prompt = prompt.clone();
     }
-    if let Some(steps) = args.steps {
-        params.steps = steps;
+    if let Some(model) = &args.model {
+        r.model = model.clone();
+        r.model_path = None;
     }
-    if let Some(guidance) = args.guidance {
-        params.guidance = guidance;
+    if let Some(dir) = &args.model_dir {
+        r.model_path = Some(absolute(dir));
+    }
+    if let Some(negative) = &args.negative {
+        r.negative_prompt = negative.clone();
+    }
+    if let Some(style) = &args.style {
+        r.style = style.trim().to_ascii_lowercase();
+    }
+    r.steps = args.steps.or(r.steps);
+    r.guidance = args.guidance.or(r.guidance);
+    if let Some(seed) = args.seed {
+        r.seed = seed;
     }
     if let Some(size) = &args.size {
         let (w, h) = parse_size(size)?;
-        (params.width, params.height) = (w as usize, h as usize);
+        (r.width, r.height) = (Some(w), Some(h));
+    }
+    if let Some(batch) = args.batch {
+        r.batch = batch;
     }
     if let Some(name) = &args.scheduler {
-        params.scheduler = Some(
-            serde_json::from_value(serde_json::Value::String(name.clone())).map_err(|_| {
-                anyhow::anyhow!("unknown scheduler {name:?}; use euler, euler-a, ddim or dpm++2m")
-            })?,
-        );
+        r.scheduler = Some(name.parse()?);
     }
+    if let Some(init) = &args.init_image {
+        r.init_image = Some(absolute(init));
+    }
+    r.strength = args.strength.or(r.strength);
+    if let Some(latents) = &args.init_latents {
+        r.init_latents = Some(absolute(latents));
+    }
+    if args.tiled_decode {
+        r.decoder = Decoder::VaeTiled;
+    }
+    if args.tiny_decoder || args.tiny_decoder_dir.is_some() {
+        r.decoder = Decoder::Taesd;
+    }
+    r.tiny_decoder_path = args.tiny_decoder_dir.as_deref().map(absolute);
+    r.device = args.device.clone();
+    r.check()?;
+    Ok(r)
+}
+
+fn text_to_image(args: TextToImageArgs) -> anyhow::Result<ExitCode> {
+    use orfeas_core::request::TextToImageJob;
+    use orfeas_ml::text_to_image::TextToImageParams;
+    // Refuse bad parameters before a job or a model load.
+    let request = text_to_image_request(&args)?;
+    TextToImageParams::from_request(&request)?;
     let ext = args
         .output
         .extension()
@@ -769,13 +821,9 @@ fn text_to_image(args: TextToImageArgs) -> anyhow::Result<ExitCode> {
         "the output {} must end in .png",
         args.output.display()
     );
-    // Refuse bad parameters before a job or a model load.
-    params.validate()?;
     let job = TextToImageJob {
-        params,
+        request,
         output: absolute(&args.output),
-        device: args.device,
-        style: style.key.to_owned(),
     };
     let history = open_history()?;
     let engine = Engine::new(
@@ -785,8 +833,8 @@ fn text_to_image(args: TextToImageArgs) -> anyhow::Result<ExitCode> {
         },
         Some(history),
     )?;
-    engine.register(JobKind::TextToImage, Arc::new(TextToImageRunner::default()));
-    let (id, outcome, elapsed_ms) = run_job(&engine, job.spec()?)?;
+    orfeas_ml::register_runners(&engine, orfeas_ml::models::SearchRoots::from_env(), None);
+    let (id, outcome, elapsed_ms) = run_job(&engine, JobSpec::from(job))?;
     Ok(report_job(id, outcome, |output| {
         for file in &output.files {
             println!("wrote {}", file.display());

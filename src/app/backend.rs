@@ -10,10 +10,10 @@ use std::sync::mpsc;
 use anyhow::Context as _;
 use orfeas_core::history::{HISTORY_FILE_NAME, History, JobRecord};
 use orfeas_core::jobs::{
-    Engine, EngineConfig, JobEvent, JobId, JobKind, JobObserver, JobSnapshot, JobState,
+    Engine, EngineConfig, JobEvent, JobId, JobObserver, JobSnapshot, JobSpec, JobState,
 };
 
-use orfeas_ml::text_to_image::{TextToImageJob, TextToImageRunner};
+use orfeas_core::request::{JobRequest, TextToImageJob};
 
 use crate::app::jobs::{GalleryItem, JobPhase, JobView};
 use crate::app::runner::{self, ImageTo3dJobParams};
@@ -94,15 +94,12 @@ impl Backend {
             Some(history.clone()),
         )
         .context("cannot start the job engine")?;
-        engine.register(
-            JobKind::ImageTo3d,
-            Arc::new(orfeas_core::runner::ImageTo3dRunner),
-        );
         let previews: PreviewSlots = Arc::default();
         let (slots, wake) = (previews.clone(), repaint.clone());
-        engine.register(
-            JobKind::TextToImage,
-            Arc::new(TextToImageRunner::with_previews(Arc::new(
+        orfeas_ml::register_runners(
+            &engine,
+            orfeas_ml::models::SearchRoots::for_data_dir(data_dir),
+            Some(Arc::new(
                 move |id: JobId, step, total, image: &image::RgbImage| {
                     slots.lock().insert(
                         id.0,
@@ -114,7 +111,7 @@ impl Backend {
                     );
                     wake();
                 },
-            ))),
+            )),
         );
         let dirty = Arc::new(AtomicBool::new(true));
         engine.add_observer(Arc::new(UiObserver {
@@ -190,8 +187,8 @@ impl Backend {
         output_dir: &Path,
     ) -> anyhow::Result<JobKey> {
         create_output_dir(output_dir)?;
-        job.output = unique_path(output_dir, &prompt_stem(&job.params.prompt), "png");
-        self.queue(job.spec().context("cannot encode the job parameters")?)
+        job.output = unique_path(output_dir, &prompt_stem(&job.request.prompt), "png");
+        self.queue(JobSpec::from(job))
     }
 
     /// Queues a new job with `item`'s parameters, optionally in another format.
@@ -229,13 +226,10 @@ impl Backend {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "model".to_owned());
         job.output = unique_path(output_dir, &stem, job.format.extension());
-        self.queue(
-            orfeas_core::runner::image_to_3d_spec(&job)
-                .context("cannot encode the job parameters")?,
-        )
+        self.queue(JobSpec::from(job))
     }
 
-    fn queue(&self, spec: orfeas_core::jobs::JobSpec) -> anyhow::Result<JobKey> {
+    fn queue(&self, spec: JobSpec) -> anyhow::Result<JobKey> {
         let id = self.engine.submit(spec)?;
         self.dirty.store(true, Ordering::Release);
         Ok(id.0)
@@ -298,12 +292,13 @@ fn job_view(s: &JobSnapshot) -> JobView {
 }
 
 fn gallery_item(r: &JobRecord) -> GalleryItem {
-    let params: Option<ImageTo3dJobParams> = (r.kind == JobKind::ImageTo3d)
-        .then(|| serde_json::from_value(r.params.clone()).ok())
-        .flatten();
-    let text: Option<TextToImageJob> = (r.kind == JobKind::TextToImage)
-        .then(|| serde_json::from_value(r.params.clone()).ok())
-        .flatten();
+    // A row this build cannot read (an older or newer request) shows, but cannot re-run.
+    let (params, text): (Option<ImageTo3dJobParams>, Option<TextToImageJob>) =
+        match JobRequest::from_params_json(r.kind, &r.params) {
+            Ok(JobRequest::ImageTo3d(request)) => (Some(request), None),
+            Ok(JobRequest::TextToImage(job)) => (None, Some(job)),
+            Err(_) => (None, None),
+        };
     GalleryItem {
         record: r.id.0,
         kind: r.kind,

@@ -106,7 +106,7 @@ pub struct GalleryItem {
     /// The job's parameters, when this build can read them (for re-run and export).
     pub params: Option<crate::app::runner::ImageTo3dJobParams>,
     /// A text→image job's parameters (for re-run and the card's facts).
-    pub text: Option<orfeas_ml::text_to_image::TextToImageJob>,
+    pub text: Option<orfeas_core::request::TextToImageJob>,
 }
 
 /// The latest step preview of a running text→image job.

@@ -114,11 +114,7 @@ pub struct Models {
 impl Models {
     /// Search roots: `$ORFEAS_MODELS`, `<data_dir>/models`, the HF cache.
     pub fn new(data_dir: &Path, endpoint: Option<String>, repaint: Repaint) -> Models {
-        let roots = SearchRoots {
-            orfeas_models: std::env::var_os("ORFEAS_MODELS").map(PathBuf::from),
-            data_models: Some(data_dir.join("models")),
-            hf_cache: models::hf_hub_cache(),
-        };
+        let roots = SearchRoots::for_data_dir(data_dir);
         Models {
             view: ModelsView {
                 download_root: data_dir.join("models"),

@@ -15,9 +15,6 @@ pub type ImageTo3dJobParams = ImageTo3dRequest;
 /// filled in when the job is submitted.
 pub fn request_from_create(input: &Path, p: &CreateParams, output_dir: &Path) -> ImageTo3dRequest {
     ImageTo3dRequest {
-        input: input.to_path_buf(),
-        output: output_dir.join("pending"),
-        format: export_format(p.format),
         params: ImageTo3dParams {
             quality: quality(p.quality),
             foreground_ratio: p.foreground_ratio,
@@ -28,6 +25,11 @@ pub fn request_from_create(input: &Path, p: &CreateParams, output_dir: &Path) ->
             decimate_ratio: p.decimate_ratio,
             ..ImageTo3dParams::default()
         },
+        ..ImageTo3dRequest::new(
+            input.to_path_buf(),
+            output_dir.join("pending"),
+            export_format(p.format),
+        )
     }
 }
 

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use orfeas_core::request::{Decoder, TextToImageRequest};
 
 /// The top-level tabs, in the order they appear in the top bar.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -246,7 +247,7 @@ pub struct TextParams {
     pub height: usize,
     pub batch: usize,
     /// `None`: the model's own scheduler.
-    pub scheduler: Option<orfeas_ml::sd::schedulers::SchedulerKind>,
+    pub scheduler: Option<orfeas_core::request::SchedulerKind>,
     pub decoder: DecoderChoice,
     /// Image→image: the picture to start from (`None`: pure noise).
     pub init_image: Option<PathBuf>,
@@ -256,20 +257,82 @@ pub struct TextParams {
 
 impl TextParams {
     /// Defaults for a model the user chose by path, keeping the prompt and
-    /// seed: a single-file checkpoint is a full SD 1.x/SDXL model (SD 1.5's
-    /// steps and guidance, 1024² for SDXL ones, which are trained at that size);
-    /// a folder gets a turbo model's.
+    /// seed (see `TextToImageParams::for_path`: the one rule for every front end).
     pub fn with_path_defaults(&self, path: &Path) -> TextParams {
-        let mut t = if path.is_file() {
-            let mut t = self.with_model_defaults("sd-1.5");
-            if orfeas_ml::sd::pipeline::SdModel::dir_is_xl(path).unwrap_or(false) {
-                (t.width, t.height) = (1024, 1024);
-            }
-            t
-        } else {
-            self.with_model_defaults("sd-turbo")
+        let d = orfeas_ml::text_to_image::TextToImageParams::for_path(path);
+        TextParams {
+            model: d.model,
+            model_dir: Some(path.to_path_buf()),
+            steps: d.steps,
+            guidance: d.guidance,
+            width: d.width,
+            height: d.height,
+            ..self.clone()
+        }
+    }
+
+    /// The one conversion from the Create tab's fields to a request. The prompt
+    /// goes as typed (the runner adds the style's words).
+    pub fn to_request(&self) -> TextToImageRequest {
+        TextToImageRequest {
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative.clone(),
+            model: self.model.clone(),
+            model_path: self.model_dir.clone(),
+            style: self.style.clone(),
+            steps: Some(u32::try_from(self.steps).unwrap_or(u32::MAX)),
+            guidance: Some(self.guidance),
+            width: Some(u32::try_from(self.width).unwrap_or(u32::MAX)),
+            height: Some(u32::try_from(self.height).unwrap_or(u32::MAX)),
+            seed: self.seed,
+            batch: u32::try_from(self.batch).unwrap_or(u32::MAX),
+            scheduler: self.scheduler,
+            decoder: match self.decoder {
+                DecoderChoice::Vae => Decoder::Vae,
+                DecoderChoice::TiledVae => Decoder::VaeTiled,
+                DecoderChoice::Tiny => Decoder::Taesd,
+            },
+            strength: self.init_image.as_ref().map(|_| self.strength),
+            init_image: self.init_image.clone(),
+            ..TextToImageRequest::default()
+        }
+    }
+
+    /// The fields a request sets, for a PNG dropped on the Create tab (or a
+    /// re-run): what it leaves open takes the model's defaults. `model_dir`
+    /// is the folder to use when the request's model was chosen by path.
+    pub fn from_request(&self, r: &TextToImageRequest) -> TextParams {
+        let mut t = match &r.model_path {
+            Some(path) => self.with_path_defaults(path),
+            None => self.with_model_defaults(&r.model),
         };
-        t.model_dir = Some(path.to_path_buf());
+        t.prompt = r.prompt.clone();
+        t.negative = r.negative_prompt.clone();
+        t.style = r.style.clone();
+        if let Some(steps) = r.steps {
+            t.steps = steps as usize;
+        }
+        if let Some(g) = r.guidance {
+            t.guidance = g;
+        }
+        if let Some(w) = r.width {
+            t.width = w as usize;
+        }
+        if let Some(h) = r.height {
+            t.height = h as usize;
+        }
+        t.seed = r.seed;
+        // The picture came from this seed: keep it for the next Generate.
+        t.seed_locked = true;
+        t.batch = r.batch as usize;
+        t.scheduler = r.scheduler;
+        t.decoder = match r.decoder {
+            Decoder::Vae => DecoderChoice::Vae,
+            Decoder::VaeTiled => DecoderChoice::TiledVae,
+            Decoder::Taesd => DecoderChoice::Tiny,
+        };
+        t.init_image = r.init_image.clone();
+        t.strength = r.strength_or_default();
         t
     }
 
@@ -396,6 +459,8 @@ pub enum Command {
     },
     SetMode(CreateMode),
     SetTextParams(TextParams),
+    /// Fill the text→image fields from a generated PNG's text chunks ("PNG Info").
+    LoadPngSettings(PathBuf),
     /// Start a text→image job with the current text parameters.
     GenerateImage,
     /// Turn this image into a 3D model (switches to image→3D and starts the job).

@@ -92,18 +92,20 @@ fn card_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, item: &GalleryItem) {
             });
             let mut facts = Vec::new();
             if let Some(t) = &item.text {
+                let r = &t.request;
                 facts.push(
-                    t.params
-                        .model_dir
+                    r.model_path
                         .as_deref()
                         .and_then(|d| d.file_name())
                         .map_or_else(
-                            || t.params.model.clone(),
+                            || r.model.clone(),
                             |n| n.to_string_lossy().into_owned(),
                         ),
                 );
-                facts.push(format!("{}x{}", t.params.width, t.params.height));
-                facts.push(format!("seed {}", t.params.seed));
+                if let (Some(w), Some(h)) = (r.width, r.height) {
+                    facts.push(format!("{w}x{h}"));
+                }
+                facts.push(format!("seed {}", r.seed));
             }
             if let Some(f) = item.format {
                 facts.push(f.label().to_owned());

@@ -293,6 +293,11 @@ pub fn text_params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
             t.with_model_defaults(&t.model.clone())
         };
     }
+    ui.add_space(space::SM);
+    hint_ui(
+        ui,
+        "Drop a PNG made here or in A1111 on the window to load its settings.",
+    );
     if t != ctx.saved.text {
         ctx.send(Command::SetTextParams(t));
     }

@@ -235,7 +235,7 @@ impl MeshVertices {
             .collect();
         Self {
             chunks,
-            closed_outward: is_closed_outward(mesh),
+            closed_outward: mesh.topology().is_closed_outward(),
             texture: mesh.texture.clone().filter(|_| has_uvs),
             has_colors,
             triangle_count: mesh.triangle_count(),
@@ -244,57 +244,6 @@ impl MeshVertices {
                 .map(|(min, max)| Bounds::from_min_max(min, max)),
         }
     }
-}
-
-/// For each vertex, the first vertex at exactly the same position (-0.0 and
-/// 0.0 count as equal): UV seams and split normals do not split the surface.
-pub fn weld_positions(mesh: &Mesh) -> Vec<u32> {
-    let mut welded: std::collections::HashMap<[u32; 3], u32> =
-        std::collections::HashMap::with_capacity(mesh.positions.len());
-    mesh.positions
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let next = u32::try_from(i).unwrap_or(u32::MAX);
-            *welded.entry(p.map(|c| (c + 0.0).to_bits())).or_insert(next)
-        })
-        .collect()
-}
-
-/// True when, with equal positions welded, every edge is used exactly once in
-/// each direction (closed, consistently wound) and the signed volume is
-/// positive (outward). Degenerate triangles are ignored.
-pub fn is_closed_outward(mesh: &Mesh) -> bool {
-    use std::collections::HashMap;
-    if mesh.indices.len() < 12 {
-        return false;
-    }
-    let canonical = weld_positions(mesh);
-    let mut directed: HashMap<(u32, u32), u32> = HashMap::with_capacity(mesh.indices.len());
-    let mut volume = 0.0f64;
-    for triangle in mesh.indices.chunks_exact(3) {
-        let Some(c) = triangle
-            .iter()
-            .map(|&i| canonical.get(i as usize).copied())
-            .collect::<Option<Vec<u32>>>()
-        else {
-            return false; // an index past the vertices
-        };
-        if c[0] == c[1] || c[1] == c[2] || c[0] == c[2] {
-            continue;
-        }
-        for k in 0..3 {
-            *directed.entry((c[k], c[(k + 1) % 3])).or_default() += 1;
-        }
-        let p = |i: u32| Vec3::from(mesh.positions[i as usize]).as_dvec3();
-        let (a, b, cc) = (p(triangle[0]), p(triangle[1]), p(triangle[2]));
-        volume += a.dot(b.cross(cc));
-    }
-    !directed.is_empty()
-        && directed
-            .iter()
-            .all(|(&(a, b), &n)| n == 1 && directed.get(&(b, a)) == Some(&1))
-        && volume > 0.0
 }
 
 /// Faces meeting at a vertex at an angle above this are shaded with a hard edge.

@@ -33,28 +33,10 @@ impl MeshStats {
             bounds: mesh
                 .bounds()
                 .map(|(min, max)| Bounds::from_min_max(min, max)),
-            watertight: is_watertight(mesh),
+            // Welded by position, so UV seams (split vertices) do not count as holes.
+            watertight: mesh.topology().is_closed(),
         }
     }
-}
-
-/// Closed-surface check on positions, so UV seams (split vertices) do not count as holes.
-pub fn is_watertight(mesh: &Mesh) -> bool {
-    use std::collections::HashMap;
-    if mesh.indices.is_empty() {
-        return false;
-    }
-    let canonical = super::renderer::weld_positions(mesh);
-    let mut edges: HashMap<(u32, u32), u32> = HashMap::with_capacity(mesh.indices.len());
-    for triangle in mesh.indices.chunks_exact(3) {
-        let corners = [triangle[0], triangle[1], triangle[2]]
-            .map(|i| canonical.get(i as usize).copied().unwrap_or(u32::MAX));
-        for k in 0..3 {
-            let (a, b) = (corners[k], corners[(k + 1) % 3]);
-            *edges.entry((a.min(b), a.max(b))).or_default() += 1;
-        }
-    }
-    edges.values().all(|&count| count == 2)
 }
 
 /// A mesh ready to show: the CPU-side GPU vertices plus stats.

@@ -13,7 +13,7 @@ use orfeas::app::state::{Command, CreateMode, DecoderChoice, Tab, TextParams};
 use orfeas::app::{AppConfig, StudioApp};
 use orfeas_core::jobs::JobKind;
 
-use crate::gui::{harness, harness_with, step_until};
+use crate::gui::{drop_file, harness, harness_with, step_until};
 
 /// The tiny SD fixture, completed once per test process (see `orfeas_ml::fixture`).
 fn fixture_model() -> PathBuf {
@@ -158,9 +158,77 @@ fn a_prompt_becomes_an_image_in_the_gallery_and_make_3d_turns_it_into_a_mesh() {
         .text
         .clone()
         .expect("the image job's parameters are readable");
-    assert_eq!(text.params.seed, 7);
-    assert_eq!(text.params.prompt, "a red teapot");
+    assert_eq!(text.request.seed, 7);
+    assert_eq!(text.request.prompt, "a red teapot");
     assert_eq!(item.image_output(), Some(png.as_path()));
+}
+
+/// Runs the text→image job the Create tab's fields describe and returns its PNG.
+fn generate_png(h: &mut Harness<'static, StudioApp>) -> PathBuf {
+    let before = h.state().jobs().len();
+    h.get_by_role_and_label(Role::Button, "Generate image")
+        .click();
+    step_until(h, "the image job to finish", |h| {
+        h.state().jobs().len() > before && h.state().jobs().last().is_some_and(|j| j.phase.is_finished())
+    });
+    let job = h.state().jobs().last().unwrap().clone();
+    assert_eq!(job.phase, JobPhase::Succeeded, "{:?}", job.error);
+    job.image_output().expect("a PNG output").to_path_buf()
+}
+
+/// PNG Info: a generated PNG dropped on the text→image side brings back every
+/// field that made it, and generating again gives the same picture, bit for bit.
+#[test]
+fn a_dropped_png_brings_back_its_settings_and_the_same_picture() {
+    use orfeas_core::request::SchedulerKind;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let made_with = TextParams {
+        negative: "blurry, dark".into(),
+        style: "pixel-art".into(),
+        scheduler: Some(SchedulerKind::EulerAncestral),
+        seed: 90_210,
+        steps: 3,
+        width: 72,
+        height: 64,
+        ..tiny_params("a brass lantern on a rock")
+    };
+    let mut h = text_mode(&data, made_with.clone());
+    h.run();
+    let first = generate_png(&mut h);
+
+    // Other settings on screen, then the PNG is dropped on the window.
+    h.state_mut().apply(Command::SetTextParams(TextParams {
+        seed_locked: false,
+        style: "none".into(),
+        scheduler: None,
+        ..tiny_params("something else entirely")
+    }));
+    h.run();
+    drop_file(&mut h, &first);
+    h.run();
+    let loaded = h.state().saved_state().text.clone();
+    assert_eq!(loaded, made_with, "every field comes back from the PNG");
+    assert!(
+        h.query_by_label_contains("Settings loaded from").is_some(),
+        "the user is told where the settings came from"
+    );
+
+    let second = generate_png(&mut h);
+    assert_ne!(first, second, "a new file");
+    let (a, b) = (
+        image::open(&first).unwrap().to_rgb8(),
+        image::open(&second).unwrap().to_rgb8(),
+    );
+    assert!(a == b, "the same picture, bit for bit");
+
+    // A PNG without settings is refused with what to do, and changes nothing.
+    let plain = tmp.path().join("plain.png");
+    image::RgbImage::new(8, 8).save(&plain).unwrap();
+    drop_file(&mut h, &plain);
+    h.run();
+    assert_eq!(h.state().saved_state().text, made_with);
+    assert!(h.query_by_label_contains("records no prompt").is_some());
 }
 
 #[test]

@@ -7,4 +7,5 @@ mod gui_metrics;
 mod gui_text;
 mod gui_viewer;
 mod render;
+mod request_contract;
 mod viewport;

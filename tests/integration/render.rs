@@ -356,7 +356,7 @@ fn invalid_sizes_are_errors() {
 
 #[test]
 fn only_closed_outward_meshes_get_back_faces_culled() {
-    use orfeas::viewport::renderer::is_closed_outward;
+    let is_closed_outward = |m: &orfeas_core::mesh::Mesh| m.topology().is_closed_outward();
     let outward = box_mesh([-0.5; 3], [0.5; 3]);
     assert!(is_closed_outward(&outward));
     let mut inward = outward.clone();

@@ -6,13 +6,15 @@
 //! never touches them.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension as _, params};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::jobs::{JobId, JobKind, JobOutput, JobState};
+// The timings are the engine's; the history stores them as they are.
+pub use crate::jobs::{JobTimings, StageTiming, system_time_ms};
 
 /// File name of the history database inside the data directory.
 pub const HISTORY_FILE_NAME: &str = "history.sqlite3";
@@ -100,24 +102,6 @@ pub enum HistoryError {
     Path(#[from] crate::paths::PathError),
 }
 
-/// Time spent in one reported stage of a job.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct StageTiming {
-    pub stage: String,
-    pub duration_secs: f64,
-}
-
-/// Timings recorded with a finished job.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct JobTimings {
-    /// Time from submission to start.
-    pub queue_secs: Option<f64>,
-    /// Time the runner took.
-    pub run_secs: Option<f64>,
-    /// Per-stage times, in the order the runner reported the stages.
-    pub stages: Vec<StageTiming>,
-}
-
 /// One job as stored. Timestamps are unix epoch milliseconds.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct JobRecord {
@@ -154,12 +138,6 @@ pub fn now_ms() -> i64 {
     system_time_ms(SystemTime::now())
 }
 
-/// A `SystemTime` as unix epoch milliseconds (0 before the epoch).
-pub fn system_time_ms(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 const RECORD_COLUMNS: &str = "id, kind, label, params, state, created_at_ms, started_at_ms, \
      finished_at_ms, queue_secs, duration_secs, stage_secs, outputs, quality, summary, \

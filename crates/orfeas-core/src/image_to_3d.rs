@@ -19,7 +19,7 @@ mod texture;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::export::{ExportError, ExportFormat};
+use crate::export::ExportError;
 use crate::image_input::{ImageInputError, ImageLimits};
 use crate::mesh::Mesh;
 use crate::quality::{self, MeshReport};
@@ -89,7 +89,7 @@ impl std::str::FromStr for Quality {
 
 /// Parameters of the built-in image→3D method.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ImageTo3dParams {
     pub quality: Quality,
     /// Share of the framed square's side taken by the foreground's long side (0.1..=1).
@@ -291,15 +291,7 @@ fn generate_timed(
     })
 }
 
-/// A whole file → file generation.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ImageTo3dRequest {
-    pub input: PathBuf,
-    pub output: PathBuf,
-    pub format: ExportFormat,
-    #[serde(default)]
-    pub params: ImageTo3dParams,
-}
+pub use crate::request::ImageTo3dRequest;
 
 /// What a finished generation produced.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -321,6 +313,16 @@ pub fn run_file(
     progress: &mut dyn FnMut(&'static str, f32),
     cancelled: &dyn Fn() -> bool,
 ) -> Result<ImageTo3dOutcome, ImageTo3dError> {
+    if req.method != crate::request::ImageTo3dMethod::Inflate {
+        return Err(ImageTo3dError::InvalidParameter {
+            field: "method",
+            detail: format!(
+                "the built-in pipeline runs the inflate method only; {} runs through the \
+                 model runner (`orfeas_ml::register_runners`)",
+                req.method.as_str()
+            ),
+        });
+    }
     req.params.validate()?;
     // Refuse a bad output path before the work, not after it.
     crate::export::check_output(&req.output, req.format)?;

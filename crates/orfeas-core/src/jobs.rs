@@ -12,13 +12,13 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 pub use engine::{Engine, EngineConfig, EngineError, ShutdownReport};
 
-pub use crate::history::{JobTimings, StageTiming};
+pub use crate::request::JobRequest;
 
 /// A job's id: the history row id when the engine has a history, otherwise a
 /// counter local to the engine.
@@ -137,14 +137,38 @@ impl std::str::FromStr for JobState {
     }
 }
 
-/// What to run.
+/// What to run: a typed request (see [`crate::request`]), never a loose value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
-    pub kind: JobKind,
-    /// What the runner reads (paths, quality preset, prompt, seed...).
-    pub params: serde_json::Value,
+    pub request: JobRequest,
     /// Short human text for lists: a file name or a prompt excerpt.
     pub label: String,
+}
+
+impl JobSpec {
+    /// The spec for `request`, labelled with its file name or prompt start.
+    pub fn new(request: JobRequest) -> JobSpec {
+        JobSpec {
+            label: request.label(),
+            request,
+        }
+    }
+
+    pub fn kind(&self) -> JobKind {
+        self.request.kind()
+    }
+}
+
+impl From<crate::request::ImageTo3dRequest> for JobSpec {
+    fn from(r: crate::request::ImageTo3dRequest) -> JobSpec {
+        JobSpec::new(JobRequest::ImageTo3d(r))
+    }
+}
+
+impl From<crate::request::TextToImageJob> for JobSpec {
+    fn from(j: crate::request::TextToImageJob) -> JobSpec {
+        JobSpec::new(JobRequest::TextToImage(j))
+    }
 }
 
 /// What a successful job produced.
@@ -191,6 +215,13 @@ impl fmt::Display for JobFailure {
 /// return [`JobFailure::cancelled`] promptly, writing no partial files.
 pub trait JobRunner: Send + Sync + 'static {
     fn run(&self, spec: &JobSpec, ctx: &JobContext) -> Result<JobOutput, JobFailure>;
+
+    /// Called by [`Engine::submit`] before the job is queued: refuse here what
+    /// can be known at once (the model is not installed, the method is not
+    /// built in) so the caller hears it now, not after waiting in the queue.
+    fn admit(&self, _spec: &JobSpec) -> Result<(), JobFailure> {
+        Ok(())
+    }
 }
 
 /// Any `Fn(&JobSpec, &JobContext) -> Result<JobOutput, JobFailure>` is a runner.
@@ -322,16 +353,41 @@ pub trait JobObserver: Send + Sync {
 }
 
 fn ser_time_ms<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_i64(crate::history::system_time_ms(*t))
+    s.serialize_i64(system_time_ms(*t))
 }
 
 fn ser_opt_time_ms<S: serde::Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
     match t {
-        Some(t) => s.serialize_some(&crate::history::system_time_ms(*t)),
+        Some(t) => s.serialize_some(&system_time_ms(*t)),
         None => s.serialize_none(),
     }
 }
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
+}
+
+/// Time spent in one reported stage of a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageTiming {
+    pub stage: String,
+    pub duration_secs: f64,
+}
+
+/// Timings recorded with a finished job.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobTimings {
+    /// Time from submission to start.
+    pub queue_secs: Option<f64>,
+    /// Time the runner took.
+    pub run_secs: Option<f64>,
+    /// Per-stage times, in the order the runner reported the stages.
+    pub stages: Vec<StageTiming>,
+}
+
+/// A `SystemTime` as unix epoch milliseconds (0 before the epoch).
+pub fn system_time_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

@@ -12,5 +12,6 @@ pub mod mesh;
 pub mod monitoring;
 pub mod paths;
 pub mod quality;
+pub mod request;
 pub mod runner;
 pub mod telemetry;

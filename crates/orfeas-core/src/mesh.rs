@@ -58,9 +58,11 @@ pub use smooth::smooth_taubin;
 pub use topology::Topology;
 
 impl Mesh {
-    /// For every vertex, the index of the first vertex with a bit-identical
-    /// position. Vertices split along UV seams (as glTF requires) weld back
-    /// into one, so connectivity questions see the closed surface.
+    /// For every vertex, the index of the first vertex at the same position
+    /// (bit-identical, except that -0.0 and 0.0 are one). Vertices split along
+    /// UV seams (as glTF requires) weld back into one, so connectivity
+    /// questions see the closed surface. The one weld: export, smoothing,
+    /// decimation, the quality score and the viewer all use it.
     pub fn weld_map(&self) -> Vec<u32> {
         let mut first: std::collections::HashMap<[u32; 3], u32> =
             std::collections::HashMap::with_capacity(self.positions.len());
@@ -68,7 +70,8 @@ impl Mesh {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let key = [p[0].to_bits(), p[1].to_bits(), p[2].to_bits()];
+                // Adding 0.0 turns -0.0 into 0.0 and leaves every other value as it is.
+                let key = p.map(|c| (c + 0.0).to_bits());
                 *first.entry(key).or_insert(i as u32)
             })
             .collect()
@@ -196,4 +199,52 @@ pub(crate) fn triangle_normal(a: [f32; 3], b: [f32; 3], c: [f32; 3]) -> [f64; 3]
         u[2] * v[0] - u[0] * v[2],
         u[0] * v[1] - u[1] * v[0],
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Mesh;
+
+    /// A closed tetrahedron, wound outwards.
+    fn tetrahedron() -> Mesh {
+        Mesh {
+            positions: vec![[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            indices: vec![0, 2, 1, 0, 1, 3, 0, 3, 2, 1, 2, 3],
+            ..Mesh::default()
+        }
+    }
+
+    #[test]
+    fn the_weld_treats_negative_zero_as_zero() {
+        // Each face gets its own corners (as a flat-shaded export writes them),
+        // and one copy of the origin is written as -0.0.
+        let t = tetrahedron();
+        let mut split = Mesh::default();
+        for &i in &t.indices {
+            split.indices.push(split.positions.len() as u32);
+            split.positions.push(t.positions[i as usize]);
+        }
+        split.positions[0] = [-0.0, 0.0, -0.0];
+        let topology = split.topology();
+        assert!(topology.is_closed(), "{topology:?}");
+        assert!(topology.is_closed_outward());
+        assert_eq!(topology.vertices, 4);
+        assert_eq!(split.welded().positions.len(), 4);
+    }
+
+    #[test]
+    fn faces_collapsed_by_the_weld_do_not_open_or_break_the_surface() {
+        // The tetrahedron plus a sliver whose two corners weld into one: a UV
+        // sphere's pole triangles look like this.
+        let mut m = tetrahedron();
+        m.positions.push([1.0, 0.0, 0.0]); // a seam copy of vertex 1
+        m.indices.extend([1, 4, 2]);
+        let topology = m.topology();
+        assert_eq!(topology.degenerate_faces, 1);
+        assert!(topology.is_closed() && topology.is_manifold(), "{topology:?}");
+        assert!(topology.is_closed_outward());
+        // Flipping a real face is still seen.
+        m.indices.swap(1, 2);
+        assert!(!m.topology().is_closed_outward());
+    }
 }

@@ -3,21 +3,15 @@
 use std::path::{Path, PathBuf};
 
 use crate::export::ExportFormat;
-use crate::image_to_3d::{self, ImageTo3dError, ImageTo3dRequest};
-use crate::jobs::{JobContext, JobFailure, JobKind, JobOutput, JobRunner, JobSpec};
+use crate::image_to_3d::{self, ImageTo3dError};
+use crate::jobs::{JobContext, JobFailure, JobOutput, JobRequest, JobRunner, JobSpec};
+use crate::request::{ImageTo3dMethod, ImageTo3dRequest};
 
-/// Runs [`image_to_3d::run_file`] for [`JobKind::ImageTo3d`] jobs.
+/// Runs [`image_to_3d::run_file`] for [`crate::jobs::JobKind::ImageTo3d`]
+/// jobs of the inflate method; other methods are refused with the reason
+/// (`orfeas_ml::register_runners` registers the runner that has them all).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ImageTo3dRunner;
-
-/// The job spec for an image→3D request (label: the input file's name).
-pub fn image_to_3d_spec(request: &ImageTo3dRequest) -> Result<JobSpec, serde_json::Error> {
-    Ok(JobSpec {
-        kind: JobKind::ImageTo3d,
-        params: serde_json::to_value(request)?,
-        label: file_label(&request.input),
-    })
-}
 
 /// Where an output goes when the user gave no path: `dir/<input stem>-<job-ish stamp>.<ext>`.
 pub fn default_output_path(dir: &Path, input: &Path, format: ExportFormat) -> PathBuf {
@@ -33,44 +27,63 @@ pub fn default_output_path(dir: &Path, input: &Path, format: ExportFormat) -> Pa
     dir.join(format!("{stem}-{stamp}.{}", format.extension()))
 }
 
-fn file_label(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
+/// The image→3D request of a spec, or the failure that says the spec is of another kind.
+pub fn image_to_3d_request(spec: &JobSpec) -> Result<&ImageTo3dRequest, JobFailure> {
+    match &spec.request {
+        JobRequest::ImageTo3d(r) => Ok(r),
+        other => Err(JobFailure::new(
+            "invalid_parameter",
+            format!("an image→3D runner was given a {} job", other.kind()),
+        )),
+    }
+}
+
+/// Runs the built-in (inflate) pipeline on `request`; shared by every image→3D runner.
+pub fn run_inflate(request: &ImageTo3dRequest, ctx: &JobContext) -> Result<JobOutput, JobFailure> {
+    let outcome = image_to_3d::run_file(
+        request,
+        &mut |stage, fraction| ctx.progress(stage, fraction, ""),
+        &|| ctx.is_cancelled(),
+    )
+    .map_err(|err| match err {
+        ImageTo3dError::Cancelled => JobFailure::cancelled(),
+        other => JobFailure::new(other.reason(), format!("{other}")),
+    })?;
+    let summary = serde_json::json!({
+        "method": request.method.as_str(),
+        "vertices": outcome.vertices,
+        "triangles": outcome.triangles,
+        "format": request.format.as_str(),
+        "quality": request.params.quality.as_str(),
+        "report": outcome.report,
+        "stage_millis": outcome.stage_millis.iter()
+            .map(|(stage, ms)| serde_json::json!({"stage": stage, "millis": ms}))
+            .collect::<Vec<_>>(),
+    });
+    Ok(JobOutput {
+        files: outcome.files,
+        quality: Some(outcome.report.score),
+        summary,
+    })
 }
 
 impl JobRunner for ImageTo3dRunner {
+    /// Refuses at once a method this runner does not have, instead of running another.
+    fn admit(&self, spec: &JobSpec) -> Result<(), JobFailure> {
+        let request = image_to_3d_request(spec)?;
+        match request.method {
+            ImageTo3dMethod::Inflate => Ok(()),
+            other => Err(JobFailure::new(
+                "model_unavailable",
+                format!(
+                    "this server has no {} runner; use method inflate, or install the model and restart",
+                    other.as_str()
+                ),
+            )),
+        }
+    }
+
     fn run(&self, spec: &JobSpec, ctx: &JobContext) -> Result<JobOutput, JobFailure> {
-        let request: ImageTo3dRequest =
-            serde_json::from_value(spec.params.clone()).map_err(|err| {
-                JobFailure::new(
-                    "invalid_parameter",
-                    format!("the job's parameters are not a valid image→3D request: {err}"),
-                )
-            })?;
-        let outcome = image_to_3d::run_file(
-            &request,
-            &mut |stage, fraction| ctx.progress(stage, fraction, ""),
-            &|| ctx.is_cancelled(),
-        )
-        .map_err(|err| match err {
-            ImageTo3dError::Cancelled => JobFailure::cancelled(),
-            other => JobFailure::new(other.reason(), format!("{other}")),
-        })?;
-        let summary = serde_json::json!({
-            "vertices": outcome.vertices,
-            "triangles": outcome.triangles,
-            "format": request.format.as_str(),
-            "quality": request.params.quality.as_str(),
-            "report": outcome.report,
-            "stage_millis": outcome.stage_millis.iter()
-                .map(|(stage, ms)| serde_json::json!({"stage": stage, "millis": ms}))
-                .collect::<Vec<_>>(),
-        });
-        Ok(JobOutput {
-            files: outcome.files,
-            quality: Some(outcome.report.score),
-            summary,
-        })
+        run_inflate(image_to_3d_request(spec)?, ctx)
     }
 }

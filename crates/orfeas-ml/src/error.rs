@@ -86,4 +86,13 @@ impl SdError {
     }
 }
 
+impl From<orfeas_core::request::RequestError> for SdError {
+    fn from(e: orfeas_core::request::RequestError) -> SdError {
+        SdError::InvalidParams {
+            field: e.field,
+            reason: e.message,
+        }
+    }
+}
+
 pub type Result<T, E = SdError> = std::result::Result<T, E>;

@@ -12,3 +12,28 @@ pub mod sd;
 pub mod text_to_image;
 
 pub use error::SdError;
+
+use std::sync::Arc;
+
+use orfeas_core::jobs::{Engine, JobKind};
+
+/// Registers every runner this build has on `engine`, in the one place the
+/// GUI, the CLI and `serve` share: text→image (models are found per job; a
+/// job whose model is not installed is refused when submitted) and image→3D.
+/// Registry models are looked for in `roots`; `previews` receives each denoising step's preview (the GUI shows them).
+/// Returns the kinds now registered.
+pub fn register_runners(
+    engine: &Engine,
+    roots: models::SearchRoots,
+    previews: Option<text_to_image::PreviewSink>,
+) -> Vec<JobKind> {
+    engine.register(
+        JobKind::TextToImage,
+        Arc::new(text_to_image::TextToImageRunner::new(roots, previews)),
+    );
+    engine.register(
+        JobKind::ImageTo3d,
+        Arc::new(orfeas_core::runner::ImageTo3dRunner),
+    );
+    engine.registered_kinds()
+}

@@ -288,6 +288,16 @@ pub struct SearchRoots {
 }
 
 impl SearchRoots {
+    /// `$ORFEAS_MODELS`, `data_dir/models` and the HF cache: where an app
+    /// with its own data folder looks.
+    pub fn for_data_dir(data_dir: &Path) -> Self {
+        Self {
+            orfeas_models: std::env::var_os("ORFEAS_MODELS").map(PathBuf::from),
+            data_models: Some(data_dir.join("models")),
+            hf_cache: hf_hub_cache(),
+        }
+    }
+
     pub fn from_env() -> Self {
         Self {
             orfeas_models: std::env::var_os("ORFEAS_MODELS").map(PathBuf::from),
@@ -390,9 +400,16 @@ pub fn missing_files(model: &KnownModel, dir: &Path) -> Vec<&'static str> {
         .files
         .iter()
         .filter(|f| {
-            let p = dir.join(f.path);
-            let alt = dir.join(f.path.replace(".fp16.safetensors", ".safetensors"));
-            !p.is_file() && !alt.is_file()
+            // The fp16 file, its full-precision twin, or either as shards
+            // (`NAME.safetensors.index.json`, as the loader reads them).
+            let full = f.path.replace(".fp16.safetensors", ".safetensors");
+            let candidates = [
+                f.path.to_owned(),
+                format!("{}.index.json", f.path),
+                format!("{full}.index.json"),
+                full,
+            ];
+            !candidates.iter().any(|c| dir.join(c).is_file())
         })
         .map(|f| f.path)
         .collect()

@@ -1,18 +1,18 @@
 //! One-call text→image for the CLI, the GUI and the job runner.
 //!
-//! Input rules (checked before any weights are read, so bad input fails in
-//! milliseconds and writes nothing):
-//! - the prompt must contain something other than whitespace: an empty prompt
-//!   gives an arbitrary unconditional picture, which is almost always a
-//!   mistake in an app (the negative prompt may be empty);
-//! - width and height are multiples of 8 between 64 and 2048;
-//! - steps 1..=500, guidance 0..=30 (CFG runs when guidance > 1), batch 1..=16.
+//! Every front end builds an [`orfeas_core::request::TextToImageRequest`]
+//! (one set of names and limits) and [`TextToImageParams::from_request`] turns
+//! it into what the pipeline runs: the model's defaults filled in, the decoder
+//! choice spelled out. The checks that need no model run before any weights
+//! are read, so bad input fails in milliseconds and writes nothing.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device};
+use orfeas_core::jobs::{JobContext, JobFailure, JobOutput, JobRequest, JobSpec};
+use orfeas_core::request::{self as limits, Decoder, TextToImageJob, TextToImageRequest};
 use parking_lot::Mutex;
 
 use crate::error::{Result, SdError};
@@ -23,14 +23,14 @@ use crate::sd::pipeline::{
 use crate::sd::schedulers::SchedulerKind;
 use crate::sd::taesd::TinyDecoder;
 
-pub const MIN_SIDE: usize = 64;
-pub const MAX_SIDE: usize = 2048;
-pub const MAX_STEPS: usize = 500;
-pub const MAX_BATCH: usize = 16;
-pub const MAX_GUIDANCE: f64 = 30.0;
-pub const MAX_PROMPT_CHARS: usize = 4000;
+pub const MIN_SIDE: usize = limits::MIN_SIDE as usize;
+pub const MAX_SIDE: usize = limits::MAX_SIDE as usize;
+pub const MAX_STEPS: usize = limits::MAX_STEPS as usize;
+pub const MAX_BATCH: usize = limits::MAX_BATCH as usize;
+pub const MAX_GUIDANCE: f64 = limits::MAX_GUIDANCE;
+pub const MAX_PROMPT_CHARS: usize = limits::MAX_PROMPT_CHARS;
 /// Image→image strength when none is given.
-pub const DEFAULT_STRENGTH: f64 = 0.6;
+pub const DEFAULT_STRENGTH: f64 = limits::DEFAULT_STRENGTH;
 
 /// A style preset: words added to the prompt and the negative prompt. The
 /// keys are the `style` label values of `text_to_image_generations_total`.
@@ -115,12 +115,14 @@ fn join_words(a: &str, b: &str) -> String {
     }
 }
 
-/// Everything that decides the pictures.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+/// Everything that decides the pictures, resolved: what the pipeline runs.
+#[derive(Debug, Clone, PartialEq)]
 pub struct TextToImageParams {
+    /// The prompt as the user typed it; the style's words are added when it runs.
     pub prompt: String,
     pub negative: String,
+    /// A [`StylePreset`] key (`none`, `photographic`, …).
+    pub style: String,
     /// Registry name (`sd-turbo`, `sd-1.5`, …); ignored when `model_dir` is set.
     pub model: String,
     /// A diffusers-format folder to use instead of the registry.
@@ -168,6 +170,7 @@ impl TextToImageParams {
         Self {
             prompt: String::new(),
             negative: String::new(),
+            style: "none".to_owned(),
             model: name.to_owned(),
             model_dir: None,
             steps,
@@ -187,8 +190,73 @@ impl TextToImageParams {
         }
     }
 
+    /// Defaults for a model chosen by path. A single-file checkpoint is a full
+    /// SD 1.x/SDXL model (SD 1.5's steps and guidance; 1024² for SDXL ones,
+    /// which are trained at that size); a folder gets a turbo model's.
+    pub fn for_path(path: &Path) -> Self {
+        let mut p = if path.is_file() {
+            let mut p = Self::for_model("sd-1.5");
+            if SdModel::dir_is_xl(path).unwrap_or(false) {
+                (p.width, p.height) = (1024, 1024);
+            }
+            p
+        } else {
+            Self::for_model("sd-turbo")
+        };
+        p.model_dir = Some(path.to_path_buf());
+        p
+    }
+
+    /// The one conversion from a request: checks it, then fills what it leaves
+    /// open (steps, guidance, size) with the chosen model's defaults.
+    pub fn from_request(req: &TextToImageRequest) -> Result<Self> {
+        req.check()?;
+        let mut p = match &req.model_path {
+            Some(path) => Self::for_path(path),
+            None => Self::for_model(&req.model),
+        };
+        p.prompt = req.prompt.clone();
+        p.negative = req.negative_prompt.clone();
+        p.style = req.style.clone();
+        if let Some(steps) = req.steps {
+            p.steps = steps as usize;
+        }
+        if let Some(g) = req.guidance {
+            p.guidance = g;
+        }
+        if let Some(w) = req.width {
+            p.width = w as usize;
+        }
+        if let Some(h) = req.height {
+            p.height = h as usize;
+        }
+        p.seed = req.seed;
+        p.batch = req.batch as usize;
+        p.scheduler = req.scheduler;
+        p.init_latents = req.init_latents.clone();
+        p.init_image = req.init_image.clone();
+        p.strength = req.strength_or_default();
+        p.tiled_decode = req.decoder == Decoder::VaeTiled;
+        p.tiny_decoder = req.decoder == Decoder::Taesd;
+        p.tiny_decoder_dir = req.tiny_decoder_path.clone();
+        p.precision = req.precision;
+        p.validate()?;
+        Ok(p)
+    }
+
+    /// The prompt the model sees: the user's with the style's words.
+    pub fn styled_prompt(&self) -> Result<String> {
+        Ok(StylePreset::by_key(&self.style)?.apply_prompt(&self.prompt))
+    }
+
+    /// The negative prompt the model sees: the user's with the style's words.
+    pub fn styled_negative(&self) -> Result<String> {
+        Ok(StylePreset::by_key(&self.style)?.apply_negative(&self.negative))
+    }
+
     /// Checks the parameters that need no model; see the module docs for the rules.
     pub fn validate(&self) -> Result<()> {
+        StylePreset::by_key(&self.style)?;
         if self.prompt.trim().is_empty() {
             return Err(SdError::invalid(
                 "prompt",
@@ -284,9 +352,14 @@ impl TextToImageParams {
 
     /// The folder the weights come from (registry lookup unless `model_dir` is set).
     pub fn resolve_model_dir(&self) -> Result<PathBuf> {
+        self.resolve_model_dir_in(&models::SearchRoots::from_env())
+    }
+
+    /// [`Self::resolve_model_dir`] looking in `roots`.
+    pub fn resolve_model_dir_in(&self, roots: &models::SearchRoots) -> Result<PathBuf> {
         match &self.model_dir {
             Some(d) => Ok(d.clone()),
-            None => models::resolve(&self.model),
+            None => roots.resolve(&self.model),
         }
     }
 }
@@ -330,7 +403,7 @@ pub fn load_init_image(path: &Path, width: usize, height: usize) -> Result<image
 
 /// Loads the `latents` tensor of an init-latents file.
 pub fn load_init_latents(path: &Path) -> Result<candle_core::Tensor> {
-    let mut tensors = pipeline::read_safetensors(path, &Device::Cpu)?;
+    let mut tensors = crate::sd::weights::read_safetensors(path, &Device::Cpu)?;
     let t = tensors.remove("latents").ok_or_else(|| {
         SdError::invalid(
             "init_latents",
@@ -379,6 +452,8 @@ impl<T> Kept<T> {
 pub struct Engine {
     model: Kept<SdModel>,
     tiny: Kept<TinyDecoder>,
+    /// Where registry models are found; `None`: [`models::SearchRoots::from_env`].
+    roots: Option<models::SearchRoots>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -388,6 +463,21 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// An engine that finds registry models in `roots`.
+    pub fn with_roots(roots: models::SearchRoots) -> Self {
+        Self {
+            roots: Some(roots),
+            ..Self::default()
+        }
+    }
+
+    /// Where registry models are looked for.
+    pub fn roots(&self) -> models::SearchRoots {
+        self.roots
+            .clone()
+            .unwrap_or_else(models::SearchRoots::from_env)
+    }
+
     fn model(&self, dir: &Path, device: &Device, dtype: DType) -> Result<Arc<SdModel>> {
         self.model
             .get_or_load(dir, format!("{device:?}/{dtype:?}"), || {
@@ -404,7 +494,9 @@ impl Engine {
     ) -> Result<Arc<TinyDecoder>> {
         let dir = match &params.tiny_decoder_dir {
             Some(d) => d.clone(),
-            None => models::resolve(if model.is_xl() { "taesdxl" } else { "taesd" })?,
+            None => self
+                .roots()
+                .resolve(if model.is_xl() { "taesdxl" } else { "taesd" })?,
         };
         let key = format!("{:?}/{:?}", model.device, model.dtype);
         self.tiny.get_or_load(&dir, key, || {
@@ -446,10 +538,10 @@ impl Engine {
             .as_deref()
             .map(|p| load_init_image(p, params.width, params.height))
             .transpose()?;
-        let dir = params.resolve_model_dir()?;
+        let dir = params.resolve_model_dir_in(&self.roots())?;
         SdModel::check_dir(&dir)?;
         let (dev, _) = pipeline::select_device(device)?;
-        let dtype = params.precision.dtype_on(&dev);
+        let dtype = pipeline::dtype_for(params.precision, &dev);
         let model = self.model(&dir, &dev, dtype)?;
         let f = model.vae_scale();
         if !params.width.is_multiple_of(f) || !params.height.is_multiple_of(f) {
@@ -459,8 +551,8 @@ impl Engine {
             ));
         }
         let req = GenerateRequest {
-            prompt: params.prompt.clone(),
-            negative: params.negative.clone(),
+            prompt: params.styled_prompt()?,
+            negative: params.styled_negative()?,
             steps: params.steps,
             guidance: params.guidance,
             seed: params.seed,
@@ -517,10 +609,12 @@ pub fn png_text_chunks(params: &TextToImageParams, index: usize) -> Vec<(String,
             |n| n.to_string_lossy().into_owned(),
         );
     let seed = params.seed.wrapping_add(index as u64);
+    // A1111's summary names what the model saw (the styled prompt); our own
+    // chunks keep the prompt as typed plus the style, so it comes back as it was.
     let summary = format!(
         "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
-        params.prompt,
-        params.negative,
+        params.styled_prompt().unwrap_or_else(|_| params.prompt.clone()),
+        params.styled_negative().unwrap_or_else(|_| params.negative.clone()),
         params.steps,
         scheduler,
         params.guidance,
@@ -533,6 +627,7 @@ pub fn png_text_chunks(params: &TextToImageParams, index: usize) -> Vec<(String,
         ("parameters".into(), summary),
         ("prompt".into(), params.prompt.clone()),
         ("negative_prompt".into(), params.negative.clone()),
+        ("style".into(), params.style.clone()),
         ("model".into(), model),
         ("steps".into(), params.steps.to_string()),
         ("guidance".into(), params.guidance.to_string()),
@@ -587,54 +682,6 @@ pub fn write_png_with_params(
     Ok(())
 }
 
-/// A text→image job for `orfeas_core::jobs`: the parameters plus where the PNG goes.
-/// With `batch` > 1 the files are `STEM-0.png`, `STEM-1.png`, ….
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TextToImageJob {
-    #[serde(flatten)]
-    pub params: TextToImageParams,
-    pub output: PathBuf,
-    /// `auto`, `cpu`, `cuda`, `cuda:N` or `metal`.
-    #[serde(default = "default_device")]
-    pub device: String,
-    /// The style preset the prompt was built with (`none`, `photographic`, …),
-    /// for the `style` label of the metrics; the prompt already carries it.
-    #[serde(default = "default_style")]
-    pub style: String,
-}
-
-fn default_style() -> String {
-    "none".into()
-}
-
-fn default_device() -> String {
-    "auto".into()
-}
-
-impl TextToImageJob {
-    /// The job spec the engine queues (label: the prompt's start).
-    pub fn spec(&self) -> Result<orfeas_core::jobs::JobSpec, serde_json::Error> {
-        Ok(orfeas_core::jobs::JobSpec {
-            kind: orfeas_core::jobs::JobKind::TextToImage,
-            params: serde_json::to_value(self)?,
-            label: self.params.prompt.chars().take(60).collect(),
-        })
-    }
-
-    /// Output path of batch item `index`.
-    pub fn output_for(&self, index: usize) -> PathBuf {
-        if self.params.batch <= 1 {
-            return self.output.clone();
-        }
-        let stem = self
-            .output
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "image".into());
-        self.output.with_file_name(format!("{stem}-{index}.png"))
-    }
-}
-
 /// Receives each step's cheap preview: (job, step, total steps, image).
 pub type PreviewSink =
     Arc<dyn Fn(orfeas_core::jobs::JobId, usize, usize, &image::RgbImage) + Send + Sync>;
@@ -662,28 +709,52 @@ impl TextToImageRunner {
             previews: Some(sink),
         }
     }
+
+    /// A runner that finds registry models in `roots` and hands previews to `previews`.
+    pub fn new(roots: models::SearchRoots, previews: Option<PreviewSink>) -> Self {
+        Self {
+            engine: Engine::with_roots(roots),
+            previews,
+        }
+    }
 }
 
-fn job_failure(e: &SdError) -> orfeas_core::jobs::JobFailure {
+fn job_failure(e: &SdError) -> JobFailure {
     match e {
-        SdError::Cancelled => orfeas_core::jobs::JobFailure::cancelled(),
-        other => orfeas_core::jobs::JobFailure::new(other.reason(), format!("{other:#}")),
+        SdError::Cancelled => JobFailure::cancelled(),
+        other => JobFailure::new(other.reason(), format!("{other:#}")),
+    }
+}
+
+/// The text→image job in `spec`, or a failure naming what this runner runs.
+fn text_to_image_job(spec: &JobSpec) -> Result<&TextToImageJob, JobFailure> {
+    match &spec.request {
+        JobRequest::TextToImage(job) => Ok(job),
+        other => Err(JobFailure::new(
+            "invalid_parameter",
+            format!(
+                "the text-to-image runner was handed a {} job",
+                other.kind().as_str()
+            ),
+        )),
     }
 }
 
 impl orfeas_core::jobs::JobRunner for TextToImageRunner {
-    fn run(
-        &self,
-        spec: &orfeas_core::jobs::JobSpec,
-        ctx: &orfeas_core::jobs::JobContext,
-    ) -> Result<orfeas_core::jobs::JobOutput, orfeas_core::jobs::JobFailure> {
-        let job: TextToImageJob = serde_json::from_value(spec.params.clone()).map_err(|e| {
-            orfeas_core::jobs::JobFailure::new(
-                "invalid_parameter",
-                format!("the job's parameters are not a valid text→image request: {e}"),
-            )
-        })?;
-        let device: DevicePref = job.device.parse().map_err(|e| job_failure(&e))?;
+    /// Refuses at once a request that fails its checks or whose model is not installed.
+    fn admit(&self, spec: &JobSpec) -> Result<(), JobFailure> {
+        let job = text_to_image_job(spec)?;
+        let params = TextToImageParams::from_request(&job.request).map_err(|e| job_failure(&e))?;
+        params
+            .resolve_model_dir_in(&self.engine.roots())
+            .map_err(|e| job_failure(&e))?;
+        Ok(())
+    }
+
+    fn run(&self, spec: &JobSpec, ctx: &JobContext) -> Result<JobOutput, JobFailure> {
+        let job = text_to_image_job(spec)?;
+        let params = TextToImageParams::from_request(&job.request).map_err(|e| job_failure(&e))?;
+        let device: DevicePref = job.request.device.parse().map_err(|e| job_failure(&e))?;
         let cancelled = AtomicBool::new(ctx.is_cancelled());
         let started = std::time::Instant::now();
         let mut on_progress = |p: Progress| {
@@ -710,13 +781,13 @@ impl orfeas_core::jobs::JobRunner for TextToImageRunner {
         ctx.progress("load", 0.0, "");
         let images = self
             .engine
-            .run(&job.params, device, &mut on_progress, &cancelled)
+            .run(&params, device, &mut on_progress, &cancelled)
             .map_err(|e| job_failure(&e))?;
         ctx.check_cancelled()?;
         let mut files = Vec::new();
         for (i, img) in images.iter().enumerate() {
             let path = job.output_for(i);
-            write_png_with_params(img, &job.params, i, &path).map_err(|e| job_failure(&e))?;
+            write_png_with_params(img, &params, i, &path).map_err(|e| job_failure(&e))?;
             files.push(path);
         }
         ctx.progress("write", 1.0, "");
@@ -728,15 +799,16 @@ impl orfeas_core::jobs::JobRunner for TextToImageRunner {
                 .sum::<f32>()
                 / images.len() as f32
         });
-        Ok(orfeas_core::jobs::JobOutput {
+        Ok(JobOutput {
             files,
             quality,
             summary: serde_json::json!({
-                "style": job.style,
-                "seed": job.params.seed,
-                "steps": job.params.steps,
-                "size": format!("{}x{}", job.params.width, job.params.height),
-                "model": job.params.model,
+                "style": params.style,
+                "seed": params.seed,
+                "steps": params.steps,
+                "size": format!("{}x{}", params.width, params.height),
+                "model": params.model,
+                "decoder": params.decoder_name(),
                 "duration_secs": started.elapsed().as_secs_f64(),
             }),
         })

@@ -17,7 +17,7 @@ use tokio::sync::{Notify, Semaphore, broadcast};
 
 use super::{
     JobContext, JobEvent, JobEventKind, JobFailure, JobId, JobKind, JobObserver, JobOutput,
-    JobRunner, JobSnapshot, JobSpec, JobState, StageTiming, secs,
+    JobRequest, JobRunner, JobSnapshot, JobSpec, JobState, StageTiming, secs,
 };
 use crate::history::{History, HistoryError};
 
@@ -61,6 +61,9 @@ pub enum EngineError {
     NoRunner(JobKind),
     #[error("the engine is shutting down and accepts no new jobs")]
     ShuttingDown,
+    /// The runner refused the job before it was queued (see [`JobRunner::admit`]).
+    #[error("{0}")]
+    Refused(JobFailure),
     #[error("invalid engine configuration: {0}")]
     InvalidConfig(&'static str),
     #[error("cannot start the job engine's threads: {0}")]
@@ -181,7 +184,7 @@ impl Entry {
         let queue_end = self.started.map_or(end, |(_, i)| i);
         JobSnapshot {
             id,
-            kind: self.spec.kind,
+            kind: self.spec.kind(),
             label: self.spec.label.clone(),
             state: self.state,
             stage: self.stage.clone(),
@@ -271,6 +274,15 @@ impl Engine {
         self.inner.runners.write().insert(kind, runner);
     }
 
+    /// The job kinds a runner is registered for, in [`JobKind::ALL`] order.
+    pub fn registered_kinds(&self) -> Vec<JobKind> {
+        let runners = self.inner.runners.read();
+        JobKind::ALL
+            .into_iter()
+            .filter(|k| runners.contains_key(k))
+            .collect()
+    }
+
     /// Adds an observer; it sees events from now on.
     pub fn add_observer(&self, observer: Arc<dyn JobObserver>) {
         self.inner.observers.write().push(observer);
@@ -286,9 +298,10 @@ impl Engine {
         let runner = inner
             .runners
             .read()
-            .get(&spec.kind)
+            .get(&spec.kind())
             .cloned()
-            .ok_or(EngineError::NoRunner(spec.kind))?;
+            .ok_or(EngineError::NoRunner(spec.kind()))?;
+        runner.admit(&spec).map_err(EngineError::Refused)?;
         {
             let mut table = inner.table.lock();
             if table.queued + table.reserved >= inner.config.queue_capacity {
@@ -301,7 +314,7 @@ impl Engine {
         // The history write happens outside the table lock so a slow disk
         // never stalls the UI reading snapshots.
         let id = match &inner.history {
-            Some(history) => history.insert_job(spec.kind, &spec.label, &spec.params),
+            Some(history) => history.insert_job(spec.kind(), &spec.label, &spec.request.params_json()),
             None => Ok(JobId(inner.next_local_id.fetch_add(1, Ordering::Relaxed))),
         };
         let mut table = inner.table.lock();
@@ -349,9 +362,28 @@ impl Engine {
             let queued_instant = Instant::now()
                 .checked_sub(waited)
                 .unwrap_or_else(Instant::now);
+            let request = match JobRequest::from_params_json(record.kind, &record.params) {
+                Ok(request) => request,
+                Err(err) => {
+                    // A row from another version that no longer parses: it stays
+                    // in the history, marked failed, instead of running a guess.
+                    tracing::warn!(id = %record.id, "stored job parameters do not parse: {err}");
+                    if let Some(history) = &inner.history {
+                        let message = format!(
+                            "the stored parameters do not parse ({err}); submit the job again"
+                        );
+                        let timings = super::JobTimings::default();
+                        if let Err(e) =
+                            history.mark_failed(record.id, "invalid_parameter", &message, &timings)
+                        {
+                            tracing::warn!(id = %record.id, "cannot mark the job failed: {e}");
+                        }
+                    }
+                    continue;
+                }
+            };
             let spec = JobSpec {
-                kind: record.kind,
-                params: record.params,
+                request,
                 label: record.label,
             };
             inner.enqueue(
@@ -568,7 +600,7 @@ impl Inner {
             cancelled: Arc::clone(&cancel),
             engine: Arc::downgrade(&self),
         };
-        let kind = spec.kind;
+        let kind = spec.kind();
         let mut run = tokio::task::spawn_blocking(move || {
             std::panic::catch_unwind(AssertUnwindSafe(|| runner.run(&spec, &ctx)))
         });
@@ -709,7 +741,7 @@ impl Inner {
         };
         let event = JobEvent {
             id,
-            kind: entry.spec.kind,
+            kind: entry.spec.kind(),
             event,
             at: SystemTime::now(),
         };

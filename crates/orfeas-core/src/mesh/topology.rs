@@ -44,6 +44,12 @@ impl Topology {
         self.inconsistent_edges == 0
     }
 
+    /// Closed, consistently wound and enclosing a positive volume: its
+    /// triangles face outwards, so back faces can be culled.
+    pub fn is_closed_outward(&self) -> bool {
+        self.is_closed() && self.is_consistently_wound() && self.signed_volume > 0.0
+    }
+
     pub fn components(&self) -> usize {
         self.component_faces.len()
     }
@@ -90,6 +96,15 @@ pub(super) fn analyze(mesh: &Mesh) -> Topology {
         .count();
 
     // Sorted half-edge keys: (min, max) and +1/-1 for the walking direction.
+    // A face collapsed by the weld (two corners at one position, as at a UV
+    // sphere's poles) is no surface: it is counted as degenerate above and
+    // takes no part in what follows, or the edges and vertices beside it
+    // would look non-manifold.
+    let face_count = faces.len();
+    let faces: Vec<[u32; 3]> = faces
+        .into_iter()
+        .filter(|t| t[0] != t[1] && t[1] != t[2] && t[0] != t[2])
+        .collect();
     let mut half: Vec<(u64, i8)> = Vec::with_capacity(faces.len() * 3);
     for t in &faces {
         for k in 0..3 {
@@ -188,7 +203,7 @@ pub(super) fn analyze(mesh: &Mesh) -> Topology {
     Topology {
         vertices: used_vertices,
         edges,
-        faces: faces.len(),
+        faces: face_count,
         boundary_edges,
         non_manifold_edges,
         non_manifold_vertices,

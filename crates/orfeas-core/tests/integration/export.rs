@@ -147,6 +147,8 @@ fn run_file_writes_a_scored_glb() {
         output: dir.path().join("out.glb"),
         format: ExportFormat::Glb,
         params: ImageTo3dParams::default(),
+        method: Default::default(),
+        triposr: Default::default(),
     };
     let mut stages = Vec::new();
     let outcome = image_to_3d::run_file(&req, &mut |s, f| stages.push((s, f)), &|| false).unwrap();

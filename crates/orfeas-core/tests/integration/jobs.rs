@@ -2,6 +2,7 @@
 //! timings, history agreement, observers, timeouts, shutdown and requeue.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -10,17 +11,35 @@ use std::time::{Duration, Instant};
 use orfeas_core::history::History;
 use orfeas_core::jobs::{
     Engine, EngineConfig, EngineError, JobContext, JobEvent, JobEventKind, JobFailure, JobId,
-    JobKind, JobObserver, JobOutput, JobRunner, JobSnapshot, JobSpec, JobState,
+    JobKind, JobObserver, JobOutput, JobRequest, JobRunner, JobSnapshot, JobSpec, JobState,
 };
+use orfeas_core::request::{ExportFormat, ImageTo3dRequest, TextToImageJob, TextToImageRequest};
 use parking_lot::{Condvar, Mutex};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn spec(label: &str, params: serde_json::Value) -> JobSpec {
+/// A job whose input file name carries what the test runner should do.
+fn spec(label: &str, control: &str) -> JobSpec {
+    let request = ImageTo3dRequest::new(
+        PathBuf::from(format!("/in/{control}.png")),
+        PathBuf::from("/out/x.glb"),
+        ExportFormat::Glb,
+    );
     JobSpec {
-        kind: JobKind::ImageTo3d,
-        params,
+        request: JobRequest::ImageTo3d(request),
         label: label.to_owned(),
+    }
+}
+
+/// What [`spec`] asked the runner to do.
+fn control(request: &JobRequest) -> String {
+    match request {
+        JobRequest::ImageTo3d(r) => r
+            .input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        JobRequest::TextToImage(_) => String::new(),
     }
 }
 
@@ -108,7 +127,7 @@ fn concurrency_limit_is_respected_and_really_concurrent() {
     let ids: Vec<_> = (0..6)
         .map(|i| {
             engine
-                .submit(spec(&format!("job {i}"), serde_json::json!({})))
+                .submit(spec(&format!("job {i}"), ""))
                 .unwrap()
         })
         .collect();
@@ -136,10 +155,10 @@ fn cancelling_a_queued_job_ends_it_at_once_and_it_never_runs() {
             Ok(ok_output("a"))
         }),
     );
-    let first = engine.submit(spec("first", serde_json::json!({}))).unwrap();
+    let first = engine.submit(spec("first", "")).unwrap();
     wait_state(&engine, first, JobState::Running);
     let second = engine
-        .submit(spec("second", serde_json::json!({})))
+        .submit(spec("second", ""))
         .unwrap();
     assert_eq!(engine.queue_depth(), 1);
 
@@ -158,7 +177,7 @@ fn cancelling_a_queued_job_ends_it_at_once_and_it_never_runs() {
     gate.open();
     assert_eq!(engine.wait(first, WAIT).unwrap().state, JobState::Succeeded);
     // A third job runs after the cancelled one: the slot was not leaked.
-    let third = engine.submit(spec("third", serde_json::json!({}))).unwrap();
+    let third = engine.submit(spec("third", "")).unwrap();
     assert_eq!(engine.wait(third, WAIT).unwrap().state, JobState::Succeeded);
     assert_eq!(
         runs.load(Ordering::SeqCst),
@@ -186,7 +205,7 @@ fn cancelling_a_running_job_stops_it_and_records_no_output() {
             Ok(ok_output("never"))
         }),
     );
-    let id = engine.submit(spec("long", serde_json::json!({}))).unwrap();
+    let id = engine.submit(spec("long", "")).unwrap();
     started_rx.recv_timeout(WAIT).unwrap();
     let asked = Instant::now();
     assert!(engine.cancel(id));
@@ -210,16 +229,16 @@ fn a_panicking_runner_fails_with_reason_panic_and_the_next_job_succeeds() {
     engine.register(
         JobKind::ImageTo3d,
         runner(|spec, _| {
-            if spec.params["explode"] == true {
+            if control(&spec.request) == "explode" {
                 panic!("synthetic crash in the mesher");
             }
             Ok(ok_output("fine"))
         }),
     );
     let bad = engine
-        .submit(spec("bad", serde_json::json!({ "explode": true })))
+        .submit(spec("bad", "explode"))
         .unwrap();
-    let good = engine.submit(spec("good", serde_json::json!({}))).unwrap();
+    let good = engine.submit(spec("good", "")).unwrap();
     let bad = engine.wait(bad, WAIT).unwrap();
     assert_eq!(bad.state, JobState::Failed);
     let failure = bad.failure.unwrap();
@@ -254,7 +273,7 @@ fn events_arrive_in_order_per_job_with_non_decreasing_progress() {
     let ids: Vec<_> = (0..4)
         .map(|i| {
             engine
-                .submit(spec(&format!("j{i}"), serde_json::json!({})))
+                .submit(spec(&format!("j{i}"), ""))
                 .unwrap()
         })
         .collect();
@@ -311,11 +330,11 @@ fn submitting_beyond_the_queue_capacity_is_refused() {
             Ok(JobOutput::default())
         }),
     );
-    let running = engine.submit(spec("r", serde_json::json!({}))).unwrap();
+    let running = engine.submit(spec("r", "")).unwrap();
     wait_state(&engine, running, JobState::Running);
-    let a = engine.submit(spec("a", serde_json::json!({}))).unwrap();
-    let b = engine.submit(spec("b", serde_json::json!({}))).unwrap();
-    let refused = engine.submit(spec("c", serde_json::json!({})));
+    let a = engine.submit(spec("a", "")).unwrap();
+    let b = engine.submit(spec("b", "")).unwrap();
+    let refused = engine.submit(spec("c", ""));
     assert!(
         matches!(refused, Err(EngineError::QueueFull { capacity: 2 })),
         "{refused:?}"
@@ -323,7 +342,7 @@ fn submitting_beyond_the_queue_capacity_is_refused() {
     assert_eq!(engine.queue_depth(), 2);
     // Space frees up once a queued job leaves the queue.
     assert!(engine.cancel(a));
-    let d = engine.submit(spec("d", serde_json::json!({}))).unwrap();
+    let d = engine.submit(spec("d", "")).unwrap();
     gate.open();
     for id in [running, b, d] {
         assert_eq!(engine.wait(id, WAIT).unwrap().state, JobState::Succeeded);
@@ -333,11 +352,10 @@ fn submitting_beyond_the_queue_capacity_is_refused() {
 #[test]
 fn a_kind_without_runner_is_refused() {
     let engine = engine(1, 4, None);
-    let err = engine.submit(JobSpec {
-        kind: JobKind::TextToImage,
-        params: serde_json::json!({}),
-        label: "a cat".into(),
-    });
+    let err = engine.submit(JobSpec::from(TextToImageJob {
+        request: TextToImageRequest::new("a cat"),
+        output: PathBuf::from("/out/cat.png"),
+    }));
     assert!(matches!(
         err,
         Err(EngineError::NoRunner(JobKind::TextToImage))
@@ -359,8 +377,8 @@ fn timings_cover_queue_wait_run_time_and_stages() {
             Ok(ok_output("t"))
         }),
     );
-    let a = engine.submit(spec("a", serde_json::json!({}))).unwrap();
-    let b = engine.submit(spec("b", serde_json::json!({}))).unwrap();
+    let a = engine.submit(spec("a", "")).unwrap();
+    let b = engine.submit(spec("b", "")).unwrap();
     let a = engine.wait(a, WAIT).unwrap();
     let b = engine.wait(b, WAIT).unwrap();
     let run_a = a.run_secs.unwrap();
@@ -386,13 +404,13 @@ fn history_rows_agree_with_engine_states() {
     let engine = engine(2, 64, Some(Arc::clone(&history)));
     engine.register(
         JobKind::ImageTo3d,
-        runner(|spec, ctx| match spec.params["outcome"].as_str() {
-            Some("fail") => Err(JobFailure::new(
+        runner(|spec, ctx| match control(&spec.request).as_str() {
+            "fail" => Err(JobFailure::new(
                 "invalid_image",
                 "not an image; choose a PNG",
             )),
-            Some("panic") => panic!("bug"),
-            Some("wait") => {
+            "panic" => panic!("bug"),
+            "wait" => {
                 while !ctx.is_cancelled() {
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -403,7 +421,7 @@ fn history_rows_agree_with_engine_states() {
     );
     let submit = |label: &str, outcome: &str| {
         let id = engine
-            .submit(spec(label, serde_json::json!({ "outcome": outcome })))
+            .submit(spec(label, outcome))
             .unwrap();
         // Queued is in the history before submit returns.
         assert_eq!(history.get(id).unwrap().unwrap().state, JobState::Queued);
@@ -428,7 +446,7 @@ fn history_rows_agree_with_engine_states() {
     assert_eq!(row.outputs, vec![std::path::PathBuf::from("/out/ok.glb")]);
     assert_eq!(row.quality, Some(0.75));
     assert_eq!(row.summary["vertices"], 8);
-    assert_eq!(row.params["outcome"], "ok");
+    assert_eq!(row.params["input"], "/in/ok.png");
     let row = history.get(fail).unwrap().unwrap();
     assert_eq!(row.state, JobState::Failed);
     assert_eq!(row.error_reason.as_deref(), Some("invalid_image"));
@@ -467,7 +485,7 @@ fn observers_see_every_terminal_event_exactly_once() {
     engine.add_observer(Arc::clone(&recorder) as Arc<dyn JobObserver>);
     engine.register(
         JobKind::ImageTo3d,
-        runner(|spec, _| match spec.params["n"].as_u64() {
+        runner(|spec, _| match control(&spec.request).parse::<u64>().ok() {
             Some(n) if n % 3 == 1 => Err(JobFailure::new("invalid_image", "bad")),
             Some(n) if n % 3 == 2 => panic!("observer test panic"),
             _ => Ok(JobOutput::default()),
@@ -476,7 +494,7 @@ fn observers_see_every_terminal_event_exactly_once() {
     let mut expected = HashMap::new();
     for n in 0..9u64 {
         let id = engine
-            .submit(spec("o", serde_json::json!({ "n": n })))
+            .submit(spec("o", &n.to_string()))
             .unwrap();
         expected.insert(id, n);
     }
@@ -488,7 +506,7 @@ fn observers_see_every_terminal_event_exactly_once() {
     // A sentinel job: observers get events in order, so once its terminal event
     // arrives any duplicate of the earlier ones would have arrived too.
     let sentinel = engine
-        .submit(spec("s", serde_json::json!({ "n": 0 })))
+        .submit(spec("s", "0"))
         .unwrap();
     let (last, _) = rx.recv_timeout(WAIT).unwrap();
     assert_eq!(last, sentinel);
@@ -513,7 +531,7 @@ fn a_job_over_the_timeout_fails_and_the_engine_goes_on() {
     engine.register(
         JobKind::ImageTo3d,
         runner(|spec, ctx| {
-            if spec.params["hang"] == true {
+            if control(&spec.request) == "hang" {
                 while !ctx.is_cancelled() {
                     std::thread::sleep(Duration::from_millis(1));
                 }
@@ -523,9 +541,9 @@ fn a_job_over_the_timeout_fails_and_the_engine_goes_on() {
         }),
     );
     let hung = engine
-        .submit(spec("hung", serde_json::json!({ "hang": true })))
+        .submit(spec("hung", "hang"))
         .unwrap();
-    let next = engine.submit(spec("next", serde_json::json!({}))).unwrap();
+    let next = engine.submit(spec("next", "")).unwrap();
     let hung = engine.wait(hung, WAIT).unwrap();
     assert_eq!(hung.state, JobState::Failed);
     assert_eq!(hung.failure.unwrap().reason, "timeout");
@@ -548,18 +566,18 @@ fn shutdown_leaves_queued_jobs_for_a_restart_to_run() {
         }),
     );
     let running = first_engine
-        .submit(spec("running", serde_json::json!({})))
+        .submit(spec("running", ""))
         .unwrap();
     wait_state(&first_engine, running, JobState::Running);
     let waiting = first_engine
-        .submit(spec("waiting", serde_json::json!({ "k": 1 })))
+        .submit(spec("waiting", "k1"))
         .unwrap();
     let report = first_engine.shutdown(Duration::from_millis(20));
     assert_eq!(report.cancelled, 1);
     assert_eq!(report.still_running, 0);
     assert_eq!(report.left_queued, 1);
     assert!(matches!(
-        first_engine.submit(spec("late", serde_json::json!({}))),
+        first_engine.submit(spec("late", "")),
         Err(EngineError::ShuttingDown)
     ));
     drop(first_engine);
@@ -582,7 +600,7 @@ fn shutdown_leaves_queued_jobs_for_a_restart_to_run() {
     second_engine.register(
         JobKind::ImageTo3d,
         runner(move |spec, _| {
-            let _ = tx.lock().send(spec.params.clone());
+            let _ = tx.lock().send(spec.request.clone());
             Ok(ok_output("requeued"))
         }),
     );
@@ -591,9 +609,9 @@ fn shutdown_leaves_queued_jobs_for_a_restart_to_run() {
     assert_eq!(snap.state, JobState::Succeeded);
     assert_eq!(snap.label, "waiting");
     assert_eq!(
-        rx.recv_timeout(WAIT).unwrap()["k"],
-        1,
-        "the runner got the saved parameters"
+        control(&rx.recv_timeout(WAIT).unwrap()),
+        "k1",
+        "the runner got the saved request"
     );
     assert_eq!(
         history.get(waiting).unwrap().unwrap().state,

@@ -785,8 +785,13 @@ fn job_engine_events_update_generation_metrics_and_active_jobs() {
         ids.push(
             engine
                 .submit(JobSpec {
-                    kind: JobKind::ImageTo3d,
-                    params: serde_json::json!({}),
+                    request: orfeas_core::jobs::JobRequest::ImageTo3d(
+                        orfeas_core::request::ImageTo3dRequest::new(
+                            format!("/in/{label}.png").into(),
+                            "/out/x.glb".into(),
+                            orfeas_core::export::ExportFormat::Glb,
+                        ),
+                    ),
                     label: label.into(),
                 })
                 .unwrap(),

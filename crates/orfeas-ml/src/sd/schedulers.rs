@@ -4,7 +4,6 @@
 //! that each step lands within a few ulps of the reference.
 
 use std::path::Path;
-use std::str::FromStr;
 
 use candle_core::{DType, Tensor};
 use serde::Deserialize;
@@ -41,76 +40,8 @@ pub fn img2img_start(steps: usize, strength: f64) -> Result<usize> {
     Ok(steps - kept)
 }
 
-/// Which scheduler; parsed from the CLI (`euler`, `euler-a`, `ddim`, `dpm++2m`)
-/// or from a diffusers `_class_name`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
-pub enum SchedulerKind {
-    #[serde(rename = "euler")]
-    Euler,
-    #[serde(rename = "euler-a")]
-    EulerAncestral,
-    #[serde(rename = "ddim")]
-    Ddim,
-    #[serde(rename = "dpm++2m")]
-    DpmSolverPp2m,
-}
-
-impl SchedulerKind {
-    pub const ALL: [Self; 4] = [
-        Self::Euler,
-        Self::EulerAncestral,
-        Self::Ddim,
-        Self::DpmSolverPp2m,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Euler => "euler",
-            Self::EulerAncestral => "euler-a",
-            Self::Ddim => "ddim",
-            Self::DpmSolverPp2m => "dpm++2m",
-        }
-    }
-
-    /// The scheduler for a diffusers class name. PNDM (SD 1.5's default) and
-    /// the other multistep solvers map to DPM-Solver++ 2M, which needs no
-    /// warm-up steps and gives comparable images at the same step count.
-    pub fn from_class_name(class: &str) -> Self {
-        match class {
-            "EulerDiscreteScheduler" => Self::Euler,
-            "EulerAncestralDiscreteScheduler" => Self::EulerAncestral,
-            "DDIMScheduler" => Self::Ddim,
-            _ => Self::DpmSolverPp2m,
-        }
-    }
-}
-
-impl std::fmt::Display for SchedulerKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for SchedulerKind {
-    type Err = SdError;
-    fn from_str(s: &str) -> Result<Self> {
-        let l = s.to_ascii_lowercase();
-        Self::ALL
-            .into_iter()
-            .find(|k| k.name() == l)
-            .or(match l.as_str() {
-                "euler_a" | "euler-ancestral" => Some(Self::EulerAncestral),
-                "dpm" | "dpm++" | "dpmpp2m" | "dpm-solver++" => Some(Self::DpmSolverPp2m),
-                _ => None,
-            })
-            .ok_or_else(|| {
-                SdError::invalid(
-                    "scheduler",
-                    format!("unknown scheduler '{s}'; use one of euler, euler-a, ddim, dpm++2m"),
-                )
-            })
-    }
-}
+/// Which scheduler: the one set of names lives with the requests in `orfeas-core`.
+pub use orfeas_core::request::SchedulerKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

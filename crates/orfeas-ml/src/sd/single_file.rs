@@ -35,33 +35,33 @@ const XL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
 /// SD 1.5's configs and CLIP BPE files, for files that carry none.
 mod sd15 {
     pub const UNET: &str = include_str!(
-        "../../tests/fixtures/sd-tiny/full-configs/stable-diffusion-v1-5/unet/config.json"
+        "../../assets/sd-1.5/unet.json"
     );
     pub const VAE: &str = include_str!(
-        "../../tests/fixtures/sd-tiny/full-configs/stable-diffusion-v1-5/vae/config.json"
+        "../../assets/sd-1.5/vae.json"
     );
     pub const TEXT_ENCODER: &str = include_str!(
-        "../../tests/fixtures/sd-tiny/full-configs/stable-diffusion-v1-5/text_encoder/config.json"
+        "../../assets/sd-1.5/text_encoder.json"
     );
     pub const SCHEDULER: &str = include_str!(
-        "../../tests/fixtures/sd-tiny/full-configs/stable-diffusion-v1-5/scheduler/scheduler_config.json"
+        "../../assets/sd-1.5/scheduler.json"
     );
-    /// OpenAI CLIP's BPE (the SD fixture's copy; every SD tokenizer uses it).
-    pub const VOCAB: &str = include_str!("../../tests/fixtures/sd-tiny/tokenizer/vocab.json");
-    pub const MERGES: &str = include_str!("../../tests/fixtures/sd-tiny/tokenizer/merges.txt");
+    /// OpenAI CLIP's BPE (every SD tokenizer uses it).
+    pub const VOCAB: &str = include_str!("../../assets/clip/vocab.json");
+    pub const MERGES: &str = include_str!("../../assets/clip/merges.txt");
 }
 
 /// SDXL's configs (SDXL base and its fine-tunes share SDXL-Turbo's architecture).
 mod sdxl {
     pub const UNET: &str =
-        include_str!("../../tests/fixtures/sd-tiny/full-configs/sdxl-turbo/unet/config.json");
+        include_str!("../../assets/sdxl/unet.json");
     pub const VAE: &str =
-        include_str!("../../tests/fixtures/sd-tiny/full-configs/sdxl-turbo/vae/config.json");
+        include_str!("../../assets/sdxl/vae.json");
     pub const TEXT_ENCODER: &str = include_str!(
-        "../../tests/fixtures/sd-tiny/full-configs/sdxl-turbo/text_encoder/config.json"
+        "../../assets/sdxl/text_encoder.json"
     );
     pub const TEXT_ENCODER_2: &str = include_str!(
-        "../../tests/fixtures/sd-tiny/full-configs/sdxl-turbo/text_encoder_2/config.json"
+        "../../assets/sdxl/text_encoder_2.json"
     );
     /// SDXL base's published scheduler (Euler, leading spacing).
     pub const SCHEDULER: &str = r#"{
@@ -585,7 +585,7 @@ pub fn load(
     device: &Device,
     dtype: DType,
 ) -> Result<SingleFileModel> {
-    let tensors = super::pipeline::read_safetensors(path, device)?;
+    let tensors = super::weights::read_safetensors(path, device)?;
     let names: Vec<String> = tensors.keys().cloned().collect();
     let family = match family_of(&names) {
         Some(CheckpointFamily::Sd2) => return Err(refuse(path, "SD 2.x")),
@@ -610,7 +610,7 @@ pub fn load(
     };
     let parts = split(tensors, &cfg, dtype, vae_dtype)?;
     let mismatch = |part: &str| {
-        super::pipeline::mismatch_err(
+        super::weights::mismatch_err(
             path,
             format!("its {part} does not match the {family:?} layout"),
         )

@@ -196,15 +196,15 @@ impl TinyDecoder {
         dtype: candle_core::DType,
     ) -> Result<Self> {
         let cfg = TinyDecoderConfig::from_file(&dir.join("config.json"))?;
-        let files = super::pipeline::weight_files(
+        let files = super::weights::weight_files(
             dir,
             &[
                 "diffusion_pytorch_model.safetensors",
                 "diffusion_pytorch_model.fp16.safetensors",
             ],
         )?;
-        let vb = super::pipeline::load_weights(&files, dtype, device)?;
-        Self::load(vb, &cfg).map_err(super::pipeline::weights_err(&files))
+        let vb = super::weights::load_weights(&files, dtype, device)?;
+        Self::load(vb, &cfg).map_err(super::weights::weights_err(&files))
     }
 
     /// UNet latents (B, 4, h, w) → image (B, 3, h·8, w·8) in about [-1, 1].

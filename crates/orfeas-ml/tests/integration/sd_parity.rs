@@ -3,7 +3,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use orfeas_ml::sd::clip::{ClipConfig, ClipTextModel};
-use orfeas_ml::sd::pipeline::{self, load_weights, weight_files};
+use orfeas_ml::sd::pipeline;
+use orfeas_ml::sd::weights::{load_weights, weight_files};
 use orfeas_ml::sd::schedulers::{self, SchedulerConfig, SchedulerKind};
 use orfeas_ml::sd::tokenizer::ClipTokenizer;
 use orfeas_ml::sd::unet::{UNet, UNetConfig};

@@ -261,33 +261,136 @@ fn latent_preview_has_one_pixel_per_latent_cell() {
     );
 }
 
+/// The typed request in the fixture's terms: the one a front end would build.
+fn request(steps: u32) -> orfeas_core::request::TextToImageRequest {
+    orfeas_core::request::TextToImageRequest {
+        model_path: Some(fixture_dir()),
+        steps: Some(steps),
+        guidance: Some(0.0),
+        width: Some(96),
+        height: Some(64),
+        precision: Precision::F32,
+        device: "cpu".into(),
+        ..orfeas_core::request::TextToImageRequest::new(PROMPT)
+    }
+}
+
 #[test]
-fn job_params_round_trip_through_json_and_name_batch_outputs() {
-    let job = text_to_image::TextToImageJob {
-        params: TextToImageParams {
+fn job_requests_round_trip_through_json_and_name_batch_outputs() {
+    use orfeas_core::jobs::{JobKind, JobRequest, JobSpec};
+    use orfeas_core::request::TextToImageJob;
+    let job = TextToImageJob {
+        request: orfeas_core::request::TextToImageRequest {
             batch: 3,
             scheduler: Some(SchedulerKind::DpmSolverPp2m),
-            ..params(4, 5.0)
+            style: "anime".into(),
+            ..request(4)
         },
         output: "/tmp/out/cat.png".into(),
-        device: "cpu".into(),
-        style: "anime".into(),
     };
-    let spec = job.spec().unwrap();
-    assert_eq!(spec.kind, orfeas_core::jobs::JobKind::TextToImage);
-    assert_eq!(spec.params["scheduler"], "dpm++2m");
-    let back: text_to_image::TextToImageJob = serde_json::from_value(spec.params).unwrap();
-    assert_eq!(back, job);
+    let spec = JobSpec::from(job.clone());
+    assert_eq!(spec.kind(), JobKind::TextToImage);
+    let stored = spec.request.params_json();
+    assert_eq!(stored["request"]["scheduler"], "dpm++2m");
+    let back = JobRequest::from_params_json(JobKind::TextToImage, &stored).unwrap();
+    assert_eq!(back, JobRequest::TextToImage(job.clone()));
     assert_eq!(
         job.output_for(2),
         std::path::PathBuf::from("/tmp/out/cat-2.png")
     );
-    // A minimal request fills in the model's defaults.
-    let minimal: text_to_image::TextToImageJob =
-        serde_json::from_value(serde_json::json!({"prompt": "a cat", "output": "a.png"})).unwrap();
-    assert_eq!(minimal.params.steps, 1);
-    assert_eq!(minimal.device, "auto");
-    assert_eq!(minimal.style, "none");
+    // A field the request does not know is refused, not dropped.
+    let mut unknown = stored.clone();
+    unknown["request"]["negative"] = "blurry".into();
+    assert!(JobRequest::from_params_json(JobKind::TextToImage, &unknown).is_err());
+}
+
+#[test]
+fn a_request_takes_the_chosen_models_defaults_for_what_it_leaves_open() {
+    use orfeas_core::request::{Decoder, TextToImageRequest};
+    let registry = |model: &str| {
+        TextToImageParams::from_request(&TextToImageRequest {
+            model: model.into(),
+            ..TextToImageRequest::new("a cat")
+        })
+        .unwrap()
+    };
+    // The registry's recommended settings (SD-Turbo: 1 step without CFG;
+    // SD 1.5: 25 steps at 7.5; SD 2.1: 768², its training size), not SD-Turbo's for all.
+    let turbo = registry("sd-turbo");
+    assert_eq!((turbo.steps, turbo.guidance, turbo.width), (1, 0.0, 512));
+    let sd15 = registry("sd-1.5");
+    assert_eq!((sd15.steps, sd15.guidance, sd15.width), (25, 7.5, 512));
+    assert_eq!(registry("sd-2.1").width, 768);
+    // What the request sets wins; the decoder choice and the style are kept.
+    let p = TextToImageParams::from_request(&TextToImageRequest {
+        model: "sd-1.5".into(),
+        steps: Some(8),
+        height: Some(768),
+        negative_prompt: "blurry".into(),
+        style: "anime".into(),
+        decoder: Decoder::VaeTiled,
+        ..TextToImageRequest::new("a cat")
+    })
+    .unwrap();
+    assert_eq!((p.steps, p.guidance, p.width, p.height), (8, 7.5, 512, 768));
+    assert_eq!(p.negative, "blurry");
+    assert!(p.tiled_decode && !p.uses_tiny_decoder());
+    assert_eq!(p.prompt, "a cat", "the prompt is kept as typed");
+    assert_eq!(
+        p.styled_prompt().unwrap(),
+        "a cat, anime style, cel shading, clean line art"
+    );
+    // Limits are the request's, with the field named.
+    let e = TextToImageParams::from_request(&TextToImageRequest {
+        steps: Some(151),
+        ..TextToImageRequest::new("a cat")
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("steps"), "{e}");
+}
+
+/// A PNG made by the runner carries its request: reading it back gives the
+/// same request, and running that gives the same picture, bit for bit.
+#[test]
+fn a_generated_png_recreates_itself_from_its_text_chunks() {
+    use orfeas_core::jobs::{Engine, EngineConfig, JobSpec, JobState};
+    use orfeas_core::request::{TextToImageJob, text_to_image_from_png};
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::new(EngineConfig::default(), None).unwrap();
+    orfeas_ml::register_runners(&engine, orfeas_ml::models::SearchRoots::default(), None);
+    let first = TextToImageJob {
+        request: orfeas_core::request::TextToImageRequest {
+            negative_prompt: "blurry, dark".into(),
+            style: "3d-model".into(),
+            seed: 1234,
+            scheduler: Some(SchedulerKind::EulerAncestral),
+            ..request(2)
+        },
+        output: tmp.path().join("first.png"),
+    };
+    let run = |job: TextToImageJob| {
+        let id = engine.submit(JobSpec::from(job.clone())).unwrap();
+        let done = engine.wait(id, std::time::Duration::from_secs(300)).unwrap();
+        assert_eq!(done.state, JobState::Succeeded, "{:?}", done.failure);
+        image::open(&job.output).unwrap().to_rgb8()
+    };
+    let a = run(first.clone());
+    let info = text_to_image_from_png(&first.output).unwrap();
+    // The PNG names the model folder; the front end maps it back to the path.
+    assert_eq!(
+        info.model_name.as_deref(),
+        fixture_dir().file_name().and_then(|n| n.to_str())
+    );
+    let mut again = info.request.clone();
+    again.model_path = Some(fixture_dir());
+    again.precision = Precision::F32;
+    again.device = "cpu".into();
+    assert_eq!(again, first.request, "every field comes back");
+    let b = run(TextToImageJob {
+        request: again,
+        output: tmp.path().join("again.png"),
+    });
+    assert!(a == b, "the re-created picture is the same, bit for bit");
 }
 
 #[test]
@@ -337,13 +440,16 @@ fn runner_reports_step_previews_quality_and_style() {
     ));
     let engine = Engine::new(EngineConfig::default(), None).unwrap();
     engine.register(JobKind::TextToImage, Arc::new(runner));
-    let job = text_to_image::TextToImageJob {
-        params: params(3, 0.0),
+    let job = orfeas_core::request::TextToImageJob {
+        request: orfeas_core::request::TextToImageRequest {
+            style: "3d-model".into(),
+            ..request(3)
+        },
         output: tmp.path().join("teapot.png"),
-        device: "cpu".into(),
-        style: "3d-model".into(),
     };
-    let id = engine.submit(job.spec().unwrap()).unwrap();
+    let id = engine
+        .submit(orfeas_core::jobs::JobSpec::from(job))
+        .unwrap();
     let done = engine
         .wait(id, std::time::Duration::from_secs(300))
         .expect("the job finishes");
@@ -430,4 +536,71 @@ fn tiny_decoder_errors_say_what_to_do() {
         e.to_string().contains("orfeas models download taesd"),
         "{e}"
     );
+}
+
+/// A request built by the API's conversion runs through the real runner, and
+/// its negative prompt, seed and scheduler are in the PNG it writes.
+#[test]
+fn an_api_request_runs_through_the_real_runner_with_its_fields_in_the_png() {
+    use orfeas_core::jobs::{Engine, EngineConfig, JobSpec, JobState};
+    use orfeas_core::request::TextToImageJob;
+    let tmp = tempfile::tempdir().unwrap();
+    // The registry name resolves to the fixture, as an installed model would.
+    let models = tmp.path().join("models");
+    orfeas_ml::fixture::complete_model_dir(&fixture_dir(), &models.join("sd-turbo")).unwrap();
+    let engine = Engine::new(EngineConfig::default(), None).unwrap();
+    orfeas_ml::register_runners(
+        &engine,
+        orfeas_ml::models::SearchRoots {
+            orfeas_models: Some(models),
+            ..Default::default()
+        },
+        None,
+    );
+    let body = serde_json::json!({
+        "prompt": PROMPT,
+        "negative_prompt": "cracked, dusty",
+        "model": "sd-turbo",
+        "steps": 2,
+        "guidance": 0.0,
+        "width": 64,
+        "height": 64,
+        "seed": 31337,
+        "scheduler": "euler-a",
+    });
+    let request =
+        orfeas_core::http::validate::text_to_image(body.to_string().as_bytes(), || 0).unwrap();
+    let out = tmp.path().join("api.png");
+    let id = engine
+        .submit(JobSpec::from(TextToImageJob {
+            request,
+            output: out.clone(),
+        }))
+        .unwrap();
+    let done = engine.wait(id, std::time::Duration::from_secs(300)).unwrap();
+    assert_eq!(done.state, JobState::Succeeded, "{:?}", done.failure);
+    let chunks = orfeas_core::request::read_png_text(&out).unwrap();
+    let get = |k: &str| {
+        chunks
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(get("negative_prompt"), Some("cracked, dusty"));
+    assert_eq!(get("seed"), Some("31337"));
+    assert_eq!(get("scheduler"), Some("euler-a"));
+    assert_eq!(get("model"), Some("sd-turbo"));
+    // A model that is not installed is refused when submitted, with what to do.
+    let missing = orfeas_core::request::TextToImageRequest {
+        model: "sd-1.5".into(),
+        ..orfeas_core::request::TextToImageRequest::new("a cat")
+    };
+    let e = engine
+        .submit(JobSpec::from(TextToImageJob {
+            request: missing,
+            output: tmp.path().join("never.png"),
+        }))
+        .unwrap_err();
+    assert!(e.to_string().contains("sd-1.5"), "{e}");
+    assert!(!tmp.path().join("never.png").exists());
 }

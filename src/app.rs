@@ -5,9 +5,9 @@
 //! and emit commands) → apply all commands at one point.
 
 pub mod backend;
-pub mod jobs;
-pub mod models;
-pub mod runner;
+pub mod job_views;
+pub mod model_library;
+pub mod requests;
 pub mod state;
 pub mod thumbnails;
 
@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
 use crate::app::backend::{Backend, BackendUpdate};
-use crate::app::jobs::{JobPhase, JobView, StepPreview};
-use crate::app::models::{Models, ModelsEvent};
+use crate::app::job_views::{JobPhase, JobView, StepPreview};
+use crate::app::model_library::{Models, ModelsEvent};
 use crate::app::state::{Command, CreateMode, JobKey, SavedState, Tab, ThemeChoice};
 use crate::app::thumbnails::Thumbnails;
 use crate::ui::theme::{self, space};
@@ -49,7 +49,7 @@ pub struct AppConfig {
 #[derive(Clone, Debug, Default)]
 pub struct PromptStart {
     pub prompt: String,
-    pub model_dir: Option<PathBuf>,
+    pub model_path: Option<PathBuf>,
     pub steps: Option<usize>,
     pub init_image: Option<PathBuf>,
 }
@@ -66,7 +66,7 @@ impl AppConfig {
                 .ok()
                 .map(|prompt| PromptStart {
                     prompt,
-                    model_dir: std::env::var_os("ORFEAS_GUI_MODEL_DIR").map(PathBuf::from),
+                    model_path: std::env::var_os("ORFEAS_GUI_MODEL_DIR").map(PathBuf::from),
                     steps: std::env::var("ORFEAS_GUI_STEPS")
                         .ok()
                         .and_then(|s| s.parse().ok()),
@@ -260,8 +260,8 @@ impl StudioApp {
         if let Some(start) = config.prompt_on_start {
             let mut text = app.saved.text.clone();
             text.prompt = start.prompt;
-            if start.model_dir.is_some() {
-                text.model_dir = start.model_dir;
+            if start.model_path.is_some() {
+                text.model_path = start.model_path;
             }
             if let Some(steps) = start.steps {
                 text.steps = steps;
@@ -296,7 +296,7 @@ impl StudioApp {
     }
 
     /// The Models tab's state.
-    pub fn models(&self) -> &crate::app::models::ModelsView {
+    pub fn models(&self) -> &crate::app::model_library::ModelsView {
         self.models.view()
     }
 
@@ -528,7 +528,7 @@ impl StudioApp {
             return;
         }
         // Say now, not after the queue, when a registry model is not installed.
-        let model_dir = match &request.model_path {
+        let model_path = match &request.model_path {
             Some(dir) => dir.clone(),
             None => match self.models.resolve(&request.model) {
                 Ok(dir) => dir,
@@ -539,7 +539,7 @@ impl StudioApp {
             },
         };
         if request.decoder == orfeas_core::request::Decoder::Taesd {
-            let xl = orfeas_ml::sd::pipeline::SdModel::dir_is_xl(&model_dir).unwrap_or(false);
+            let xl = orfeas_ml::sd::pipeline::SdModel::dir_is_xl(&model_path).unwrap_or(false);
             if let Err(err) = self.models.resolve(if xl { "taesdxl" } else { "taesd" }) {
                 self.toasts.error(err);
                 return;
@@ -581,16 +581,17 @@ impl StudioApp {
         };
         let mut missing = Vec::new();
         if let Some(name) = &info.model_name
-            && *name != request.model
+            && orfeas_ml::models::known(name).is_err()
         {
             // Not a registry name: the folder or checkpoint the user chose.
-            match &current.model_dir {
+            match &current.model_path {
                 Some(dir) if file_name(dir).as_deref() == Some(name.as_str()) => {
+                    request.model = current.model.clone();
                     request.model_path = Some(dir.clone());
                 }
                 _ => {
                     request.model = current.model.clone();
-                    request.model_path = current.model_dir.clone();
+                    request.model_path = current.model_path.clone();
                     missing.push(format!("the model “{name}” (choose its folder or file)"));
                 }
             }
@@ -817,7 +818,7 @@ impl StudioApp {
                     self.saved.text.with_path_defaults(&path)
                 } else {
                     state::TextParams {
-                        model_dir: Some(path),
+                        model_path: Some(path),
                         ..self.saved.text.clone()
                     }
                 };

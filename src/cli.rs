@@ -267,8 +267,8 @@ pub struct TextToImageArgs {
     pub model: Option<String>,
     /// A diffusers-format model folder, or an SD 1.x or SDXL single-file .safetensors
     /// checkpoint, to use instead of a registry model.
-    #[arg(long, visible_alias = "checkpoint", value_name = "DIR|FILE")]
-    pub model_dir: Option<PathBuf>,
+    #[arg(long, visible_aliases = ["model-dir", "checkpoint"], value_name = "DIR|FILE")]
+    pub model_path: Option<PathBuf>,
     /// What not to draw (used with guidance > 1).
     #[arg(long)]
     pub negative: Option<String>,
@@ -733,9 +733,9 @@ pub fn text_to_image_request(args: &TextToImageArgs) -> anyhow::Result<TextToIma
         Some(pic) => {
             let info = text_to_image_from_png(pic)?;
             if let Some(name) = &info.model_name
-                && info.request.model != *name
+                && orfeas_ml::models::known(name).is_err()
                 && args.model.is_none()
-                && args.model_dir.is_none()
+                && args.model_path.is_none()
             {
                 anyhow::bail!(
                     "{} was made with the model {name:?}, which is not a registry model; \
@@ -763,8 +763,12 @@ pub fn text_to_image_request(args: &TextToImageArgs) -> anyhow::Result<TextToIma
         r.model = model.clone();
         r.model_path = None;
     }
-    if let Some(dir) = &args.model_dir {
+    if let Some(dir) = &args.model_path {
         r.model_path = Some(absolute(dir));
+        if orfeas_ml::models::known(&r.model).is_err() {
+            // A PNG's folder name: the model comes from the path.
+            r.model = orfeas_core::request::DEFAULT_MODEL.to_owned();
+        }
     }
     if let Some(negative) = &args.negative {
         r.negative_prompt = negative.clone();

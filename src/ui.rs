@@ -15,7 +15,7 @@ pub mod viewer;
 use std::cell::RefCell;
 use std::path::Path;
 
-use crate::app::jobs::{GalleryItem, JobPhase, JobView, StepPreview};
+use crate::app::job_views::{GalleryItem, JobPhase, JobView, StepPreview};
 use crate::app::state::{Command, SavedState};
 use crate::app::thumbnails::Thumbnails;
 
@@ -43,7 +43,7 @@ pub struct StudioCtx<'a> {
     pub engine_error: Option<&'a str>,
     pub monitoring: Monitoring<'a>,
     /// The Models tab's state (absent in panels built without it).
-    pub models: Option<&'a crate::app::models::ModelsView>,
+    pub models: Option<&'a crate::app::model_library::ModelsView>,
     /// Live step previews of running text→image jobs.
     pub previews: Option<&'a std::collections::HashMap<crate::app::state::JobKey, StepPreview>>,
     commands: RefCell<Vec<Command>>,
@@ -105,7 +105,7 @@ impl<'a> StudioCtx<'a> {
         self
     }
 
-    pub fn with_models(mut self, models: &'a crate::app::models::ModelsView) -> Self {
+    pub fn with_models(mut self, models: &'a crate::app::model_library::ModelsView) -> Self {
         self.models = Some(models);
         self
     }

@@ -15,8 +15,8 @@ use orfeas_core::jobs::{
 
 use orfeas_core::request::{JobRequest, TextToImageJob};
 
-use crate::app::jobs::{GalleryItem, JobPhase, JobView};
-use crate::app::runner::{self, ImageTo3dJobParams};
+use crate::app::job_views::{GalleryItem, JobPhase, JobView};
+use crate::app::requests::{self, ImageTo3dJobParams};
 use crate::app::state::{CreateParams, FormatChoice, JobKey};
 
 /// How many history entries the Gallery shows.
@@ -171,7 +171,7 @@ impl Backend {
         params: &CreateParams,
         output_dir: &Path,
     ) -> anyhow::Result<JobKey> {
-        let job = runner::request_from_create(input, params, output_dir);
+        let job = requests::request_from_create(input, params, output_dir);
         self.submit_params(job, output_dir)
     }
 
@@ -208,7 +208,7 @@ impl Backend {
             )
         })?;
         if let Some(format) = format {
-            job.format = runner::export_format(format);
+            job.format = requests::export_format(format);
         }
         self.submit_params(job, output_dir)
     }
@@ -270,7 +270,7 @@ fn job_view(s: &JobSnapshot) -> JobView {
     let message = s
         .output
         .as_ref()
-        .map(|o| runner::summary_text(&o.summary, o.quality))
+        .map(|o| requests::summary_text(&o.summary, o.quality))
         .unwrap_or_else(|| s.message.clone());
     JobView {
         key: s.id.0,
@@ -308,10 +308,10 @@ fn gallery_item(r: &JobRecord) -> GalleryItem {
         created_at_ms: r.created_at_ms,
         input: params.as_ref().map(|p| p.input.clone()),
         outputs: r.outputs.clone(),
-        format: params.as_ref().map(|p| runner::format_choice(p.format)),
+        format: params.as_ref().map(|p| requests::format_choice(p.format)),
         quality_preset: params
             .as_ref()
-            .map(|p| runner::quality_choice(p.params.quality)),
+            .map(|p| requests::quality_choice(p.params.quality)),
         quality_score: r.quality,
         duration_secs: r.duration_secs,
         error: r.error_message.clone(),

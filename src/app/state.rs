@@ -232,10 +232,12 @@ impl DecoderChoice {
 pub struct TextParams {
     pub prompt: String,
     pub negative: String,
-    /// Registry name (`sd-turbo`, `sd-1.5`, …); unused while `model_dir` is set.
+    /// Registry name (`sd-turbo`, `sd-1.5`, …); unused while `model_path` is set.
     pub model: String,
-    /// A diffusers-format folder chosen by the user instead of a registry model.
-    pub model_dir: Option<PathBuf>,
+    /// A diffusers-format folder or a single-file checkpoint chosen by the
+    /// user instead of a registry model (saved by older versions as `model_dir`).
+    #[serde(alias = "model_dir")]
+    pub model_path: Option<PathBuf>,
     /// A style preset key (`orfeas_ml::text_to_image::STYLE_PRESETS`).
     pub style: String,
     pub steps: usize,
@@ -262,7 +264,7 @@ impl TextParams {
         let d = orfeas_ml::text_to_image::TextToImageParams::for_path(path);
         TextParams {
             model: d.model,
-            model_dir: Some(path.to_path_buf()),
+            model_path: Some(path.to_path_buf()),
             steps: d.steps,
             guidance: d.guidance,
             width: d.width,
@@ -278,7 +280,7 @@ impl TextParams {
             prompt: self.prompt.clone(),
             negative_prompt: self.negative.clone(),
             model: self.model.clone(),
-            model_path: self.model_dir.clone(),
+            model_path: self.model_path.clone(),
             style: self.style.clone(),
             steps: Some(u32::try_from(self.steps).unwrap_or(u32::MAX)),
             guidance: Some(self.guidance),
@@ -299,7 +301,7 @@ impl TextParams {
     }
 
     /// The fields a request sets, for a PNG dropped on the Create tab (or a
-    /// re-run): what it leaves open takes the model's defaults. `model_dir`
+    /// re-run): what it leaves open takes the model's defaults. `model_path`
     /// is the folder to use when the request's model was chosen by path.
     pub fn from_request(&self, r: &TextToImageRequest) -> TextParams {
         let mut t = match &r.model_path {
@@ -341,7 +343,7 @@ impl TextParams {
         let d = orfeas_ml::text_to_image::TextToImageParams::for_model(model);
         TextParams {
             model: model.to_owned(),
-            model_dir: None,
+            model_path: None,
             steps: d.steps,
             guidance: d.guidance,
             width: d.width,
@@ -358,7 +360,7 @@ impl Default for TextParams {
             prompt: String::new(),
             negative: String::new(),
             model: d.model,
-            model_dir: None,
+            model_path: None,
             style: "none".to_owned(),
             steps: d.steps,
             guidance: d.guidance,

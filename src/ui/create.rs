@@ -2,7 +2,7 @@
 
 use egui::{RichText, Vec2};
 
-use crate::app::jobs::{JobPhase, JobView};
+use crate::app::job_views::{JobPhase, JobView};
 use orfeas_core::jobs::JobKind;
 
 use crate::app::state::{Command, CreateMode, CreateParams, FormatChoice, QualityChoice};

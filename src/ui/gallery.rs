@@ -2,7 +2,7 @@
 
 use egui::{RichText, Vec2};
 
-use crate::app::jobs::{GalleryItem, JobPhase};
+use crate::app::job_views::{GalleryItem, JobPhase};
 use crate::app::state::{Command, FormatChoice};
 use crate::app::thumbnails::Thumb;
 use crate::ui::theme::{self, space};

@@ -3,7 +3,7 @@
 
 use egui::RichText;
 
-use crate::app::models::{DownloadView, ModelInstall, ModelRow, ModelsView};
+use crate::app::model_library::{DownloadView, ModelInstall, ModelRow, ModelsView};
 use crate::app::state::Command;
 use crate::ui::metrics::format_bytes;
 use crate::ui::theme::{self, space};

@@ -8,8 +8,8 @@ use orfeas_ml::sd::schedulers::SchedulerKind;
 use orfeas_ml::sd::single_file::has_checkpoint_name;
 use orfeas_ml::text_to_image::{MAX_BATCH, MAX_GUIDANCE, MAX_STEPS, STYLE_PRESETS};
 
-use crate::app::jobs::{JobPhase, JobView};
-use crate::app::models::ModelInstall;
+use crate::app::job_views::{JobPhase, JobView};
+use crate::app::model_library::ModelInstall;
 use crate::app::state::{Command, DecoderChoice, TextParams};
 use crate::app::thumbnails::Thumb;
 use crate::ui::theme::{self, space};
@@ -38,7 +38,7 @@ fn scheduler_label(s: Option<SchedulerKind>) -> &'static str {
 
 /// What the model picker shows for the current choice.
 fn model_text(t: &TextParams) -> String {
-    match &t.model_dir {
+    match &t.model_path {
         Some(dir) => format!(
             "{}: {}",
             if has_checkpoint_name(dir) {
@@ -85,14 +85,14 @@ pub fn text_params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                         if installed(ctx, m.name) == Some(false) {
                             text.push_str("  (not installed)");
                         }
-                        let selected = t.model_dir.is_none() && t.model == m.name;
+                        let selected = t.model_path.is_none() && t.model == m.name;
                         if ui.selectable_label(selected, text).clicked() && !selected {
                             t = t.with_model_defaults(m.name);
                         }
                     }
                     // By name: these run every frame, so no file-system calls.
                     let folder = t
-                        .model_dir
+                        .model_path
                         .as_ref()
                         .is_some_and(|d| !has_checkpoint_name(d));
                     if ui
@@ -102,7 +102,7 @@ pub fn text_params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                     {
                         ctx.send(Command::PickModelFolder);
                     }
-                    let file = t.model_dir.as_ref().is_some_and(|d| has_checkpoint_name(d));
+                    let file = t.model_path.as_ref().is_some_and(|d| has_checkpoint_name(d));
                     if ui
                         .selectable_label(file, "Checkpoint file...")
                         .on_hover_text("An SD 1.x or SDXL single-file .safetensors checkpoint")
@@ -267,7 +267,7 @@ pub fn text_params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
             ui.end_row();
         });
     ui.add_space(space::SM);
-    if t.model_dir.is_none()
+    if t.model_path.is_none()
         && let Some(m) = KNOWN_MODELS.iter().find(|m| m.name == t.model)
     {
         let color = if m.non_commercial {
@@ -287,7 +287,7 @@ pub fn text_params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     }
     ui.add_space(space::SM);
     if ui.button("Model defaults").clicked() {
-        t = if let Some(dir) = t.model_dir.clone() {
+        t = if let Some(dir) = t.model_path.clone() {
             t.with_path_defaults(&dir)
         } else {
             t.with_model_defaults(&t.model.clone())

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
-use orfeas::app::jobs::JobPhase;
+use orfeas::app::job_views::JobPhase;
 use orfeas::app::state::{SavedState, ThemeChoice};
 use orfeas::app::{AppConfig, StudioApp};
 

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use orfeas::app::jobs::JobPhase;
-use orfeas::app::models::ModelInstall;
+use orfeas::app::job_views::JobPhase;
+use orfeas::app::model_library::ModelInstall;
 use orfeas::app::state::{Command, CreateMode, DecoderChoice, Tab, TextParams};
 use orfeas::app::{AppConfig, StudioApp};
 use orfeas_core::jobs::JobKind;
@@ -38,7 +38,7 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
 fn tiny_params(prompt: &str) -> TextParams {
     TextParams {
         prompt: prompt.to_owned(),
-        model_dir: Some(fixture_model()),
+        model_path: Some(fixture_model()),
         steps: 2,
         guidance: 0.0,
         seed: 7,
@@ -565,11 +565,11 @@ fn defaults_for_a_chosen_model_path_follow_what_it_holds() {
         (a.steps, a.guidance, a.width, a.height),
         (25, 7.5, 512, 512)
     );
-    assert_eq!(a.model_dir.as_deref(), Some(sd1.as_path()));
+    assert_eq!(a.model_path.as_deref(), Some(sd1.as_path()));
     assert_eq!((a.prompt.as_str(), a.seed), ("a fox", 9));
     let b = mine.with_path_defaults(&sdxl);
     assert_eq!((b.steps, b.width, b.height), (25, 1024, 1024));
     let c = mine.with_path_defaults(&fixture_model());
     assert_eq!((c.steps, c.guidance, c.width), (1, 0.0, 512));
-    assert_eq!(c.model_dir, Some(fixture_model()));
+    assert_eq!(c.model_path, Some(fixture_model()));
 }

@@ -84,7 +84,7 @@ fn the_gui_fields_become_the_request() {
         prompt: "a red fox in fresh snow, morning light".into(),
         negative: "blurry, low contrast".into(),
         model: "sd-1.5".into(),
-        model_dir: None,
+        model_path: None,
         style: "none".into(),
         steps: 12,
         guidance: 6.5,

@@ -123,10 +123,10 @@ pub struct TextToImageParams {
     pub negative: String,
     /// A [`StylePreset`] key (`none`, `photographic`, …).
     pub style: String,
-    /// Registry name (`sd-turbo`, `sd-1.5`, …); ignored when `model_dir` is set.
+    /// Registry name (`sd-turbo`, `sd-1.5`, …); ignored when `model_path` is set.
     pub model: String,
     /// A diffusers-format folder to use instead of the registry.
-    pub model_dir: Option<PathBuf>,
+    pub model_path: Option<PathBuf>,
     pub steps: usize,
     pub guidance: f64,
     pub seed: u64,
@@ -172,7 +172,7 @@ impl TextToImageParams {
             negative: String::new(),
             style: "none".to_owned(),
             model: name.to_owned(),
-            model_dir: None,
+            model_path: None,
             steps,
             guidance,
             seed: 0,
@@ -203,7 +203,7 @@ impl TextToImageParams {
         } else {
             Self::for_model("sd-turbo")
         };
-        p.model_dir = Some(path.to_path_buf());
+        p.model_path = Some(path.to_path_buf());
         p
     }
 
@@ -299,7 +299,7 @@ impl TextToImageParams {
                 format!("{} must be between 1 and {MAX_BATCH}", self.batch),
             ));
         }
-        if self.model_dir.is_none() {
+        if self.model_path.is_none() {
             let m = models::known(&self.model)?;
             if !m.architecture.generates_images() {
                 return Err(SdError::invalid(
@@ -350,14 +350,14 @@ impl TextToImageParams {
         self.tiny_decoder || self.tiny_decoder_dir.is_some()
     }
 
-    /// The folder the weights come from (registry lookup unless `model_dir` is set).
-    pub fn resolve_model_dir(&self) -> Result<PathBuf> {
-        self.resolve_model_dir_in(&models::SearchRoots::from_env())
+    /// The folder the weights come from (registry lookup unless `model_path` is set).
+    pub fn resolve_model_path(&self) -> Result<PathBuf> {
+        self.resolve_model_path_in(&models::SearchRoots::from_env())
     }
 
-    /// [`Self::resolve_model_dir`] looking in `roots`.
-    pub fn resolve_model_dir_in(&self, roots: &models::SearchRoots) -> Result<PathBuf> {
-        match &self.model_dir {
+    /// [`Self::resolve_model_path`] looking in `roots`.
+    pub fn resolve_model_path_in(&self, roots: &models::SearchRoots) -> Result<PathBuf> {
+        match &self.model_path {
             Some(d) => Ok(d.clone()),
             None => roots.resolve(&self.model),
         }
@@ -538,7 +538,7 @@ impl Engine {
             .as_deref()
             .map(|p| load_init_image(p, params.width, params.height))
             .transpose()?;
-        let dir = params.resolve_model_dir_in(&self.roots())?;
+        let dir = params.resolve_model_path_in(&self.roots())?;
         SdModel::check_dir(&dir)?;
         let (dev, _) = pipeline::select_device(device)?;
         let dtype = pipeline::dtype_for(params.precision, &dev);
@@ -601,7 +601,7 @@ pub fn png_text_chunks(params: &TextToImageParams, index: usize) -> Vec<(String,
         .scheduler
         .map_or_else(|| "model default".to_owned(), |s| s.to_string());
     let model = params
-        .model_dir
+        .model_path
         .as_ref()
         .and_then(|d| d.file_name())
         .map_or_else(
@@ -746,7 +746,7 @@ impl orfeas_core::jobs::JobRunner for TextToImageRunner {
         let job = text_to_image_job(spec)?;
         let params = TextToImageParams::from_request(&job.request).map_err(|e| job_failure(&e))?;
         params
-            .resolve_model_dir_in(&self.engine.roots())
+            .resolve_model_path_in(&self.engine.roots())
             .map_err(|e| job_failure(&e))?;
         Ok(())
     }

@@ -12,7 +12,7 @@ use crate::common::fixture_dir;
 fn base() -> TextToImageParams {
     TextToImageParams {
         prompt: "a teapot".into(),
-        model_dir: Some(fixture_dir()),
+        model_path: Some(fixture_dir()),
         steps: 1,
         guidance: 0.0,
         width: 96,
@@ -114,7 +114,7 @@ fn absurd_sizes_steps_guidance_and_batch_are_rejected() {
 fn unknown_model_lists_the_known_ones() {
     let e = run_err(&TextToImageParams {
         model: "sd-99".into(),
-        model_dir: None,
+        model_path: None,
         ..base()
     });
     assert!(matches!(e, SdError::UnknownModel { .. }), "{e:?}");
@@ -177,7 +177,7 @@ fn truncated_weights_are_reported_as_corrupt() {
     let bytes = std::fs::read(&shard).unwrap();
     std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
     let e = run_err(&TextToImageParams {
-        model_dir: Some(tmp.path().to_path_buf()),
+        model_path: Some(tmp.path().to_path_buf()),
         ..base()
     });
     assert!(matches!(e, SdError::CorruptWeights { .. }), "{e:?}");
@@ -192,7 +192,7 @@ fn garbage_weights_are_reported_as_corrupt() {
         .join("vae/diffusion_pytorch_model-00001-of-00002.safetensors");
     std::fs::write(&shard, b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!").unwrap();
     let e = run_err(&TextToImageParams {
-        model_dir: Some(tmp.path().to_path_buf()),
+        model_path: Some(tmp.path().to_path_buf()),
         ..base()
     });
     assert!(matches!(e, SdError::CorruptWeights { .. }), "{e:?}");
@@ -214,7 +214,7 @@ fn a_folder_missing_a_part_names_the_part() {
             std::fs::remove_file(&p).unwrap();
         }
         let e = run_err(&TextToImageParams {
-            model_dir: Some(tmp.path().to_path_buf()),
+            model_path: Some(tmp.path().to_path_buf()),
             ..base()
         });
         assert!(matches!(e, SdError::MissingPart { .. }), "{part}: {e:?}");

@@ -73,7 +73,7 @@ const XL_RUNS: [Run; 2] = [
     },
 ];
 
-/// Checks every stage of `run` against its golden in `model_dir/golden/img2img/`:
+/// Checks every stage of `run` against its golden in `model_path/golden/img2img/`:
 /// the start step and the timesteps that run, the image tensor, the VAE
 /// sample, the noising, (SDXL) the size ids, the shortened loop and its
 /// progress, and the decoded PNG.
@@ -213,7 +213,7 @@ fn img2img_through_the_one_call_api() {
     .unwrap();
     let params = |strength: f64| TextToImageParams {
         prompt: PROMPT.into(),
-        model_dir: Some(fixture_dir()),
+        model_path: Some(fixture_dir()),
         steps: 4,
         guidance: 0.0,
         width: 96,

@@ -303,7 +303,7 @@ fn pngs_from_stored_noise_match_diffusers() {
         let params = TextToImageParams {
             prompt: PROMPT.into(),
             negative: negative.into(),
-            model_dir: Some(xl_fixture_dir()),
+            model_path: Some(xl_fixture_dir()),
             steps: get(&g, "timesteps").dims1().unwrap(),
             guidance,
             width: 96,

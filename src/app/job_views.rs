@@ -104,7 +104,7 @@ pub struct GalleryItem {
     pub duration_secs: Option<f64>,
     pub error: Option<String>,
     /// The job's parameters, when this build can read them (for re-run and export).
-    pub params: Option<crate::app::runner::ImageTo3dJobParams>,
+    pub params: Option<crate::app::requests::ImageTo3dJobParams>,
     /// A text→image job's parameters (for re-run and the card's facts).
     pub text: Option<orfeas_core::request::TextToImageJob>,
 }

@@ -228,6 +228,13 @@ pub fn handle(route: Route, state: &HttpState) -> Reply {
                 obj.insert("device".into(), api.device().into());
                 obj.insert("queue_depth".into(), api.engine().queue_depth().into());
                 obj.insert("active_jobs".into(), api.engine().active_count().into());
+                let kinds: Vec<&str> = api
+                    .engine()
+                    .registered_kinds()
+                    .into_iter()
+                    .map(|k| k.as_str())
+                    .collect();
+                obj.insert("job_kinds".into(), kinds.into());
             }
             Reply::json(200, &health)
         }

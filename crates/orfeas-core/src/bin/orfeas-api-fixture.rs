@@ -75,12 +75,7 @@ fn slow_write(
     total_ms: u64,
     output_bytes: usize,
 ) -> Result<JobOutput, JobFailure> {
-    let output = spec
-        .params
-        .get("output")
-        .and_then(|o| o.as_str())
-        .map(PathBuf::from)
-        .ok_or_else(|| JobFailure::new("invalid_input", "no output path"))?;
+    let output = spec.request.output().to_path_buf();
     let pause = Duration::from_millis(total_ms / CHUNKS as u64);
     let chunk: Vec<u8> = (0..output_bytes / CHUNKS)
         .map(|i| (i % 251) as u8)

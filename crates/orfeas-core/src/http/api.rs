@@ -26,6 +26,15 @@ pub const UPLOADS_DIR: &str = "uploads";
 /// Folder of the data dir that holds generated files.
 pub const OUTPUTS_DIR: &str = "outputs";
 
+/// A seed for a request that gave none (32-bit, as every seed is).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // std's hasher keys are random per process and per instance: no extra crate for one number.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish() & crate::request::MAX_SEED
+}
+
 /// How long a client is told to wait when the queue is full.
 const QUEUE_FULL_RETRY_SECS: u64 = 5;
 
@@ -278,19 +287,10 @@ impl Api {
         }
         self.check_queue()?;
         let body = self.read_body(request)?;
-        let params = validate::text_to_image(&body)?;
+        let request = validate::text_to_image(&body, random_seed)?;
         let stem = self.new_stem("t2i");
         let output = self.data_dir.join(OUTPUTS_DIR).join(format!("{stem}.png"));
-        let mut value = serde_json::to_value(&params).unwrap_or(Value::Null);
-        if let Value::Object(map) = &mut value {
-            map.insert("output".to_owned(), json!(output));
-        }
-        let label: String = params.prompt.chars().take(60).collect();
-        let spec = JobSpec {
-            kind: JobKind::TextToImage,
-            params: value,
-            label,
-        };
+        let spec = JobSpec::from(crate::request::TextToImageJob { request, output });
         let id = self.engine.submit(spec).map_err(engine_error)?;
         Ok(accepted(id))
     }
@@ -382,7 +382,7 @@ impl Api {
         let output = self
             .data_dir
             .join(OUTPUTS_DIR)
-            .join(format!("{stem}.{}", options.format));
+            .join(format!("{stem}.{}", options.format.extension()));
         let label = filename
             .as_deref()
             .and_then(|f| f.rsplit(['/', '\\']).next())
@@ -394,14 +394,15 @@ impl Api {
             })
             .filter(|f| !f.is_empty())
             .unwrap_or_else(|| format!("upload.{}", info.extension));
+        let request = match options.into_request(input.clone(), output) {
+            Ok(request) => request,
+            Err(e) => {
+                let _ = std::fs::remove_file(&input);
+                return Err(e);
+            }
+        };
         let spec = JobSpec {
-            kind: JobKind::ImageTo3d,
-            params: json!({
-                "input": input,
-                "output": output,
-                "format": options.format,
-                "params": { "quality": options.quality, "method": options.method },
-            }),
+            request: crate::jobs::JobRequest::ImageTo3d(request),
             label,
         };
         match self.engine.submit(spec) {
@@ -814,6 +815,13 @@ fn engine_error(err: EngineError) -> ApiError {
                 JobKind::ImageTo3d => "this server cannot run image-to-3D jobs",
             },
         ),
+        EngineError::Refused(failure) => match failure.reason {
+            "model_missing" | "model_unavailable" | "device" => {
+                ApiError::new(503, "model_unavailable", failure.message)
+            }
+            "invalid_parameter" => ApiError::new(400, "invalid_parameter", failure.message),
+            _ => ApiError::new(503, "unavailable", failure.message),
+        },
         EngineError::ShuttingDown => ApiError::new(
             503,
             "shutting_down",

@@ -3,11 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
+use std::path::PathBuf;
 
-use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::Reply;
+use crate::request::{
+    ExportFormat, ImageTo3dMethod, ImageTo3dRequest, Quality, RequestError, TextToImageRequest,
+    TripoSrOptions,
+};
 
 /// An API error: the status, a stable `code`, a message that says what to do,
 /// and the field at fault. Never carries a local path or a backtrace.
@@ -91,55 +95,23 @@ pub fn field_label(field: &str) -> &'static str {
 
 // ---- text → image ------------------------------------------------------
 
-pub const MAX_PROMPT_CHARS: usize = 2000;
-pub const STEPS_RANGE: (u64, u64) = (1, 150);
-pub const GUIDANCE_RANGE: (f64, f64) = (0.0, 30.0);
-pub const SIZE_RANGE: (u64, u64) = (64, 2048);
-pub const BATCH_RANGE: (u64, u64) = (1, 8);
-pub const MAX_SEED: u64 = u32::MAX as u64;
-
-/// A validated `POST /api/text-to-image` body; absent fields are the model's defaults.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct TextToImageBody {
-    pub prompt: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub negative_prompt: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub steps: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub guidance: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seed: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub width: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub height: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub batch: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub scheduler: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub style: Option<String>,
-}
-
-const TEXT_TO_IMAGE_FIELDS: [&str; 11] = [
-    "prompt",
-    "negative_prompt",
-    "model",
-    "steps",
-    "guidance",
-    "seed",
-    "width",
-    "height",
-    "batch",
-    "scheduler",
-    "style",
+/// Request fields that name files on the server: never taken from a client.
+const SERVER_PATH_FIELDS: [&str; 5] = [
+    "model_path",
+    "init_image",
+    "init_latents",
+    "tiny_decoder_path",
+    "device",
 ];
 
-/// Parses and checks a text→image JSON body.
-pub fn text_to_image(body: &[u8]) -> Result<TextToImageBody, ApiError> {
+/// The one conversion of a `POST /api/text-to-image` JSON body into a
+/// [`TextToImageRequest`]: unknown fields, fields that would name server
+/// files or devices, and values outside the request's limits are refused with
+/// the field named. A missing seed is drawn at random (and then recorded).
+pub fn text_to_image(
+    body: &[u8],
+    random_seed: impl FnOnce() -> u64,
+) -> Result<TextToImageRequest, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid(
             400,
@@ -148,7 +120,7 @@ pub fn text_to_image(body: &[u8]) -> Result<TextToImageBody, ApiError> {
             format!("the body is not valid JSON ({e}); send a JSON object"),
         )
     })?;
-    let Value::Object(obj) = value else {
+    let Value::Object(obj) = &value else {
         return Err(ApiError::invalid(
             422,
             "invalid_type",
@@ -156,99 +128,78 @@ pub fn text_to_image(body: &[u8]) -> Result<TextToImageBody, ApiError> {
             "the body must be a JSON object such as {\"prompt\": \"a red fox\"}",
         ));
     };
-    if let Some(unknown) = obj
+    if let Some(field) = obj
         .keys()
-        .find(|k| !TEXT_TO_IMAGE_FIELDS.contains(&k.as_str()))
+        .find(|k| SERVER_PATH_FIELDS.contains(&k.as_str()))
     {
         return Err(ApiError::invalid(
             422,
             "unknown_field",
-            bounded_name(unknown),
-            format!(
-                "unknown field; allowed fields are {}",
-                TEXT_TO_IMAGE_FIELDS.join(", ")
-            ),
+            bounded_name(field),
+            "this field names a file or device of the server and is not accepted over HTTP; \
+             the server's operator chooses models and devices",
         ));
     }
-    let prompt = string(&obj, "prompt", MAX_PROMPT_CHARS)?
-        .ok_or_else(|| ApiError::invalid(422, "missing_field", "prompt", "a prompt is required"))?;
-    if prompt.trim().is_empty() {
+    if !obj.contains_key("prompt") {
         return Err(ApiError::invalid(
             422,
-            "out_of_range",
+            "missing_field",
             "prompt",
-            "the prompt must not be empty",
+            "a prompt is required",
         ));
     }
-    let model = string(&obj, "model", 128)?;
-    if let Some(m) = &model
-        && (m.is_empty()
-            || !m
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c)))
-    {
-        return Err(ApiError::invalid(
-            422,
-            "invalid_value",
-            "model",
-            "model names use letters, digits and . _ - / only; see `orfeas models list`",
-        ));
+    let seed_given = obj.contains_key("seed");
+    let mut request: TextToImageRequest = serde_path_to_error::deserialize(&value)
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            match inner.strip_prefix("unknown field `") {
+                Some(rest) => {
+                    let name = rest.split('`').next().unwrap_or("other");
+                    ApiError::invalid(
+                        422,
+                        "unknown_field",
+                        bounded_name(name),
+                        format!("unknown field; allowed fields are {}", TEXT_TO_IMAGE_FIELDS.join(", ")),
+                    )
+                }
+                None => {
+                    let field = if path == "." || path.is_empty() { "body" } else { path.as_str() };
+                    ApiError::invalid(422, "invalid_type", bounded_name(field), inner)
+                }
+            }
+        })?;
+    if !seed_given {
+        request.seed = random_seed();
     }
-    let scheduler = string(&obj, "scheduler", 64)?;
-    if let Some(s) = &scheduler
-        && (s.is_empty()
-            || !s
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-+".contains(c)))
-    {
-        return Err(ApiError::invalid(
-            422,
-            "invalid_value",
-            "scheduler",
-            "scheduler names use letters, digits and _ - + only",
-        ));
-    }
-    let style = string(&obj, "style", 32)?;
-    if let Some(s) = &style
-        && !crate::telemetry::metrics::STYLES.contains(&s.as_str())
-    {
-        return Err(ApiError::invalid(
-            422,
-            "invalid_value",
-            "style",
-            format!(
-                "unknown style; use one of {}",
-                crate::telemetry::metrics::STYLES.join(", ")
-            ),
-        ));
-    }
-    let size = |name| -> Result<Option<u32>, ApiError> {
-        let v = integer(&obj, name, SIZE_RANGE)?;
-        if let Some(v) = v
-            && v % 8 != 0
-        {
-            return Err(ApiError::invalid(
-                422,
-                "out_of_range",
-                name,
-                "width and height must be multiples of 8",
-            ));
-        }
-        Ok(v.map(|v| v as u32))
+    request.check().map_err(request_error)?;
+    Ok(request)
+}
+
+/// The fields a client may send to `POST /api/text-to-image`.
+pub const TEXT_TO_IMAGE_FIELDS: [&str; 13] = [
+    "prompt",
+    "negative_prompt",
+    "model",
+    "style",
+    "steps",
+    "guidance",
+    "width",
+    "height",
+    "seed",
+    "batch",
+    "scheduler",
+    "decoder",
+    "precision",
+];
+
+/// A request check that failed, as a 422 naming the field.
+pub fn request_error(err: RequestError) -> ApiError {
+    let code = match err.field {
+        "prompt" | "negative_prompt" if err.message.contains("longer") => "too_long",
+        _ => "out_of_range",
     };
-    Ok(TextToImageBody {
-        negative_prompt: string(&obj, "negative_prompt", MAX_PROMPT_CHARS)?,
-        model,
-        steps: integer(&obj, "steps", STEPS_RANGE)?.map(|v| v as u32),
-        guidance: number(&obj, "guidance", GUIDANCE_RANGE)?,
-        seed: integer(&obj, "seed", (0, MAX_SEED))?,
-        width: size("width")?,
-        height: size("height")?,
-        batch: integer(&obj, "batch", BATCH_RANGE)?.map(|v| v as u32),
-        scheduler,
-        style,
-        prompt,
-    })
+    ApiError::invalid(422, code, err.field, err.message)
 }
 
 /// Field names echoed back are bounded so an error body never grows with input.
@@ -256,85 +207,6 @@ fn bounded_name(name: &str) -> &str {
     match name.char_indices().nth(64) {
         Some((i, _)) => &name[..i],
         None => name,
-    }
-}
-
-fn string(
-    obj: &Map<String, Value>,
-    name: &str,
-    max_chars: usize,
-) -> Result<Option<String>, ApiError> {
-    match obj.get(name) {
-        None => Ok(None),
-        Some(Value::String(s)) if s.chars().count() <= max_chars => Ok(Some(s.clone())),
-        Some(Value::String(_)) => Err(ApiError::invalid(
-            422,
-            "too_long",
-            name,
-            format!("at most {max_chars} characters"),
-        )),
-        Some(_) => Err(ApiError::invalid(
-            422,
-            "invalid_type",
-            name,
-            "must be a string",
-        )),
-    }
-}
-
-fn integer(
-    obj: &Map<String, Value>,
-    name: &str,
-    (lo, hi): (u64, u64),
-) -> Result<Option<u64>, ApiError> {
-    match obj.get(name) {
-        None => Ok(None),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(v) if (lo..=hi).contains(&v) => Ok(Some(v)),
-            _ if n.is_u64() || n.is_i64() => Err(ApiError::invalid(
-                422,
-                "out_of_range",
-                name,
-                format!("must be between {lo} and {hi}"),
-            )),
-            _ => Err(ApiError::invalid(
-                422,
-                "invalid_type",
-                name,
-                "must be an integer",
-            )),
-        },
-        Some(_) => Err(ApiError::invalid(
-            422,
-            "invalid_type",
-            name,
-            "must be an integer",
-        )),
-    }
-}
-
-fn number(
-    obj: &Map<String, Value>,
-    name: &str,
-    (lo, hi): (f64, f64),
-) -> Result<Option<f64>, ApiError> {
-    match obj.get(name) {
-        None => Ok(None),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(v) if v >= lo && v <= hi => Ok(Some(v)),
-            _ => Err(ApiError::invalid(
-                422,
-                "out_of_range",
-                name,
-                format!("must be between {lo} and {hi}"),
-            )),
-        },
-        Some(_) => Err(ApiError::invalid(
-            422,
-            "invalid_type",
-            name,
-            "must be a number",
-        )),
     }
 }
 
@@ -460,24 +332,85 @@ pub fn query_choice(
 pub const MESH_FORMATS: [&str; 4] = ["glb", "obj", "ply", "stl"];
 pub const QUALITIES: [&str; 3] = ["draft", "standard", "high"];
 pub const METHODS: [&str; 2] = ["inflate", "triposr"];
-pub const IMAGE_TO_3D_PARAMS: [&str; 3] = ["format", "quality", "method"];
+pub const IMAGE_TO_3D_PARAMS: [&str; 6] = [
+    "format",
+    "quality",
+    "method",
+    "mc_resolution",
+    "mc_threshold",
+    "bake_texture",
+];
 
 /// Options of `POST /api/image-to-3d` (query or multipart text fields).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ImageTo3dOptions {
-    pub format: &'static str,
-    pub quality: &'static str,
-    pub method: &'static str,
+    pub format: ExportFormat,
+    pub quality: Quality,
+    pub method: ImageTo3dMethod,
+    pub triposr: TripoSrOptions,
+}
+
+impl ImageTo3dOptions {
+    /// The one conversion of these options into the typed request, once the
+    /// upload is stored at `input` and the output path chosen.
+    pub fn into_request(self, input: PathBuf, output: PathBuf) -> Result<ImageTo3dRequest, ApiError> {
+        let mut request = ImageTo3dRequest::new(input, output, self.format);
+        request.method = self.method;
+        request.params.quality = self.quality;
+        request.triposr = self.triposr;
+        request.check().map_err(request_error)?;
+        Ok(request)
+    }
 }
 
 pub fn image_to_3d_options(
     params: &BTreeMap<String, String>,
 ) -> Result<ImageTo3dOptions, ApiError> {
     only_known(params, &IMAGE_TO_3D_PARAMS)?;
+    let parse = |name: &str, choices: &[&'static str], default: &'static str| {
+        query_choice(params, name, choices).map(|c| c.unwrap_or(default))
+    };
+    let typed = |r: Result<_, RequestError>| r.map_err(request_error);
+    let format = parse("format", &MESH_FORMATS, "glb")?;
+    let format = ExportFormat::ALL
+        .into_iter()
+        .find(|f| f.as_str() == format)
+        .unwrap_or(ExportFormat::Glb);
+    let quality: Quality = parse("quality", &QUALITIES, "standard")?
+        .parse()
+        .unwrap_or_default();
+    let method = typed(parse("method", &METHODS, "inflate")?.parse::<ImageTo3dMethod>())?;
+    let mut triposr = TripoSrOptions::default();
+    if method != ImageTo3dMethod::TripoSr {
+        if let Some(name) = ["mc_resolution", "mc_threshold", "bake_texture"]
+            .into_iter()
+            .find(|n| params.contains_key(*n))
+        {
+            return Err(ApiError::invalid(
+                422,
+                "invalid_value",
+                name,
+                "only applies to method=triposr",
+            ));
+        }
+    }
+    let (lo, hi) = crate::request::MC_RESOLUTION_RANGE;
+    if let Some(n) = query_int(params, "mc_resolution", (u64::from(lo), u64::from(hi)))? {
+        triposr.mc_resolution = n as u32;
+    }
+    if let Some(t) = params.get("mc_threshold") {
+        triposr.mc_threshold = t.trim().parse::<f32>().ok().filter(|t| t.is_finite()).ok_or_else(|| {
+            ApiError::invalid(422, "out_of_range", "mc_threshold", "must be a number, e.g. 25")
+        })?;
+    }
+    if let Some(b) = query_choice(params, "bake_texture", &["true", "false", "1", "0"])? {
+        triposr.bake_texture = matches!(b, "true" | "1");
+    }
     Ok(ImageTo3dOptions {
-        format: query_choice(params, "format", &MESH_FORMATS)?.unwrap_or("glb"),
-        quality: query_choice(params, "quality", &QUALITIES)?.unwrap_or("standard"),
-        method: query_choice(params, "method", &METHODS)?.unwrap_or("inflate"),
+        format,
+        quality,
+        method,
+        triposr,
     })
 }
 
@@ -587,6 +520,7 @@ pub fn image(bytes: &[u8], limits: ImageLimits) -> Result<ImageInfo, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn png(w: u32, h: u32) -> Vec<u8> {
         let img = image::RgbaImage::from_pixel(w, h, image::Rgba([200, 10, 10, 255]));
@@ -598,16 +532,39 @@ mod tests {
 
     #[test]
     fn a_minimal_text_to_image_body_is_accepted() {
-        let body = text_to_image(br#"{"prompt":"a red fox","steps":4,"width":512}"#).unwrap();
+        let body = text_to_image(br#"{"prompt":"a red fox","steps":4,"width":512}"#, || 9).unwrap();
         assert_eq!(body.prompt, "a red fox");
         assert_eq!(body.steps, Some(4));
         assert_eq!(body.width, Some(512));
         assert_eq!(body.height, None);
+        assert_eq!(body.seed, 9, "a missing seed is drawn");
+    }
+
+    #[test]
+    fn every_listed_field_is_a_request_field() {
+        // A field renamed on one side (list or struct) fails here.
+        for field in TEXT_TO_IMAGE_FIELDS {
+            let value = match field {
+                "prompt" | "negative_prompt" => json!("x"),
+                "model" => json!("sd-turbo"),
+                "style" => json!("anime"),
+                "scheduler" => json!("euler-a"),
+                "decoder" => json!("taesd"),
+                "precision" => json!("f16"),
+                "guidance" => json!(1.5),
+                "width" | "height" => json!(64),
+                _ => json!(1),
+            };
+            let mut body = json!({ "prompt": "a fox" });
+            body[field] = value;
+            let r = text_to_image(body.to_string().as_bytes(), || 0);
+            assert!(r.is_ok(), "{field}: {r:?}");
+        }
     }
 
     #[test]
     fn each_bad_text_to_image_field_is_named() {
-        let cases: [(&[u8], u16, &str); 13] = [
+        let cases: [(&[u8], u16, &str); 16] = [
             (b"{", 400, "body"),
             (b"[]", 422, "body"),
             (br#"{}"#, 422, "prompt"),
@@ -621,9 +578,12 @@ mod tests {
             (br#"{"prompt":"x","batch":9}"#, 422, "batch"),
             (br#"{"prompt":"x","colour":"red"}"#, 422, "colour"),
             (br#"{"prompt":"x","style":null}"#, 422, "style"),
+            (br#"{"prompt":"x","scheduler":"euler_a"}"#, 422, "scheduler"),
+            (br#"{"prompt":"x","negative":"blur"}"#, 422, "negative"),
+            (br#"{"prompt":"x","model_path":"/etc"}"#, 422, "model_path"),
         ];
         for (body, status, field) in cases {
-            let err = text_to_image(body).unwrap_err();
+            let err = text_to_image(body, || 0).unwrap_err();
             assert_eq!(
                 (err.status, err.field.as_deref()),
                 (status, Some(field)),
@@ -650,8 +610,18 @@ mod tests {
         let opts = image_to_3d_options(&q).unwrap();
         assert_eq!(
             (opts.format, opts.quality, opts.method),
-            ("obj", "high", "inflate")
+            (ExportFormat::Obj, Quality::High, ImageTo3dMethod::Inflate)
         );
+        let mut t = q.clone();
+        t.insert("mc_resolution".into(), "64".into());
+        assert_eq!(
+            image_to_3d_options(&t).unwrap_err().field.as_deref(),
+            Some("mc_resolution"),
+            "TripoSR's parameters are refused for inflate"
+        );
+        t.insert("method".into(), "triposr".into());
+        let opts = image_to_3d_options(&t).unwrap();
+        assert_eq!((opts.method, opts.triposr.mc_resolution), (ImageTo3dMethod::TripoSr, 64));
         q.insert("colour".into(), "red".into());
         assert_eq!(
             image_to_3d_options(&q).unwrap_err().field.as_deref(),

@@ -76,7 +76,7 @@ pub const STATUSES: [&str; 2] = ["success", "failure"];
 pub const METHODS: [&str; 4] = ["GET", "POST", "DELETE", "OTHER"];
 /// `(method, endpoint)` pairs the HTTP API serves. Endpoints are route templates,
 /// never raw paths, so the label set stays bounded.
-pub const ROUTES: [(&str, &str); 9] = [
+pub const ROUTES: [(&str, &str); 11] = [
     ("GET", "/health"),
     ("GET", "/metrics"),
     ("POST", "/api/text-to-image"),
@@ -84,11 +84,13 @@ pub const ROUTES: [(&str, &str); 9] = [
     ("GET", "/api/jobs"),
     ("GET", "/api/jobs/{id}"),
     ("GET", "/api/jobs/{id}/result"),
+    ("GET", "/api/jobs/{id}/events"),
     ("DELETE", "/api/jobs/{id}"),
+    ("POST", "/sdapi/v1/txt2img"),
     ("GET", "other"),
 ];
 /// Every `endpoint` label value.
-pub const ENDPOINTS: [&str; 8] = [
+pub const ENDPOINTS: [&str; 10] = [
     "/health",
     "/metrics",
     "/api/text-to-image",
@@ -96,6 +98,8 @@ pub const ENDPOINTS: [&str; 8] = [
     "/api/jobs",
     "/api/jobs/{id}",
     "/api/jobs/{id}/result",
+    "/api/jobs/{id}/events",
+    "/sdapi/v1/txt2img",
     "other",
 ];
 /// `errors_total{type}` values.

@@ -4,7 +4,7 @@
 //! traversal, the OpenAPI document, and exact HTTP metric increments.
 
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -125,7 +125,7 @@ pub fn writer(bytes: &'static [u8], delay: Duration) -> Arc<dyn JobRunner> {
             ctx.check_cancelled()?;
             std::thread::sleep(Duration::from_millis(5));
         }
-        let out = PathBuf::from(spec.params["output"].as_str().unwrap());
+        let out = spec.request.output().to_path_buf();
         orfeas_core::paths::write_bytes_atomic(&out, bytes)
             .map_err(|e| JobFailure::new("io", e.to_string()))?;
         Ok(JobOutput {
@@ -353,28 +353,40 @@ fn text_to_image_needs_a_runner_then_queues_with_its_parameters() {
     assert_eq!(r.status, 503);
     assert_eq!(r.error().0, "model_unavailable");
 
-    let seen = Arc::new(parking_lot::Mutex::new(Value::Null));
+    let seen = Arc::new(parking_lot::Mutex::new(None));
     let seen2 = Arc::clone(&seen);
     s.engine.register(
         JobKind::TextToImage,
         Arc::new(move |spec: &JobSpec, _: &JobContext| {
-            *seen2.lock() = spec.params.clone();
+            *seen2.lock() = Some(spec.request.clone());
             Ok(JobOutput::default())
         }),
     );
     let r = post_json(
         &s.url("/api/text-to-image"),
-        r#"{"prompt":"a red fox","steps":4,"guidance":7.5,"seed":42,"width":512,"height":768,"batch":2,"negative_prompt":"blur","model":"sd-turbo","scheduler":"euler_a","style":"anime"}"#,
+        r#"{"prompt":"a red fox","steps":4,"guidance":7.5,"seed":42,"width":512,"height":768,"batch":2,"negative_prompt":"blur","model":"sd-turbo","scheduler":"euler-a","style":"anime"}"#,
     );
     assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
     let job = wait_job(&s.base, r.json()["id"].as_i64().unwrap());
     assert_eq!(job["state"], "succeeded");
     assert_eq!(job["kind"], "text_to_image");
-    let params = seen.lock().clone();
-    assert_eq!(params["steps"], 4);
-    assert_eq!(params["height"], 768);
-    assert_eq!(params["seed"], 42);
-    assert!(params["output"].as_str().unwrap().ends_with(".png"));
+    let Some(orfeas_core::jobs::JobRequest::TextToImage(t2i)) = seen.lock().clone() else {
+        panic!("the runner got no text→image request");
+    };
+    let want = orfeas_core::request::TextToImageRequest {
+        negative_prompt: "blur".into(),
+        style: "anime".into(),
+        steps: Some(4),
+        guidance: Some(7.5),
+        width: Some(512),
+        height: Some(768),
+        seed: 42,
+        batch: 2,
+        scheduler: Some(orfeas_core::request::SchedulerKind::EulerAncestral),
+        ..orfeas_core::request::TextToImageRequest::new("a red fox")
+    };
+    assert_eq!(t2i.request, want, "every field, the negative prompt included, reaches the runner");
+    assert!(t2i.output.to_string_lossy().ends_with(".png"));
 }
 
 #[test]
@@ -1074,7 +1086,7 @@ fn failure_messages_shown_to_clients_carry_no_local_paths() {
         Arc::new(|spec: &JobSpec, _: &JobContext| {
             Err(JobFailure::new(
                 "io",
-                format!("cannot write {}", spec.params["output"].as_str().unwrap()),
+                format!("cannot write {}", spec.request.output().display()),
             ))
         }),
     );

@@ -50,13 +50,13 @@ proptest! {
     #[test]
     fn text_to_image_bodies_never_panic_and_accepted_ones_are_in_range(value in json_value()) {
         let body = serde_json::to_vec(&value).unwrap();
-        match validate::text_to_image(&body) {
+        match validate::text_to_image(&body, || 0) {
             Ok(p) => {
                 prop_assert!(!p.prompt.trim().is_empty());
                 prop_assert!(p.steps.is_none_or(|s| (1..=150).contains(&s)));
                 prop_assert!(p.width.is_none_or(|w| w % 8 == 0 && (64..=2048).contains(&w)));
                 prop_assert!(p.guidance.is_none_or(|g| (0.0..=30.0).contains(&g)));
-                prop_assert!(p.batch.is_none_or(|b| (1..=8).contains(&b)));
+                prop_assert!((1..=8).contains(&p.batch));
             }
             Err(e) => {
                 prop_assert!(e.is_validation());
@@ -67,7 +67,7 @@ proptest! {
 
     #[test]
     fn raw_bytes_as_json_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-        let _ = validate::text_to_image(&bytes);
+        let _ = validate::text_to_image(&bytes, || 0);
     }
 
     #[test]

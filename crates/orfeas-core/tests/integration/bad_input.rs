@@ -32,6 +32,8 @@ impl Case {
             output,
             format: ExportFormat::Glb,
             params: ImageTo3dParams::default(),
+            method: Default::default(),
+            triposr: Default::default(),
         };
         let err = image_to_3d::run_file(&req, &mut |_, _| {}, &|| false).unwrap_err();
         // Nothing but the input is left in the folder.

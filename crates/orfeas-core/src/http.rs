@@ -1,34 +1,48 @@
-//! HTTP server (tiny_http): `/health`, `/metrics`, and later `/api/*`.
+//! HTTP server (axum on hyper/tokio): `/health`, `/metrics`, `/api/*` and
+//! the A1111-compatible `/sdapi/v1/txt2img`.
 //!
-//! One accept loop (inside tiny_http) feeds a small pool of named worker
-//! threads. Every request goes through [`route`] (method + path → a [`Route`]
-//! and its bounded `endpoint` label) and [`handle`], and its metrics are
-//! recorded in exactly one place ([`serve_one`]) for all routes. To add an
-//! endpoint: a `Route` variant, a line in `route`, an arm in `handle`, and the
-//! template in `telemetry::metrics::ROUTES`/`ENDPOINTS`.
+//! [`server`] owns the runtime, the accept loop and the connection-level
+//! limits (connection cap, header size and read timeout, lingering close).
+//! Every request then reaches [`dispatch`], the one axum handler: it routes
+//! with [`route`] (method + path → a [`Route`] and its bounded `endpoint`
+//! label), answers through [`api`] or [`handle`], and records the request's
+//! metrics in exactly one place for all routes. Routing stays in [`route`]
+//! rather than in axum's router because the label, the 404-versus-405
+//! answer and the `Allow` header are decided there together. To add an
+//! endpoint: a `Route`/`ApiRoute` variant, a line in `route`, an arm in the
+//! handler, and the template in `telemetry::metrics::ROUTES`/`ENDPOINTS`.
 //!
 //! `/api/*` lives in [`api`] (with its guards: rate limit, token, CORS) and is
 //! on when [`HttpState::api`] is set; [`run_server`] is the one call of
 //! `orfeas serve`.
 
+mod a1111;
 pub mod api;
 pub mod auth;
+mod body;
+mod events;
 pub mod multipart;
 pub mod ratelimit;
 mod run;
+mod server;
 pub mod validate;
 
 pub use ratelimit::{Bucket, RateLimitConfig};
 pub use run::{run_server, start, wait_for_signal};
+pub use server::{ServerHandle, serve};
 pub use validate::ImageLimits;
 
-use std::io::Cursor;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
 use crate::telemetry::Telemetry;
+use crate::telemetry::metrics::Metrics;
 
 /// Prometheus text exposition content type.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -38,7 +52,7 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 pub struct ServeConfig {
     /// `host:port`; port 0 picks a free one (see [`ServerHandle::addr`]).
     pub bind: String,
-    /// Worker threads answering requests.
+    /// Runtime threads answering requests (slow work runs on its blocking pool).
     pub workers: usize,
     /// Bearer token for `/api/*`; required unless `bind` is 127.0.0.1 or ::1.
     pub token: Option<String>,
@@ -50,13 +64,31 @@ pub struct ServeConfig {
     pub rate_limit: Option<RateLimitConfig>,
     /// Queued jobs beyond which submissions get 503 + Retry-After (0: the engine's capacity).
     pub queue_limit: usize,
-    /// Largest request body accepted (uploads included).
+    /// Largest request body accepted (uploads included). A larger declared
+    /// `Content-Length` is refused before any of the body is read.
     pub max_body_bytes: u64,
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Longest request target (path and query); longer gets 414.
+    pub max_uri_bytes: usize,
+    /// Open connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Time a client has to send a request's head. It also bounds how long an
+    /// idle keep-alive connection is kept, since the wait for the next head
+    /// starts when the previous response is written.
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request's body once its head arrived (408 after).
+    pub body_read_timeout: Duration,
+    /// How long `POST /sdapi/v1/txt2img` waits for its job (504 after; the job goes on).
+    pub txt2img_timeout: Duration,
+    /// When the [`ServerHandle`] is dropped: how long requests in progress get to finish.
+    pub shutdown_grace: Duration,
     /// Uploaded image limits, checked before decoding.
     pub image_limits: ImageLimits,
     /// Run jobs a previous process accepted but never started.
     pub requeue_on_start: bool,
-    /// On SIGTERM/Ctrl-C, how long running jobs get to finish before they are cancelled.
+    /// On SIGTERM/Ctrl-C, how long requests in progress, then running jobs,
+    /// get to finish before they are cut off (jobs: cancelled).
     pub drain_timeout: Duration,
     /// `Access-Control-Allow-Origin` value; `None` (the default) sends no CORS headers.
     pub cors_origin: Option<String>,
@@ -77,6 +109,13 @@ impl Default for ServeConfig {
             rate_limit: Some(RateLimitConfig::default()),
             queue_limit: 32,
             max_body_bytes: 32 * 1024 * 1024,
+            max_header_bytes: 32 * 1024,
+            max_uri_bytes: 8 * 1024,
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            txt2img_timeout: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(5),
             image_limits: ImageLimits::default(),
             requeue_on_start: true,
             drain_timeout: Duration::from_secs(30),
@@ -98,6 +137,13 @@ impl std::fmt::Debug for ServeConfig {
             .field("rate_limit", &self.rate_limit)
             .field("queue_limit", &self.queue_limit)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_header_bytes", &self.max_header_bytes)
+            .field("max_uri_bytes", &self.max_uri_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("txt2img_timeout", &self.txt2img_timeout)
+            .field("shutdown_grace", &self.shutdown_grace)
             .field("image_limits", &self.image_limits)
             .field("requeue_on_start", &self.requeue_on_start)
             .field("drain_timeout", &self.drain_timeout)
@@ -132,7 +178,7 @@ pub enum ServeError {
         "cannot listen on {bind}: {reason}; choose another address with --bind or stop the program using the port"
     )]
     Bind { bind: String, reason: String },
-    #[error("cannot start the HTTP worker threads: {0}")]
+    #[error("cannot start the HTTP runtime threads: {0}")]
     Thread(#[source] std::io::Error),
     #[error(
         "refusing to listen on {bind} without an API token: only 127.0.0.1 and ::1 may run open; \
@@ -163,7 +209,7 @@ pub enum Route {
     /// The path is known but not for this method.
     MethodNotAllowed,
     NotFound,
-    /// Under `/api`; answered by [`api`].
+    /// Under `/api` or `/sdapi`; answered by [`api`].
     Api(api::ApiRoute),
 }
 
@@ -180,7 +226,9 @@ pub fn route(method: &str, path: &str) -> (Route, &'static str) {
         ("GET" | "HEAD", "/metrics") => (Route::Metrics, "/metrics"),
         (_, "/health") => (Route::MethodNotAllowed, "/health"),
         (_, "/metrics") => (Route::MethodNotAllowed, "/metrics"),
-        (_, p) if p == "/api" || p.starts_with("/api/") => api::route(method, p),
+        (_, p) if p == "/api" || p.starts_with("/api/") || p.starts_with("/sdapi/") => {
+            api::route(method, p)
+        }
         _ => (Route::NotFound, "other"),
     }
 }
@@ -215,7 +263,41 @@ impl Reply {
     }
 }
 
-/// Answers one routed request.
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let body = match self.file {
+            Some(file) => body::file_body(file),
+            None => axum::body::Body::from(self.body),
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = response.headers_mut();
+        headers.insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static(self.content_type),
+        );
+        for (name, value) in self.extra_headers {
+            add_header(headers, name, &value);
+        }
+        response
+    }
+}
+
+/// Appends a header; a value that is not header text is dropped with a log line.
+pub(crate) fn add_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    match (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        (Ok(name), Ok(value)) => {
+            headers.append(name, value);
+        }
+        _ => tracing::warn!("dropped the {name} header: its value is not header text"),
+    }
+}
+
+/// Answers one routed request that needs no body and no API.
 pub fn handle(route: Route, state: &HttpState) -> Reply {
     match route {
         Route::Health => {
@@ -258,129 +340,142 @@ pub fn handle(route: Route, state: &HttpState) -> Reply {
     }
 }
 
-/// A running server; dropping it stops the workers.
-pub struct ServerHandle {
-    addr: SocketAddr,
-    server: Arc<tiny_http::Server>,
-    workers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl ServerHandle {
-    /// The bound address (with the real port when 0 was asked for).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+/// [`handle`] off the async threads where it may wait: a scrape waits for a
+/// concurrent one to finish encoding (see `Telemetry::scrape`).
+pub(crate) async fn answer_plain(route: Route, state: &HttpState) -> Response {
+    if route != Route::Metrics {
+        return handle(route, state).into_response();
     }
-
-    /// Blocks until the server stops (it only stops when dropped elsewhere).
-    pub fn join(mut self) {
-        for w in self.workers.drain(..) {
-            let _ = w.join();
+    let state = state.clone();
+    match tokio::task::spawn_blocking(move || handle(route, &state)).await {
+        Ok(reply) => reply.into_response(),
+        Err(err) => {
+            tracing::error!("the /metrics task failed: {err}");
+            Reply::error(
+                500,
+                "internal_error",
+                "the metrics could not be encoded; see the log",
+            )
+            .into_response()
         }
     }
 }
 
-impl Drop for ServerHandle {
-    fn drop(&mut self) {
-        for _ in 0..self.workers.len() {
-            self.server.unblock();
-        }
-        for w in self.workers.drain(..) {
-            let _ = w.join();
-        }
+/// The parts of a request a handler reads besides its body.
+pub(crate) struct RequestInfo {
+    /// Upper case, as routed.
+    pub method: String,
+    /// Path and query as sent.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub peer: IpAddr,
+}
+
+impl RequestInfo {
+    /// The value of header `name`, if it is visible ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
-/// Starts the server on `config.bind` with `config.workers` named threads.
-pub fn serve(config: ServeConfig, state: HttpState) -> Result<ServerHandle, ServeError> {
-    let bind_error = |reason: String| ServeError::Bind {
-        bind: config.bind.clone(),
-        reason,
-    };
-    let listener =
-        std::net::TcpListener::bind(&config.bind).map_err(|e| bind_error(e.to_string()))?;
-    // Accepted sockets inherit TCP_NODELAY from the listener. Without it a
-    // /metrics body, which tiny_http writes in 8 KiB pieces, waits on the
-    // peer's delayed ACK (40 ms on Linux) between pieces.
-    if let Err(err) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
-        tracing::debug!("TCP_NODELAY not set on the listener: {err}");
-    }
-    let server =
-        tiny_http::Server::from_listener(listener, None).map_err(|e| bind_error(e.to_string()))?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .ok_or_else(|| ServeError::Bind {
-            bind: config.bind.clone(),
-            reason: "not an IP address".to_owned(),
-        })?;
-    let server = Arc::new(server);
-    let mut workers = Vec::new();
-    for i in 0..config.workers.max(1) {
-        let server = Arc::clone(&server);
-        let state = state.clone();
-        let w = std::thread::Builder::new()
-            .name(format!("orfeas-http-{i}"))
-            .spawn(move || {
-                // `recv` returns Err when unblocked (shutdown) or on a broken socket.
-                while let Ok(request) = server.recv() {
-                    serve_one(request, &state);
-                }
-            })
-            .map_err(ServeError::Thread)?;
-        workers.push(w);
-    }
-    tracing::info!("serving /health and /metrics on http://{addr}");
-    Ok(ServerHandle {
-        addr,
-        server,
-        workers,
+/// The router's state: the handlers' state and the request limits of [`dispatch`].
+#[derive(Clone)]
+struct Served {
+    http: HttpState,
+    max_uri_bytes: usize,
+    /// Flips to true when the server stops (event streams end then).
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The axum application: one fallback handler, so every path reaches [`dispatch`].
+fn router(
+    state: HttpState,
+    config: &ServeConfig,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> axum::Router {
+    axum::Router::new().fallback(dispatch).with_state(Served {
+        http: state,
+        max_uri_bytes: config.max_uri_bytes,
+        shutdown,
     })
 }
 
-/// The one place where every request is routed, answered and counted.
-fn serve_one(mut request: tiny_http::Request, state: &HttpState) {
+/// Keeps `concurrent_requests` right even when a handler is dropped midway
+/// (the client went away) or panics.
+struct InFlight<'a>(&'a Metrics);
+
+impl<'a> InFlight<'a> {
+    fn start(metrics: &'a Metrics) -> InFlight<'a> {
+        metrics.request_started();
+        InFlight(metrics)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// The one handler: every request is routed, answered and counted here.
+///
+/// A request is counted when its response head is ready: for streamed
+/// bodies (downloads, job events) the duration is the time to the first
+/// byte, so a long event stream does not read as a slow request.
+async fn dispatch(State(served): State<Served>, request: Request) -> Response {
     let started = Instant::now();
+    let state = &served.http;
     let metrics = state.telemetry.metrics();
-    metrics.request_started();
-    let method = request.method().as_str().to_ascii_uppercase();
-    let (route, endpoint) = route(&method, request.url());
-    let reply = match &state.api {
-        Some(api) => api.handle(&mut request, &method, route, endpoint, state),
-        None => handle(route, state),
-    };
-    let status = reply.status;
-    let (body, length): (Box<dyn std::io::Read + Send>, Option<usize>) = match reply.file {
-        Some(file) => {
-            let length = file
-                .metadata()
-                .ok()
-                .and_then(|m| usize::try_from(m.len()).ok());
-            (Box::new(file), length)
+    let in_flight = InFlight::start(metrics);
+    let (parts, body) = request.into_parts();
+    let method = parts.method.as_str().to_ascii_uppercase();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
+    let (route, endpoint) = route(&method, &target);
+    let max_uri = served.max_uri_bytes;
+    let response = if target.len() > max_uri {
+        validate::ApiError::new(
+            414,
+            "uri_too_long",
+            format!(
+                "the request target is longer than {max_uri} bytes; send parameters in the body"
+            ),
+        )
+        .to_reply()
+        .into_response()
+    } else {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        let info = RequestInfo {
+            method: method.clone(),
+            target,
+            headers: parts.headers,
+            peer,
+        };
+        match &state.api {
+            Some(api) => {
+                let call = api::Call {
+                    info,
+                    route,
+                    endpoint,
+                    state,
+                    shutdown: served.shutdown.clone(),
+                };
+                Arc::clone(api).handle(call, body).await
+            }
+            None => answer_plain(route, state).await,
         }
-        None => {
-            let length = reply.body.len();
-            (Box::new(Cursor::new(reply.body)), Some(length))
-        }
     };
-    let mut response = tiny_http::Response::new(
-        tiny_http::StatusCode(status),
-        Vec::new(),
-        body,
-        length,
-        None,
+    metrics.observe_http(
+        &method,
+        endpoint,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
     );
-    let header = |k: &str, v: &str| tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).ok();
-    if let Some(h) = header("Content-Type", reply.content_type) {
-        response.add_header(h);
-    }
-    for (k, v) in &reply.extra_headers {
-        if let Some(h) = header(k, v) {
-            response.add_header(h);
-        }
-    }
-    if let Err(err) = request.respond(response) {
-        tracing::debug!("client went away before the response was written: {err}");
-    }
-    metrics.observe_http(&method, endpoint, status, started.elapsed().as_secs_f64());
-    metrics.request_finished();
+    drop(in_flight);
+    response
 }

@@ -1,20 +1,21 @@
 //! `/api/*`: job submission (text→image, image→3D), job status, results,
-//! cancellation and the OpenAPI document; plus the guards every request of a
-//! server with the API passes (CORS preflight, rate limit, bearer token).
+//! job events, cancellation and the OpenAPI document, plus A1111's
+//! `/sdapi/v1/txt2img`; and the guards every request of a server with the
+//! API passes (CORS preflight, rate limit, bearer token).
 
-use std::io::Read as _;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use axum::body::{Body, Bytes};
+use axum::response::{IntoResponse as _, Response};
 use serde_json::{Value, json};
 
-use super::auth;
 use super::multipart;
 use super::ratelimit::{Class, RateLimiter};
 use super::validate::{self, ApiError, ImageLimits};
-use super::{HttpState, Reply, Route, ServeConfig};
+use super::{HttpState, Reply, RequestInfo, Route, ServeConfig, auth};
 use crate::history::{JobRecord, system_time_ms};
 use crate::jobs::{Engine, EngineError, JobId, JobKind, JobSnapshot, JobSpec, JobState};
 
@@ -27,11 +28,15 @@ pub const UPLOADS_DIR: &str = "uploads";
 pub const OUTPUTS_DIR: &str = "outputs";
 
 /// A seed for a request that gave none (32-bit, as every seed is).
-fn random_seed() -> u64 {
+pub(super) fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     // std's hasher keys are random per process and per instance: no extra crate for one number.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.finish() & crate::request::MAX_SEED
 }
 
@@ -48,12 +53,16 @@ pub enum ApiRoute {
     Job(i64),
     CancelJob(i64),
     JobResult(i64),
+    /// Server-sent events of one job.
+    JobEvents(i64),
+    /// A1111's synchronous `POST /sdapi/v1/txt2img`.
+    Txt2Img,
     /// Known path, other method: 405 with this `Allow` value.
     MethodNotAllowed(&'static str),
     NotFound,
 }
 
-/// Routes a path under `/api`. Returns the route and the bounded `endpoint` label.
+/// Routes a path under `/api` or `/sdapi`. Returns the route and the bounded `endpoint` label.
 pub fn route(method: &str, path: &str) -> (Route, &'static str) {
     let get = matches!(method, "GET" | "HEAD");
     let (r, endpoint) = match path {
@@ -65,6 +74,8 @@ pub fn route(method: &str, path: &str) -> (Route, &'static str) {
         "/api/image-to-3d" => (ApiRoute::MethodNotAllowed("POST"), "/api/image-to-3d"),
         "/api/jobs" if get => (ApiRoute::Jobs, "/api/jobs"),
         "/api/jobs" => (ApiRoute::MethodNotAllowed("GET, HEAD"), "/api/jobs"),
+        "/sdapi/v1/txt2img" if method == "POST" => (ApiRoute::Txt2Img, "/sdapi/v1/txt2img"),
+        "/sdapi/v1/txt2img" => (ApiRoute::MethodNotAllowed("POST"), "/sdapi/v1/txt2img"),
         _ => match path.strip_prefix("/api/jobs/") {
             Some(rest) => job_route(method, rest),
             None => (ApiRoute::NotFound, "other"),
@@ -94,8 +105,24 @@ fn job_route(method: &str, rest: &str) -> (ApiRoute, &'static str) {
             "/api/jobs/{id}/result",
         ),
         (Some("result"), None) => (ApiRoute::NotFound, "/api/jobs/{id}/result"),
+        (Some("events"), Some(id)) if get => (ApiRoute::JobEvents(id), "/api/jobs/{id}/events"),
+        (Some("events"), Some(_)) => (
+            ApiRoute::MethodNotAllowed("GET, HEAD"),
+            "/api/jobs/{id}/events",
+        ),
+        (Some("events"), None) => (ApiRoute::NotFound, "/api/jobs/{id}/events"),
         (Some(_), _) => (ApiRoute::NotFound, "other"),
     }
+}
+
+/// One request as the API sees it, besides its body.
+pub(crate) struct Call<'a> {
+    pub info: RequestInfo,
+    pub route: Route,
+    pub endpoint: &'static str,
+    pub state: &'a HttpState,
+    /// Becomes true when the server stops.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The API's shared state.
@@ -109,6 +136,8 @@ pub struct Api {
     limiter: Option<RateLimiter>,
     queue_limit: usize,
     max_body_bytes: u64,
+    body_read_timeout: Duration,
+    txt2img_timeout: Duration,
     image_limits: ImageLimits,
     cors_origin: Option<String>,
     device: String,
@@ -137,6 +166,8 @@ impl Api {
                 config.queue_limit
             },
             max_body_bytes: config.max_body_bytes,
+            body_read_timeout: config.body_read_timeout,
+            txt2img_timeout: config.txt2img_timeout,
             image_limits: config.image_limits,
             cors_origin: config.cors_origin.clone(),
             device: config.device.clone(),
@@ -152,30 +183,29 @@ impl Api {
         &self.device
     }
 
+    pub(super) fn txt2img_timeout(&self) -> Duration {
+        self.txt2img_timeout
+    }
+
     /// Guards, then answers. Counts validation and rate-limit rejections.
-    pub(super) fn handle(
-        &self,
-        request: &mut tiny_http::Request,
-        method: &str,
-        route: Route,
-        endpoint: &'static str,
-        state: &HttpState,
-    ) -> Reply {
-        let metrics = state.telemetry.metrics();
-        if method == "OPTIONS"
+    pub(crate) async fn handle(self: Arc<Self>, call: Call<'_>, body: Body) -> Response {
+        let metrics = call.state.telemetry.metrics();
+        if call.info.method == "OPTIONS"
             && let Some(origin) = &self.cors_origin
         {
             // Preflights carry no credentials; they are answered before the checks.
-            return preflight(origin);
+            return preflight(origin).into_response();
         }
-        let result = self
-            .guard(request, method, route)
-            .and_then(|()| match route {
-                Route::Api(r) => self.answer(request, r),
-                other => Ok(super::handle(other, state)),
-            });
-        let mut reply = match result {
-            Ok(reply) => reply,
+        let endpoint = call.endpoint;
+        let result = match self.guard(&call.info, call.route) {
+            Ok(()) => match call.route {
+                Route::Api(r) => Arc::clone(&self).answer(call, r, body).await,
+                other => Ok(super::answer_plain(other, call.state).await),
+            },
+            Err(err) => Err(err),
+        };
+        let mut response = match result {
+            Ok(response) => response,
             Err(err) => {
                 if err.is_validation() {
                     metrics.record_validation_error(endpoint, err.field_label());
@@ -186,35 +216,26 @@ impl Api {
                 if err.status >= 500 {
                     tracing::warn!(endpoint, code = err.code, "API error: {}", err.message);
                 }
-                err.to_reply()
+                err.to_reply().into_response()
             }
         };
         if let Some(origin) = &self.cors_origin {
-            reply
-                .extra_headers
-                .push(("Access-Control-Allow-Origin", origin.clone()));
-            reply.extra_headers.push(("Vary", "Origin".to_owned()));
+            let headers = response.headers_mut();
+            super::add_header(headers, "Access-Control-Allow-Origin", origin);
+            super::add_header(headers, "Vary", "Origin");
         }
-        reply
+        response
     }
 
-    fn guard(
-        &self,
-        request: &tiny_http::Request,
-        method: &str,
-        route: Route,
-    ) -> Result<(), ApiError> {
+    fn guard(&self, request: &RequestInfo, route: Route) -> Result<(), ApiError> {
         if let Some(limiter) = &self.limiter {
-            let client = request
-                .remote_addr()
-                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
-            let class = if method == "POST" {
+            let class = if request.method == "POST" {
                 Class::Generate
             } else {
                 Class::Read
             };
             limiter
-                .check(client, class, Instant::now())
+                .check(request.peer, class, Instant::now())
                 .map_err(|secs| {
                     ApiError::new(
                         429,
@@ -226,7 +247,7 @@ impl Api {
         }
         if let Some(token) = &self.token {
             let open = !self.protect_metrics && matches!(route, Route::Health | Route::Metrics);
-            if !open && !auth::authorized(header(request, "Authorization"), token) {
+            if !open && !auth::authorized(request.header("Authorization"), token) {
                 return Err(ApiError::new(
                     401,
                     "unauthorized",
@@ -237,24 +258,41 @@ impl Api {
         Ok(())
     }
 
-    fn answer(&self, request: &mut tiny_http::Request, route: ApiRoute) -> Result<Reply, ApiError> {
-        match route {
-            ApiRoute::OpenApi => Ok(Reply {
+    async fn answer(
+        self: Arc<Self>,
+        call: Call<'_>,
+        route: ApiRoute,
+        body: Body,
+    ) -> Result<Response, ApiError> {
+        let target = call.info.target.clone();
+        let reply = match route {
+            ApiRoute::OpenApi => Reply {
                 status: 200,
                 content_type: "application/json",
                 body: OPENAPI_JSON.as_bytes().to_vec(),
                 extra_headers: Vec::new(),
                 file: None,
-            }),
-            ApiRoute::TextToImage => self.text_to_image(request),
-            ApiRoute::ImageTo3d => self.image_to_3d(request),
-            ApiRoute::Jobs => self.list_jobs(request.url()),
-            ApiRoute::Job(id) => self
-                .job_view(JobId(id))?
-                .map(|v| Reply::json(200, &v))
-                .ok_or_else(|| no_job(id)),
-            ApiRoute::CancelJob(id) => self.cancel(JobId(id)),
-            ApiRoute::JobResult(id) => self.result(JobId(id), request.url()),
+            },
+            ApiRoute::TextToImage => self.text_to_image(&call.info, body).await?,
+            ApiRoute::ImageTo3d => self.image_to_3d(&call.info, body).await?,
+            ApiRoute::Jobs => self.blocking(move |api| api.list_jobs(&target)).await?,
+            ApiRoute::Job(id) => {
+                self.blocking(move |api| {
+                    api.job_view(JobId(id))?
+                        .map(|v| Reply::json(200, &v))
+                        .ok_or_else(|| no_job(id))
+                })
+                .await?
+            }
+            ApiRoute::CancelJob(id) => self.blocking(move |api| api.cancel(JobId(id))).await?,
+            ApiRoute::JobResult(id) => {
+                self.blocking(move |api| api.result(JobId(id), &target))
+                    .await?
+            }
+            ApiRoute::JobEvents(id) => {
+                return super::events::stream(self, JobId(id), call.shutdown).await;
+            }
+            ApiRoute::Txt2Img => return super::a1111::txt2img(self, &call.info, body).await,
             ApiRoute::MethodNotAllowed(allow) => {
                 let mut reply = ApiError::new(
                     405,
@@ -263,20 +301,38 @@ impl Api {
                 )
                 .to_reply();
                 reply.extra_headers.push(("Allow", allow.to_owned()));
-                Ok(reply)
+                reply
             }
-            ApiRoute::NotFound => Err(ApiError::new(
-                404,
-                "not_found",
-                "no such endpoint; the API is described at GET /api/openapi.json",
-            )),
-        }
+            ApiRoute::NotFound => {
+                return Err(ApiError::new(
+                    404,
+                    "not_found",
+                    "no such endpoint; the API is described at GET /api/openapi.json",
+                ));
+            }
+        };
+        Ok(reply.into_response())
+    }
+
+    /// Runs `f` on the blocking pool: history queries, file writes, image decoding.
+    pub(super) async fn blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Api) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let api = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&api))
+            .await
+            .map_err(|e| internal(format!("a request task failed: {e}")))?
     }
 
     // ---- submission ---------------------------------------------------
 
-    fn text_to_image(&self, request: &mut tiny_http::Request) -> Result<Reply, ApiError> {
-        let content_type = header(request, "Content-Type").unwrap_or("");
+    async fn text_to_image(
+        self: &Arc<Self>,
+        request: &RequestInfo,
+        body: Body,
+    ) -> Result<Reply, ApiError> {
+        let content_type = request.header("Content-Type").unwrap_or("");
         if !mime_is(content_type, "application/json") {
             return Err(ApiError::invalid(
                 415,
@@ -286,17 +342,32 @@ impl Api {
             ));
         }
         self.check_queue()?;
-        let body = self.read_body(request)?;
-        let request = validate::text_to_image(&body, random_seed)?;
+        let body = self.read_body(request, body).await?;
+        self.blocking(move |api| {
+            let request = validate::text_to_image(&body, random_seed)?;
+            let id = api.submit_text_to_image(request)?;
+            Ok(accepted(id))
+        })
+        .await
+    }
+
+    /// Queues a checked text→image request with its output in `outputs/`.
+    pub(super) fn submit_text_to_image(
+        &self,
+        request: crate::request::TextToImageRequest,
+    ) -> Result<JobId, ApiError> {
         let stem = self.new_stem("t2i");
         let output = self.data_dir.join(OUTPUTS_DIR).join(format!("{stem}.png"));
         let spec = JobSpec::from(crate::request::TextToImageJob { request, output });
-        let id = self.engine.submit(spec).map_err(engine_error)?;
-        Ok(accepted(id))
+        self.engine.submit(spec).map_err(engine_error)
     }
 
-    fn image_to_3d(&self, request: &mut tiny_http::Request) -> Result<Reply, ApiError> {
-        let content_type = header(request, "Content-Type").unwrap_or("").to_owned();
+    async fn image_to_3d(
+        self: &Arc<Self>,
+        request: &RequestInfo,
+        body: Body,
+    ) -> Result<Reply, ApiError> {
+        let content_type = request.header("Content-Type").unwrap_or("").to_owned();
         let raw = validate::IMAGE_TYPES
             .iter()
             .any(|t| mime_is(&content_type, t));
@@ -310,15 +381,26 @@ impl Api {
                  or as the `image` field of multipart/form-data",
             ));
         }
-        let mut params = validate::query(request.url())?;
+        let params = validate::query(&request.target)?;
         validate::only_known(&params, &validate::IMAGE_TO_3D_PARAMS)?;
         self.check_queue()?;
-        let body = self.read_body(request)?;
+        let body = self.read_body(request, body).await?;
+        self.blocking(move |api| api.submit_image_to_3d(&content_type, raw, params, body))
+            .await
+    }
+
+    fn submit_image_to_3d(
+        &self,
+        content_type: &str,
+        raw: bool,
+        mut params: std::collections::BTreeMap<String, String>,
+        body: Bytes,
+    ) -> Result<Reply, ApiError> {
         let mut filename = None;
-        let image: &[u8] = if raw {
-            &body
+        let image: Bytes = if raw {
+            body
         } else {
-            let parts = multipart::parse(&content_type, &body).map_err(|e| {
+            let parts = multipart::parse(content_type, body).map_err(|e| {
                 ApiError::invalid(
                     400,
                     "invalid_multipart",
@@ -335,7 +417,7 @@ impl Api {
                 } else if validate::IMAGE_TO_3D_PARAMS.contains(&part.name.as_str())
                     && !form_fields.contains(&part.name)
                 {
-                    let text = std::str::from_utf8(part.data).map_err(|_| {
+                    let text = std::str::from_utf8(&part.data).map_err(|_| {
                         ApiError::invalid(422, "invalid_value", &part.name, "must be UTF-8 text")
                     })?;
                     // A form field overrides the same query parameter.
@@ -365,13 +447,13 @@ impl Api {
             })?
         };
         let options = validate::image_to_3d_options(&params)?;
-        let info = validate::image(image, self.image_limits)?;
+        let info = validate::image(&image, self.image_limits)?;
         let stem = self.new_stem("i23d");
         let input = self
             .data_dir
             .join(UPLOADS_DIR)
             .join(format!("{stem}.{}", info.extension));
-        crate::paths::write_bytes_atomic(&input, image).map_err(|e| {
+        crate::paths::write_bytes_atomic(&input, &image).map_err(|e| {
             tracing::error!("cannot store an upload: {e:#}");
             ApiError::new(
                 507,
@@ -379,6 +461,11 @@ impl Api {
                 "the server cannot store the upload; check its disk space",
             )
         })?;
+        let remove_upload = |input: &Path| {
+            if let Err(err) = std::fs::remove_file(input) {
+                tracing::warn!("cannot remove a refused upload: {err}");
+            }
+        };
         let output = self
             .data_dir
             .join(OUTPUTS_DIR)
@@ -397,7 +484,7 @@ impl Api {
         let request = match options.into_request(input.clone(), output) {
             Ok(request) => request,
             Err(e) => {
-                let _ = std::fs::remove_file(&input);
+                remove_upload(&input);
                 return Err(e);
             }
         };
@@ -408,49 +495,32 @@ impl Api {
         match self.engine.submit(spec) {
             Ok(id) => Ok(accepted(id)),
             Err(e) => {
-                let _ = std::fs::remove_file(&input);
+                remove_upload(&input);
                 Err(engine_error(e))
             }
         }
     }
 
-    fn check_queue(&self) -> Result<(), ApiError> {
+    pub(super) fn check_queue(&self) -> Result<(), ApiError> {
         if self.engine.queue_depth() >= self.queue_limit {
             return Err(queue_full());
         }
         Ok(())
     }
 
-    fn read_body(&self, request: &mut tiny_http::Request) -> Result<Vec<u8>, ApiError> {
-        let limit = self.max_body_bytes;
-        let too_large = || {
-            ApiError::invalid(
-                413,
-                "body_too_large",
-                "body",
-                format!("the body is larger than the {limit}-byte limit"),
-            )
-        };
-        if request.body_length().is_some_and(|n| n as u64 > limit) {
-            return Err(too_large());
-        }
-        let mut body = Vec::new();
-        request
-            .as_reader()
-            .take(limit.saturating_add(1))
-            .read_to_end(&mut body)
-            .map_err(|_| {
-                ApiError::invalid(
-                    400,
-                    "incomplete_body",
-                    "body",
-                    "the body could not be read completely; send it again",
-                )
-            })?;
-        if body.len() as u64 > limit {
-            return Err(too_large());
-        }
-        Ok(body)
+    /// The request body under the size and time limits (see `body::read`).
+    pub(super) async fn read_body(
+        &self,
+        request: &RequestInfo,
+        body: Body,
+    ) -> Result<Bytes, ApiError> {
+        super::body::read(
+            &request.headers,
+            body,
+            self.max_body_bytes,
+            self.body_read_timeout,
+        )
+        .await
     }
 
     /// A file name stem unique in this data dir: time, process and a counter.
@@ -510,7 +580,7 @@ impl Api {
         ))
     }
 
-    fn job_view(&self, id: JobId) -> Result<Option<Value>, ApiError> {
+    pub(super) fn job_view(&self, id: JobId) -> Result<Option<Value>, ApiError> {
         if let Some(s) = self.engine.snapshot(id) {
             return Ok(Some(self.snapshot_view(&s)));
         }
@@ -520,7 +590,7 @@ impl Api {
         }
     }
 
-    fn snapshot_view(&self, s: &JobSnapshot) -> Value {
+    pub(super) fn snapshot_view(&self, s: &JobSnapshot) -> Value {
         let files = s.output.as_ref().map(|o| o.files.as_slice()).unwrap_or(&[]);
         view(ViewParts {
             id: s.id,
@@ -572,7 +642,7 @@ impl Api {
     }
 
     /// Job messages may name files; the client gets no local paths.
-    fn redact(&self, message: &str) -> String {
+    pub(super) fn redact(&self, message: &str) -> String {
         let mut out = message.to_owned();
         for dir in [&self.data_dir_canonical, &self.data_dir] {
             let d = dir.to_string_lossy();
@@ -778,7 +848,7 @@ fn accepted(id: JobId) -> Reply {
     reply
 }
 
-fn no_job(id: i64) -> ApiError {
+pub(super) fn no_job(id: i64) -> ApiError {
     ApiError::new(
         404,
         "job_not_found",
@@ -791,7 +861,7 @@ fn queue_full() -> ApiError {
         .retry_after(QUEUE_FULL_RETRY_SECS)
 }
 
-fn internal(err: impl std::fmt::Display) -> ApiError {
+pub(super) fn internal(err: impl std::fmt::Display) -> ApiError {
     tracing::error!("API request failed: {err:#}");
     ApiError::new(
         500,
@@ -800,7 +870,7 @@ fn internal(err: impl std::fmt::Display) -> ApiError {
     )
 }
 
-fn engine_error(err: EngineError) -> ApiError {
+pub(super) fn engine_error(err: EngineError) -> ApiError {
     match err {
         EngineError::QueueFull { .. } => queue_full(),
         EngineError::NoRunner(kind) => ApiError::new(
@@ -832,17 +902,8 @@ fn engine_error(err: EngineError) -> ApiError {
     }
 }
 
-/// The value of the first header `name` (case-insensitive), if it is ASCII.
-fn header<'r>(request: &'r tiny_http::Request, name: &str) -> Option<&'r str> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str())
-}
-
 /// True when a Content-Type value names `mime` (parameters ignored).
-fn mime_is(content_type: &str, mime: &str) -> bool {
+pub(super) fn mime_is(content_type: &str, mime: &str) -> bool {
     content_type
         .split(';')
         .next()
@@ -876,6 +937,25 @@ mod tests {
         );
         assert_eq!(
             route("GET", "/api/nope/../../etc"),
+            (Route::Api(ApiRoute::NotFound), "other")
+        );
+        assert_eq!(
+            route("GET", "/api/jobs/7/events"),
+            (Route::Api(ApiRoute::JobEvents(7)), "/api/jobs/{id}/events")
+        );
+        assert_eq!(
+            route("POST", "/api/jobs/7/events"),
+            (
+                Route::Api(ApiRoute::MethodNotAllowed("GET, HEAD")),
+                "/api/jobs/{id}/events"
+            )
+        );
+        assert_eq!(
+            route("POST", "/sdapi/v1/txt2img"),
+            (Route::Api(ApiRoute::Txt2Img), "/sdapi/v1/txt2img")
+        );
+        assert_eq!(
+            route("POST", "/sdapi/v1/img2img"),
             (Route::Api(ApiRoute::NotFound), "other")
         );
     }

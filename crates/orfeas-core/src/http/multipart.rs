@@ -1,13 +1,18 @@
-//! A small, strict `multipart/form-data` parser (RFC 7578) for uploads held in
-//! memory (the body size limit applies before parsing).
+//! `multipart/form-data` (RFC 7578) uploads, parsed by `multer` from a body
+//! already read under the body size limit.
+
+use std::convert::Infallible;
+
+use axum::body::Bytes;
+use futures_util::FutureExt as _;
 
 /// One form field.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Part<'a> {
+pub struct Part {
     pub name: String,
     pub filename: Option<String>,
     pub content_type: Option<String>,
-    pub data: &'a [u8],
+    pub data: Bytes,
 }
 
 /// Why a body is not valid multipart.
@@ -15,12 +20,8 @@ pub struct Part<'a> {
 pub enum MultipartError {
     #[error("the Content-Type has no multipart boundary")]
     NoBoundary,
-    #[error("the body does not start with the multipart boundary")]
-    NoFirstBoundary,
-    #[error("a part has no end boundary; the upload may be truncated")]
-    Unterminated,
-    #[error("a part's headers are malformed")]
-    BadHeaders,
+    #[error("the form is malformed ({0})")]
+    Malformed(String),
     #[error("a part has no form-data name")]
     NoName,
     #[error("too many parts (at most {0})")]
@@ -29,101 +30,56 @@ pub enum MultipartError {
 
 /// At most this many parts; a form here has an image and a few options.
 pub const MAX_PARTS: usize = 16;
-const MAX_HEADER_BYTES: usize = 4096;
 
 /// The boundary parameter of a `multipart/form-data` Content-Type value.
-pub fn boundary(content_type: &str) -> Option<&str> {
-    let mut params = content_type.split(';');
-    let mime = params.next()?.trim();
-    if !mime.eq_ignore_ascii_case("multipart/form-data") {
-        return None;
-    }
-    params
-        .filter_map(|p| p.split_once('='))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("boundary"))
-        .map(|(_, v)| v.trim().trim_matches('"'))
+pub fn boundary(content_type: &str) -> Option<String> {
+    multer::parse_boundary(content_type)
+        .ok()
         .filter(|b| !b.is_empty() && b.len() <= 70)
 }
 
 /// Splits `body` into parts.
-pub fn parse<'a>(content_type: &str, body: &'a [u8]) -> Result<Vec<Part<'a>>, MultipartError> {
+pub fn parse(content_type: &str, body: Bytes) -> Result<Vec<Part>, MultipartError> {
     let boundary = boundary(content_type).ok_or(MultipartError::NoBoundary)?;
-    let delimiter = format!("--{boundary}");
-    let delimiter = delimiter.as_bytes();
-    let start = find(body, delimiter).ok_or(MultipartError::NoFirstBoundary)?;
-    // Anything before the first delimiter is a preamble and is ignored.
-    let mut rest = body.get(start + delimiter.len()..).unwrap_or_default();
-    let mut parts = Vec::new();
-    let next_delimiter = [b"\r\n".as_slice(), delimiter].concat();
-    loop {
-        if rest.starts_with(b"--") {
-            return Ok(parts);
-        }
-        rest = rest
-            .strip_prefix(b"\r\n")
-            .ok_or(MultipartError::Unterminated)?;
-        if parts.len() == MAX_PARTS {
-            return Err(MultipartError::TooManyParts(MAX_PARTS));
-        }
-        let header_end = find(rest, b"\r\n\r\n").ok_or(MultipartError::BadHeaders)?;
-        if header_end > MAX_HEADER_BYTES {
-            return Err(MultipartError::BadHeaders);
-        }
-        // The slices below stay in bounds: `find` returned positions inside them.
-        let headers =
-            std::str::from_utf8(&rest[..header_end]).map_err(|_| MultipartError::BadHeaders)?;
-        let content = &rest[header_end + 4..];
-        let end = find(content, &next_delimiter).ok_or(MultipartError::Unterminated)?;
-        let mut part = part_headers(headers)?;
-        part.data = &content[..end];
-        parts.push(part);
-        rest = &content[end + next_delimiter.len()..];
-    }
-}
-
-fn part_headers(headers: &str) -> Result<Part<'static>, MultipartError> {
-    let mut name = None;
-    let mut filename = None;
-    let mut content_type = None;
-    for line in headers.split("\r\n").filter(|l| !l.is_empty()) {
-        let (key, value) = line.split_once(':').ok_or(MultipartError::BadHeaders)?;
-        let key = key.trim();
-        if key.eq_ignore_ascii_case("content-disposition") {
-            let mut params = value.split(';');
-            let kind = params.next().unwrap_or("").trim();
-            if !kind.eq_ignore_ascii_case("form-data") {
-                return Err(MultipartError::BadHeaders);
+    let stream = futures_util::stream::iter([Ok::<Bytes, Infallible>(body)]);
+    let mut form = multer::Multipart::new(stream, boundary);
+    let parts = async move {
+        let mut parts = Vec::new();
+        while let Some(field) = form.next_field().await.map_err(malformed)? {
+            if parts.len() == MAX_PARTS {
+                return Err(MultipartError::TooManyParts(MAX_PARTS));
             }
-            for param in params {
-                let Some((k, v)) = param.split_once('=') else {
-                    continue;
-                };
-                let v = v.trim().trim_matches('"').to_owned();
-                match k.trim().to_ascii_lowercase().as_str() {
-                    "name" => name = Some(v),
-                    "filename" => filename = Some(v),
-                    _ => {}
-                }
-            }
-        } else if key.eq_ignore_ascii_case("content-type") {
-            content_type = Some(value.trim().to_owned());
+            let name = field
+                .name()
+                .filter(|n| !n.is_empty())
+                .ok_or(MultipartError::NoName)?
+                .to_owned();
+            let filename = field.file_name().map(str::to_owned);
+            let content_type = field.content_type().map(|m| m.to_string());
+            let data = field.bytes().await.map_err(malformed)?;
+            parts.push(Part {
+                name,
+                filename,
+                content_type,
+                data,
+            });
         }
-    }
-    Ok(Part {
-        name: name
-            .filter(|n| !n.is_empty())
-            .ok_or(MultipartError::NoName)?,
-        filename,
-        content_type,
-        data: &[],
+        Ok(parts)
+    };
+    // The whole body is one ready chunk, so parsing never waits: polled once,
+    // the future is done.
+    parts.now_or_never().unwrap_or_else(|| {
+        Err(MultipartError::Malformed(
+            "the parser stopped before the end of the body".to_owned(),
+        ))
     })
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || haystack.len() < needle.len() {
-        return None;
+fn malformed(err: multer::Error) -> MultipartError {
+    match err {
+        multer::Error::NoBoundary => MultipartError::NoBoundary,
+        other => MultipartError::Malformed(other.to_string()),
     }
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -132,39 +88,62 @@ mod tests {
 
     const CT: &str = "multipart/form-data; boundary=XyZ";
 
+    fn parts(body: &'static [u8]) -> Result<Vec<Part>, MultipartError> {
+        parse(CT, Bytes::from_static(body))
+    }
+
     #[test]
     fn parses_a_file_and_a_text_field() {
         let body = b"preamble\r\n--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"cat.png\"\r\nContent-Type: image/png\r\n\r\n\x89PNG\r\n--XyZ\r\nContent-Disposition: form-data; name=\"format\"\r\n\r\nobj\r\n--XyZ--\r\n";
-        let parts = parse(CT, body).unwrap();
+        let parts = parts(body).unwrap();
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[0].name, "image");
         assert_eq!(parts[0].filename.as_deref(), Some("cat.png"));
         assert_eq!(parts[0].content_type.as_deref(), Some("image/png"));
-        assert_eq!(parts[0].data, b"\x89PNG");
+        assert_eq!(parts[0].data.as_ref(), b"\x89PNG");
         assert_eq!(parts[1].name, "format");
-        assert_eq!(parts[1].data, b"obj");
+        assert_eq!(parts[1].data.as_ref(), b"obj");
     }
 
     #[test]
     fn truncated_and_malformed_bodies_are_errors() {
         let truncated = b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nabc";
-        assert_eq!(parse(CT, truncated), Err(MultipartError::Unterminated));
+        assert!(matches!(
+            parts(truncated),
+            Err(MultipartError::Malformed(_))
+        ));
         assert_eq!(
-            parse("multipart/form-data", b"--XyZ--"),
+            parse("multipart/form-data", Bytes::from_static(b"--XyZ--")),
             Err(MultipartError::NoBoundary)
         );
-        assert_eq!(
-            parse(CT, b"nothing here"),
-            Err(MultipartError::NoFirstBoundary)
-        );
+        assert!(matches!(
+            parts(b"nothing here"),
+            Err(MultipartError::Malformed(_))
+        ));
         let nameless = b"--XyZ\r\nContent-Disposition: form-data\r\n\r\nabc\r\n--XyZ--";
-        assert_eq!(parse(CT, nameless), Err(MultipartError::NoName));
+        assert_eq!(parts(nameless), Err(MultipartError::NoName));
+    }
+
+    #[test]
+    fn too_many_parts_are_refused() {
+        let mut body = Vec::new();
+        for i in 0..=MAX_PARTS {
+            body.extend_from_slice(
+                format!("--XyZ\r\nContent-Disposition: form-data; name=\"f{i}\"\r\n\r\nx\r\n")
+                    .as_bytes(),
+            );
+        }
+        body.extend_from_slice(b"--XyZ--\r\n");
+        assert_eq!(
+            parse(CT, Bytes::from(body)),
+            Err(MultipartError::TooManyParts(MAX_PARTS))
+        );
     }
 
     #[test]
     fn quoted_boundaries_are_accepted() {
         assert_eq!(
-            boundary("multipart/form-data; charset=utf-8; boundary=\"a b\""),
+            boundary("multipart/form-data; charset=utf-8; boundary=\"a b\"").as_deref(),
             Some("a b")
         );
         assert_eq!(boundary("application/json; boundary=x"), None);

@@ -55,9 +55,9 @@ pub fn start(
 }
 
 /// `orfeas serve`: [`start`], block until SIGTERM or Ctrl-C, then drain: stop
-/// accepting connections (requests in progress are answered), give running
-/// jobs `drain_timeout` to finish (then cancel them), and leave queued jobs
-/// `queued` in the history for the next start.
+/// accepting connections and give requests in progress `drain_timeout` to be
+/// answered, then give running jobs `drain_timeout` to finish (then cancel
+/// them), and leave queued jobs `queued` in the history for the next start.
 pub fn run_server(
     config: ServeConfig,
     telemetry: Telemetry,
@@ -71,7 +71,7 @@ pub fn run_server(
         "stopping: no new requests; running jobs get {} s to finish",
         drain.as_secs()
     );
-    drop(handle);
+    handle.shutdown(drain);
     let report = engine.shutdown(drain);
     tracing::info!(
         cancelled = report.cancelled,

@@ -73,8 +73,8 @@ impl ApiError {
         if let Some(secs) = self.retry_after_secs {
             reply.extra_headers.push(("Retry-After", secs.to_string()));
         }
-        if self.status == 413 {
-            // The rest of an oversized body is not worth reading.
+        if matches!(self.status, 408 | 413) {
+            // The rest of an oversized or stalled body is not worth reading.
             reply.extra_headers.push(("Connection", "close".to_owned()));
         }
         reply
@@ -149,8 +149,8 @@ pub fn text_to_image(
         ));
     }
     let seed_given = obj.contains_key("seed");
-    let mut request: TextToImageRequest = serde_path_to_error::deserialize(&value)
-        .map_err(|e| {
+    let mut request: TextToImageRequest =
+        serde_path_to_error::deserialize(&value).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
             match inner.strip_prefix("unknown field `") {
@@ -160,11 +160,18 @@ pub fn text_to_image(
                         422,
                         "unknown_field",
                         bounded_name(name),
-                        format!("unknown field; allowed fields are {}", TEXT_TO_IMAGE_FIELDS.join(", ")),
+                        format!(
+                            "unknown field; allowed fields are {}",
+                            TEXT_TO_IMAGE_FIELDS.join(", ")
+                        ),
                     )
                 }
                 None => {
-                    let field = if path == "." || path.is_empty() { "body" } else { path.as_str() };
+                    let field = if path == "." || path.is_empty() {
+                        "body"
+                    } else {
+                        path.as_str()
+                    };
                     ApiError::invalid(422, "invalid_type", bounded_name(field), inner)
                 }
             }
@@ -353,7 +360,11 @@ pub struct ImageTo3dOptions {
 impl ImageTo3dOptions {
     /// The one conversion of these options into the typed request, once the
     /// upload is stored at `input` and the output path chosen.
-    pub fn into_request(self, input: PathBuf, output: PathBuf) -> Result<ImageTo3dRequest, ApiError> {
+    pub fn into_request(
+        self,
+        input: PathBuf,
+        output: PathBuf,
+    ) -> Result<ImageTo3dRequest, ApiError> {
         let mut request = ImageTo3dRequest::new(input, output, self.format);
         request.method = self.method;
         request.params.quality = self.quality;
@@ -381,27 +392,36 @@ pub fn image_to_3d_options(
         .unwrap_or_default();
     let method = typed(parse("method", &METHODS, "inflate")?.parse::<ImageTo3dMethod>())?;
     let mut triposr = TripoSrOptions::default();
-    if method != ImageTo3dMethod::TripoSr {
-        if let Some(name) = ["mc_resolution", "mc_threshold", "bake_texture"]
+    if method != ImageTo3dMethod::TripoSr
+        && let Some(name) = ["mc_resolution", "mc_threshold", "bake_texture"]
             .into_iter()
             .find(|n| params.contains_key(*n))
-        {
-            return Err(ApiError::invalid(
-                422,
-                "invalid_value",
-                name,
-                "only applies to method=triposr",
-            ));
-        }
+    {
+        return Err(ApiError::invalid(
+            422,
+            "invalid_value",
+            name,
+            "only applies to method=triposr",
+        ));
     }
     let (lo, hi) = crate::request::MC_RESOLUTION_RANGE;
     if let Some(n) = query_int(params, "mc_resolution", (u64::from(lo), u64::from(hi)))? {
         triposr.mc_resolution = n as u32;
     }
     if let Some(t) = params.get("mc_threshold") {
-        triposr.mc_threshold = t.trim().parse::<f32>().ok().filter(|t| t.is_finite()).ok_or_else(|| {
-            ApiError::invalid(422, "out_of_range", "mc_threshold", "must be a number, e.g. 25")
-        })?;
+        triposr.mc_threshold = t
+            .trim()
+            .parse::<f32>()
+            .ok()
+            .filter(|t| t.is_finite())
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    422,
+                    "out_of_range",
+                    "mc_threshold",
+                    "must be a number, e.g. 25",
+                )
+            })?;
     }
     if let Some(b) = query_choice(params, "bake_texture", &["true", "false", "1", "0"])? {
         triposr.bake_texture = matches!(b, "true" | "1");
@@ -621,7 +641,10 @@ mod tests {
         );
         t.insert("method".into(), "triposr".into());
         let opts = image_to_3d_options(&t).unwrap();
-        assert_eq!((opts.method, opts.triposr.mc_resolution), (ImageTo3dMethod::TripoSr, 64));
+        assert_eq!(
+            (opts.method, opts.triposr.mc_resolution),
+            (ImageTo3dMethod::TripoSr, 64)
+        );
         q.insert("colour".into(), "red".into());
         assert_eq!(
             image_to_3d_options(&q).unwrap_err().field.as_deref(),

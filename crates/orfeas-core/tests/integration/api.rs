@@ -385,7 +385,10 @@ fn text_to_image_needs_a_runner_then_queues_with_its_parameters() {
         scheduler: Some(orfeas_core::request::SchedulerKind::EulerAncestral),
         ..orfeas_core::request::TextToImageRequest::new("a red fox")
     };
-    assert_eq!(t2i.request, want, "every field, the negative prompt included, reaches the runner");
+    assert_eq!(
+        t2i.request, want,
+        "every field, the negative prompt included, reaches the runner"
+    );
     assert!(t2i.output.to_string_lossy().ends_with(".png"));
 }
 

@@ -4,11 +4,13 @@
 mod alerts;
 mod api;
 mod api_durability;
+mod api_events;
 mod api_props;
 mod api_schemathesis;
 mod bad_input;
 mod export;
 mod history;
+mod http_limits;
 mod http_metrics;
 mod image_quality;
 mod image_to_3d;

@@ -50,6 +50,7 @@ impl Mesh {
 }
 
 mod decimate;
+pub mod marching_cubes;
 mod smooth;
 mod topology;
 

@@ -6,8 +6,10 @@
 //! a bounded buffer (431 past `max_header_bytes`), and bodies are read by the
 //! handlers under `max_body_bytes` (see `body.rs`).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -15,7 +17,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tower::ServiceExt as _;
 
 use super::{HttpState, ServeConfig, ServeError};
@@ -31,6 +33,47 @@ const LINGER_BYTES: usize = 4 * 1024 * 1024;
 const REFUSE_LINGER: Duration = Duration::from_millis(500);
 /// Pause after a failed accept (out of file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// At the cap, how long a new connection waits for an evicted one's slot.
+const EVICT_WAIT: Duration = Duration::from_millis(200);
+
+/// Connections that have not sent a request yet, oldest first. At the cap a
+/// new connection closes the oldest of these instead of being refused, so
+/// thousands of half-open or slow-dripping connections cannot lock real
+/// clients out: they only push each other out.
+#[derive(Default)]
+struct Idle {
+    waiting: parking_lot::Mutex<VecDeque<(u64, Arc<Notify>)>>,
+    next_id: AtomicU64,
+}
+
+impl Idle {
+    fn register(&self) -> (u64, Arc<Notify>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let kill = Arc::new(Notify::new());
+        self.waiting.lock().push_back((id, Arc::clone(&kill)));
+        (id, kill)
+    }
+
+    /// The connection sent a request (or ended): it is no longer evictable.
+    fn forget(&self, id: u64) {
+        let mut waiting = self.waiting.lock();
+        if let Some(at) = waiting.iter().position(|(i, _)| *i == id) {
+            waiting.remove(at);
+        }
+    }
+
+    /// Tells the oldest idle connection to close; false when there is none.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self.waiting.lock().pop_front();
+        match oldest {
+            Some((_, kill)) => {
+                kill.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 /// A running server; dropping it stops it (see [`ServeConfig::shutdown_grace`]).
 pub struct ServerHandle {
@@ -150,6 +193,7 @@ pub fn serve(config: ServeConfig, state: HttpState) -> Result<ServerHandle, Serv
         router,
         builder: Arc::new(builder),
         connections: Arc::clone(&connections),
+        idle: Arc::default(),
         shutdown: shutdown_rx,
         telemetry: state.telemetry.clone(),
     };
@@ -177,6 +221,7 @@ struct AcceptLoop {
     router: axum::Router,
     builder: Arc<http1::Builder>,
     connections: Arc<Semaphore>,
+    idle: Arc<Idle>,
     shutdown: watch::Receiver<bool>,
     telemetry: Telemetry,
 }
@@ -200,20 +245,32 @@ impl AcceptLoop {
                 // Without it a response written in pieces waits on delayed ACKs.
                 tracing::debug!("TCP_NODELAY not set: {err}");
             }
-            match Arc::clone(&self.connections).try_acquire_owned() {
-                Ok(permit) => {
+            let permit = match Arc::clone(&self.connections).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                // At the cap: push out the oldest connection that never sent a request.
+                Err(_) if self.idle.evict_oldest() => {
+                    tokio::time::timeout(EVICT_WAIT, Arc::clone(&self.connections).acquire_owned())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+                Err(_) => None,
+            };
+            match permit {
+                Some(permit) => {
                     let conn = Connection {
                         router: self.router.clone(),
                         builder: Arc::clone(&self.builder),
                         shutdown: self.shutdown.clone(),
                         telemetry: self.telemetry.clone(),
+                        idle: Arc::clone(&self.idle),
                     };
                     tokio::spawn(async move {
                         conn.run(stream, peer).await;
                         drop(permit);
                     });
                 }
-                Err(_) => {
+                None => {
                     self.telemetry
                         .metrics()
                         .record_error("server_error", "other");
@@ -230,24 +287,42 @@ struct Connection {
     builder: Arc<http1::Builder>,
     shutdown: watch::Receiver<bool>,
     telemetry: Telemetry,
+    idle: Arc<Idle>,
 }
 
 impl Connection {
     async fn run(mut self, stream: TcpStream, peer: SocketAddr) {
         let router = self.router.clone();
+        let (idle_id, kill) = self.idle.register();
+        let active = Arc::new(AtomicBool::new(false));
+        let (idle, seen) = (Arc::clone(&self.idle), Arc::clone(&active));
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            if !seen.swap(true, Ordering::Relaxed) {
+                idle.forget(idle_id);
+            }
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request.map(axum::body::Body::new))
         });
         let mut conn = self.builder.serve_connection(TokioIo::new(stream), service);
-        let result = tokio::select! {
-            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => r,
-            () = stopping(&mut self.shutdown) => {
-                // Finishes the request in progress, if any, then ends.
-                std::pin::Pin::new(&mut conn).graceful_shutdown();
-                std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)).await
+        let result = loop {
+            tokio::select! {
+                r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+                () = stopping(&mut self.shutdown) => {
+                    // Finishes the request in progress, if any, then ends.
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                    break std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)).await;
+                }
+                // Evicted before its first request: closed without an answer.
+                // (A request that arrived meanwhile is served.)
+                () = kill.notified() => {
+                    if !active.load(Ordering::Relaxed) {
+                        tracing::debug!("closed an idle connection from {peer} to make room");
+                        return;
+                    }
+                }
             }
         };
+        self.idle.forget(idle_id);
         if let Err(err) = &result {
             if err.is_parse() {
                 // hyper answered it (400/431) before any handler saw it.

@@ -258,39 +258,53 @@ fn a_slowloris_client_is_dropped_after_the_read_timeout_while_others_are_served(
     assert_healthy(&s);
 }
 
+/// A connection in the middle of a request: the head of a POST whose body
+/// is still to come, so a handler is waiting on it.
+fn busy(addr: SocketAddr) -> TcpStream {
+    let mut stream = connect(addr);
+    stream
+        .write_all(
+            b"POST /api/text-to-image HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 64\r\n\r\n{\"prompt\":",
+        )
+        .unwrap();
+    stream
+}
+
+/// What a connection has been sent within `wait`: `None` when nothing
+/// arrived and it is still open, `Some(bytes)` otherwise (empty: closed).
+fn pending(stream: &mut TcpStream, wait: Duration) -> Option<Vec<u8>> {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 1024];
+    match stream.read(&mut buf) {
+        Ok(n) => Some(buf[..n].to_vec()),
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => Some(Vec::new()),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+        Err(e) => panic!("unexpected read error {e}"),
+    }
+}
+
 #[test]
-fn connections_over_the_cap_get_503_and_health_answers_once_they_close() {
+fn connections_over_the_cap_get_503_when_every_slot_is_mid_request() {
     let config = ServeConfig {
         max_connections: 4,
         ..test_config()
     };
     let s = start(config, Vec::new());
-    let mut idle: Vec<TcpStream> = (0..10).map(|_| connect(addr(&s))).collect();
-    // Over the cap: a 503 with the usual error body, then a close.
+    let held: Vec<TcpStream> = (0..4).map(|_| busy(addr(&s))).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // No slot is idle, so nothing can be pushed out: a 503 with the usual body.
     let mut refused = 0;
-    for stream in &mut idle {
-        stream
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        let mut buf = [0u8; 1024];
-        match stream.read(&mut buf) {
-            Ok(n) if n > 0 => {
-                let text = String::from_utf8_lossy(&buf[..n]);
-                assert!(text.starts_with("HTTP/1.1 503"), "{text}");
-                assert!(text.contains("too_many_connections"), "{text}");
-                refused += 1;
-            }
-            // Held (idle, within the cap): nothing to read.
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            other => panic!("unexpected read result {other:?}"),
-        }
+    for _ in 0..6 {
+        let mut extra = connect(addr(&s));
+        let text = pending(&mut extra, Duration::from_secs(2)).expect("an answer");
+        let text = String::from_utf8_lossy(&text);
+        assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+        assert!(text.contains("too_many_connections"), "{text}");
+        refused += 1;
     }
-    assert_eq!(
-        refused,
-        10 - 4,
-        "exactly the connections over the cap are refused"
-    );
-    drop(idle);
+    assert_eq!(refused, 6);
+    drop(held);
     let deadline = Instant::now() + WAIT;
     loop {
         let r = exchange(
@@ -314,4 +328,36 @@ fn connections_over_the_cap_get_503_and_health_answers_once_they_close() {
         ) >= 6.0,
         "refused connections are counted"
     );
+}
+
+#[test]
+fn idle_connections_are_pushed_out_oldest_first_so_real_clients_get_in() {
+    let config = ServeConfig {
+        max_connections: 4,
+        ..test_config()
+    };
+    let s = start(config, Vec::new());
+    let mut idle: Vec<TcpStream> = Vec::new();
+    for _ in 0..10 {
+        idle.push(connect(addr(&s)));
+        // Accepted one by one, so "oldest" is well defined.
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let closed: Vec<bool> = idle
+        .iter_mut()
+        .map(|c| pending(c, Duration::from_millis(300)).is_some_and(|b| b.is_empty()))
+        .collect();
+    assert_eq!(
+        closed,
+        [vec![true; 6], vec![false; 4]].concat(),
+        "the six oldest are closed without an answer, the four newest held"
+    );
+    // A real client gets in at once (it pushes out the oldest idle one).
+    let t = Instant::now();
+    let r = exchange(
+        addr(&s),
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
 }

@@ -320,13 +320,7 @@ pub fn handle(route: Route, state: &HttpState) -> Reply {
             }
             Reply::json(200, &health)
         }
-        Route::Metrics => Reply {
-            status: 200,
-            content_type: METRICS_CONTENT_TYPE,
-            body: state.telemetry.scrape().as_ref().clone(),
-            extra_headers: Vec::new(),
-            file: None,
-        },
+        Route::Metrics => metrics_reply(state, Instant::now()),
         Route::MethodNotAllowed => {
             let mut r = Reply::error(405, "method_not_allowed", "this endpoint only answers GET");
             r.extra_headers.push(("Allow", "GET, HEAD".to_owned()));
@@ -340,14 +334,33 @@ pub fn handle(route: Route, state: &HttpState) -> Reply {
     }
 }
 
+/// The scrape for a request that arrived at `arrived`.
+fn metrics_reply(state: &HttpState, arrived: Instant) -> Reply {
+    Reply {
+        status: 200,
+        content_type: METRICS_CONTENT_TYPE,
+        body: state.telemetry.scrape_arrived(arrived).as_ref().clone(),
+        extra_headers: Vec::new(),
+        file: None,
+    }
+}
+
 /// [`handle`] off the async threads where it may wait: a scrape waits for a
 /// concurrent one to finish encoding (see `Telemetry::scrape`).
 pub(crate) async fn answer_plain(route: Route, state: &HttpState) -> Response {
     if route != Route::Metrics {
         return handle(route, state).into_response();
     }
+    // One encode at a time, waited for here (not on a blocked thread), and
+    // the arrival time taken before the wait: the scrapes that queue up
+    // behind an encode share the next one.
+    static ENCODING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let arrived = Instant::now();
+    let Ok(_turn) = ENCODING.acquire().await else {
+        return Reply::error(500, "internal_error", "the metrics encoder is closed").into_response();
+    };
     let state = state.clone();
-    match tokio::task::spawn_blocking(move || handle(route, &state)).await {
+    match tokio::task::spawn_blocking(move || metrics_reply(&state, arrived)).await {
         Ok(reply) => reply.into_response(),
         Err(err) => {
             tracing::error!("the /metrics task failed: {err}");

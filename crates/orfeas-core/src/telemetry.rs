@@ -201,7 +201,12 @@ impl Telemetry {
     /// read after they arrived; no scrape ever gets values from before its
     /// own arrival. Under concurrent scrapers this encodes once per batch.
     pub fn scrape(&self) -> Arc<Vec<u8>> {
-        let arrived = Instant::now();
+        self.scrape_arrived(Instant::now())
+    }
+
+    /// [`Telemetry::scrape`] for a request that arrived at `arrived` (and may
+    /// have waited since): an encode begun after that serves it.
+    pub fn scrape_arrived(&self, arrived: Instant) -> Arc<Vec<u8>> {
         let mut last = self.inner.last_scrape.lock();
         if let Some((began, body)) = last.as_ref()
             && *began >= arrived

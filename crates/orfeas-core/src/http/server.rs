@@ -166,7 +166,12 @@ pub fn serve(config: ServeConfig, state: HttpState) -> Result<ServerHandle, Serv
         .local_addr()
         .map_err(|e| bind_error(e.to_string()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers.max(1))
+        // More async threads than cores only adds preemption to the tail latency.
+        .worker_threads(
+            config
+                .workers
+                .clamp(1, std::thread::available_parallelism().map_or(1, |n| n.get())),
+        )
         .max_blocking_threads(64)
         .thread_name("orfeas-http")
         .enable_all()

@@ -575,10 +575,8 @@ impl StudioApp {
         };
         let current = self.saved.text.clone();
         let mut request = info.request.clone();
-        let file_name = |p: &std::path::Path| {
-            p.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-        };
+        let file_name =
+            |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
         let mut missing = Vec::new();
         if let Some(name) = &info.model_name
             && orfeas_ml::models::known(name).is_err()
@@ -612,7 +610,8 @@ impl StudioApp {
         self.saved.tab = Tab::Create;
         let source = file_name(path).unwrap_or_default();
         if missing.is_empty() {
-            self.toasts.success(format!("Settings loaded from {source}"));
+            self.toasts
+                .success(format!("Settings loaded from {source}"));
         } else {
             self.toasts.info(format!(
                 "Settings loaded from {source}; a PNG does not hold {}",
@@ -996,9 +995,7 @@ impl eframe::App for StudioApp {
                     path,
                     quality_score: None,
                 });
-            } else if self.saved.tab == Tab::Create
-                && self.saved.mode == CreateMode::TextToImage
-            {
+            } else if self.saved.tab == Tab::Create && self.saved.mode == CreateMode::TextToImage {
                 // On the text→image side a picture brings back its settings (PNG Info).
                 commands.push(Command::LoadPngSettings(path));
             } else {

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use orfeas_core::request::{Decoder, TextToImageRequest};
+use serde::{Deserialize, Serialize};
 
 /// The top-level tabs, in the order they appear in the top bar.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

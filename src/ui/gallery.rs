@@ -97,10 +97,7 @@ fn card_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, item: &GalleryItem) {
                     r.model_path
                         .as_deref()
                         .and_then(|d| d.file_name())
-                        .map_or_else(
-                            || r.model.clone(),
-                            |n| n.to_string_lossy().into_owned(),
-                        ),
+                        .map_or_else(|| r.model.clone(), |n| n.to_string_lossy().into_owned()),
                 );
                 if let (Some(w), Some(h)) = (r.width, r.height) {
                     facts.push(format!("{w}x{h}"));

@@ -102,7 +102,10 @@ pub fn text_params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                     {
                         ctx.send(Command::PickModelFolder);
                     }
-                    let file = t.model_path.as_ref().is_some_and(|d| has_checkpoint_name(d));
+                    let file = t
+                        .model_path
+                        .as_ref()
+                        .is_some_and(|d| has_checkpoint_name(d));
                     if ui
                         .selectable_label(file, "Checkpoint file...")
                         .on_hover_text("An SD 1.x or SDXL single-file .safetensors checkpoint")

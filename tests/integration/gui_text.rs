@@ -169,7 +169,11 @@ fn generate_png(h: &mut Harness<'static, StudioApp>) -> PathBuf {
     h.get_by_role_and_label(Role::Button, "Generate image")
         .click();
     step_until(h, "the image job to finish", |h| {
-        h.state().jobs().len() > before && h.state().jobs().last().is_some_and(|j| j.phase.is_finished())
+        h.state().jobs().len() > before
+            && h.state()
+                .jobs()
+                .last()
+                .is_some_and(|j| j.phase.is_finished())
     });
     let job = h.state().jobs().last().unwrap().clone();
     assert_eq!(job.phase, JobPhase::Succeeded, "{:?}", job.error);

@@ -138,7 +138,6 @@ pub fn now_ms() -> i64 {
     system_time_ms(SystemTime::now())
 }
 
-
 const RECORD_COLUMNS: &str = "id, kind, label, params, state, created_at_ms, started_at_ms, \
      finished_at_ms, queue_secs, duration_secs, stage_secs, outputs, quality, summary, \
      error_reason, error_message";

@@ -357,7 +357,8 @@ pub(crate) async fn answer_plain(route: Route, state: &HttpState) -> Response {
     static ENCODING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
     let arrived = Instant::now();
     let Ok(_turn) = ENCODING.acquire().await else {
-        return Reply::error(500, "internal_error", "the metrics encoder is closed").into_response();
+        return Reply::error(500, "internal_error", "the metrics encoder is closed")
+            .into_response();
     };
     let state = state.clone();
     match tokio::task::spawn_blocking(move || metrics_reply(&state, arrived)).await {

@@ -209,7 +209,12 @@ mod tests {
     /// A closed tetrahedron, wound outwards.
     fn tetrahedron() -> Mesh {
         Mesh {
-            positions: vec![[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            positions: vec![
+                [0.0, 0.0, 0.0],
+                [1.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0],
+                [0.0, 0.0, 1.0],
+            ],
             indices: vec![0, 2, 1, 0, 1, 3, 0, 3, 2, 1, 2, 3],
             ..Mesh::default()
         }
@@ -242,7 +247,10 @@ mod tests {
         m.indices.extend([1, 4, 2]);
         let topology = m.topology();
         assert_eq!(topology.degenerate_faces, 1);
-        assert!(topology.is_closed() && topology.is_manifold(), "{topology:?}");
+        assert!(
+            topology.is_closed() && topology.is_manifold(),
+            "{topology:?}"
+        );
         assert!(topology.is_closed_outward());
         // Flipping a real face is still seen.
         m.indices.swap(1, 2);

@@ -129,7 +129,10 @@ impl FromStr for SchedulerKind {
             .ok_or_else(|| {
                 RequestError::new(
                     "scheduler",
-                    format!("unknown scheduler '{s}'; use one of {}", names(&SCHEDULER_NAMES)),
+                    format!(
+                        "unknown scheduler '{s}'; use one of {}",
+                        names(&SCHEDULER_NAMES)
+                    ),
                 )
             })
     }
@@ -444,9 +447,9 @@ impl TextToImageRequest {
 fn valid_device(d: &str) -> bool {
     match d {
         "auto" | "cpu" | "cuda" | "metal" => true,
-        other => other
-            .strip_prefix("cuda:")
-            .is_some_and(|n| !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit())),
+        other => other.strip_prefix("cuda:").is_some_and(|n| {
+            !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit())
+        }),
     }
 }
 
@@ -506,7 +509,10 @@ impl FromStr for ImageTo3dMethod {
             .into_iter()
             .find(|m| m.as_str().eq_ignore_ascii_case(s.trim()))
             .ok_or_else(|| {
-                RequestError::new("method", format!("unknown method '{s}'; use inflate or triposr"))
+                RequestError::new(
+                    "method",
+                    format!("unknown method '{s}'; use inflate or triposr"),
+                )
             })
     }
 }
@@ -554,7 +560,9 @@ impl FromStr for Background {
             .ok_or_else(|| {
                 RequestError::new(
                     "background",
-                    format!("unknown background mode '{s}'; use auto, alpha, neural, border or none"),
+                    format!(
+                        "unknown background mode '{s}'; use auto, alpha, neural, border or none"
+                    ),
                 )
             })
     }
@@ -687,7 +695,9 @@ impl JobRequest {
     ) -> Result<JobRequest, serde_json::Error> {
         Ok(match kind {
             JobKind::ImageTo3d => JobRequest::ImageTo3d(serde_json::from_value(params.clone())?),
-            JobKind::TextToImage => JobRequest::TextToImage(serde_json::from_value(params.clone())?),
+            JobKind::TextToImage => {
+                JobRequest::TextToImage(serde_json::from_value(params.clone())?)
+            }
         })
     }
 
@@ -716,7 +726,10 @@ mod tests {
     fn unknown_fields_are_refused_by_every_request() {
         let err = serde_json::from_str::<TextToImageRequest>(r#"{"prompt":"x","negative":"y"}"#)
             .unwrap_err();
-        assert!(err.to_string().contains("unknown field `negative`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `negative`"),
+            "{err}"
+        );
         let err = serde_json::from_str::<ImageTo3dRequest>(
             r#"{"input":"a.png","output":"a.glb","format":"glb","params":{"method":"triposr"}}"#,
         )
@@ -731,7 +744,10 @@ mod tests {
             let json = serde_json::to_string(&k).unwrap();
             assert_eq!(json, format!("\"{}\"", k.name()));
         }
-        assert_eq!("euler_a".parse::<SchedulerKind>().unwrap_err().field, "scheduler");
+        assert_eq!(
+            "euler_a".parse::<SchedulerKind>().unwrap_err().field,
+            "scheduler"
+        );
     }
 
     #[test]
@@ -740,17 +756,83 @@ mod tests {
         assert!(base.check().is_ok());
         let cases: Vec<(TextToImageRequest, &str)> = vec![
             (TextToImageRequest::new("  "), "prompt"),
-            (TextToImageRequest { steps: Some(0), ..base.clone() }, "steps"),
-            (TextToImageRequest { steps: Some(MAX_STEPS + 1), ..base.clone() }, "steps"),
-            (TextToImageRequest { width: Some(100), ..base.clone() }, "width"),
-            (TextToImageRequest { height: Some(4096), ..base.clone() }, "height"),
-            (TextToImageRequest { batch: 0, ..base.clone() }, "batch"),
-            (TextToImageRequest { guidance: Some(f64::NAN), ..base.clone() }, "guidance"),
-            (TextToImageRequest { seed: MAX_SEED + 1, ..base.clone() }, "seed"),
-            (TextToImageRequest { style: "sepia".into(), ..base.clone() }, "style"),
-            (TextToImageRequest { strength: Some(0.5), ..base.clone() }, "strength"),
-            (TextToImageRequest { device: "gpu0".into(), ..base.clone() }, "device"),
-            (TextToImageRequest { model: "../x".into(), ..base.clone() }, "model"),
+            (
+                TextToImageRequest {
+                    steps: Some(0),
+                    ..base.clone()
+                },
+                "steps",
+            ),
+            (
+                TextToImageRequest {
+                    steps: Some(MAX_STEPS + 1),
+                    ..base.clone()
+                },
+                "steps",
+            ),
+            (
+                TextToImageRequest {
+                    width: Some(100),
+                    ..base.clone()
+                },
+                "width",
+            ),
+            (
+                TextToImageRequest {
+                    height: Some(4096),
+                    ..base.clone()
+                },
+                "height",
+            ),
+            (
+                TextToImageRequest {
+                    batch: 0,
+                    ..base.clone()
+                },
+                "batch",
+            ),
+            (
+                TextToImageRequest {
+                    guidance: Some(f64::NAN),
+                    ..base.clone()
+                },
+                "guidance",
+            ),
+            (
+                TextToImageRequest {
+                    seed: MAX_SEED + 1,
+                    ..base.clone()
+                },
+                "seed",
+            ),
+            (
+                TextToImageRequest {
+                    style: "sepia".into(),
+                    ..base.clone()
+                },
+                "style",
+            ),
+            (
+                TextToImageRequest {
+                    strength: Some(0.5),
+                    ..base.clone()
+                },
+                "strength",
+            ),
+            (
+                TextToImageRequest {
+                    device: "gpu0".into(),
+                    ..base.clone()
+                },
+                "device",
+            ),
+            (
+                TextToImageRequest {
+                    model: "../x".into(),
+                    ..base.clone()
+                },
+                "model",
+            ),
         ];
         for (req, field) in cases {
             assert_eq!(req.check().unwrap_err().field, field, "{req:?}");

@@ -613,8 +613,12 @@ pub fn png_text_chunks(params: &TextToImageParams, index: usize) -> Vec<(String,
     // chunks keep the prompt as typed plus the style, so it comes back as it was.
     let summary = format!(
         "{}\nNegative prompt: {}\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model: {}",
-        params.styled_prompt().unwrap_or_else(|_| params.prompt.clone()),
-        params.styled_negative().unwrap_or_else(|_| params.negative.clone()),
+        params
+            .styled_prompt()
+            .unwrap_or_else(|_| params.prompt.clone()),
+        params
+            .styled_negative()
+            .unwrap_or_else(|_| params.negative.clone()),
         params.steps,
         scheduler,
         params.guidance,

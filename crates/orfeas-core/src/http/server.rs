@@ -167,11 +167,10 @@ pub fn serve(config: ServeConfig, state: HttpState) -> Result<ServerHandle, Serv
         .map_err(|e| bind_error(e.to_string()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // More async threads than cores only adds preemption to the tail latency.
-        .worker_threads(
-            config
-                .workers
-                .clamp(1, std::thread::available_parallelism().map_or(1, |n| n.get())),
-        )
+        .worker_threads(config.workers.clamp(
+            1,
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ))
         .max_blocking_threads(64)
         .thread_name("orfeas-http")
         .enable_all()

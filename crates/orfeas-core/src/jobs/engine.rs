@@ -314,7 +314,9 @@ impl Engine {
         // The history write happens outside the table lock so a slow disk
         // never stalls the UI reading snapshots.
         let id = match &inner.history {
-            Some(history) => history.insert_job(spec.kind(), &spec.label, &spec.request.params_json()),
+            Some(history) => {
+                history.insert_job(spec.kind(), &spec.label, &spec.request.params_json())
+            }
             None => Ok(JobId(inner.next_local_id.fetch_add(1, Ordering::Relaxed))),
         };
         let mut table = inner.table.lock();

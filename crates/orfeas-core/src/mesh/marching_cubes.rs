@@ -444,7 +444,10 @@ mod tests {
         let topology = as_mesh(&s).topology();
         assert!(topology.is_closed(), "{topology:?}");
         assert!(topology.is_manifold(), "{topology:?}");
-        assert!(topology.is_closed_outward(), "outward normals: {topology:?}");
+        assert!(
+            topology.is_closed_outward(),
+            "outward normals: {topology:?}"
+        );
         assert_eq!(topology.components(), 1);
         assert_eq!(topology.euler_characteristic, 2, "a sphere");
         for p in &s.positions {
@@ -454,7 +457,11 @@ mod tests {
         }
         // The enclosed volume is the ball's, to the discretisation.
         let want = 4.0 / 3.0 * std::f64::consts::PI * f64::from(r).powi(3);
-        assert!((topology.signed_volume - want).abs() / want < 0.02, "{}", topology.signed_volume);
+        assert!(
+            (topology.signed_volume - want).abs() / want < 0.02,
+            "{}",
+            topology.signed_volume
+        );
     }
 
     #[test]
@@ -495,7 +502,9 @@ mod tests {
     #[test]
     fn the_thread_count_does_not_change_the_mesh() {
         let n = 17;
-        let values = grid(n, |x, y, z| (x * 0.7).sin() + (y * 0.5).cos() * (z * 0.3).sin());
+        let values = grid(n, |x, y, z| {
+            (x * 0.7).sin() + (y * 0.5).cos() * (z * 0.3).sin()
+        });
         let whole = extract_isosurface(&values, [n, n, n], 0.2).unwrap();
         // One slab by hand: the same cells in the same order.
         let one = merge(vec![march_slab(&values, [n, n, n], 0.2, 0..n - 1)]).unwrap();

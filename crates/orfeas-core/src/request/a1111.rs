@@ -70,11 +70,17 @@ impl Default for A1111Txt2Img {
 /// Fields that change the picture in ways ORFEAS does not do, with the value
 /// that means "off" (what A1111 clients send by default).
 const REFUSED_WHEN_SET: [(&str, &str); 5] = [
-    ("enable_hr", "the hires fix is not supported; generate at the final size instead"),
+    (
+        "enable_hr",
+        "the hires fix is not supported; generate at the final size instead",
+    ),
     ("restore_faces", "face restoration is not supported"),
     ("tiling", "tileable pictures are not supported"),
     ("subseed_strength", "variation seeds are not supported"),
-    ("init_images", "send image-to-image requests to /sdapi/v1/img2img's equivalent, POST /api/text-to-image with init_image, instead"),
+    (
+        "init_images",
+        "send image-to-image requests to /sdapi/v1/img2img's equivalent, POST /api/text-to-image with init_image, instead",
+    ),
 ];
 
 /// A1111's sampler names → ours. Karras and other sigma schedules map to the
@@ -107,7 +113,9 @@ impl A1111Txt2Img {
         serde_json::from_slice(body).map_err(|e| {
             RequestError::new(
                 "body",
-                format!("not an A1111 txt2img body ({e}); send a JSON object with at least \"prompt\""),
+                format!(
+                    "not an A1111 txt2img body ({e}); send a JSON object with at least \"prompt\""
+                ),
             )
         })
     }
@@ -124,16 +132,25 @@ impl A1111Txt2Img {
             {
                 return Err(RequestError::new(
                     "other",
-                    format!("`{field}`: {why}; honoured fields: {}", A1111_HONOURED_FIELDS.join(", ")),
+                    format!(
+                        "`{field}`: {why}; honoured fields: {}",
+                        A1111_HONOURED_FIELDS.join(", ")
+                    ),
                 ));
             }
         }
-        let scheduler = match self.sampler_name.as_deref().or(self.sampler_index.as_deref()) {
+        let scheduler = match self
+            .sampler_name
+            .as_deref()
+            .or(self.sampler_index.as_deref())
+        {
             None | Some("") => None,
             Some(name) => Some(sampler_from_a1111(name).ok_or_else(|| {
                 RequestError::new(
                     "scheduler",
-                    format!("sampler '{name}' is not available; use Euler, Euler a, DDIM or DPM++ 2M"),
+                    format!(
+                        "sampler '{name}' is not available; use Euler, Euler a, DDIM or DPM++ 2M"
+                    ),
                 )
             })?),
         };
@@ -147,9 +164,10 @@ impl A1111Txt2Img {
                 ));
             }
         };
-        let batch = self.batch_size.checked_mul(self.n_iter).ok_or_else(|| {
-            RequestError::new("batch", "batch_size × n_iter is too large")
-        })?;
+        let batch = self
+            .batch_size
+            .checked_mul(self.n_iter)
+            .ok_or_else(|| RequestError::new("batch", "batch_size × n_iter is too large"))?;
         let request = TextToImageRequest {
             negative_prompt: self.negative_prompt,
             steps: self.steps,

@@ -157,7 +157,12 @@ fn number<T: std::str::FromStr>(v: &str, field: &'static str) -> Result<T, Reque
 }
 
 fn size(v: &str) -> Result<(u32, u32), RequestError> {
-    let bad = || RequestError::new("size", format!("the PNG records size '{v}', not WIDTHxHEIGHT"));
+    let bad = || {
+        RequestError::new(
+            "size",
+            format!("the PNG records size '{v}', not WIDTHxHEIGHT"),
+        )
+    };
     let (w, h) = v.trim().split_once(['x', 'X', '×']).ok_or_else(bad)?;
     Ok((
         w.trim().parse().map_err(|_| bad())?,

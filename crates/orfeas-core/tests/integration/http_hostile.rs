@@ -15,7 +15,9 @@ fn addr(s: &TestServer) -> SocketAddr {
 
 fn connect(addr: SocketAddr) -> TcpStream {
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream
 }
 
@@ -69,7 +71,11 @@ fn concurrent_lies_about_the_body_size_cost_no_memory() {
             let (addr, length) = (addr(&s), lengths[n % lengths.len()]);
             std::thread::spawn(move || {
                 let mut stream = connect(addr);
-                let path = ["/api/text-to-image", "/api/image-to-3d", "/sdapi/v1/txt2img"][n % 3];
+                let path = [
+                    "/api/text-to-image",
+                    "/api/image-to-3d",
+                    "/sdapi/v1/txt2img",
+                ][n % 3];
                 let head = format!(
                     "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
                      Content-Length: {length}\r\n\r\n{{\"pro"
@@ -83,8 +89,15 @@ fn concurrent_lies_about_the_body_size_cost_no_memory() {
         let (length, status) = t.join().unwrap();
         // 2^64-1 overflows hyper's length parser, which refuses the head
         // itself (431); every length it can read gets our 413.
-        let want: &[u16] = if length.len() >= 20 { &[400, 413, 431] } else { &[413] };
-        assert!(want.contains(&status), "Content-Length {length}: status {status}");
+        let want: &[u16] = if length.len() >= 20 {
+            &[400, 413, 431]
+        } else {
+            &[413]
+        };
+        assert!(
+            want.contains(&status),
+            "Content-Length {length}: status {status}"
+        );
     }
     let grown = rss_bytes().saturating_sub(before);
     assert!(
@@ -133,7 +146,12 @@ fn five_thousand_half_open_connections_do_not_lock_out_health() {
             .unwrap();
         let response = read_all(&mut stream);
         times.push(t.elapsed());
-        assert_eq!(status_of(&response), 200, "{}", String::from_utf8_lossy(&response));
+        assert_eq!(
+            status_of(&response),
+            200,
+            "{}",
+            String::from_utf8_lossy(&response)
+        );
     }
     times.sort();
     eprintln!("{n} half-open connections: /health in {times:?}");
@@ -154,7 +172,10 @@ fn http_1_0_and_pipelined_requests_are_answered_in_order() {
     old.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
     let response = read_all(&mut old);
     let text = String::from_utf8_lossy(&response);
-    assert!(text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
     assert!(text.contains("\"status\":\"ok\""), "{text}");
     // Three requests in one write on one connection: three answers, in order.
     let mut conn = connect(addr(&s));
@@ -170,7 +191,10 @@ fn http_1_0_and_pipelined_requests_are_answered_in_order() {
         .map(|(i, _)| &text[i + 9..i + 12])
         .collect();
     assert_eq!(statuses, ["200", "404", "200"], "{text}");
-    assert!(text.contains("http_requests_total"), "the third answer is the scrape");
+    assert!(
+        text.contains("http_requests_total"),
+        "the third answer is the scrape"
+    );
     assert_healthy(&s);
 }
 

@@ -125,11 +125,7 @@ fn concurrency_limit_is_respected_and_really_concurrent() {
         }),
     );
     let ids: Vec<_> = (0..6)
-        .map(|i| {
-            engine
-                .submit(spec(&format!("job {i}"), ""))
-                .unwrap()
-        })
+        .map(|i| engine.submit(spec(&format!("job {i}"), "")).unwrap())
         .collect();
     for id in ids {
         assert_eq!(engine.wait(id, WAIT).unwrap().state, JobState::Succeeded);
@@ -157,9 +153,7 @@ fn cancelling_a_queued_job_ends_it_at_once_and_it_never_runs() {
     );
     let first = engine.submit(spec("first", "")).unwrap();
     wait_state(&engine, first, JobState::Running);
-    let second = engine
-        .submit(spec("second", ""))
-        .unwrap();
+    let second = engine.submit(spec("second", "")).unwrap();
     assert_eq!(engine.queue_depth(), 1);
 
     assert!(engine.cancel(second));
@@ -235,9 +229,7 @@ fn a_panicking_runner_fails_with_reason_panic_and_the_next_job_succeeds() {
             Ok(ok_output("fine"))
         }),
     );
-    let bad = engine
-        .submit(spec("bad", "explode"))
-        .unwrap();
+    let bad = engine.submit(spec("bad", "explode")).unwrap();
     let good = engine.submit(spec("good", "")).unwrap();
     let bad = engine.wait(bad, WAIT).unwrap();
     assert_eq!(bad.state, JobState::Failed);
@@ -271,11 +263,7 @@ fn events_arrive_in_order_per_job_with_non_decreasing_progress() {
         }),
     );
     let ids: Vec<_> = (0..4)
-        .map(|i| {
-            engine
-                .submit(spec(&format!("j{i}"), ""))
-                .unwrap()
-        })
+        .map(|i| engine.submit(spec(&format!("j{i}"), "")).unwrap())
         .collect();
     for id in &ids {
         engine.wait(*id, WAIT).unwrap();
@@ -420,9 +408,7 @@ fn history_rows_agree_with_engine_states() {
         }),
     );
     let submit = |label: &str, outcome: &str| {
-        let id = engine
-            .submit(spec(label, outcome))
-            .unwrap();
+        let id = engine.submit(spec(label, outcome)).unwrap();
         // Queued is in the history before submit returns.
         assert_eq!(history.get(id).unwrap().unwrap().state, JobState::Queued);
         id
@@ -493,9 +479,7 @@ fn observers_see_every_terminal_event_exactly_once() {
     );
     let mut expected = HashMap::new();
     for n in 0..9u64 {
-        let id = engine
-            .submit(spec("o", &n.to_string()))
-            .unwrap();
+        let id = engine.submit(spec("o", &n.to_string())).unwrap();
         expected.insert(id, n);
     }
     let mut seen = HashMap::new();
@@ -505,9 +489,7 @@ fn observers_see_every_terminal_event_exactly_once() {
     }
     // A sentinel job: observers get events in order, so once its terminal event
     // arrives any duplicate of the earlier ones would have arrived too.
-    let sentinel = engine
-        .submit(spec("s", "0"))
-        .unwrap();
+    let sentinel = engine.submit(spec("s", "0")).unwrap();
     let (last, _) = rx.recv_timeout(WAIT).unwrap();
     assert_eq!(last, sentinel);
     for (id, n) in &expected {
@@ -540,9 +522,7 @@ fn a_job_over_the_timeout_fails_and_the_engine_goes_on() {
             Ok(JobOutput::default())
         }),
     );
-    let hung = engine
-        .submit(spec("hung", "hang"))
-        .unwrap();
+    let hung = engine.submit(spec("hung", "hang")).unwrap();
     let next = engine.submit(spec("next", "")).unwrap();
     let hung = engine.wait(hung, WAIT).unwrap();
     assert_eq!(hung.state, JobState::Failed);
@@ -565,13 +545,9 @@ fn shutdown_leaves_queued_jobs_for_a_restart_to_run() {
             Err(JobFailure::cancelled())
         }),
     );
-    let running = first_engine
-        .submit(spec("running", ""))
-        .unwrap();
+    let running = first_engine.submit(spec("running", "")).unwrap();
     wait_state(&first_engine, running, JobState::Running);
-    let waiting = first_engine
-        .submit(spec("waiting", "k1"))
-        .unwrap();
+    let waiting = first_engine.submit(spec("waiting", "k1")).unwrap();
     let report = first_engine.shutdown(Duration::from_millis(20));
     assert_eq!(report.cancelled, 1);
     assert_eq!(report.still_running, 0);

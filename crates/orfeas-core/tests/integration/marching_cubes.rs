@@ -96,9 +96,7 @@ fn matched(a: &[[f32; 3]], b: &[[f32; 3]], tol: f32) -> usize {
                         buckets
                             .get(&[c[0] + dx, c[1] + dy, c[2] + dz])
                             .is_some_and(|q| {
-                                q.iter().any(|q| {
-                                    (0..3).all(|k| (q[k] - p[k]).abs() <= tol)
-                                })
+                                q.iter().any(|q| (0..3).all(|k| (q[k] - p[k]).abs() <= tol))
                             })
                     })
                 })

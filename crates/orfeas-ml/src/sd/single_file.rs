@@ -34,18 +34,10 @@ const XL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
 
 /// SD 1.5's configs and CLIP BPE files, for files that carry none.
 mod sd15 {
-    pub const UNET: &str = include_str!(
-        "../../assets/sd-1.5/unet.json"
-    );
-    pub const VAE: &str = include_str!(
-        "../../assets/sd-1.5/vae.json"
-    );
-    pub const TEXT_ENCODER: &str = include_str!(
-        "../../assets/sd-1.5/text_encoder.json"
-    );
-    pub const SCHEDULER: &str = include_str!(
-        "../../assets/sd-1.5/scheduler.json"
-    );
+    pub const UNET: &str = include_str!("../../assets/sd-1.5/unet.json");
+    pub const VAE: &str = include_str!("../../assets/sd-1.5/vae.json");
+    pub const TEXT_ENCODER: &str = include_str!("../../assets/sd-1.5/text_encoder.json");
+    pub const SCHEDULER: &str = include_str!("../../assets/sd-1.5/scheduler.json");
     /// OpenAI CLIP's BPE (every SD tokenizer uses it).
     pub const VOCAB: &str = include_str!("../../assets/clip/vocab.json");
     pub const MERGES: &str = include_str!("../../assets/clip/merges.txt");
@@ -53,16 +45,10 @@ mod sd15 {
 
 /// SDXL's configs (SDXL base and its fine-tunes share SDXL-Turbo's architecture).
 mod sdxl {
-    pub const UNET: &str =
-        include_str!("../../assets/sdxl/unet.json");
-    pub const VAE: &str =
-        include_str!("../../assets/sdxl/vae.json");
-    pub const TEXT_ENCODER: &str = include_str!(
-        "../../assets/sdxl/text_encoder.json"
-    );
-    pub const TEXT_ENCODER_2: &str = include_str!(
-        "../../assets/sdxl/text_encoder_2.json"
-    );
+    pub const UNET: &str = include_str!("../../assets/sdxl/unet.json");
+    pub const VAE: &str = include_str!("../../assets/sdxl/vae.json");
+    pub const TEXT_ENCODER: &str = include_str!("../../assets/sdxl/text_encoder.json");
+    pub const TEXT_ENCODER_2: &str = include_str!("../../assets/sdxl/text_encoder_2.json");
     /// SDXL base's published scheduler (Euler, leading spacing).
     pub const SCHEDULER: &str = r#"{
         "_class_name": "EulerDiscreteScheduler",

@@ -4,11 +4,11 @@
 use candle_core::{DType, Device, Tensor};
 use orfeas_ml::sd::clip::{ClipConfig, ClipTextModel};
 use orfeas_ml::sd::pipeline;
-use orfeas_ml::sd::weights::{load_weights, weight_files};
 use orfeas_ml::sd::schedulers::{self, SchedulerConfig, SchedulerKind};
 use orfeas_ml::sd::tokenizer::ClipTokenizer;
 use orfeas_ml::sd::unet::{UNet, UNetConfig};
 use orfeas_ml::sd::vae::{Vae, VaeConfig};
+use orfeas_ml::sd::weights::{load_weights, weight_files};
 
 use crate::common::{assert_close, dev, fixture_dir, get, golden, scalar};
 

@@ -370,7 +370,9 @@ fn a_generated_png_recreates_itself_from_its_text_chunks() {
     };
     let run = |job: TextToImageJob| {
         let id = engine.submit(JobSpec::from(job.clone())).unwrap();
-        let done = engine.wait(id, std::time::Duration::from_secs(300)).unwrap();
+        let done = engine
+            .wait(id, std::time::Duration::from_secs(300))
+            .unwrap();
         assert_eq!(done.state, JobState::Succeeded, "{:?}", done.failure);
         image::open(&job.output).unwrap().to_rgb8()
     };
@@ -581,7 +583,9 @@ fn an_api_request_runs_through_the_real_runner_with_its_fields_in_the_png() {
             output: out.clone(),
         }))
         .unwrap();
-    let done = engine.wait(id, std::time::Duration::from_secs(300)).unwrap();
+    let done = engine
+        .wait(id, std::time::Duration::from_secs(300))
+        .unwrap();
     assert_eq!(done.state, JobState::Succeeded, "{:?}", done.failure);
     let chunks = orfeas_core::request::read_png_text(&out).unwrap();
     let get = |k: &str| {

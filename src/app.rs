@@ -605,7 +605,13 @@ impl StudioApp {
         if request.init_image.is_none() {
             request.strength = None;
         }
-        self.saved.text = current.from_request(&request);
+        match state::TextParams::from_request(&request) {
+            Ok(text) => self.saved.text = text,
+            Err(err) => {
+                self.toasts.error(format!("{err}"));
+                return;
+            }
+        }
         self.saved.mode = CreateMode::TextToImage;
         self.saved.tab = Tab::Create;
         let source = file_name(path).unwrap_or_default();

@@ -128,6 +128,19 @@ fn open_history() -> anyhow::Result<Arc<History>> {
     Ok(Arc::new(history))
 }
 
+/// Refuses an output path that does not end in `.png`.
+fn ensure_png(output: &Path) -> anyhow::Result<()> {
+    let ext = output
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    anyhow::ensure!(
+        ext.as_deref() == Some("png"),
+        "the output {} must end in .png",
+        output.display()
+    );
+    Ok(())
+}
+
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }

@@ -300,42 +300,36 @@ impl TextParams {
         }
     }
 
-    /// The fields a request sets, for a PNG dropped on the Create tab (or a
-    /// re-run): what it leaves open takes the model's defaults. `model_path`
-    /// is the folder to use when the request's model was chosen by path.
-    pub fn from_request(&self, r: &TextToImageRequest) -> TextParams {
-        let mut t = match &r.model_path {
-            Some(path) => self.with_path_defaults(path),
-            None => self.with_model_defaults(&r.model),
-        };
-        t.prompt = r.prompt.clone();
-        t.negative = r.negative_prompt.clone();
-        t.style = r.style.clone();
-        if let Some(steps) = r.steps {
-            t.steps = steps as usize;
-        }
-        if let Some(g) = r.guidance {
-            t.guidance = g;
-        }
-        if let Some(w) = r.width {
-            t.width = w as usize;
-        }
-        if let Some(h) = r.height {
-            t.height = h as usize;
-        }
-        t.seed = r.seed;
-        // The picture came from this seed: keep it for the next Generate.
-        t.seed_locked = true;
-        t.batch = r.batch as usize;
-        t.scheduler = r.scheduler;
-        t.decoder = match r.decoder {
-            Decoder::Vae => DecoderChoice::Vae,
-            Decoder::VaeTiled => DecoderChoice::TiledVae,
-            Decoder::Taesd => DecoderChoice::Tiny,
-        };
-        t.init_image = r.init_image.clone();
-        t.strength = r.strength_or_default();
-        t
+    /// The fields for a request (a PNG dropped on the Create tab, a re-run):
+    /// what it leaves open takes its model's defaults, by the one rule of
+    /// `TextToImageParams::from_request`. The seed is locked, since the
+    /// picture came from it.
+    pub fn from_request(r: &TextToImageRequest) -> Result<TextParams, orfeas_ml::SdError> {
+        let p = orfeas_ml::text_to_image::TextToImageParams::from_request(r)?;
+        Ok(TextParams {
+            decoder: if p.uses_tiny_decoder() {
+                DecoderChoice::Tiny
+            } else if p.tiled_decode {
+                DecoderChoice::TiledVae
+            } else {
+                DecoderChoice::Vae
+            },
+            prompt: p.prompt,
+            negative: p.negative,
+            model: p.model,
+            model_path: p.model_path,
+            style: p.style,
+            steps: p.steps,
+            guidance: p.guidance,
+            seed: p.seed,
+            seed_locked: true,
+            width: p.width,
+            height: p.height,
+            batch: p.batch,
+            scheduler: p.scheduler,
+            init_image: p.init_image,
+            strength: p.strength,
+        })
     }
 
     /// The registry model's recommended steps, guidance and size, keeping the prompt and seed.

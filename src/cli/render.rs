@@ -50,15 +50,7 @@ pub(super) fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         )
     })?;
     let (width, height) = parse_size(&args.size)?;
-    let ext = args
-        .output
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase());
-    anyhow::ensure!(
-        ext.as_deref() == Some("png"),
-        "the output {} must end in .png",
-        args.output.display()
-    );
+    ensure_png(&args.output)?;
     let mesh = crate::viewport::open_mesh_file(&args.mesh)?;
     let options = RenderOptions {
         width,

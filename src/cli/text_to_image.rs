@@ -8,7 +8,7 @@ use clap::Args;
 use orfeas_core::jobs::{Engine, EngineConfig, JobSpec};
 use orfeas_core::request::TextToImageRequest;
 
-use super::{absolute, open_history, parse_size, report_job, run_job};
+use super::{ensure_png, absolute, open_history, parse_size, report_job, run_job};
 
 #[derive(Debug, Args)]
 pub struct TextToImageArgs {
@@ -172,15 +172,7 @@ pub(super) fn text_to_image(args: TextToImageArgs) -> anyhow::Result<ExitCode> {
     // Refuse bad parameters before a job or a model load.
     let request = text_to_image_request(&args)?;
     TextToImageParams::from_request(&request)?;
-    let ext = args
-        .output
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase());
-    anyhow::ensure!(
-        ext.as_deref() == Some("png"),
-        "the output {} must end in .png",
-        args.output.display()
-    );
+    ensure_png(&args.output)?;
     let job = TextToImageJob {
         request,
         output: absolute(&args.output),

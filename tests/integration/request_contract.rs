@@ -100,7 +100,7 @@ fn the_gui_fields_become_the_request() {
     };
     assert_eq!(fields.to_request(), expected());
     // ...and back: a request (a dropped PNG, a re-run) fills the same fields.
-    assert_eq!(fields.from_request(&expected()), fields);
+    assert_eq!(TextParams::from_request(&expected()).unwrap(), fields);
     let tiled = TextParams {
         decoder: DecoderChoice::TiledVae,
         ..fields

@@ -14,3 +14,4 @@ mod sd_pipeline;
 mod sd_single_file;
 mod sd_taesd;
 mod sd_xl;
+mod triposr_parity;

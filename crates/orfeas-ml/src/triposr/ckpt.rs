@@ -87,9 +87,8 @@ impl Global {
 
 fn refused(module: &str, name: &str) -> String {
     format!(
-        "its pickle asks for the Python global `{module}.{name}`, which a PyTorch state dict never needs; \
-         refusing to load it (only tensors are read from .ckpt files and no code in them is run). \
-         Use the model's .safetensors weights, or re-download the official checkpoint"
+        "its pickle calls the Python global `{module}.{name}`, which no PyTorch state dict needs: \
+         refused, and nothing in the file was run (only tensors are read from .ckpt files)"
     )
 }
 

@@ -163,11 +163,17 @@ impl TripoSr {
         chunk_points: usize,
     ) -> Result<Vec<f32>> {
         let triplane = Triplane::new(scene_code)?;
-        Ok(self.field().density_grid(&triplane, resolution, chunk_points)?)
+        Ok(self
+            .field()
+            .density_grid(&triplane, resolution, chunk_points)?)
     }
 
     /// RGB in [0, 1] at world `positions` (mesh vertex colours).
-    pub fn query_colors(&self, scene_code: &Tensor, positions: &[[f32; 3]]) -> Result<Vec<[f32; 3]>> {
+    pub fn query_colors(
+        &self,
+        scene_code: &Tensor,
+        positions: &[[f32; 3]],
+    ) -> Result<Vec<[f32; 3]>> {
         let triplane = Triplane::new(scene_code)?;
         Ok(self
             .field()
@@ -184,7 +190,9 @@ impl TripoSr {
             ));
         }
         let triplane = Triplane::new(scene_code)?;
-        Ok(self.field().render(&triplane, camera, DEFAULT_CHUNK_POINTS)?)
+        Ok(self
+            .field()
+            .render(&triplane, camera, DEFAULT_CHUNK_POINTS)?)
     }
 }
 

@@ -187,7 +187,9 @@ impl<'a> Machine<'a> {
             .pos
             .checked_add(n)
             .filter(|&e| e <= self.data.len())
-            .ok_or_else(|| "the pickle ends in the middle of an opcode (truncated file?)".to_owned())?;
+            .ok_or_else(|| {
+                "the pickle ends in the middle of an opcode (truncated file?)".to_owned()
+            })?;
         let bytes = &self.data[self.pos..end];
         self.pos = end;
         Ok(bytes)
@@ -286,7 +288,9 @@ impl<'a> Machine<'a> {
                 0x80 => {
                     let proto = self.u8()?;
                     if proto > 5 {
-                        return Err(format!("pickle protocol {proto} is newer than any torch writes"));
+                        return Err(format!(
+                            "pickle protocol {proto} is newer than any torch writes"
+                        ));
                     }
                 }
                 0x95 => {
@@ -317,7 +321,11 @@ impl<'a> Machine<'a> {
                     if n > 8 {
                         return Err(format!("an integer of {n} bytes is too large"));
                     }
-                    let mut buf = [if bytes.last().is_some_and(|b| b & 0x80 != 0) { 0xff } else { 0 }; 8];
+                    let mut buf = [if bytes.last().is_some_and(|b| b & 0x80 != 0) {
+                        0xff
+                    } else {
+                        0
+                    }; 8];
                     buf[..n].copy_from_slice(bytes);
                     self.stack.push(Value::Int(i64::from_le_bytes(buf)));
                 }
@@ -353,7 +361,8 @@ impl<'a> Machine<'a> {
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.stack.push(Value::Global(Global::resolve(&module, &name)?));
+                    self.stack
+                        .push(Value::Global(Global::resolve(&module, &name)?));
                 }
                 0x93 => {
                     let name = self.pop()?;
@@ -361,7 +370,8 @@ impl<'a> Machine<'a> {
                     let (Value::Str(module), Value::Str(name)) = (module, name) else {
                         return Err("STACK_GLOBAL without a module and name string".to_owned());
                     };
-                    self.stack.push(Value::Global(Global::resolve(&module, &name)?));
+                    self.stack
+                        .push(Value::Global(Global::resolve(&module, &name)?));
                 }
                 b'q' => {
                     let k = u32::from(self.u8()?);
@@ -372,7 +382,8 @@ impl<'a> Machine<'a> {
                     self.memo_put(k)?;
                 }
                 0x94 => {
-                    let k = u32::try_from(self.memo.len()).map_err(|_| "memo overflow".to_owned())?;
+                    let k =
+                        u32::try_from(self.memo.len()).map_err(|_| "memo overflow".to_owned())?;
                     self.memo_put(k)?;
                 }
                 b'h' => {
@@ -466,28 +477,39 @@ impl<'a> Machine<'a> {
 /// `('storage', torch.XStorage, key, location, numel)`.
 fn storage_from_pid(pid: Value) -> PResult<StorageRef> {
     let Value::Tuple(items) = pid else {
-        return Err(format!("a persistent id is {} instead of a tuple", pid.describe()));
+        return Err(format!(
+            "a persistent id is {} instead of a tuple",
+            pid.describe()
+        ));
     };
     match items.as_slice() {
-        [Value::Str(tag), Value::Global(Global::Storage(kind)), Value::Str(key), Value::Str(_location), numel]
-            if tag == "storage" =>
-        {
-            Ok(StorageRef {
-                key: key.clone(),
-                kind: *kind,
-                numel: numel.as_usize("a storage size")?,
-            })
-        }
+        [
+            Value::Str(tag),
+            Value::Global(Global::Storage(kind)),
+            Value::Str(key),
+            Value::Str(_location),
+            numel,
+        ] if tag == "storage" => Ok(StorageRef {
+            key: key.clone(),
+            kind: *kind,
+            numel: numel.as_usize("a storage size")?,
+        }),
         _ => Err("a persistent id is not a torch storage reference".to_owned()),
     }
 }
 
 fn reduce(callable: Value, args: Value) -> PResult<Value> {
     let Value::Tuple(args) = args else {
-        return Err(format!("REDUCE arguments are {} instead of a tuple", args.describe()));
+        return Err(format!(
+            "REDUCE arguments are {} instead of a tuple",
+            args.describe()
+        ));
     };
     let Value::Global(global) = callable else {
-        return Err(format!("REDUCE calls {}, not a global", callable.describe()));
+        return Err(format!(
+            "REDUCE calls {}, not a global",
+            callable.describe()
+        ));
     };
     match global {
         Global::OrderedDict => match args.as_slice() {
@@ -495,7 +517,15 @@ fn reduce(callable: Value, args: Value) -> PResult<Value> {
             _ => Err("OrderedDict built from arguments".to_owned()),
         },
         Global::RebuildTensorV2 => match args.as_slice() {
-            [Value::Storage(storage), offset, size, stride, _requires_grad, _hooks, ..] => {
+            [
+                Value::Storage(storage),
+                offset,
+                size,
+                stride,
+                _requires_grad,
+                _hooks,
+                ..,
+            ] => {
                 let size = size.as_usizes("a tensor size")?;
                 let stride = stride.as_usizes("a tensor stride")?;
                 if size.len() != stride.len() {
@@ -522,7 +552,10 @@ fn reduce(callable: Value, args: Value) -> PResult<Value> {
 /// dict holding one under `state_dict`, as Lightning writes).
 fn tensor_entries(root: Value) -> PResult<Vec<(String, TensorRef)>> {
     let Value::Dict(items) = root else {
-        return Err(format!("the checkpoint holds {} instead of a state dict", root.describe()));
+        return Err(format!(
+            "the checkpoint holds {} instead of a state dict",
+            root.describe()
+        ));
     };
     let nested = items.iter().find_map(|(k, v)| match (k, v) {
         (Value::Str(k), Value::Dict(_)) if k == "state_dict" => Some(v.clone()),
@@ -535,7 +568,11 @@ fn tensor_entries(root: Value) -> PResult<Vec<(String, TensorRef)>> {
     for (k, v) in items {
         match (k, v) {
             (Value::Str(name), Value::Tensor(t)) => out.push((name, t)),
-            (k, v) => tracing::debug!("checkpoint entry {:?} ({}) is not a tensor; skipped", k, v.describe()),
+            (k, v) => tracing::debug!(
+                "checkpoint entry {:?} ({}) is not a tensor; skipped",
+                k,
+                v.describe()
+            ),
         }
     }
     Ok(out)
@@ -549,7 +586,10 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>> {
 }
 
 /// [`read_state_dict`] from any seekable reader; `path` names it in errors.
-pub fn read_state_dict_from<R: Read + Seek>(mut reader: R, path: &Path) -> Result<HashMap<String, Tensor>> {
+pub fn read_state_dict_from<R: Read + Seek>(
+    mut reader: R,
+    path: &Path,
+) -> Result<HashMap<String, Tensor>> {
     let corrupt = |reason: String| SdError::CorruptWeights {
         path: path.to_path_buf(),
         reason,
@@ -568,7 +608,8 @@ pub fn read_state_dict_from<R: Read + Seek>(mut reader: R, path: &Path) -> Resul
     reader
         .seek(std::io::SeekFrom::Start(0))
         .map_err(|e| SdError::io(path, e))?;
-    let mut zip = zip::ZipArchive::new(reader).map_err(|e| corrupt(format!("unreadable zip: {e}")))?;
+    let mut zip =
+        zip::ZipArchive::new(reader).map_err(|e| corrupt(format!("unreadable zip: {e}")))?;
     let pkl_name = zip
         .file_names()
         .filter_map(|n| n.ok())
@@ -588,7 +629,10 @@ pub fn read_state_dict_from<R: Read + Seek>(mut reader: R, path: &Path) -> Resul
     };
     let byteorder = format!("{prefix}byteorder");
     if zip.index_for_name(&byteorder).is_some() && read_entry(&mut zip, &byteorder)? != b"little" {
-        return Err(corrupt("tensors are stored big-endian; re-save the checkpoint on a little-endian machine".into()));
+        return Err(corrupt(
+            "tensors are stored big-endian; re-save the checkpoint on a little-endian machine"
+                .into(),
+        ));
     }
     let pickle = read_entry(&mut zip, &pkl_name)?;
     let root = Machine::new(&pickle).run().map_err(corrupt)?;
@@ -606,7 +650,8 @@ pub fn read_state_dict_from<R: Read + Seek>(mut reader: R, path: &Path) -> Resul
     for (key, tensors) in by_storage {
         let bytes = read_entry(&mut zip, &format!("{prefix}data/{key}"))?;
         for (name, t) in tensors {
-            let tensor = materialize(&t, &bytes).map_err(|e| corrupt(format!("tensor {name}: {e}")))?;
+            let tensor =
+                materialize(&t, &bytes).map_err(|e| corrupt(format!("tensor {name}: {e}")))?;
             out.insert(name, tensor);
         }
     }
@@ -619,7 +664,10 @@ fn materialize(t: &TensorRef, storage: &[u8]) -> PResult<Tensor> {
     let es = dtype.size_in_bytes();
     let have = storage.len() / es;
     if have < t.storage.numel {
-        return Err(format!("its storage holds {have} elements, the pickle says {}", t.storage.numel));
+        return Err(format!(
+            "its storage holds {have} elements, the pickle says {}",
+            t.storage.numel
+        ));
     }
     let numel: usize = t.size.iter().product();
     let raw = if numel == 0 {
@@ -629,7 +677,9 @@ fn materialize(t: &TensorRef, storage: &[u8]) -> PResult<Tensor> {
             .size
             .iter()
             .zip(&t.stride)
-            .try_fold(t.offset, |acc, (&n, &s)| acc.checked_add((n - 1).checked_mul(s)?))
+            .try_fold(t.offset, |acc, (&n, &s)| {
+                acc.checked_add((n - 1).checked_mul(s)?)
+            })
             .filter(|&l| l < t.storage.numel)
             .ok_or_else(|| "its view reaches past the end of its storage".to_owned())?;
         let contiguous = t
@@ -637,7 +687,9 @@ fn materialize(t: &TensorRef, storage: &[u8]) -> PResult<Tensor> {
             .iter()
             .zip(&t.stride)
             .rev()
-            .try_fold(1usize, |expect, (&n, &s)| (n == 1 || s == expect).then_some(expect * n))
+            .try_fold(1usize, |expect, (&n, &s)| {
+                (n == 1 || s == expect).then_some(expect * n)
+            })
             .is_some();
         if contiguous {
             storage[t.offset * es..(last + 1) * es].to_vec()
@@ -645,7 +697,12 @@ fn materialize(t: &TensorRef, storage: &[u8]) -> PResult<Tensor> {
             let mut raw = Vec::with_capacity(numel * es);
             let mut index = vec![0usize; t.size.len()];
             for _ in 0..numel {
-                let at = t.offset + index.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
+                let at = t.offset
+                    + index
+                        .iter()
+                        .zip(&t.stride)
+                        .map(|(i, s)| i * s)
+                        .sum::<usize>();
                 raw.extend_from_slice(&storage[at * es..(at + 1) * es]);
                 for d in (0..index.len()).rev() {
                     index[d] += 1;

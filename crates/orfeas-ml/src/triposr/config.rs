@@ -227,15 +227,21 @@ impl ViTConfig {
             ));
         }
         let checks = [
-            (cfg.num_attention_heads > 0, "num_attention_heads must be positive"),
+            (
+                cfg.num_attention_heads > 0,
+                "num_attention_heads must be positive",
+            ),
             (cfg.patch_size > 0, "patch_size must be positive"),
             (cfg.num_channels == 3, "num_channels must be 3 (RGB)"),
-            (cfg.image_size >= cfg.patch_size, "image_size must be at least patch_size"),
+            (
+                cfg.image_size >= cfg.patch_size,
+                "image_size must be at least patch_size",
+            ),
         ];
         if let Some((_, msg)) = checks.iter().find(|(ok, _)| !ok) {
             return Err((*msg).to_owned());
         }
-        if cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 cfg.hidden_size, cfg.num_attention_heads
@@ -289,10 +295,18 @@ impl Config {
         let raw: RawConfig =
             serde_json::from_value(resolved).map_err(|e| format!("unexpected layout: {e}"))?;
         let classes = [
-            ("image_tokenizer_cls", &raw.image_tokenizer_cls, IMAGE_TOKENIZER_CLS),
+            (
+                "image_tokenizer_cls",
+                &raw.image_tokenizer_cls,
+                IMAGE_TOKENIZER_CLS,
+            ),
             ("tokenizer_cls", &raw.tokenizer_cls, TOKENIZER_CLS),
             ("backbone_cls", &raw.backbone_cls, BACKBONE_CLS),
-            ("post_processor_cls", &raw.post_processor_cls, POST_PROCESSOR_CLS),
+            (
+                "post_processor_cls",
+                &raw.post_processor_cls,
+                POST_PROCESSOR_CLS,
+            ),
             ("decoder_cls", &raw.decoder_cls, DECODER_CLS),
             ("renderer_cls", &raw.renderer_cls, RENDERER_CLS),
         ];
@@ -333,7 +347,10 @@ impl Config {
 
     /// [`Self::from_model_dir`], also looking for an installed `dino-vitb16`
     /// registry copy in `roots` before falling back to the built-in config.
-    pub fn from_model_dir_with_roots(dir: &Path, roots: &crate::models::SearchRoots) -> Result<Self> {
+    pub fn from_model_dir_with_roots(
+        dir: &Path,
+        roots: &crate::models::SearchRoots,
+    ) -> Result<Self> {
         let config_yaml = dir.join("config.yaml");
         let text = read_text(&config_yaml)?;
         let vit_name = vit_name_of(&text).map_err(|reason| config_err(&config_yaml, reason))?;
@@ -380,13 +397,31 @@ impl Config {
         let pp = &self.post_processor;
         let dec = &self.decoder;
         let unsupported = [
-            (b.activation_fn != "geglu", format!("backbone.activation_fn '{}' (only geglu)", b.activation_fn)),
-            (b.norm_type != "layer_norm", format!("backbone.norm_type '{}' (only layer_norm)", b.norm_type)),
-            (b.only_cross_attention, "backbone.only_cross_attention".to_owned()),
-            (b.double_self_attention, "backbone.double_self_attention".to_owned()),
+            (
+                b.activation_fn != "geglu",
+                format!("backbone.activation_fn '{}' (only geglu)", b.activation_fn),
+            ),
+            (
+                b.norm_type != "layer_norm",
+                format!("backbone.norm_type '{}' (only layer_norm)", b.norm_type),
+            ),
+            (
+                b.only_cross_attention,
+                "backbone.only_cross_attention".to_owned(),
+            ),
+            (
+                b.double_self_attention,
+                "backbone.double_self_attention".to_owned(),
+            ),
             (b.attention_bias, "backbone.attention_bias".to_owned()),
-            (!b.norm_elementwise_affine, "backbone.norm_elementwise_affine false".to_owned()),
-            (b.out_channels.is_some_and(|c| c != b.in_channels), "backbone.out_channels other than in_channels".to_owned()),
+            (
+                !b.norm_elementwise_affine,
+                "backbone.norm_elementwise_affine false".to_owned(),
+            ),
+            (
+                b.out_channels.is_some_and(|c| c != b.in_channels),
+                "backbone.out_channels other than in_channels".to_owned(),
+            ),
             (!dec.bias, "decoder.bias false".to_owned()),
         ];
         if let Some((_, what)) = unsupported.iter().find(|(bad, _)| *bad) {
@@ -402,23 +437,46 @@ impl Config {
             (pp.out_channels, "post_processor.out_channels"),
             (dec.n_neurons, "decoder.n_neurons"),
             (dec.n_hidden_layers, "decoder.n_hidden_layers"),
-            (self.renderer.num_samples_per_ray, "renderer.num_samples_per_ray"),
+            (
+                self.renderer.num_samples_per_ray,
+                "renderer.num_samples_per_ray",
+            ),
         ];
         if let Some((_, name)) = positive.iter().find(|(v, _)| *v == 0) {
             return Err(format!("{name} must be positive"));
         }
         let equal = [
-            (b.in_channels, tok.num_channels, "backbone.in_channels", "tokenizer.num_channels"),
-            (pp.in_channels, tok.num_channels, "post_processor.in_channels", "tokenizer.num_channels"),
-            (b.cross_attention_dim, self.vit.hidden_size, "backbone.cross_attention_dim", "the ViT hidden_size"),
-            (dec.in_channels, self.decoder_input_channels(), "decoder.in_channels", "the triplane features (post_processor.out_channels x 3 for concat)"),
+            (
+                b.in_channels,
+                tok.num_channels,
+                "backbone.in_channels",
+                "tokenizer.num_channels",
+            ),
+            (
+                pp.in_channels,
+                tok.num_channels,
+                "post_processor.in_channels",
+                "tokenizer.num_channels",
+            ),
+            (
+                b.cross_attention_dim,
+                self.vit.hidden_size,
+                "backbone.cross_attention_dim",
+                "the ViT hidden_size",
+            ),
+            (
+                dec.in_channels,
+                self.decoder_input_channels(),
+                "decoder.in_channels",
+                "the triplane features (post_processor.out_channels x 3 for concat)",
+            ),
         ];
         for (a, b_, an, bn) in equal {
             if a != b_ {
                 return Err(format!("{an} is {a} but {bn} is {b_}"));
             }
         }
-        if b.in_channels % b.norm_num_groups != 0 {
+        if !b.in_channels.is_multiple_of(b.norm_num_groups) {
             return Err(format!(
                 "backbone.in_channels {} is not a multiple of norm_num_groups {}",
                 b.in_channels, b.norm_num_groups
@@ -432,7 +490,9 @@ impl Config {
         }
         let r = self.renderer.radius;
         if !(r.is_finite() && r > 0.0) {
-            return Err(format!("renderer.radius must be a positive number, not {r}"));
+            return Err(format!(
+                "renderer.radius must be a positive number, not {r}"
+            ));
         }
         if !self.renderer.density_bias.is_finite() {
             return Err("renderer.density_bias must be a finite number".to_owned());
@@ -509,7 +569,9 @@ fn yaml_to_json(y: &Yaml) -> std::result::Result<serde_json::Value, String> {
                 .ok_or_else(|| format!("'{text}' is not a finite number"))?
         }
         Yaml::String(s) => Value::String(s.clone()),
-        Yaml::Array(items) => Value::Array(items.iter().map(yaml_to_json).collect::<Result<_, _>>()?),
+        Yaml::Array(items) => {
+            Value::Array(items.iter().map(yaml_to_json).collect::<Result<_, _>>()?)
+        }
         Yaml::Hash(map) => {
             let mut out = serde_json::Map::new();
             for (k, v) in map {
@@ -554,7 +616,8 @@ fn resolve_interpolations(
                     let end = after
                         .find('}')
                         .ok_or_else(|| format!("unclosed interpolation in '{s}'"))?;
-                    let target = resolve_interpolations(lookup(root, &after[..end])?, root, depth + 1)?;
+                    let target =
+                        resolve_interpolations(lookup(root, &after[..end])?, root, depth + 1)?;
                     match target {
                         Value::String(t) => out.push_str(&t),
                         other => out.push_str(&other.to_string()),

@@ -36,7 +36,9 @@ impl NerfMlp {
         let layers = dims
             .iter()
             .enumerate()
-            .map(|(i, &(din, dout))| candle_nn::linear(din, dout, vb.pp(format!("layers.{}", 2 * i))))
+            .map(|(i, &(din, dout))| {
+                candle_nn::linear(din, dout, vb.pp(format!("layers.{}", 2 * i)))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             layers,
@@ -98,9 +100,8 @@ impl Triplane {
         if np != 3 {
             candle_core::bail!("a scene code has 3 planes, got {np}");
         }
-        let plane = |i: usize| -> Result<Tensor> {
-            code.get(i)?.reshape((c, h * w))?.t()?.contiguous()
-        };
+        let plane =
+            |i: usize| -> Result<Tensor> { code.get(i)?.reshape((c, h * w))?.t()?.contiguous() };
         Ok(Self {
             planes: [plane(0)?, plane(1)?, plane(2)?],
             height: h,
@@ -129,9 +130,7 @@ impl Triplane {
         }
         match reduction {
             FeatureReduction::Concat => Tensor::cat(&per_plane, 1),
-            FeatureReduction::Mean => {
-                ((&per_plane[0] + &per_plane[1])? + &per_plane[2])? / 3.0
-            }
+            FeatureReduction::Mean => ((&per_plane[0] + &per_plane[1])? + &per_plane[2])? / 3.0,
         }
     }
 }
@@ -157,7 +156,12 @@ impl BilinearTaps {
             let (we, wn) = (x - x0, y - y0);
             let (ww, ws) = (1.0 - we, 1.0 - wn);
             // (dx, dy, weight) in PyTorch's summation order: nw, ne, sw, se.
-            let corners = [(0.0, 0.0, ws * ww), (1.0, 0.0, ws * we), (0.0, 1.0, wn * ww), (1.0, 1.0, wn * we)];
+            let corners = [
+                (0.0, 0.0, ws * ww),
+                (1.0, 0.0, ws * we),
+                (0.0, 1.0, wn * ww),
+                (1.0, 1.0, wn * we),
+            ];
             for (k, (dx, dy, w)) in corners.into_iter().enumerate() {
                 let (cx, cy) = (x0 + dx, y0 + dy);
                 let inside = cx >= 0.0 && cx < wf && cy >= 0.0 && cy < hf;
@@ -276,20 +280,25 @@ impl RadianceField<'_> {
         chunk_points: usize,
     ) -> Result<Vec<f32>> {
         if resolution < 2 {
-            candle_core::bail!("grid resolution {resolution} is too small; use at least 2 (TripoSR uses 256)");
+            candle_core::bail!(
+                "grid resolution {resolution} is too small; use at least 2 (TripoSR uses 256)"
+            );
         }
         let total = resolution
             .checked_pow(3)
             .filter(|&t| t <= u32::MAX as usize)
-            .ok_or_else(|| candle_core::Error::Msg(format!("grid resolution {resolution} is too large")))?;
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!("grid resolution {resolution} is too large"))
+            })?;
         let chunk = chunk_points.max(1);
         let mut out = Vec::with_capacity(total);
         let mut positions = Vec::with_capacity(chunk.min(total));
         for start in (0..total).step_by(chunk) {
             positions.clear();
-            positions.extend((start..(start + chunk).min(total)).map(|n| {
-                grid_point(n, resolution, self.renderer.radius)
-            }));
+            positions.extend(
+                (start..(start + chunk).min(total))
+                    .map(|n| grid_point(n, resolution, self.renderer.radius)),
+            );
             out.extend(self.density_only(triplane, &positions)?);
         }
         Ok(out)
@@ -303,7 +312,10 @@ impl RadianceField<'_> {
             .forward(&features)?
             .narrow(D::Minus1, 0, 1)?
             .to_dtype(DType::F32)?;
-        (density + self.renderer.density_bias)?.exp()?.flatten_all()?.to_vec1()
+        (density + self.renderer.density_bias)?
+            .exp()?
+            .flatten_all()?
+            .to_vec1()
     }
 }
 
@@ -325,7 +337,11 @@ pub fn linspace01(i: usize, steps: usize) -> f32 {
 /// `v · 2R − R` with `v` from [`linspace01`].
 pub fn grid_point(n: usize, resolution: usize, radius: f64) -> [f32; 3] {
     let (scale, offset) = ((radius - (-radius)) as f32, (-radius) as f32);
-    let (i, j, k) = (n / (resolution * resolution), (n / resolution) % resolution, n % resolution);
+    let (i, j, k) = (
+        n / (resolution * resolution),
+        (n / resolution) % resolution,
+        n % resolution,
+    );
     [i, j, k].map(|a| linspace01(a, resolution) * scale + offset)
 }
 
@@ -372,7 +388,11 @@ impl OrbitCamera {
             self.azimuth_deg * PI / 180.0,
         );
         let d = self.distance;
-        let eye = [d * el.cos() * az.cos(), d * el.cos() * az.sin(), d * el.sin()];
+        let eye = [
+            d * el.cos() * az.cos(),
+            d * el.cos() * az.sin(),
+            d * el.sin(),
+        ];
         let lookat = unit(eye.map(|v| 0.0 - v));
         let right = unit(cross(lookat, [0.0, 0.0, 1.0]));
         let up = unit(cross(right, lookat));
@@ -381,7 +401,10 @@ impl OrbitCamera {
         let fovy = self.fovy_deg * PI / 180.0;
         // PyTorch evaluates `0.5 * H / tan(…)` as `reciprocal(tan(…)) * (0.5 * H)`.
         let focal = (1.0 / (0.5 * fovy).tan()) * (0.5 * self.height as f64) as f32;
-        let (cx, cy) = ((self.width as f64 / 2.0) as f32, (self.height as f64 / 2.0) as f32);
+        let (cx, cy) = (
+            (self.width as f64 / 2.0) as f32,
+            (self.height as f64 / 2.0) as f32,
+        );
         let mut origins = Vec::with_capacity(self.width * self.height);
         let mut dirs = Vec::with_capacity(self.width * self.height);
         for row in 0..self.height {
@@ -389,8 +412,9 @@ impl OrbitCamera {
                 let (i, j) = (col as f32 + 0.5, row as f32 + 0.5);
                 let cam = unit([(i - cx) / 1.0, -(j - cy) / 1.0, -1.0]);
                 let cam = [cam[0] / focal, cam[1] / focal, cam[2]];
-                let world: [f32; 3] =
-                    std::array::from_fn(|r| cam[0] * cols[0][r] + cam[1] * cols[1][r] + cam[2] * cols[2][r]);
+                let world: [f32; 3] = std::array::from_fn(|r| {
+                    cam[0] * cols[0][r] + cam[1] * cols[1][r] + cam[2] * cols[2][r]
+                });
                 origins.push(eye);
                 dirs.push(unit(world));
             }
@@ -465,7 +489,11 @@ impl RadianceField<'_> {
             let field = self.query(triplane, &positions)?;
             for (ray, &(i, _, _)) in group.iter().enumerate() {
                 let span = ray * samples..(ray + 1) * samples;
-                rgb[i] = composite(&field.density_act[span.clone()], &field.color[span], &deltas);
+                rgb[i] = composite(
+                    &field.density_act[span.clone()],
+                    &field.color[span],
+                    &deltas,
+                );
             }
         }
         Ok(rgb)

@@ -35,7 +35,12 @@ impl ViTLayer {
         let ln = |name: &str| candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp(name));
         Ok(Self {
             layernorm_before: ln("layernorm_before")?,
-            attention: Attention::load_vit(vb.pp("attention"), h, cfg.num_attention_heads, cfg.qkv_bias)?,
+            attention: Attention::load_vit(
+                vb.pp("attention"),
+                h,
+                cfg.num_attention_heads,
+                cfg.qkv_bias,
+            )?,
             layernorm_after: ln("layernorm_after")?,
             mlp: ViTMlp {
                 fc1: candle_nn::linear(h, cfg.intermediate_size, vb.pp("intermediate.dense"))?,
@@ -46,11 +51,17 @@ impl ViTLayer {
 
     /// `(B, T, hidden)` → `(B, T, hidden)`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = (self.attention.forward(&self.layernorm_before.forward(xs)?, None)? + xs)?;
-        let mlp = self
-            .mlp
-            .fc2
-            .forward(&self.mlp.fc1.forward(&self.layernorm_after.forward(&h)?)?.gelu_erf()?)?;
+        let h = (self
+            .attention
+            .forward(&self.layernorm_before.forward(xs)?, None)?
+            + xs)?;
+        let mlp = self.mlp.fc2.forward(
+            &self
+                .mlp
+                .fc1
+                .forward(&self.layernorm_after.forward(&h)?)?
+                .gelu_erf()?,
+        )?;
         mlp + h
     }
 }
@@ -117,10 +128,10 @@ impl DinoImageTokenizer {
     pub fn embeddings(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let (b, _, height, width) = pixel_values.dims4()?;
         let patches = self.patch_embeddings(pixel_values)?;
-        let cls = self
-            .cls_token
-            .to_dtype(patches.dtype())?
-            .broadcast_as((b, 1, patches.dim(2)?))?;
+        let cls =
+            self.cls_token
+                .to_dtype(patches.dtype())?
+                .broadcast_as((b, 1, patches.dim(2)?))?;
         let pos = self
             .position_embeddings(height, width)?
             .to_dtype(patches.dtype())?;
@@ -157,7 +168,10 @@ pub fn interpolate_pos_encoding(pos: &Tensor, n_h: usize, n_w: usize) -> Result<
     let (one, rows, dim) = pos.dims3()?;
     let g = ((rows - 1) as f64).sqrt() as usize;
     if one != 1 || g * g + 1 != rows {
-        candle_core::bail!("position embeddings {:?} are not (1, 1 + g*g, C)", pos.dims());
+        candle_core::bail!(
+            "position embeddings {:?} are not (1, 1 + g*g, C)",
+            pos.dims()
+        );
     }
     if n_h == g && n_w == g {
         return Ok(pos.clone());
@@ -210,7 +224,9 @@ fn cubic_taps(in_size: usize, out_size: usize, scale_factor: f64) -> Vec<([usize
             let real = scale * (dst as f32 + 0.5) - 0.5;
             let index = (real.floor() as i64).min(in_size as i64 - 1);
             let t = (real - index as f32).clamp(0.0, 1.0);
-            let idx = std::array::from_fn(|k| (index - 1 + k as i64).clamp(0, in_size as i64 - 1) as usize);
+            let idx = std::array::from_fn(|k| {
+                (index - 1 + k as i64).clamp(0, in_size as i64 - 1) as usize
+            });
             (idx, cubic_coefficients(t))
         })
         .collect()

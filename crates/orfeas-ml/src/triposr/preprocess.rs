@@ -49,7 +49,9 @@ pub fn resize_foreground(image: &RgbaImage, ratio: f64) -> Result<RgbaImage> {
     let Some((y1, y2, x1, x2)) = bbox else {
         return Err(SdError::invalid(
             "image",
-            format!("the {w}x{h} image is fully transparent; give an image whose object has alpha > 0"),
+            format!(
+                "the {w}x{h} image is fully transparent; give an image whose object has alpha > 0"
+            ),
         ));
     };
     let (fg_h, fg_w) = (y2 - y1, x2 - x1);
@@ -146,7 +148,11 @@ pub fn resize_antialiased(image: &RgbImage, size: usize) -> Result<Vec<f32>> {
             format!("cannot resize a {w}x{h} image to {size}x{size}"),
         ));
     }
-    let src: Vec<f32> = image.as_raw().iter().map(|&v| f32::from(v) / 255.0).collect();
+    let src: Vec<f32> = image
+        .as_raw()
+        .iter()
+        .map(|&v| f32::from(v) / 255.0)
+        .collect();
     let mut horizontal = vec![0f32; h * size * 3];
     for (ox, (xmin, weights)) in aa_taps(size, w).iter().enumerate() {
         for y in 0..h {

@@ -83,13 +83,19 @@ impl Attention {
         let mut outs = Vec::with_capacity(self.heads.div_ceil(group));
         for start in (0..self.heads).step_by(group) {
             let n = group.min(self.heads - start);
-            let (q, k, v) = (q.narrow(1, start, n)?, k.narrow(1, start, n)?, v.narrow(1, start, n)?);
+            let (q, k, v) = (
+                q.narrow(1, start, n)?,
+                k.narrow(1, start, n)?,
+                v.narrow(1, start, n)?,
+            );
             let scores = (q.matmul(&k.t()?)? * scale)?;
             outs.push(candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?);
         }
-        let out = Tensor::cat(&outs, 1)?
-            .transpose(1, 2)?
-            .reshape((b, seq, self.heads * self.head_dim))?;
+        let out = Tensor::cat(&outs, 1)?.transpose(1, 2)?.reshape((
+            b,
+            seq,
+            self.heads * self.head_dim,
+        ))?;
         self.out.forward(&out)
     }
 }
@@ -205,7 +211,10 @@ impl TriplaneTokenizer {
                 self.cfg.num_channels
             );
         }
-        tokens.reshape((b, c, 3, p, p))?.permute((0, 2, 1, 3, 4))?.contiguous()
+        tokens
+            .reshape((b, c, 3, p, p))?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()
     }
 }
 

@@ -21,7 +21,8 @@ pub fn fixture() -> PathBuf {
 
 pub fn golden(name: &str) -> HashMap<String, Tensor> {
     let path = fixture().join("golden").join(format!("{name}.safetensors"));
-    candle_core::safetensors::load(&path, &dev()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    candle_core::safetensors::load(&path, &dev())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The tiny model from `model.safetensors`, loaded once.
@@ -72,13 +73,24 @@ fn resize_foreground_and_grey_composite_match_the_official_pngs_exactly() {
     let input = png("input_rgba.png").to_rgba8();
     let resized = preprocess::resize_foreground(&input, 0.85).unwrap();
     let want = png("resized_foreground_rgba.png").to_rgba8();
-    assert_eq!(resized.dimensions(), (196, 196), "floor(167 / 0.85) with the upstream crop");
-    assert!(resized == want, "resize_foreground differs from the official output");
+    assert_eq!(
+        resized.dimensions(),
+        (196, 196),
+        "floor(167 / 0.85) with the upstream crop"
+    );
+    assert!(
+        resized == want,
+        "resize_foreground differs from the official output"
+    );
 
     let composited = preprocess::composite_grey(&resized);
     let want = png("composited_input.png").to_rgb8();
     let (differ, max) = pixel_diff(&composited, &want);
-    assert_eq!((differ, max), (0, 0), "grey composite (truncation, not rounding)");
+    assert_eq!(
+        (differ, max),
+        (0, 0),
+        "grey composite (truncation, not rounding)"
+    );
 }
 
 #[test]
@@ -86,9 +98,16 @@ fn rgb_cond_and_pixel_values_match_from_the_png() {
     let g = golden("preprocess");
     let prepared = preprocess::prepare_image(&png("input_rgba.png"), 0.85).unwrap();
     let rgb = preprocess::resize_antialiased(&prepared, 144).unwrap();
-    assert_close("rgb_cond", &tensor_of(&rgb, &[1, 144, 144, 3]), &cpu(get(&g, "rgb_cond")), TOL);
+    assert_close(
+        "rgb_cond",
+        &tensor_of(&rgb, &[1, 144, 144, 3]),
+        &cpu(get(&g, "rgb_cond")),
+        TOL,
+    );
 
-    let pixels = tiny().preprocess(&png("input_rgba.png"), 0.85, &dev()).unwrap();
+    let pixels = tiny()
+        .preprocess(&png("input_rgba.png"), 0.85, &dev())
+        .unwrap();
     assert_close("pixel_values", &pixels, get(&g, "pixel_values"), TOL);
 }
 
@@ -98,13 +117,30 @@ fn vit_patch_and_position_embeddings_match() {
     let g = golden("image_tokenizer");
     let vit = tiny().image_tokenizer();
     let pixels = get(&pre, "pixel_values");
-    assert_close("patch_embeddings", &vit.patch_embeddings(pixels).unwrap(), get(&g, "patch_embeddings"), TOL);
+    assert_close(
+        "patch_embeddings",
+        &vit.patch_embeddings(pixels).unwrap(),
+        get(&g, "patch_embeddings"),
+        TOL,
+    );
 
     let pos = vit.position_embeddings(144, 144).unwrap();
-    assert_close("pos_embed_interpolated", &pos, get(&g, "pos_embed_interpolated"), TOL);
+    assert_close(
+        "pos_embed_interpolated",
+        &pos,
+        get(&g, "pos_embed_interpolated"),
+        TOL,
+    );
     // transformers 5's size=(n, n) form is far off: the port must not be using it.
-    let variant = rel_err("pos vs size= variant", &pos, get(&g, "pos_embed_interpolated_size_variant"));
-    assert!(variant > 1e-2, "position embeddings look like the size= variant ({variant:.2e})");
+    let variant = rel_err(
+        "pos vs size= variant",
+        &pos,
+        get(&g, "pos_embed_interpolated_size_variant"),
+    );
+    assert!(
+        variant > 1e-2,
+        "position embeddings look like the size= variant ({variant:.2e})"
+    );
 }
 
 #[test]
@@ -114,7 +150,10 @@ fn pos_interpolation_keeps_a_matching_grid_and_refuses_a_non_square_table() {
         .reshape((1, 17, 2))
         .unwrap();
     let same = image_tokenizer::interpolate_pos_encoding(&table, 4, 4).unwrap();
-    assert_eq!(same.to_vec3::<f32>().unwrap(), table.to_vec3::<f32>().unwrap());
+    assert_eq!(
+        same.to_vec3::<f32>().unwrap(),
+        table.to_vec3::<f32>().unwrap()
+    );
     let bad = Tensor::zeros((1, 11, 2), DType::F32, &candle_core::Device::Cpu).unwrap();
     assert!(image_tokenizer::interpolate_pos_encoding(&bad, 4, 4).is_err());
 }
@@ -129,10 +168,20 @@ fn vit_layers_and_image_tokens_match() {
     assert_close("vit_hidden_states[0]", &emb, &hidden.get(0).unwrap(), TOL);
     for (l, layer) in vit.layers().iter().enumerate() {
         let out = layer.forward(&hidden.get(l).unwrap()).unwrap();
-        assert_close(&format!("vit_hidden_states[{}]", l + 1), &out, &hidden.get(l + 1).unwrap(), TOL);
+        assert_close(
+            &format!("vit_hidden_states[{}]", l + 1),
+            &out,
+            &hidden.get(l + 1).unwrap(),
+            TOL,
+        );
     }
     let last = hidden.get(vit.layers().len()).unwrap();
-    assert_close("image_tokens (final layernorm)", &vit.final_layernorm(&last).unwrap(), get(&g, "image_tokens"), TOL);
+    assert_close(
+        "image_tokens (final layernorm)",
+        &vit.final_layernorm(&last).unwrap(),
+        get(&g, "image_tokens"),
+        TOL,
+    );
     let tokens = tiny().image_tokens(get(&pre, "pixel_values")).unwrap();
     assert_close("image_tokens", &tokens, get(&g, "image_tokens"), TOL);
 }
@@ -143,20 +192,37 @@ fn backbone_stages_match() {
     let image_tokens = get(&golden("image_tokenizer"), "image_tokens").clone();
     let model = tiny();
     let tokens = model.tokenizer().forward(1).unwrap();
-    assert_close("triplane_tokens_in", &tokens, get(&g, "triplane_tokens_in"), 0.0);
+    assert_close(
+        "triplane_tokens_in",
+        &tokens,
+        get(&g, "triplane_tokens_in"),
+        0.0,
+    );
 
     let bb = model.backbone();
     let tokens_in = get(&g, "triplane_tokens_in");
-    assert_close("backbone_groupnorm_out", &bb.group_norm(tokens_in).unwrap(), get(&g, "backbone_groupnorm_out"), TOL);
+    assert_close(
+        "backbone_groupnorm_out",
+        &bb.group_norm(tokens_in).unwrap(),
+        get(&g, "backbone_groupnorm_out"),
+        TOL,
+    );
     let proj = bb.proj_in(get(&g, "backbone_groupnorm_out")).unwrap();
-    assert_close("backbone_proj_in_out", &proj, get(&g, "backbone_proj_in_out"), TOL);
+    assert_close(
+        "backbone_proj_in_out",
+        &proj,
+        get(&g, "backbone_proj_in_out"),
+        TOL,
+    );
     let inputs = ["backbone_proj_in_out", "backbone_block0_out"];
     for (i, (block, input)) in bb.blocks().iter().zip(inputs).enumerate() {
         let out = block.forward(get(&g, input), &image_tokens).unwrap();
         let want = format!("backbone_block{i}_out");
         assert_close(&want, &out, get(&g, &want), TOL);
     }
-    let out = bb.proj_out(get(&g, "backbone_block1_out"), tokens_in).unwrap();
+    let out = bb
+        .proj_out(get(&g, "backbone_block1_out"), tokens_in)
+        .unwrap();
     assert_close("backbone_out", &out, get(&g, "backbone_out"), TOL);
     let whole = model.triplane_tokens(&image_tokens).unwrap();
     assert_close("backbone (whole)", &whole, get(&g, "backbone_out"), TOL);
@@ -168,17 +234,37 @@ fn detokenize_and_post_processor_give_the_scene_codes() {
     let model = tiny();
     let backbone_out = get(&golden("backbone"), "backbone_out").clone();
     let planes = model.tokenizer().detokenize(&backbone_out).unwrap();
-    assert_close("triplanes_detokenized", &planes, get(&g, "triplanes_detokenized"), 0.0);
-    let codes = model.post_processor().forward(get(&g, "triplanes_detokenized")).unwrap();
-    assert_close("scene_codes (ConvTranspose2d)", &codes, get(&g, "scene_codes"), TOL);
+    assert_close(
+        "triplanes_detokenized",
+        &planes,
+        get(&g, "triplanes_detokenized"),
+        0.0,
+    );
+    let codes = model
+        .post_processor()
+        .forward(get(&g, "triplanes_detokenized"))
+        .unwrap();
+    assert_close(
+        "scene_codes (ConvTranspose2d)",
+        &codes,
+        get(&g, "scene_codes"),
+        TOL,
+    );
 }
 
 #[test]
 fn whole_forward_from_the_png_gives_the_scene_codes() {
     let model = tiny();
-    let pixels = model.preprocess(&png("input_rgba.png"), 0.85, &dev()).unwrap();
+    let pixels = model
+        .preprocess(&png("input_rgba.png"), 0.85, &dev())
+        .unwrap();
     let codes = model.forward(&pixels).unwrap();
-    assert_close("scene_codes (from PNG)", &codes, get(&golden("scene_codes"), "scene_codes"), TOL);
+    assert_close(
+        "scene_codes (from PNG)",
+        &codes,
+        get(&golden("scene_codes"), "scene_codes"),
+        TOL,
+    );
 }
 
 #[test]
@@ -189,13 +275,37 @@ fn decoder_queries_match_including_points_on_the_cube_faces() {
     let field = tiny().field();
     let points = rows3(get(&g, "points"));
     let features = field.triplane_features(&triplane, &points).unwrap();
-    assert_close("triplane_features", &features, get(&g, "triplane_features"), TOL);
+    assert_close(
+        "triplane_features",
+        &features,
+        get(&g, "triplane_features"),
+        TOL,
+    );
 
     let s = field.query(&triplane, &points).unwrap();
-    assert_close("density", &tensor_of(&s.density, &[1000, 1]), &cpu(get(&g, "density")), TOL);
-    assert_close("features", &tensor_of_rows(&s.features), &cpu(get(&g, "features")), TOL);
-    assert_close("color", &tensor_of_rows(&s.color), &cpu(get(&g, "color")), TOL);
-    let want: Vec<f32> = get(&g, "density_act").flatten_all().unwrap().to_vec1().unwrap();
+    assert_close(
+        "density",
+        &tensor_of(&s.density, &[1000, 1]),
+        &cpu(get(&g, "density")),
+        TOL,
+    );
+    assert_close(
+        "features",
+        &tensor_of_rows(&s.features),
+        &cpu(get(&g, "features")),
+        TOL,
+    );
+    assert_close(
+        "color",
+        &tensor_of_rows(&s.color),
+        &cpu(get(&g, "color")),
+        TOL,
+    );
+    let want: Vec<f32> = get(&g, "density_act")
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let rel = max_elementwise_rel(&s.density_act, &want);
     eprintln!("parity density_act: max elementwise rel = {rel:.3e}");
     assert!(rel <= TOL, "density_act relative error {rel:.3e}");
@@ -219,17 +329,27 @@ fn density_grid_matches_in_c_order_with_x_slowest() {
             (0..3).map(move |a| (p[a] - w[a]).abs())
         })
         .fold(0f32, f32::max);
-    assert!(max_point_err <= 1e-6, "grid points off by {max_point_err:.2e}");
+    assert!(
+        max_point_err <= 1e-6,
+        "grid points off by {max_point_err:.2e}"
+    );
 
     let codes = get(&golden("scene_codes"), "scene_codes").clone();
     let grid = tiny().density_grid(&codes, 32).unwrap();
-    let want: Vec<f32> = get(&g, "density_act").flatten_all().unwrap().to_vec1().unwrap();
+    let want: Vec<f32> = get(&g, "density_act")
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let rel = max_elementwise_rel(&grid, &want);
     eprintln!("parity density_grid: max elementwise rel = {rel:.3e}");
     assert!(rel <= TOL, "density grid relative error {rel:.3e}");
     let occupied = grid.iter().filter(|&&d| d > 25.0).count() as f64 / grid.len() as f64;
     let want_occupied = want.iter().filter(|&&d| d > 25.0).count() as f64 / want.len() as f64;
-    assert_eq!(occupied, want_occupied, "cells above the marching-cubes threshold");
+    assert_eq!(
+        occupied, want_occupied,
+        "cells above the marching-cubes threshold"
+    );
 
     let small_chunks = tiny().density_grid_chunked(&codes, 32, 1000).unwrap();
     let rel = max_elementwise_rel(&small_chunks, &grid);
@@ -243,7 +363,12 @@ fn vertex_colours_match_at_the_official_mesh_vertices() {
     let vertices = rows3(get(&g, "vertices"));
     let colors = tiny().query_colors(&codes, &vertices).unwrap();
     assert_eq!(colors.len(), vertices.len());
-    assert_close("vertex_colors", &tensor_of_rows(&colors), &cpu(get(&g, "vertex_colors")), TOL);
+    assert_close(
+        "vertex_colors",
+        &tensor_of_rows(&colors),
+        &cpu(get(&g, "vertex_colors")),
+        TOL,
+    );
 }
 
 #[test]
@@ -251,12 +376,27 @@ fn one_view_render_matches_rays_rgb_and_png() {
     let g = golden("render");
     let camera = OrbitCamera::orbit(1, 0.0, 1.9, 40.0, 32, 32)[0];
     let (origins, dirs) = camera.rays();
-    assert_close("rays_o", &tensor_of_rows(&origins), &cpu(&get(&g, "rays_o").reshape((1024, 3)).unwrap()), TOL);
-    assert_close("rays_d", &tensor_of_rows(&dirs), &cpu(&get(&g, "rays_d").reshape((1024, 3)).unwrap()), TOL);
+    assert_close(
+        "rays_o",
+        &tensor_of_rows(&origins),
+        &cpu(&get(&g, "rays_o").reshape((1024, 3)).unwrap()),
+        TOL,
+    );
+    assert_close(
+        "rays_d",
+        &tensor_of_rows(&dirs),
+        &cpu(&get(&g, "rays_d").reshape((1024, 3)).unwrap()),
+        TOL,
+    );
 
     let codes = get(&golden("scene_codes"), "scene_codes").clone();
     let rgb = tiny().render_view(&codes, &camera).unwrap();
-    assert_close("render rgb", &tensor_of_rows(&rgb), &cpu(&get(&g, "rgb").reshape((1024, 3)).unwrap()), TOL);
+    assert_close(
+        "render rgb",
+        &tensor_of_rows(&rgb),
+        &cpu(&get(&g, "rgb").reshape((1024, 3)).unwrap()),
+        TOL,
+    );
     let picture = render_to_image(&rgb, 32, 32).unwrap();
     let (differ, max) = pixel_diff(&picture, &png("render_view0.png").to_rgb8());
     eprintln!("parity render png: {differ} values differ, max {max}");

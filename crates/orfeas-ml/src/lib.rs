@@ -10,6 +10,7 @@ pub mod fixture;
 pub mod models;
 pub mod sd;
 pub mod text_to_image;
+pub mod triposr;
 
 pub use error::SdError;
 

@@ -26,6 +26,11 @@ pub enum Architecture {
     Sdxl,
     /// A tiny latent decoder (TAESD): used instead of a model's VAE, not on its own.
     TinyDecoder,
+    /// TripoSR: one image to a 3D scene code (mesh via marching cubes).
+    TripoSr,
+    /// Only the `config.json` of a ViT image encoder (TripoSR's tokenizer; its
+    /// weights are inside the TripoSR checkpoint).
+    VitConfig,
 }
 
 impl Architecture {
@@ -141,6 +146,14 @@ const TAESD_FILES: [ModelFile; 2] = [
     f("diffusion_pytorch_model.safetensors", 9_800_000),
 ];
 
+const TRIPOSR_FILES: [ModelFile; 2] = [
+    f("config.yaml", 1_100),
+    // The official checkpoint: 419.3 M parameters in f32, as a torch.save zip.
+    f("model.ckpt", 1_677_200_000),
+];
+
+const DINO_VITB16_FILES: [ModelFile; 1] = [f("config.json", 500)];
+
 /// Every model the registry knows, in the order the UI lists them.
 pub const KNOWN_MODELS: &[KnownModel] = &[
     KnownModel {
@@ -205,6 +218,29 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
         architecture: Architecture::TinyDecoder,
         files: &TAESD_FILES,
         licence: "MIT (tiny decoder for SDXL latents)",
+        non_commercial: false,
+        default_steps: 0,
+        default_guidance: 0.0,
+        default_size: 0,
+    },
+    KnownModel {
+        name: "triposr",
+        repo_id: "stabilityai/TripoSR",
+        architecture: Architecture::TripoSr,
+        files: &TRIPOSR_FILES,
+        licence: "MIT (image to 3D; commercial use allowed)",
+        non_commercial: false,
+        default_steps: 0,
+        default_guidance: 0.0,
+        // The image side the model sees (cond_image_size).
+        default_size: 512,
+    },
+    KnownModel {
+        name: "dino-vitb16",
+        repo_id: "facebook/dino-vitb16",
+        architecture: Architecture::VitConfig,
+        files: &DINO_VITB16_FILES,
+        licence: "Apache-2.0 (config of TripoSR's image encoder; built in, so optional)",
         non_commercial: false,
         default_steps: 0,
         default_guidance: 0.0,

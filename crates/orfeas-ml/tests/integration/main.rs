@@ -14,3 +14,6 @@ mod sd_pipeline;
 mod sd_single_file;
 mod sd_taesd;
 mod sd_xl;
+mod triposr_inputs;
+mod triposr_parity;
+mod triposr_weights;

@@ -1,0 +1,719 @@
+//! PyTorch `.ckpt` / `.pt` files (the zip layout `torch.save` writes since
+//! torch 1.6) read without running any of their code.
+//!
+//! A checkpoint's `data.pkl` is a pickle program; a normal unpickler imports
+//! and calls whatever globals it names, so a malicious file can run anything.
+//! This one interprets the opcodes itself and knows only the globals a state
+//! dict needs: `torch._utils._rebuild_tensor_v2` (and `_rebuild_parameter`,
+//! which only wraps a tensor), `collections.OrderedDict` and the
+//! `torch.*Storage` types, each turned into plain data here. Any other global
+//! (`os.system`, `builtins.exec`, …) stops the read with an error naming it;
+//! nothing is ever called. Tensor bytes come from the zip's `data/<key>` entries.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Result, SdError};
+
+/// The element type a `torch.*Storage` global names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StorageType {
+    Float,
+    Half,
+    BFloat16,
+    Double,
+    Long,
+    Int,
+    Short,
+    Byte,
+    Bool,
+}
+
+impl StorageType {
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "FloatStorage" => Self::Float,
+            "HalfStorage" => Self::Half,
+            "BFloat16Storage" => Self::BFloat16,
+            "DoubleStorage" => Self::Double,
+            "LongStorage" => Self::Long,
+            "IntStorage" => Self::Int,
+            "ShortStorage" => Self::Short,
+            "ByteStorage" => Self::Byte,
+            "BoolStorage" => Self::Bool,
+            _ => return None,
+        })
+    }
+
+    fn dtype(self) -> DType {
+        match self {
+            Self::Float => DType::F32,
+            Self::Half => DType::F16,
+            Self::BFloat16 => DType::BF16,
+            Self::Double => DType::F64,
+            Self::Long => DType::I64,
+            Self::Int => DType::I32,
+            Self::Short => DType::I16,
+            Self::Byte | Self::Bool => DType::U8,
+        }
+    }
+}
+
+/// The globals this reader accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Global {
+    RebuildTensorV2,
+    RebuildParameter,
+    OrderedDict,
+    Storage(StorageType),
+}
+
+impl Global {
+    fn resolve(module: &str, name: &str) -> std::result::Result<Self, String> {
+        match (module, name) {
+            ("torch._utils", "_rebuild_tensor_v2") => Ok(Self::RebuildTensorV2),
+            ("torch._utils", "_rebuild_parameter") => Ok(Self::RebuildParameter),
+            ("collections", "OrderedDict") => Ok(Self::OrderedDict),
+            ("torch", storage) => StorageType::from_name(storage)
+                .map(Self::Storage)
+                .ok_or_else(|| refused(module, name)),
+            _ => Err(refused(module, name)),
+        }
+    }
+}
+
+fn refused(module: &str, name: &str) -> String {
+    format!(
+        "its pickle calls the Python global `{module}.{name}`, which no PyTorch state dict needs: \
+         refused, and nothing in the file was run (only tensors are read from .ckpt files)"
+    )
+}
+
+#[derive(Debug, Clone)]
+struct StorageRef {
+    key: String,
+    kind: StorageType,
+    numel: usize,
+}
+
+#[derive(Debug, Clone)]
+struct TensorRef {
+    storage: StorageRef,
+    offset: usize,
+    size: Vec<usize>,
+    stride: Vec<usize>,
+}
+
+/// What the pickle machine holds: data only (scalars a state dict never
+/// looks at are kept as their kind alone).
+#[derive(Debug, Clone)]
+enum Value {
+    None,
+    Bool,
+    Int(i64),
+    Float,
+    Str(String),
+    Bytes,
+    Tuple(Vec<Value>),
+    List(Vec<Value>),
+    Dict(Vec<(Value, Value)>),
+    Global(Global),
+    Storage(StorageRef),
+    Tensor(TensorRef),
+}
+
+impl Value {
+    fn describe(&self) -> &'static str {
+        match self {
+            Self::None => "None",
+            Self::Bool => "a bool",
+            Self::Int(_) => "an int",
+            Self::Float => "a float",
+            Self::Str(_) => "a string",
+            Self::Bytes => "bytes",
+            Self::Tuple(_) => "a tuple",
+            Self::List(_) => "a list",
+            Self::Dict(_) => "a dict",
+            Self::Global(_) => "a global",
+            Self::Storage(_) => "a storage",
+            Self::Tensor(_) => "a tensor",
+        }
+    }
+
+    fn as_usize(&self, what: &str) -> std::result::Result<usize, String> {
+        match self {
+            Self::Int(i) => usize::try_from(*i).map_err(|_| format!("{what} is negative ({i})")),
+            other => Err(format!("{what} is {} instead of an int", other.describe())),
+        }
+    }
+
+    fn as_usizes(&self, what: &str) -> std::result::Result<Vec<usize>, String> {
+        match self {
+            Self::Tuple(items) | Self::List(items) => {
+                items.iter().map(|v| v.as_usize(what)).collect()
+            }
+            other => Err(format!("{what} is {} instead of a tuple", other.describe())),
+        }
+    }
+}
+
+/// Reads the opcode stream of a pickle, refusing every global not on the list.
+struct Machine<'a> {
+    data: &'a [u8],
+    pos: usize,
+    stack: Vec<Value>,
+    marks: Vec<usize>,
+    memo: HashMap<u32, Value>,
+}
+
+type PResult<T> = std::result::Result<T, String>;
+
+impl<'a> Machine<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Self {
+            data,
+            pos: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> PResult<&'a [u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| {
+                "the pickle ends in the middle of an opcode (truncated file?)".to_owned()
+            })?;
+        let bytes = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn u8(&mut self) -> PResult<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> PResult<u16> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> PResult<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> PResult<u64> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn len_u64(&mut self) -> PResult<usize> {
+        usize::try_from(self.u64()?).map_err(|_| "a length does not fit in memory".to_owned())
+    }
+
+    fn line(&mut self) -> PResult<String> {
+        let rest = &self.data[self.pos..];
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| "a GLOBAL opcode has no end of line".to_owned())?;
+        let text = std::str::from_utf8(&rest[..end])
+            .map_err(|_| "a GLOBAL name is not UTF-8".to_owned())?
+            .to_owned();
+        self.pos += end + 1;
+        Ok(text)
+    }
+
+    fn text(&mut self, n: usize) -> PResult<Value> {
+        let bytes = self.take(n)?;
+        std::str::from_utf8(bytes)
+            .map(|s| Value::Str(s.to_owned()))
+            .map_err(|_| "a string is not UTF-8".to_owned())
+    }
+
+    fn pop(&mut self) -> PResult<Value> {
+        self.stack
+            .pop()
+            .ok_or_else(|| "the pickle pops an empty stack".to_owned())
+    }
+
+    fn top(&mut self) -> PResult<&mut Value> {
+        self.stack
+            .last_mut()
+            .ok_or_else(|| "the pickle reads an empty stack".to_owned())
+    }
+
+    fn pop_mark(&mut self) -> PResult<Vec<Value>> {
+        let mark = self
+            .marks
+            .pop()
+            .ok_or_else(|| "the pickle closes a MARK it never opened".to_owned())?;
+        if mark > self.stack.len() {
+            return Err("the pickle's MARK points past the stack".to_owned());
+        }
+        Ok(self.stack.split_off(mark))
+    }
+
+    fn memo_get(&self, key: u32) -> PResult<Value> {
+        self.memo
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| format!("the pickle reads memo entry {key}, which was never stored"))
+    }
+
+    fn memo_put(&mut self, key: u32) -> PResult<()> {
+        let v = self
+            .stack
+            .last()
+            .cloned()
+            .ok_or_else(|| "the pickle memoizes an empty stack".to_owned())?;
+        self.memo.insert(key, v);
+        Ok(())
+    }
+
+    /// Runs the program to STOP and returns its result.
+    fn run(mut self) -> PResult<Value> {
+        loop {
+            let op = self.u8()?;
+            match op {
+                0x80 => {
+                    let proto = self.u8()?;
+                    if proto > 5 {
+                        return Err(format!(
+                            "pickle protocol {proto} is newer than any torch writes"
+                        ));
+                    }
+                }
+                0x95 => {
+                    self.u64()?; // FRAME: a length hint only.
+                }
+                b'.' => return self.pop(),
+                b'(' => self.marks.push(self.stack.len()),
+                b'}' => self.stack.push(Value::Dict(Vec::new())),
+                b']' => self.stack.push(Value::List(Vec::new())),
+                b')' => self.stack.push(Value::Tuple(Vec::new())),
+                b'N' => self.stack.push(Value::None),
+                0x88 | 0x89 => self.stack.push(Value::Bool),
+                b'K' => {
+                    let v = self.u8()?;
+                    self.stack.push(Value::Int(i64::from(v)));
+                }
+                b'M' => {
+                    let v = self.u16()?;
+                    self.stack.push(Value::Int(i64::from(v)));
+                }
+                b'J' => {
+                    let v = self.u32()? as i32;
+                    self.stack.push(Value::Int(i64::from(v)));
+                }
+                0x8a => {
+                    let n = usize::from(self.u8()?);
+                    let bytes = self.take(n)?;
+                    if n > 8 {
+                        return Err(format!("an integer of {n} bytes is too large"));
+                    }
+                    let mut buf = [if bytes.last().is_some_and(|b| b & 0x80 != 0) {
+                        0xff
+                    } else {
+                        0
+                    }; 8];
+                    buf[..n].copy_from_slice(bytes);
+                    self.stack.push(Value::Int(i64::from_le_bytes(buf)));
+                }
+                b'G' => {
+                    self.take(8)?;
+                    self.stack.push(Value::Float);
+                }
+                b'X' => {
+                    let n = self.u32()? as usize;
+                    let v = self.text(n)?;
+                    self.stack.push(v);
+                }
+                0x8c => {
+                    let n = usize::from(self.u8()?);
+                    let v = self.text(n)?;
+                    self.stack.push(v);
+                }
+                0x8d => {
+                    let n = self.len_u64()?;
+                    let v = self.text(n)?;
+                    self.stack.push(v);
+                }
+                b'C' => {
+                    let n = usize::from(self.u8()?);
+                    self.take(n)?;
+                    self.stack.push(Value::Bytes);
+                }
+                b'B' => {
+                    let n = self.u32()? as usize;
+                    self.take(n)?;
+                    self.stack.push(Value::Bytes);
+                }
+                b'c' => {
+                    let module = self.line()?;
+                    let name = self.line()?;
+                    self.stack
+                        .push(Value::Global(Global::resolve(&module, &name)?));
+                }
+                0x93 => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    let (Value::Str(module), Value::Str(name)) = (module, name) else {
+                        return Err("STACK_GLOBAL without a module and name string".to_owned());
+                    };
+                    self.stack
+                        .push(Value::Global(Global::resolve(&module, &name)?));
+                }
+                b'q' => {
+                    let k = u32::from(self.u8()?);
+                    self.memo_put(k)?;
+                }
+                b'r' => {
+                    let k = self.u32()?;
+                    self.memo_put(k)?;
+                }
+                0x94 => {
+                    let k =
+                        u32::try_from(self.memo.len()).map_err(|_| "memo overflow".to_owned())?;
+                    self.memo_put(k)?;
+                }
+                b'h' => {
+                    let k = u32::from(self.u8()?);
+                    let v = self.memo_get(k)?;
+                    self.stack.push(v);
+                }
+                b'j' => {
+                    let k = self.u32()?;
+                    let v = self.memo_get(k)?;
+                    self.stack.push(v);
+                }
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.stack.push(Value::Tuple(items));
+                }
+                0x85..=0x87 => {
+                    let n = usize::from(op - 0x84);
+                    if self.stack.len() < n {
+                        return Err("a TUPLE opcode finds too few items".to_owned());
+                    }
+                    let items = self.stack.split_off(self.stack.len() - n);
+                    self.stack.push(Value::Tuple(items));
+                }
+                b'a' => {
+                    let v = self.pop()?;
+                    match self.top()? {
+                        Value::List(items) => items.push(v),
+                        other => return Err(format!("APPEND to {}", other.describe())),
+                    }
+                }
+                b'e' => {
+                    let vs = self.pop_mark()?;
+                    match self.top()? {
+                        Value::List(items) => items.extend(vs),
+                        other => return Err(format!("APPENDS to {}", other.describe())),
+                    }
+                }
+                b's' => {
+                    let v = self.pop()?;
+                    let k = self.pop()?;
+                    match self.top()? {
+                        Value::Dict(items) => items.push((k, v)),
+                        other => return Err(format!("SETITEM on {}", other.describe())),
+                    }
+                }
+                b'u' => {
+                    let kv = self.pop_mark()?;
+                    if kv.len() % 2 != 0 {
+                        return Err("SETITEMS with an odd number of items".to_owned());
+                    }
+                    let mut pairs = Vec::with_capacity(kv.len() / 2);
+                    let mut it = kv.into_iter();
+                    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                        pairs.push((k, v));
+                    }
+                    match self.top()? {
+                        Value::Dict(items) => items.extend(pairs),
+                        other => return Err(format!("SETITEMS on {}", other.describe())),
+                    }
+                }
+                b'Q' => {
+                    let pid = self.pop()?;
+                    self.stack.push(Value::Storage(storage_from_pid(pid)?));
+                }
+                b'R' => {
+                    let args = self.pop()?;
+                    let callable = self.pop()?;
+                    let result = reduce(callable, args)?;
+                    self.stack.push(result);
+                }
+                b'b' => {
+                    // BUILD sets attributes (an OrderedDict's `_metadata`); tensors need none of them.
+                    let _state = self.pop()?;
+                    match self.top()? {
+                        Value::Dict(_) | Value::Tensor(_) => {}
+                        other => return Err(format!("BUILD on {}", other.describe())),
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "pickle opcode 0x{other:02x} at byte {} is not used by torch.save state dicts",
+                        self.pos - 1
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// `('storage', torch.XStorage, key, location, numel)`.
+fn storage_from_pid(pid: Value) -> PResult<StorageRef> {
+    let Value::Tuple(items) = pid else {
+        return Err(format!(
+            "a persistent id is {} instead of a tuple",
+            pid.describe()
+        ));
+    };
+    match items.as_slice() {
+        [
+            Value::Str(tag),
+            Value::Global(Global::Storage(kind)),
+            Value::Str(key),
+            Value::Str(_location),
+            numel,
+        ] if tag == "storage" => Ok(StorageRef {
+            key: key.clone(),
+            kind: *kind,
+            numel: numel.as_usize("a storage size")?,
+        }),
+        _ => Err("a persistent id is not a torch storage reference".to_owned()),
+    }
+}
+
+fn reduce(callable: Value, args: Value) -> PResult<Value> {
+    let Value::Tuple(args) = args else {
+        return Err(format!(
+            "REDUCE arguments are {} instead of a tuple",
+            args.describe()
+        ));
+    };
+    let Value::Global(global) = callable else {
+        return Err(format!(
+            "REDUCE calls {}, not a global",
+            callable.describe()
+        ));
+    };
+    match global {
+        Global::OrderedDict => match args.as_slice() {
+            [] => Ok(Value::Dict(Vec::new())),
+            _ => Err("OrderedDict built from arguments".to_owned()),
+        },
+        Global::RebuildTensorV2 => match args.as_slice() {
+            [
+                Value::Storage(storage),
+                offset,
+                size,
+                stride,
+                _requires_grad,
+                _hooks,
+                ..,
+            ] => {
+                let size = size.as_usizes("a tensor size")?;
+                let stride = stride.as_usizes("a tensor stride")?;
+                if size.len() != stride.len() {
+                    return Err("a tensor's size and stride differ in length".to_owned());
+                }
+                Ok(Value::Tensor(TensorRef {
+                    storage: storage.clone(),
+                    offset: offset.as_usize("a storage offset")?,
+                    size,
+                    stride,
+                }))
+            }
+            _ => Err("_rebuild_tensor_v2 with unexpected arguments".to_owned()),
+        },
+        Global::RebuildParameter => match args.into_iter().next() {
+            Some(t @ Value::Tensor(_)) => Ok(t),
+            _ => Err("_rebuild_parameter without a tensor".to_owned()),
+        },
+        Global::Storage(_) => Err("a storage type called directly".to_owned()),
+    }
+}
+
+/// The `name → tensor` entries of a checkpoint's result (a state dict, or a
+/// dict holding one under `state_dict`, as Lightning writes).
+fn tensor_entries(root: Value) -> PResult<Vec<(String, TensorRef)>> {
+    let Value::Dict(items) = root else {
+        return Err(format!(
+            "the checkpoint holds {} instead of a state dict",
+            root.describe()
+        ));
+    };
+    let nested = items.iter().find_map(|(k, v)| match (k, v) {
+        (Value::Str(k), Value::Dict(_)) if k == "state_dict" => Some(v.clone()),
+        _ => None,
+    });
+    if let Some(inner) = nested {
+        return tensor_entries(inner);
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (k, v) in items {
+        match (k, v) {
+            (Value::Str(name), Value::Tensor(t)) => out.push((name, t)),
+            (k, v) => tracing::debug!(
+                "checkpoint entry {:?} ({}) is not a tensor; skipped",
+                k,
+                v.describe()
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// The tensors of a `.ckpt` file (on the CPU, in their stored dtypes), read
+/// without running any code: see the module docs.
+pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let file = std::fs::File::open(path).map_err(|e| SdError::io(path, e))?;
+    read_state_dict_from(std::io::BufReader::new(file), path)
+}
+
+/// [`read_state_dict`] from any seekable reader; `path` names it in errors.
+pub fn read_state_dict_from<R: Read + Seek>(
+    mut reader: R,
+    path: &Path,
+) -> Result<HashMap<String, Tensor>> {
+    let corrupt = |reason: String| SdError::CorruptWeights {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut magic = [0u8; 2];
+    reader
+        .read_exact(&mut magic)
+        .map_err(|_| corrupt("the file is too short to be a checkpoint".into()))?;
+    if &magic != b"PK" {
+        return Err(corrupt(
+            "not a zip-format PyTorch checkpoint (files from torch < 1.6 use an older layout); \
+             re-save it with a current torch.save or convert it to .safetensors"
+                .into(),
+        ));
+    }
+    reader
+        .seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| SdError::io(path, e))?;
+    let mut zip =
+        zip::ZipArchive::new(reader).map_err(|e| corrupt(format!("unreadable zip: {e}")))?;
+    let pkl_name = zip
+        .file_names()
+        .filter_map(|n| n.ok())
+        .find(|n| n.ends_with("data.pkl") && n.matches('/').count() <= 1)
+        .map(|n| n.into_owned())
+        .ok_or_else(|| corrupt("no data.pkl inside: not a torch.save checkpoint".into()))?;
+    let prefix = pkl_name.trim_end_matches("data.pkl").to_owned();
+    let read_entry = |zip: &mut zip::ZipArchive<R>, name: &str| -> Result<Vec<u8>> {
+        let mut entry = zip
+            .by_name(name)
+            .map_err(|e| corrupt(format!("cannot open {name} inside: {e}")))?;
+        let mut bytes = Vec::with_capacity(usize::try_from(entry.size()).unwrap_or(0));
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| corrupt(format!("cannot read {name} inside: {e}")))?;
+        Ok(bytes)
+    };
+    let byteorder = format!("{prefix}byteorder");
+    if zip.index_for_name(&byteorder).is_some() && read_entry(&mut zip, &byteorder)? != b"little" {
+        return Err(corrupt(
+            "tensors are stored big-endian; re-save the checkpoint on a little-endian machine"
+                .into(),
+        ));
+    }
+    let pickle = read_entry(&mut zip, &pkl_name)?;
+    let root = Machine::new(&pickle).run().map_err(corrupt)?;
+    let entries = tensor_entries(root).map_err(corrupt)?;
+
+    // One storage in memory at a time: its tensors are copied out, then it is dropped.
+    let mut by_storage: Vec<(String, Vec<(String, TensorRef)>)> = Vec::new();
+    for (name, t) in entries {
+        match by_storage.iter_mut().find(|(k, _)| *k == t.storage.key) {
+            Some((_, list)) => list.push((name, t)),
+            None => by_storage.push((t.storage.key.clone(), vec![(name, t)])),
+        }
+    }
+    let mut out = HashMap::new();
+    for (key, tensors) in by_storage {
+        let bytes = read_entry(&mut zip, &format!("{prefix}data/{key}"))?;
+        for (name, t) in tensors {
+            let tensor =
+                materialize(&t, &bytes).map_err(|e| corrupt(format!("tensor {name}: {e}")))?;
+            out.insert(name, tensor);
+        }
+    }
+    Ok(out)
+}
+
+/// Copies a strided view out of its storage bytes into a contiguous CPU tensor.
+fn materialize(t: &TensorRef, storage: &[u8]) -> PResult<Tensor> {
+    let dtype = t.storage.kind.dtype();
+    let es = dtype.size_in_bytes();
+    let have = storage.len() / es;
+    if have < t.storage.numel {
+        return Err(format!(
+            "its storage holds {have} elements, the pickle says {}",
+            t.storage.numel
+        ));
+    }
+    let numel: usize = t.size.iter().product();
+    let raw = if numel == 0 {
+        Vec::new()
+    } else {
+        let last = t
+            .size
+            .iter()
+            .zip(&t.stride)
+            .try_fold(t.offset, |acc, (&n, &s)| {
+                acc.checked_add((n - 1).checked_mul(s)?)
+            })
+            .filter(|&l| l < t.storage.numel)
+            .ok_or_else(|| "its view reaches past the end of its storage".to_owned())?;
+        let contiguous = t
+            .size
+            .iter()
+            .zip(&t.stride)
+            .rev()
+            .try_fold(1usize, |expect, (&n, &s)| {
+                (n == 1 || s == expect).then_some(expect * n)
+            })
+            .is_some();
+        if contiguous {
+            storage[t.offset * es..(last + 1) * es].to_vec()
+        } else {
+            let mut raw = Vec::with_capacity(numel * es);
+            let mut index = vec![0usize; t.size.len()];
+            for _ in 0..numel {
+                let at = t.offset
+                    + index
+                        .iter()
+                        .zip(&t.stride)
+                        .map(|(i, s)| i * s)
+                        .sum::<usize>();
+                raw.extend_from_slice(&storage[at * es..(at + 1) * es]);
+                for d in (0..index.len()).rev() {
+                    index[d] += 1;
+                    if index[d] < t.size[d] {
+                        break;
+                    }
+                    index[d] = 0;
+                }
+            }
+            raw
+        }
+    };
+    Tensor::from_raw_buffer(&raw, dtype, &t.size, &Device::Cpu).map_err(|e| e.to_string())
+}

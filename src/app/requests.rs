@@ -6,7 +6,7 @@ use std::path::Path;
 use orfeas_core::export::ExportFormat;
 use orfeas_core::image_to_3d::{ImageTo3dParams, ImageTo3dRequest, Quality};
 
-use crate::app::state::{CreateParams, FormatChoice, QualityChoice};
+use crate::app::state::{CreateParams, FormatChoice, MethodChoice, QualityChoice};
 
 /// What an image→3D job stores as its parameters (also in the history).
 pub type ImageTo3dJobParams = ImageTo3dRequest;
@@ -15,6 +15,14 @@ pub type ImageTo3dJobParams = ImageTo3dRequest;
 /// filled in when the job is submitted.
 pub fn request_from_create(input: &Path, p: &CreateParams, output_dir: &Path) -> ImageTo3dRequest {
     ImageTo3dRequest {
+        method: match p.method {
+            MethodChoice::Inflate => orfeas_core::request::ImageTo3dMethod::Inflate,
+            MethodChoice::TripoSr => orfeas_core::request::ImageTo3dMethod::TripoSr,
+        },
+        triposr: orfeas_core::request::TripoSrOptions {
+            mc_resolution: p.mc_resolution,
+            ..orfeas_core::request::TripoSrOptions::default()
+        },
         params: ImageTo3dParams {
             quality: quality(p.quality),
             foreground_ratio: p.foreground_ratio,

@@ -134,10 +134,35 @@ impl FormatChoice {
     }
 }
 
+/// Which image→3D method the Create tab runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodChoice {
+    /// Silhouette inflation: no weights, runs anywhere.
+    #[default]
+    Inflate,
+    /// TripoSR: a learnt reconstruction (needs its weights).
+    TripoSr,
+}
+
+impl MethodChoice {
+    pub const ALL: [MethodChoice; 2] = [Self::Inflate, Self::TripoSr];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Inflate => "Inflate (no weights)",
+            Self::TripoSr => "TripoSR (neural)",
+        }
+    }
+}
+
 /// The image→3D parameters shown on the Create tab (the last used values are saved).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CreateParams {
+    pub method: MethodChoice,
+    /// TripoSR: points per axis of the density grid (detail; cost grows with its cube).
+    pub mc_resolution: u32,
     pub quality: QualityChoice,
     pub format: FormatChoice,
     /// Share of the output frame the foreground fills, 0.5..=1.0.
@@ -157,6 +182,8 @@ pub struct CreateParams {
 impl Default for CreateParams {
     fn default() -> Self {
         Self {
+            method: MethodChoice::Inflate,
+            mc_resolution: orfeas_core::request::DEFAULT_MC_RESOLUTION,
             quality: QualityChoice::Standard,
             format: FormatChoice::Glb,
             foreground_ratio: 0.85,

@@ -15,7 +15,7 @@ use super::{absolute, open_history, report_job, run_job};
 pub enum Method {
     /// Built-in silhouette inflation: no weights, runs anywhere.
     Inflate,
-    /// TripoSR neural reconstruction (needs its weights).
+    /// TripoSR neural reconstruction (`orfeas models download triposr`, MIT licence).
     Triposr,
 }
 
@@ -86,6 +86,17 @@ pub struct ImageTo3dArgs {
     /// Keep this share of the triangles (0.05–1.0; 1 = no decimation).
     #[arg(long)]
     pub decimate: Option<f32>,
+    /// TripoSR: points per axis of the density grid the surface is taken from
+    /// (32–1024; memory and time grow with its cube).
+    #[arg(long, default_value_t = orfeas_core::request::DEFAULT_MC_RESOLUTION)]
+    pub mc_resolution: u32,
+    /// TripoSR: the density the surface is drawn at (lower: fuller, puffier shapes).
+    #[arg(long, default_value_t = orfeas_core::request::DEFAULT_MC_THRESHOLD)]
+    pub mc_threshold: f32,
+    /// TripoSR: a model folder (config.yaml + model.ckpt or model.safetensors)
+    /// instead of the registry's `triposr`.
+    #[arg(long, value_name = "DIR")]
+    pub model_path: Option<PathBuf>,
 }
 
 pub(super) fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
@@ -139,6 +150,12 @@ pub(super) fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
             Method::Triposr => ImageTo3dMethod::TripoSr,
         },
         params,
+        triposr: orfeas_core::request::TripoSrOptions {
+            model_path: args.model_path.as_deref().map(absolute),
+            mc_resolution: args.mc_resolution,
+            mc_threshold: args.mc_threshold,
+            bake_texture: false,
+        },
         ..ImageTo3dRequest::new(input, output, format)
     };
     request.check()?;

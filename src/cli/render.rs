@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 
-use super::parse_size;
+use super::{ensure_png, parse_size};
 
 #[derive(Debug, Args)]
 pub struct RenderArgs {

@@ -5,7 +5,9 @@ use egui::{RichText, Vec2};
 use crate::app::job_views::{JobPhase, JobView};
 use orfeas_core::jobs::JobKind;
 
-use crate::app::state::{Command, CreateMode, CreateParams, FormatChoice, QualityChoice};
+use crate::app::state::{
+    Command, CreateMode, CreateParams, FormatChoice, MethodChoice, QualityChoice,
+};
 use crate::app::thumbnails::Thumb;
 use crate::ui::theme::{self, space};
 use crate::ui::{StudioCtx, hint_ui, phase_badge_ui, section_heading_ui};
@@ -232,6 +234,37 @@ fn params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
         .num_columns(2)
         .spacing([space::MD, space::SM])
         .show(ui, |ui| {
+            let label = ui.label("Method");
+            egui::ComboBox::from_id_salt("method")
+                .selected_text(params.method.label())
+                .show_ui(ui, |ui| {
+                    for m in MethodChoice::ALL {
+                        let mut text = m.label().to_owned();
+                        if m == MethodChoice::TripoSr && triposr_installed(ctx) == Some(false) {
+                            text.push_str("  (not installed)");
+                        }
+                        ui.selectable_value(&mut params.method, m, text);
+                    }
+                })
+                .response
+                .labelled_by(label.id)
+                .on_hover_text(
+                    "Inflate puffs up the silhouette and needs no weights; TripoSR reconstructs \
+                     the hidden sides with a learnt model (download it on the Models tab).",
+                );
+            ui.end_row();
+            if params.method == MethodChoice::TripoSr {
+                let label = ui.label("Detail (grid)");
+                ui.add(
+                    egui::Slider::new(&mut params.mc_resolution, 64..=512)
+                        .step_by(32.0)
+                        .suffix("³"),
+                )
+                .labelled_by(label.id)
+                .on_hover_text("Points per axis of the density grid the surface is drawn from; time grows with its cube.");
+                ui.end_row();
+            }
+
             let label = ui.label("Quality");
             egui::ComboBox::from_id_salt("quality")
                 .selected_text(params.quality.label())
@@ -289,6 +322,14 @@ fn params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     if params != ctx.saved.params {
         ctx.send(Command::SetParams(params));
     }
+}
+
+/// Whether the TripoSR weights are installed (`None` while the Models list loads).
+fn triposr_installed(ctx: &StudioCtx<'_>) -> Option<bool> {
+    let rows = &ctx.models?.rows;
+    rows.iter()
+        .find(|r| r.name == "triposr")
+        .map(|r| matches!(r.install, crate::app::model_library::ModelInstall::Installed { .. }))
 }
 
 fn slider_row(

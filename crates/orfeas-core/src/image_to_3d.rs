@@ -293,6 +293,26 @@ fn generate_timed(
 
 pub use crate::request::ImageTo3dRequest;
 
+/// `image` with its background cut out by the built-in mask (the alpha
+/// channel when it has one; otherwise a flood fill from the border through
+/// the border's colour, holes kept): the background step of the neural
+/// methods until a learnt segmenter replaces it.
+pub fn cut_out_background(
+    image: &image::RgbaImage,
+    params: &ImageTo3dParams,
+) -> Result<image::RgbaImage, ImageTo3dError> {
+    let mask = mask::foreground_mask(image, params)?;
+    let mut out = image.clone();
+    for (p, &m) in out.pixels_mut().zip(&mask.data) {
+        if m == 0 {
+            p.0 = [0, 0, 0, 0];
+        } else if p.0[3] == 0 {
+            p.0[3] = 255;
+        }
+    }
+    Ok(out)
+}
+
 /// What a finished generation produced.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ImageTo3dOutcome {

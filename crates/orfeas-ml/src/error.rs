@@ -14,7 +14,7 @@ pub enum SdError {
     )]
     ModelNotFound { name: String, searched: String },
     #[error(
-        "model folder {dir} is missing {part}; re-download it with `orfeas models download NAME` or point --model-dir at a complete diffusers folder"
+        "model folder {dir} is missing {part}; re-download it with `orfeas models download NAME` or point --model-path at a complete model folder"
     )]
     MissingPart { dir: PathBuf, part: String },
     #[error(

@@ -1,12 +1,15 @@
-//! Models on candle: Stable Diffusion text→image and the weights registry.
+//! Models on candle: Stable Diffusion text→image, TripoSR image→3D and the weights registry.
 //!
 //! - [`text_to_image`]: the one-call API (`run`, `Engine`, `write_png_with_params`).
 //! - [`sd`]: the pipeline stages (tokenizer, CLIP, UNet, schedulers, VAE).
+//! - [`triposr`]: TripoSR's stages (preprocess, DINO ViT, backbone, triplane field).
+//! - [`image_to_3d`]: the image→3D runner for every method.
 //! - [`models`]: known models, discovery, `list` / `verify` / `download`.
 //! - [`fixture`]: completes the small test fixture kept in git.
 
 pub mod error;
 pub mod fixture;
+pub mod image_to_3d;
 pub mod models;
 pub mod sd;
 pub mod text_to_image;
@@ -20,9 +23,10 @@ use orfeas_core::jobs::{Engine, JobKind};
 
 /// Registers every runner this build has on `engine`, in the one place the
 /// GUI, the CLI and `serve` share: text→image (models are found per job; a
-/// job whose model is not installed is refused when submitted) and image→3D.
-/// Registry models are looked for in `roots`; `previews` receives each denoising step's preview (the GUI shows them).
-/// Returns the kinds now registered.
+/// job whose model is not installed is refused when submitted) and image→3D
+/// (inflate always; TripoSR when its weights are found). Registry models are
+/// looked for in `roots`; `previews` receives each denoising step's preview
+/// (the GUI shows them). Returns the kinds now registered.
 pub fn register_runners(
     engine: &Engine,
     roots: models::SearchRoots,
@@ -30,11 +34,14 @@ pub fn register_runners(
 ) -> Vec<JobKind> {
     engine.register(
         JobKind::TextToImage,
-        Arc::new(text_to_image::TextToImageRunner::new(roots, previews)),
+        Arc::new(text_to_image::TextToImageRunner::new(roots.clone(), previews)),
     );
     engine.register(
         JobKind::ImageTo3d,
-        Arc::new(orfeas_core::runner::ImageTo3dRunner),
+        Arc::new(image_to_3d::ImageTo3dRunner::new(
+            roots,
+            sd::pipeline::DevicePref::Auto,
+        )),
     );
     engine.registered_kinds()
 }

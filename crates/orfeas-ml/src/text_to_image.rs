@@ -415,7 +415,7 @@ pub fn load_init_latents(path: &Path) -> Result<candle_core::Tensor> {
 
 /// The last thing loaded from a folder for one device and dtype, kept so
 /// consecutive jobs skip the load.
-struct Kept<T>(Mutex<Option<(PathBuf, String, Arc<T>)>>);
+pub(crate) struct Kept<T>(Mutex<Option<(PathBuf, String, Arc<T>)>>);
 
 impl<T> Default for Kept<T> {
     fn default() -> Self {
@@ -427,7 +427,7 @@ impl<T> Kept<T> {
     /// The kept value for (`dir`, `key`), or else what `load` gives, which
     /// replaces it. The old value is dropped first so two never sit in memory
     /// together.
-    fn get_or_load(
+    pub(crate) fn get_or_load(
         &self,
         dir: &Path,
         key: String,

@@ -16,4 +16,5 @@ mod sd_taesd;
 mod sd_xl;
 mod triposr_inputs;
 mod triposr_parity;
+mod triposr_runner;
 mod triposr_weights;

@@ -1,0 +1,296 @@
+//! Image→3D jobs for every method: `inflate` (orfeas-core's, no weights)
+//! and `triposr` (TripoSR on candle: scene code → density grid → marching
+//! cubes → vertex colours).
+//!
+//! TripoSR's mesh is turned from its frame (camera on +x, up +z) into
+//! glTF's (front +z, up +y): `(x, y, z) → (y, z, x)`, a rotation, so the
+//! winding stays outward.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::DType;
+use orfeas_core::image_to_3d::{ImageTo3dError, cut_out_background};
+use orfeas_core::jobs::{JobContext, JobFailure, JobOutput, JobRunner, JobSpec};
+use orfeas_core::mesh::Mesh;
+use orfeas_core::mesh::marching_cubes::extract_isosurface;
+use orfeas_core::request::{ImageTo3dMethod, ImageTo3dRequest, TripoSrOptions};
+use orfeas_core::runner::{image_to_3d_request, run_inflate};
+
+use crate::error::{Result, SdError};
+use crate::models::SearchRoots;
+use crate::sd::pipeline::{self, DevicePref};
+use crate::text_to_image::Kept;
+use crate::triposr::TripoSr;
+
+/// Runs image→3D jobs of every method; keeps the last TripoSR model loaded.
+pub struct ImageTo3dRunner {
+    roots: SearchRoots,
+    device: DevicePref,
+    triposr: Kept<TripoSr>,
+}
+
+impl std::fmt::Debug for ImageTo3dRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageTo3dRunner")
+            .field("roots", &self.roots)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ImageTo3dRunner {
+    /// A runner that finds TripoSR in `roots` (unless a request names a folder)
+    /// and runs it on `device`.
+    pub fn new(roots: SearchRoots, device: DevicePref) -> Self {
+        Self {
+            roots,
+            device,
+            triposr: Kept::default(),
+        }
+    }
+
+    /// The TripoSR folder a request uses: its own, or the registry's.
+    pub fn triposr_dir(&self, options: &TripoSrOptions) -> Result<PathBuf> {
+        match &options.model_path {
+            Some(dir) => Ok(dir.clone()),
+            None => self.roots.resolve("triposr"),
+        }
+    }
+}
+
+fn failure(e: &SdError) -> JobFailure {
+    match e {
+        SdError::Cancelled => JobFailure::cancelled(),
+        other => JobFailure::new(other.reason(), format!("{other:#}")),
+    }
+}
+
+fn core_failure(e: ImageTo3dError) -> JobFailure {
+    match e {
+        ImageTo3dError::Cancelled => JobFailure::cancelled(),
+        other => JobFailure::new(other.reason(), other.to_string()),
+    }
+}
+
+/// What a TripoSR request may not ask for (yet), said before any work.
+fn check_triposr(request: &ImageTo3dRequest) -> Result<()> {
+    if request.triposr.bake_texture {
+        return Err(SdError::invalid(
+            "bake_texture",
+            "texture baking is not available yet; TripoSR meshes carry vertex colours \
+             (leave bake_texture off)",
+        ));
+    }
+    Ok(())
+}
+
+impl JobRunner for ImageTo3dRunner {
+    fn admit(&self, spec: &JobSpec) -> Result<(), JobFailure> {
+        let request = image_to_3d_request(spec)?;
+        match request.method {
+            ImageTo3dMethod::Inflate => Ok(()),
+            ImageTo3dMethod::TripoSr => {
+                check_triposr(request).map_err(|e| failure(&e))?;
+                let dir = self
+                    .triposr_dir(&request.triposr)
+                    .map_err(|e| failure(&e))?;
+                crate::triposr::weights_file(&dir).map_err(|e| failure(&e))?;
+                Ok(())
+            }
+        }
+    }
+
+    fn run(&self, spec: &JobSpec, ctx: &JobContext) -> Result<JobOutput, JobFailure> {
+        let request = image_to_3d_request(spec)?;
+        match request.method {
+            ImageTo3dMethod::Inflate => run_inflate(request, ctx),
+            ImageTo3dMethod::TripoSr => self.run_triposr(request, ctx),
+        }
+    }
+}
+
+impl ImageTo3dRunner {
+    fn run_triposr(
+        &self,
+        request: &ImageTo3dRequest,
+        ctx: &JobContext,
+    ) -> Result<JobOutput, JobFailure> {
+        check_triposr(request).map_err(|e| failure(&e))?;
+        request.params.validate().map_err(core_failure)?;
+        orfeas_core::export::check_output(&request.output, request.format)
+            .map_err(|e| core_failure(e.into()))?;
+        let mut timings: Vec<(&'static str, f64)> = Vec::new();
+        let mut clock = Instant::now();
+        let mut lap = |stage: &'static str, clock: &mut Instant| {
+            timings.push((stage, clock.elapsed().as_secs_f64() * 1000.0));
+            *clock = Instant::now();
+        };
+
+        ctx.progress("decode", 0.0, "");
+        let image = orfeas_core::image_input::load_image(
+            &request.input,
+            &orfeas_core::image_input::ImageLimits::default(),
+        )
+        .map_err(|e| core_failure(e.into()))?;
+        // A cut-out (any transparency) goes in as it is, soft edges and all,
+        // as TripoSR takes it; an opaque picture gets the built-in cut-out.
+        let cut = if crate::triposr::preprocess::has_transparency(&image) {
+            image.clone()
+        } else {
+            cut_out_background(&image, &request.params).map_err(core_failure)?
+        };
+        lap("background", &mut clock);
+        ctx.check_cancelled()?;
+
+        ctx.progress("load", 0.05, "");
+        let dir = self
+            .triposr_dir(&request.triposr)
+            .map_err(|e| failure(&e))?;
+        let (device, _) = pipeline::select_device(self.device).map_err(|e| failure(&e))?;
+        // f32 everywhere for now: f16 has not been checked against the goldens on a GPU.
+        let dtype = DType::F32;
+        let model = self
+            .triposr
+            .get_or_load(&dir, format!("{device:?}/{dtype:?}"), || {
+                TripoSr::from_dir(&dir, dtype, &device)
+            })
+            .map_err(|e| failure(&e))?;
+        lap("load", &mut clock);
+        ctx.check_cancelled()?;
+
+        ctx.progress("encode", 0.15, "");
+        let pixels = model
+            .preprocess(
+                &image::DynamicImage::ImageRgba8(cut),
+                f64::from(request.params.foreground_ratio),
+                &device,
+            )
+            .map_err(|e| failure(&e))?;
+        let scene = model
+            .forward(&pixels)
+            .and_then(|codes| Ok(codes.get(0)?.unsqueeze(0)?))
+            .map_err(|e| failure(&e))?;
+        lap("scene_code", &mut clock);
+        ctx.check_cancelled()?;
+
+        let options = &request.triposr;
+        let res = options.mc_resolution as usize;
+        ctx.progress("density", 0.35, &format!("{res}³ grid"));
+        let density = model
+            .density_grid(&scene, res)
+            .map_err(|e| failure(&e))?;
+        lap("density", &mut clock);
+        ctx.check_cancelled()?;
+
+        ctx.progress("surface", 0.75, "");
+        let surface = extract_isosurface(&density, [res; 3], options.mc_threshold)
+            .map_err(|e| JobFailure::new("internal", e.to_string()))?;
+        drop(density);
+        if surface.indices.is_empty() {
+            return Err(JobFailure::new(
+                "no_foreground",
+                format!(
+                    "the model's density never rises above the threshold {}; lower --mc-threshold \
+                     or use a picture with one clear object",
+                    options.mc_threshold
+                ),
+            ));
+        }
+        let radius = model.config().renderer.radius as f32;
+        let scale = 2.0 * radius / (res - 1) as f32;
+        let world: Vec<[f32; 3]> = surface
+            .positions
+            .iter()
+            .map(|p| p.map(|x| x * scale - radius))
+            .collect();
+        lap("marching_cubes", &mut clock);
+
+        ctx.progress("colour", 0.85, "");
+        let colours = model
+            .query_colors(&scene, &world)
+            .map_err(|e| failure(&e))?;
+        let mut mesh = Mesh {
+            positions: world.iter().map(|&[x, y, z]| [y, z, x]).collect(),
+            colors: colours
+                .iter()
+                .map(|c| {
+                    let u = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+                    [u(c[0]), u(c[1]), u(c[2]), 255]
+                })
+                .collect(),
+            indices: surface.indices,
+            ..Mesh::default()
+        };
+        if request.params.smooth_iterations > 0 {
+            orfeas_core::mesh::smooth_taubin(&mut mesh, request.params.smooth_iterations);
+        }
+        if request.params.decimate_ratio < 1.0 {
+            mesh = orfeas_core::mesh::decimate(&mesh, request.params.decimate_ratio);
+        }
+        mesh.compute_normals();
+        lap("colour", &mut clock);
+        ctx.check_cancelled()?;
+
+        ctx.progress("score", 0.9, "");
+        let mask = front_mask(&image, &request.params);
+        let report = orfeas_core::quality::score_mesh(&mesh, &mask);
+        lap("score", &mut clock);
+
+        ctx.progress("export", 0.95, "");
+        let files = orfeas_core::export::export_mesh(&mesh, &request.output, request.format)
+            .map_err(|e| core_failure(e.into()))?;
+        lap("export", &mut clock);
+        ctx.progress("export", 1.0, "");
+        Ok(JobOutput {
+            files,
+            quality: Some(report.score),
+            summary: serde_json::json!({
+                "method": request.method.as_str(),
+                "vertices": mesh.vertex_count(),
+                "triangles": mesh.triangle_count(),
+                "format": request.format.as_str(),
+                "mc_resolution": options.mc_resolution,
+                "mc_threshold": options.mc_threshold,
+                "report": report,
+                "stage_millis": timings.iter()
+                    .map(|(stage, ms)| serde_json::json!({"stage": stage, "millis": ms}))
+                    .collect::<Vec<_>>(),
+            }),
+        })
+    }
+}
+
+/// The input's foreground as the quality score reads it: pixels covering
+/// the mesh's xy square [-1, 1]² seen from the front. TripoSR's input view
+/// spans ±`distance · tan(fov / 2)` at the origin (1.9 · tan 20° = 0.69),
+/// and the foreground fills `foreground_ratio` of it.
+fn front_mask(
+    image: &image::RgbaImage,
+    params: &orfeas_core::image_to_3d::ImageTo3dParams,
+) -> image::GrayImage {
+    const SIDE: u32 = 256;
+    let half_view = 1.9 * (20f32).to_radians().tan();
+    let cut = if crate::triposr::preprocess::has_transparency(image) {
+        image.clone()
+    } else {
+        match cut_out_background(image, params) {
+            Ok(cut) => cut,
+            Err(_) => return image::GrayImage::new(SIDE, SIDE),
+        }
+    };
+    let Ok(centred) =
+        crate::triposr::preprocess::resize_foreground(&cut, f64::from(params.foreground_ratio))
+    else {
+        return image::GrayImage::new(SIDE, SIDE);
+    };
+    let inner = ((SIDE as f32) * half_view).round().max(1.0) as u32;
+    let alpha = image::GrayImage::from_fn(centred.width(), centred.height(), |x, y| {
+        image::Luma([centred.get_pixel(x, y).0[3]])
+    });
+    let small = image::imageops::resize(&alpha, inner, inner, image::imageops::FilterType::Triangle);
+    let mut mask = image::GrayImage::new(SIDE, SIDE);
+    let offset = i64::from((SIDE - inner) / 2);
+    image::imageops::overlay(&mut mask, &small, offset, offset);
+    mask
+}

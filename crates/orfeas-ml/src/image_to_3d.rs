@@ -88,6 +88,9 @@ fn check_triposr(request: &ImageTo3dRequest) -> Result<()> {
 impl JobRunner for ImageTo3dRunner {
     fn admit(&self, spec: &JobSpec) -> Result<(), JobFailure> {
         let request = image_to_3d_request(spec)?;
+        request
+            .check()
+            .map_err(|e| JobFailure::new("invalid_parameter", e.to_string()))?;
         match request.method {
             ImageTo3dMethod::Inflate => Ok(()),
             ImageTo3dMethod::TripoSr => {
@@ -140,6 +143,11 @@ impl ImageTo3dRunner {
         } else {
             cut_out_background(&image, &request.params).map_err(core_failure)?
         };
+        if cut.pixels().all(|p| p.0[3] == 0) {
+            return Err(core_failure(ImageTo3dError::NoForeground {
+                detail: "the image is fully transparent".to_owned(),
+            }));
+        }
         lap("background", &mut clock);
         ctx.check_cancelled()?;
 

@@ -152,3 +152,37 @@ fn triposr_without_weights_is_refused_when_submitted_with_the_way_to_get_them() 
     let done = engine.wait(id, Duration::from_secs(120)).unwrap();
     assert_eq!(done.state, JobState::Succeeded, "{:?}", done.failure);
 }
+
+#[test]
+fn bad_triposr_input_is_refused_with_what_to_do_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::new(EngineConfig::default(), None).unwrap();
+    orfeas_ml::register_runners(&engine, models_with_triposr(&tmp.path().join("models")), None);
+    // Grid resolutions outside 32..=1024: refused when submitted.
+    for res in [0, 2048] {
+        let mut r = request(tmp.path().join(format!("res-{res}.glb")));
+        r.triposr.mc_resolution = res;
+        let e = engine.submit(JobSpec::from(r)).unwrap_err();
+        assert!(e.to_string().contains("mc_resolution"), "{res}: {e}");
+    }
+    // A picture with nothing in it: the job fails saying so, and no file appears.
+    let empty = tmp.path().join("empty.png");
+    image::RgbaImage::new(64, 64).save(&empty).unwrap();
+    let out = tmp.path().join("empty.glb");
+    let r = ImageTo3dRequest {
+        input: empty,
+        ..request(out.clone())
+    };
+    let id = engine.submit(JobSpec::from(r)).unwrap();
+    let done = engine.wait(id, Duration::from_secs(120)).unwrap();
+    assert_eq!(done.state, JobState::Failed);
+    let failure = done.failure.unwrap();
+    assert_eq!(failure.reason, "no_foreground", "{}", failure.message);
+    assert!(!out.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

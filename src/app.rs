@@ -37,6 +37,9 @@ pub struct AppConfig {
     pub start_tab: Option<Tab>,
     /// An image to turn into 3D right after start (`ORFEAS_GUI_GENERATE`, for screenshots).
     pub generate_on_start: Option<PathBuf>,
+    /// The image→3D method and grid to use for it (`ORFEAS_GUI_METHOD=triposr`,
+    /// `ORFEAS_GUI_MC_RESOLUTION`, for screenshots).
+    pub method_on_start: Option<(state::MethodChoice, Option<u32>)>,
     /// A text→image job to start right after start (`ORFEAS_GUI_PROMPT`, for screenshots).
     pub prompt_on_start: Option<PromptStart>,
     /// The hub models are downloaded from (`None`: `HF_ENDPOINT` or huggingface.co).
@@ -62,6 +65,17 @@ impl AppConfig {
                 .ok()
                 .and_then(|name| Tab::from_label(&name)),
             generate_on_start: std::env::var_os("ORFEAS_GUI_GENERATE").map(PathBuf::from),
+            method_on_start: std::env::var("ORFEAS_GUI_METHOD").ok().and_then(|m| {
+                let method = match m.to_ascii_lowercase().as_str() {
+                    "triposr" => state::MethodChoice::TripoSr,
+                    "inflate" => state::MethodChoice::Inflate,
+                    _ => return None,
+                };
+                let res = std::env::var("ORFEAS_GUI_MC_RESOLUTION")
+                    .ok()
+                    .and_then(|r| r.parse().ok());
+                Some((method, res))
+            }),
             prompt_on_start: std::env::var("ORFEAS_GUI_PROMPT")
                 .ok()
                 .map(|prompt| PromptStart {
@@ -253,6 +267,14 @@ impl StudioApp {
         // The Create tab marks models that are not installed; the Models tab lists them.
         app.apply(Command::RefreshModels);
         app.sync_endpoint();
+        if let Some((method, res)) = config.method_on_start {
+            let mut params = app.saved.params.clone();
+            params.method = method;
+            if let Some(res) = res {
+                params.mc_resolution = res;
+            }
+            app.apply(Command::SetParams(params));
+        }
         if let Some(input) = config.generate_on_start {
             app.apply(Command::SelectInput(input.clone()));
             app.apply(Command::Generate { input });

@@ -19,7 +19,7 @@ mod serve;
 mod text_to_image;
 
 pub use history::HistoryArgs;
-pub use image_to_3d::{FormatArg, ImageTo3dArgs, Method, QualityArg};
+pub use image_to_3d::{BackgroundArg, FormatArg, ImageTo3dArgs, Method, QualityArg};
 pub use models::ModelsCommand;
 pub use render::RenderArgs;
 pub use serve::ServeArgs;

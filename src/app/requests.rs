@@ -24,6 +24,7 @@ pub fn request_from_create(input: &Path, p: &CreateParams, output_dir: &Path) ->
             ..orfeas_core::request::TripoSrOptions::default()
         },
         params: ImageTo3dParams {
+            background: p.background,
             quality: quality(p.quality),
             foreground_ratio: p.foreground_ratio,
             mask_threshold: p.mask_threshold,

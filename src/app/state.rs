@@ -161,6 +161,8 @@ impl MethodChoice {
 #[serde(default)]
 pub struct CreateParams {
     pub method: MethodChoice,
+    /// Where the foreground comes from (auto: alpha, else the segmenter, else the border colour).
+    pub background: orfeas_core::request::Background,
     /// TripoSR: points per axis of the density grid (detail; cost grows with its cube).
     pub mc_resolution: u32,
     pub quality: QualityChoice,
@@ -183,6 +185,7 @@ impl Default for CreateParams {
     fn default() -> Self {
         Self {
             method: MethodChoice::Inflate,
+            background: orfeas_core::request::Background::Auto,
             mc_resolution: orfeas_core::request::DEFAULT_MC_RESOLUTION,
             quality: QualityChoice::Standard,
             format: FormatChoice::Glb,

@@ -20,6 +20,33 @@ pub enum Method {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackgroundArg {
+    /// The alpha channel if the picture has one, else the neural segmenter if installed, else the border colour.
+    Auto,
+    /// The picture's transparency.
+    Alpha,
+    /// The neural segmenter (BiRefNet; `orfeas models download birefnet-lite`).
+    Neural,
+    /// Flood fill from the border through the border's colour (plain backdrops).
+    Border,
+    /// Keep the whole picture.
+    None,
+}
+
+impl From<BackgroundArg> for orfeas_core::request::Background {
+    fn from(b: BackgroundArg) -> Self {
+        use orfeas_core::request::Background;
+        match b {
+            BackgroundArg::Auto => Background::Auto,
+            BackgroundArg::Alpha => Background::Alpha,
+            BackgroundArg::Neural => Background::Neural,
+            BackgroundArg::Border => Background::Border,
+            BackgroundArg::None => Background::None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum QualityArg {
     Draft,
     Standard,
@@ -68,6 +95,9 @@ pub struct ImageTo3dArgs {
     /// Reconstruction method.
     #[arg(long, value_enum, default_value = "inflate")]
     pub method: Method,
+    /// Where the foreground comes from (the choice made is printed).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub background: BackgroundArg,
     /// Mesh resolution preset.
     #[arg(long, value_enum, default_value = "standard")]
     pub quality: QualityArg,
@@ -102,6 +132,7 @@ pub struct ImageTo3dArgs {
 pub(super) fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
     let history = open_history()?;
     let mut params = ImageTo3dParams {
+        background: args.background.into(),
         quality: args.quality.into(),
         foreground_ratio: args.foreground_ratio,
         ..ImageTo3dParams::default()
@@ -177,6 +208,9 @@ pub(super) fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
             .first()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
+        if let Some(background) = s["background"].as_str() {
+            println!("background: {background}");
+        }
         println!(
             "wrote {main_file}: {} vertices, {} faces, quality {:.2}, {elapsed_ms:.0} ms (job {id})",
             s["vertices"],

@@ -265,6 +265,22 @@ fn params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                 ui.end_row();
             }
 
+            let label = ui.label("Background");
+            egui::ComboBox::from_id_salt("background")
+                .selected_text(background_label(params.background))
+                .show_ui(ui, |ui| {
+                    for b in orfeas_core::request::Background::ALL {
+                        ui.selectable_value(&mut params.background, b, background_label(b));
+                    }
+                })
+                .response
+                .labelled_by(label.id)
+                .on_hover_text(
+                    "What is cut away before meshing: Auto uses the picture's transparency, \
+                     else the border colour.",
+                );
+            ui.end_row();
+
             let label = ui.label("Quality");
             egui::ComboBox::from_id_salt("quality")
                 .selected_text(params.quality.label())
@@ -321,6 +337,17 @@ fn params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     }
     if params != ctx.saved.params {
         ctx.send(Command::SetParams(params));
+    }
+}
+
+fn background_label(b: orfeas_core::request::Background) -> &'static str {
+    use orfeas_core::request::Background;
+    match b {
+        Background::Auto => "Auto",
+        Background::Alpha => "Transparency",
+        Background::Neural => "Neural segmenter",
+        Background::Border => "Border colour",
+        Background::None => "None (whole picture)",
     }
 }
 

@@ -91,6 +91,9 @@ impl std::str::FromStr for Quality {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ImageTo3dParams {
+    /// Where the foreground comes from (`auto`: alpha if the picture has it,
+    /// else the segmenter when installed, else the border colour).
+    pub background: crate::request::Background,
     pub quality: Quality,
     /// Share of the framed square's side taken by the foreground's long side (0.1..=1).
     pub foreground_ratio: f32,
@@ -114,6 +117,7 @@ pub struct ImageTo3dParams {
 impl Default for ImageTo3dParams {
     fn default() -> Self {
         Self {
+            background: crate::request::Background::Auto,
             quality: Quality::Standard,
             foreground_ratio: 0.85,
             mask_threshold: 128,
@@ -293,6 +297,21 @@ fn generate_timed(
 
 pub use crate::request::ImageTo3dRequest;
 
+/// What `background` means for `image`: `auto` is alpha when the picture
+/// has any transparency, else border (the model runner turns `neural` and a
+/// neural `auto` into an alpha channel first).
+pub fn resolved_background(
+    background: crate::request::Background,
+    image: &image::RgbaImage,
+) -> crate::request::Background {
+    use crate::request::Background;
+    match background {
+        Background::Auto if image.pixels().any(|p| p.0[3] < 255) => Background::Alpha,
+        Background::Auto => Background::Border,
+        other => other,
+    }
+}
+
 /// `image` with its background cut out by the built-in mask (the alpha
 /// channel when it has one; otherwise a flood fill from the border through
 /// the border's colour, holes kept): the background step of the neural
@@ -321,6 +340,8 @@ pub struct ImageTo3dOutcome {
     pub vertices: usize,
     pub triangles: usize,
     pub report: MeshReport,
+    /// Where the foreground came from (`auto` resolved).
+    pub background: crate::request::Background,
     /// Wall time per stage in milliseconds, in order: decode, mask, frame,
     /// inflate, smooth, decimate, texture, score, export.
     pub stage_millis: Vec<(&'static str, f64)>,
@@ -377,6 +398,7 @@ pub fn run_file(
         vertices: generated.mesh.vertex_count(),
         triangles: generated.mesh.triangle_count(),
         report,
+        background: resolved_background(req.params.background, &image),
         stage_millis: timings,
     })
 }

@@ -51,6 +51,7 @@ pub fn run_inflate(request: &ImageTo3dRequest, ctx: &JobContext) -> Result<JobOu
     })?;
     let summary = serde_json::json!({
         "method": request.method.as_str(),
+        "background": outcome.background.as_str(),
         "vertices": outcome.vertices,
         "triangles": outcome.triangles,
         "format": request.format.as_str(),

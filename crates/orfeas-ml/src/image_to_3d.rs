@@ -14,7 +14,7 @@ use orfeas_core::image_to_3d::{ImageTo3dError, cut_out_background};
 use orfeas_core::jobs::{JobContext, JobFailure, JobOutput, JobRunner, JobSpec};
 use orfeas_core::mesh::Mesh;
 use orfeas_core::mesh::marching_cubes::extract_isosurface;
-use orfeas_core::request::{ImageTo3dMethod, ImageTo3dRequest, TripoSrOptions};
+use orfeas_core::request::{Background, ImageTo3dMethod, ImageTo3dRequest, TripoSrOptions};
 use orfeas_core::runner::{image_to_3d_request, run_inflate};
 
 use crate::error::{Result, SdError};
@@ -114,6 +114,31 @@ impl JobRunner for ImageTo3dRunner {
 }
 
 impl ImageTo3dRunner {
+    /// The picture with its foreground in the alpha channel, by
+    /// `params.background`, and the source used (`auto` resolved). A cut-out
+    /// (alpha) goes in as it is, soft edges and all, as TripoSR takes it.
+    fn foreground(
+        &self,
+        image: &image::RgbaImage,
+        params: &orfeas_core::image_to_3d::ImageTo3dParams,
+    ) -> Result<(image::RgbaImage, Background), JobFailure> {
+        let source = orfeas_core::image_to_3d::resolved_background(params.background, image);
+        match source {
+            Background::Alpha if crate::triposr::preprocess::has_transparency(image) => {
+                Ok((image.clone(), source))
+            }
+            Background::Neural => Err(JobFailure::new(
+                "model_missing",
+                "the neural background segmenter is not in this build yet; use background \
+                 border (plain backdrops), alpha (a cut-out) or auto",
+            )),
+            _ => Ok((
+                cut_out_background(image, params).map_err(core_failure)?,
+                source,
+            )),
+        }
+    }
+
     fn run_triposr(
         &self,
         request: &ImageTo3dRequest,
@@ -136,13 +161,8 @@ impl ImageTo3dRunner {
             &orfeas_core::image_input::ImageLimits::default(),
         )
         .map_err(|e| core_failure(e.into()))?;
-        // A cut-out (any transparency) goes in as it is, soft edges and all,
-        // as TripoSR takes it; an opaque picture gets the built-in cut-out.
-        let cut = if crate::triposr::preprocess::has_transparency(&image) {
-            image.clone()
-        } else {
-            cut_out_background(&image, &request.params).map_err(core_failure)?
-        };
+        let (cut, background) = self.foreground(&image, &request.params)?;
+        let cut_for_score = cut.clone();
         if cut.pixels().all(|p| p.0[3] == 0) {
             return Err(core_failure(ImageTo3dError::NoForeground {
                 detail: "the image is fully transparent".to_owned(),
@@ -241,7 +261,7 @@ impl ImageTo3dRunner {
         ctx.check_cancelled()?;
 
         ctx.progress("score", 0.9, "");
-        let mask = front_mask(&image, &request.params);
+        let mask = front_mask(&cut_for_score, request.params.foreground_ratio);
         let report = orfeas_core::quality::score_mesh(&mesh, &mask);
         lap("score", &mut clock);
 
@@ -255,6 +275,7 @@ impl ImageTo3dRunner {
             quality: Some(report.score),
             summary: serde_json::json!({
                 "method": request.method.as_str(),
+                "background": background.as_str(),
                 "vertices": mesh.vertex_count(),
                 "triangles": mesh.triangle_count(),
                 "format": request.format.as_str(),
@@ -269,26 +290,15 @@ impl ImageTo3dRunner {
     }
 }
 
-/// The input's foreground as the quality score reads it: pixels covering
+/// The cut-out's foreground as the quality score reads it: pixels covering
 /// the mesh's xy square [-1, 1]² seen from the front. TripoSR's input view
 /// spans ±`distance · tan(fov / 2)` at the origin (1.9 · tan 20° = 0.69),
 /// and the foreground fills `foreground_ratio` of it.
-fn front_mask(
-    image: &image::RgbaImage,
-    params: &orfeas_core::image_to_3d::ImageTo3dParams,
-) -> image::GrayImage {
+fn front_mask(cut: &image::RgbaImage, foreground_ratio: f32) -> image::GrayImage {
     const SIDE: u32 = 256;
     let half_view = 1.9 * (20f32).to_radians().tan();
-    let cut = if crate::triposr::preprocess::has_transparency(image) {
-        image.clone()
-    } else {
-        match cut_out_background(image, params) {
-            Ok(cut) => cut,
-            Err(_) => return image::GrayImage::new(SIDE, SIDE),
-        }
-    };
     let Ok(centred) =
-        crate::triposr::preprocess::resize_foreground(&cut, f64::from(params.foreground_ratio))
+        crate::triposr::preprocess::resize_foreground(cut, f64::from(foreground_ratio))
     else {
         return image::GrayImage::new(SIDE, SIDE);
     };
@@ -296,7 +306,8 @@ fn front_mask(
     let alpha = image::GrayImage::from_fn(centred.width(), centred.height(), |x, y| {
         image::Luma([centred.get_pixel(x, y).0[3]])
     });
-    let small = image::imageops::resize(&alpha, inner, inner, image::imageops::FilterType::Triangle);
+    let small =
+        image::imageops::resize(&alpha, inner, inner, image::imageops::FilterType::Triangle);
     let mut mask = image::GrayImage::new(SIDE, SIDE);
     let offset = i64::from((SIDE - inner) / 2);
     image::imageops::overlay(&mut mask, &small, offset, offset);

@@ -339,10 +339,11 @@ pub fn query_choice(
 pub const MESH_FORMATS: [&str; 4] = ["glb", "obj", "ply", "stl"];
 pub const QUALITIES: [&str; 3] = ["draft", "standard", "high"];
 pub const METHODS: [&str; 2] = ["inflate", "triposr"];
-pub const IMAGE_TO_3D_PARAMS: [&str; 6] = [
+pub const IMAGE_TO_3D_PARAMS: [&str; 7] = [
     "format",
     "quality",
     "method",
+    "background",
     "mc_resolution",
     "mc_threshold",
     "bake_texture",
@@ -354,6 +355,7 @@ pub struct ImageTo3dOptions {
     pub format: ExportFormat,
     pub quality: Quality,
     pub method: ImageTo3dMethod,
+    pub background: crate::request::Background,
     pub triposr: TripoSrOptions,
 }
 
@@ -368,6 +370,7 @@ impl ImageTo3dOptions {
         let mut request = ImageTo3dRequest::new(input, output, self.format);
         request.method = self.method;
         request.params.quality = self.quality;
+        request.params.background = self.background;
         request.triposr = self.triposr;
         request.check().map_err(request_error)?;
         Ok(request)
@@ -391,6 +394,9 @@ pub fn image_to_3d_options(
         .parse()
         .unwrap_or_default();
     let method = typed(parse("method", &METHODS, "inflate")?.parse::<ImageTo3dMethod>())?;
+    let background = parse("background", &["auto", "alpha", "neural", "border", "none"], "auto")?
+        .parse::<crate::request::Background>()
+        .map_err(request_error)?;
     let mut triposr = TripoSrOptions::default();
     if method != ImageTo3dMethod::TripoSr
         && let Some(name) = ["mc_resolution", "mc_threshold", "bake_texture"]
@@ -430,6 +436,7 @@ pub fn image_to_3d_options(
         format,
         quality,
         method,
+        background,
         triposr,
     })
 }

@@ -11,38 +11,67 @@ pub(super) struct Mask {
     pub data: Vec<u8>,
 }
 
-/// From the alpha channel when the image has any transparency; otherwise the
-/// background is what a flood fill from the border reaches through pixels
-/// within `border_tolerance` of the border colour, plus enclosed regions of
-/// that colour big enough to be holes (the inside of a mug handle), so holes
-/// survive on opaque images too. Then eroded by `erode_px`.
+/// The foreground by `params.background`: `alpha` reads the alpha channel,
+/// `border` is what a flood fill from the border does not reach through
+/// pixels within `border_tolerance` of the border colour (plus enclosed
+/// regions of that colour big enough to be holes, the inside of a mug
+/// handle, so holes survive on opaque images too), `none` keeps the whole
+/// picture, and `auto` is alpha when the picture has any transparency, else
+/// border. (`neural` is resolved by the model runner into an alpha channel
+/// before this runs.) Then eroded by `erode_px`.
 pub(super) fn foreground_mask(
     image: &RgbaImage,
     params: &ImageTo3dParams,
 ) -> Result<Mask, ImageTo3dError> {
+    use crate::request::Background;
     let (w, h) = image.dimensions();
     let px = image.as_raw();
     let n = (w as usize) * (h as usize);
     let has_alpha = px.chunks_exact(4).any(|p| p[3] < 255);
     let mut data = vec![0u8; n];
-    if has_alpha {
-        let threshold = params.mask_threshold.max(1);
-        for (m, p) in data.iter_mut().zip(px.chunks_exact(4)) {
-            *m = u8::from(p[3] >= threshold);
-        }
-        if !data.contains(&1) {
-            return Err(ImageTo3dError::NoForeground {
-                detail: "the image is fully transparent".to_owned(),
+    let source = match params.background {
+        Background::Auto if has_alpha => Background::Alpha,
+        Background::Auto => Background::Border,
+        Background::Alpha if !has_alpha => {
+            return Err(ImageTo3dError::InvalidParameter {
+                field: "background",
+                detail: "the picture has no transparency to read the foreground from; use \
+                         background border or neural (or auto)"
+                    .to_owned(),
             });
         }
-    } else {
-        border_mask(image, params.border_tolerance, &mut data);
-        if !data.contains(&1) {
-            return Err(ImageTo3dError::NoForeground {
-                detail:
-                    "the whole image is the background colour (nothing stands out from the border)"
-                        .to_owned(),
+        Background::Neural => {
+            return Err(ImageTo3dError::InvalidParameter {
+                field: "background",
+                detail: "the neural segmenter runs in the model runner, not here; submit the \
+                         job to an engine from orfeas_ml::register_runners"
+                    .to_owned(),
             });
+        }
+        other => other,
+    };
+    match source {
+        Background::Alpha => {
+            let threshold = params.mask_threshold.max(1);
+            for (m, p) in data.iter_mut().zip(px.chunks_exact(4)) {
+                *m = u8::from(p[3] >= threshold);
+            }
+            if !data.contains(&1) {
+                return Err(ImageTo3dError::NoForeground {
+                    detail: "the image is fully transparent".to_owned(),
+                });
+            }
+        }
+        Background::None => data.fill(1),
+        _ => {
+            border_mask(image, params.border_tolerance, &mut data);
+            if !data.contains(&1) {
+                return Err(ImageTo3dError::NoForeground {
+                    detail:
+                        "the whole image is the background colour (nothing stands out from the border)"
+                            .to_owned(),
+                });
+            }
         }
     }
     let mut mask = Mask {

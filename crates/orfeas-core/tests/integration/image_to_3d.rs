@@ -226,6 +226,47 @@ fn opaque_image_on_a_plain_background_uses_the_border_colour() {
     assert_solid("opaque ring", &g, 1, 1);
 }
 
+#[test]
+fn the_background_mode_decides_what_is_cut_away() {
+    use orfeas_core::request::Background;
+    let white = [255, 255, 255, 255];
+    let opaque = shape(|x, y| within(x, y, 128.0, 128.0, 60.0), |_, _| RED, white);
+    let with = |background| ImageTo3dParams {
+        background,
+        ..ImageTo3dParams::default()
+    };
+    let foreground = |g: &Generated| g.mask.pixels().filter(|p| p.0[0] > 127).count();
+    let disc = run(&opaque, &with(Background::Border));
+    assert_solid("border", &disc, 1, 0);
+    // Auto on an opaque picture is the border colour.
+    let auto = run(&opaque, &with(Background::Auto));
+    assert_eq!(foreground(&auto), foreground(&disc));
+    // None keeps the whole picture: the white square is the object.
+    let whole = run(&opaque, &with(Background::None));
+    assert_solid("none", &whole, 1, 0);
+    assert!(
+        foreground(&whole) > 2 * foreground(&disc),
+        "{} vs {}",
+        foreground(&whole),
+        foreground(&disc)
+    );
+    // Alpha on a picture without transparency is refused with the way out.
+    let e = image_to_3d::generate(&opaque, &with(Background::Alpha), &mut |_, _| {}, &|| false)
+        .unwrap_err();
+    assert!(
+        matches!(&e, ImageTo3dError::InvalidParameter { field: "background", detail } if detail.contains("border")),
+        "{e}"
+    );
+    // Border on a cut-out ignores the alpha: the transparent black around the
+    // disc is the border colour, so the same disc comes out.
+    let border_on_cutout = run(&disc_image(), &with(Background::Border));
+    assert_solid("border on a cut-out", &border_on_cutout, 1, 0);
+}
+
+fn disc_image() -> RgbaImage {
+    disc()
+}
+
 fn near(c: [u8; 4], want: [u8; 4], tol: i32) -> bool {
     (0..3).all(|k| (c[k] as i32 - want[k] as i32).abs() <= tol)
 }

@@ -167,9 +167,45 @@ struct Machine<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
+    budget: usize,
 }
 
 type PResult<T> = std::result::Result<T, String>;
+
+/// Deepest nesting a pickle may build (a state dict needs 4 or so); bounds the
+/// recursion of walking and dropping what a hostile file builds.
+const MAX_DEPTH: usize = 64;
+
+/// Objects the reader may visit while nesting and copying memo entries; a
+/// state dict needs a few per tensor. Bounds "billion laughs" memo copying.
+const WORK_BUDGET: usize = 2_000_000;
+
+/// Charges `v`'s size to `budget` and checks it nests at most `MAX_DEPTH - depth` deep.
+fn measure(v: &Value, depth: usize, budget: &mut usize) -> PResult<()> {
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "the pickle nests objects more than {MAX_DEPTH} deep; not a state dict"
+        ));
+    }
+    *budget = budget
+        .checked_sub(1)
+        .ok_or_else(|| "the pickle builds far more objects than a state dict holds".to_owned())?;
+    match v {
+        Value::Tuple(items) | Value::List(items) => {
+            for item in items {
+                measure(item, depth + 1, budget)?;
+            }
+        }
+        Value::Dict(pairs) => {
+            for (k, item) in pairs {
+                measure(k, depth + 1, budget)?;
+                measure(item, depth + 1, budget)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
 
 impl<'a> Machine<'a> {
     fn new(data: &'a [u8]) -> Self {
@@ -179,6 +215,7 @@ impl<'a> Machine<'a> {
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
+            budget: WORK_BUDGET,
         }
     }
 
@@ -263,11 +300,21 @@ impl<'a> Machine<'a> {
         Ok(self.stack.split_off(mark))
     }
 
-    fn memo_get(&self, key: u32) -> PResult<Value> {
-        self.memo
+    fn memo_get(&mut self, key: u32) -> PResult<Value> {
+        let v = self
+            .memo
             .get(&key)
-            .cloned()
-            .ok_or_else(|| format!("the pickle reads memo entry {key}, which was never stored"))
+            .ok_or_else(|| format!("the pickle reads memo entry {key}, which was never stored"))?;
+        measure(v, 1, &mut self.budget)?;
+        Ok(v.clone())
+    }
+
+    /// Checks values about to become children of a container.
+    fn nest<'v>(&mut self, children: impl IntoIterator<Item = &'v Value>) -> PResult<()> {
+        for child in children {
+            measure(child, 1, &mut self.budget)?;
+        }
+        Ok(())
     }
 
     fn memo_put(&mut self, key: u32) -> PResult<()> {
@@ -398,6 +445,7 @@ impl<'a> Machine<'a> {
                 }
                 b't' => {
                     let items = self.pop_mark()?;
+                    self.nest(&items)?;
                     self.stack.push(Value::Tuple(items));
                 }
                 0x85..=0x87 => {
@@ -406,10 +454,12 @@ impl<'a> Machine<'a> {
                         return Err("a TUPLE opcode finds too few items".to_owned());
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
+                    self.nest(&items)?;
                     self.stack.push(Value::Tuple(items));
                 }
                 b'a' => {
                     let v = self.pop()?;
+                    self.nest([&v])?;
                     match self.top()? {
                         Value::List(items) => items.push(v),
                         other => return Err(format!("APPEND to {}", other.describe())),
@@ -417,6 +467,7 @@ impl<'a> Machine<'a> {
                 }
                 b'e' => {
                     let vs = self.pop_mark()?;
+                    self.nest(&vs)?;
                     match self.top()? {
                         Value::List(items) => items.extend(vs),
                         other => return Err(format!("APPENDS to {}", other.describe())),
@@ -425,6 +476,7 @@ impl<'a> Machine<'a> {
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
+                    self.nest([&k, &v])?;
                     match self.top()? {
                         Value::Dict(items) => items.push((k, v)),
                         other => return Err(format!("SETITEM on {}", other.describe())),
@@ -432,6 +484,7 @@ impl<'a> Machine<'a> {
                 }
                 b'u' => {
                     let kv = self.pop_mark()?;
+                    self.nest(&kv)?;
                     if kv.len() % 2 != 0 {
                         return Err("SETITEMS with an odd number of items".to_owned());
                     }
@@ -621,7 +674,9 @@ pub fn read_state_dict_from<R: Read + Seek>(
         let mut entry = zip
             .by_name(name)
             .map_err(|e| corrupt(format!("cannot open {name} inside: {e}")))?;
-        let mut bytes = Vec::with_capacity(usize::try_from(entry.size()).unwrap_or(0));
+        // The declared size is only a hint (a hostile file may lie); the read stops at the real end.
+        let hint = usize::try_from(entry.size()).unwrap_or(0).min(256 << 20);
+        let mut bytes = Vec::with_capacity(hint);
         entry
             .read_to_end(&mut bytes)
             .map_err(|e| corrupt(format!("cannot read {name} inside: {e}")))?;

@@ -220,6 +220,13 @@ impl ViTConfig {
     /// Parses a ViT `config.json`.
     pub fn from_json_str(json: &str) -> std::result::Result<Self, String> {
         let cfg: Self = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The sizes the tokenizer relies on (positive, heads dividing the width).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let cfg = self;
         if cfg.hidden_act != "gelu" {
             return Err(format!(
                 "hidden_act '{}' is not supported (DINO ViTs use 'gelu')",
@@ -247,7 +254,7 @@ impl ViTConfig {
                 cfg.hidden_size, cfg.num_attention_heads
             ));
         }
-        Ok(cfg)
+        Ok(())
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -327,7 +334,7 @@ impl Config {
             renderer: raw.renderer,
             vit,
         };
-        cfg.check()?;
+        cfg.validate()?;
         Ok(cfg)
     }
 
@@ -391,7 +398,9 @@ impl Config {
     }
 
     /// Every size relation the model relies on; a mismatch names both ends.
-    fn check(&self) -> std::result::Result<(), String> {
+    /// Parsing runs it; [`super::TripoSr::load`] runs it again for configs built in code.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.vit.validate()?;
         let b = &self.backbone;
         let tok = &self.tokenizer;
         let pp = &self.post_processor;

@@ -19,6 +19,12 @@ use super::config::{
 /// × 3 planes, 64 neurons) a chunk's tensors peak around 250 MB.
 pub const DEFAULT_CHUNK_POINTS: usize = 1 << 17;
 
+/// Largest density grid side (1024³ points = 4 GiB of output).
+pub const MAX_GRID_RESOLUTION: usize = 1024;
+
+/// Largest render, in pixels.
+pub const MAX_RENDER_PIXELS: usize = 4096 * 4096;
+
 /// `decoder`: Linear + activation × n_hidden_layers, then Linear to 4
 /// (density, 3 colour features). Layers sit at `layers.{0, 2, 4, …}`.
 #[derive(Debug)]
@@ -279,17 +285,12 @@ impl RadianceField<'_> {
         resolution: usize,
         chunk_points: usize,
     ) -> Result<Vec<f32>> {
-        if resolution < 2 {
+        if !(2..=MAX_GRID_RESOLUTION).contains(&resolution) {
             candle_core::bail!(
-                "grid resolution {resolution} is too small; use at least 2 (TripoSR uses 256)"
+                "grid resolution {resolution} is outside 2..={MAX_GRID_RESOLUTION}; TripoSR uses 256"
             );
         }
-        let total = resolution
-            .checked_pow(3)
-            .filter(|&t| t <= u32::MAX as usize)
-            .ok_or_else(|| {
-                candle_core::Error::Msg(format!("grid resolution {resolution} is too large"))
-            })?;
+        let total = resolution * resolution * resolution;
         let chunk = chunk_points.max(1);
         let mut out = Vec::with_capacity(total);
         let mut positions = Vec::with_capacity(chunk.min(total));

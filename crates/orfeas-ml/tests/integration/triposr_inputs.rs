@@ -171,6 +171,14 @@ fn images_the_model_cannot_use_are_refused_with_what_to_do() {
     dot.put_pixel(10, 10, image::Rgba([255, 0, 0, 255]));
     let err = preprocess::resize_foreground(&dot, 0.85).unwrap_err();
     assert!(format!("{err:#}").contains("larger object"), "{err:#}");
+    let mut square = image::RgbaImage::new(64, 64);
+    for (x, y, p) in square.enumerate_pixels_mut() {
+        if (20..40).contains(&x) && (20..40).contains(&y) {
+            *p = image::Rgba([200, 10, 10, 255]);
+        }
+    }
+    let err = preprocess::resize_foreground(&square, 1e-4).unwrap_err();
+    assert!(format!("{err:#}").contains("at most 8192"), "{err:#}");
     for ratio in [0.0, 1.5, f64::NAN] {
         let err = preprocess::resize_foreground(&dot, ratio).unwrap_err();
         assert!(
@@ -207,7 +215,9 @@ fn tensors_of_the_wrong_shape_are_errors_not_panics() {
     assert!(text.contains("one scene"), "{text}");
     let code = Tensor::zeros((3, 8, 16, 16), DType::F32, &cpu).unwrap();
     let text = format!("{:#}", model.density_grid(&code, 1).unwrap_err());
-    assert!(text.contains("at least 2"), "{text}");
+    assert!(text.contains("TripoSR uses 256"), "{text}");
+    let text = format!("{:#}", model.density_grid(&code, 5000).unwrap_err());
+    assert!(text.contains("outside 2..=1024"), "{text}");
     let camera = orfeas_ml::triposr::OrbitCamera::orbit(1, 0.0, 1.9, 40.0, 0, 32)[0];
     assert!(model.render_view(&code, &camera).is_err());
     // No positions: no colours, no error.

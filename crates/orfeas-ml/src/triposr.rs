@@ -170,6 +170,21 @@ impl TripoSr {
             .density_grid(&triplane, resolution, chunk_points)?)
     }
 
+    /// [`Self::density_grid_chunked`] reporting after every chunk; `progress`
+    /// returning `Break` stops it with [`SdError::Cancelled`].
+    pub fn density_grid_with_progress(
+        &self,
+        scene_code: &Tensor,
+        resolution: usize,
+        chunk_points: usize,
+        progress: &mut dyn FnMut(field::GridProgress) -> std::ops::ControlFlow<()>,
+    ) -> Result<Vec<f32>> {
+        let triplane = Triplane::new(scene_code)?;
+        self.field()
+            .density_grid_with_progress(&triplane, resolution, chunk_points, progress)?
+            .ok_or(SdError::Cancelled)
+    }
+
     /// RGB in [0, 1] at world `positions` (mesh vertex colours).
     pub fn query_colors(
         &self,

@@ -69,6 +69,13 @@ impl NerfMlp {
     }
 }
 
+/// How far a density grid is, reported after each chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GridProgress {
+    pub done_points: usize,
+    pub total_points: usize,
+}
+
 /// What the field says at a set of points (host copies, one row per point).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FieldSamples {
@@ -285,6 +292,22 @@ impl RadianceField<'_> {
         resolution: usize,
         chunk_points: usize,
     ) -> Result<Vec<f32>> {
+        let grid =
+            self.density_grid_with_progress(triplane, resolution, chunk_points, &mut |_| {
+                std::ops::ControlFlow::Continue(())
+            })?;
+        grid.ok_or_else(|| candle_core::Error::Msg("density grid stopped without a request".into()))
+    }
+
+    /// [`Self::density_grid`] that reports after every chunk; `progress`
+    /// returning `Break` stops the work and gives `Ok(None)` (a cancelled job).
+    pub fn density_grid_with_progress(
+        &self,
+        triplane: &Triplane,
+        resolution: usize,
+        chunk_points: usize,
+        progress: &mut dyn FnMut(GridProgress) -> std::ops::ControlFlow<()>,
+    ) -> Result<Option<Vec<f32>>> {
         if !(2..=MAX_GRID_RESOLUTION).contains(&resolution) {
             candle_core::bail!(
                 "grid resolution {resolution} is outside 2..={MAX_GRID_RESOLUTION}; TripoSR uses 256"
@@ -301,8 +324,15 @@ impl RadianceField<'_> {
                     .map(|n| grid_point(n, resolution, self.renderer.radius)),
             );
             out.extend(self.density_only(triplane, &positions)?);
+            let report = GridProgress {
+                done_points: out.len(),
+                total_points: total,
+            };
+            if progress(report).is_break() {
+                return Ok(None);
+            }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     /// `density_act` alone (skips the colour outputs' host copies).

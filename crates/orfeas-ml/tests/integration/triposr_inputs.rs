@@ -263,3 +263,28 @@ fn registry_lists_triposr_and_its_vit_config() {
     std::fs::write(dir.join("model.ckpt"), b"PK").unwrap();
     assert_eq!(roots.find_installed(m), Some(dir));
 }
+
+#[test]
+fn density_grid_reports_progress_per_chunk_and_can_be_cancelled() {
+    let model = tiny();
+    let code = Tensor::zeros((3, 8, 16, 16), DType::F32, &Device::Cpu).unwrap();
+    let mut seen = Vec::new();
+    let grid = model
+        .density_grid_with_progress(&code, 10, 300, &mut |p| {
+            seen.push((p.done_points, p.total_points));
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(grid.len(), 1000);
+    assert_eq!(seen, [(300, 1000), (600, 1000), (900, 1000), (1000, 1000)]);
+
+    let mut calls = 0;
+    let err = model
+        .density_grid_with_progress(&code, 10, 300, &mut |_| {
+            calls += 1;
+            std::ops::ControlFlow::Break(())
+        })
+        .unwrap_err();
+    assert!(matches!(err, SdError::Cancelled), "{err:#}");
+    assert_eq!(calls, 1, "stops after the first chunk");
+}

@@ -166,8 +166,9 @@ impl DinoImageTokenizer {
 /// A grid that already matches (`g == n_h == n_w`) is returned unchanged.
 pub fn interpolate_pos_encoding(pos: &Tensor, n_h: usize, n_w: usize) -> Result<Tensor> {
     let (one, rows, dim) = pos.dims3()?;
-    let g = ((rows - 1) as f64).sqrt() as usize;
-    if one != 1 || g * g + 1 != rows {
+    let patches = rows.saturating_sub(1);
+    let g = (patches as f64).sqrt() as usize;
+    if one != 1 || g == 0 || g * g != patches {
         candle_core::bail!(
             "position embeddings {:?} are not (1, 1 + g*g, C)",
             pos.dims()

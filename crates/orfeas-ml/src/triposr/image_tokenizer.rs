@@ -80,6 +80,8 @@ pub struct DinoImageTokenizer {
 impl DinoImageTokenizer {
     /// `vb` at `image_tokenizer.model`.
     pub fn load(vb: VarBuilder, cfg: &ViTConfig) -> Result<Self> {
+        cfg.validate()
+            .map_err(|e| candle_core::Error::Msg(format!("invalid ViT config: {e}")))?;
         let h = cfg.hidden_size;
         let emb = vb.pp("embeddings");
         let grid = cfg.position_grid();

@@ -10,6 +10,7 @@ use orfeas_ml::triposr::config::{DensityActivation, FeatureReduction, MlpActivat
 use orfeas_ml::triposr::{Config, TripoSr, ViTConfig, preprocess};
 
 use super::triposr_parity::{fixture, tiny};
+use crate::common::dev;
 
 fn full_yaml() -> String {
     std::fs::read_to_string(fixture().join("full-size/config.yaml")).unwrap()
@@ -202,18 +203,18 @@ fn images_the_model_cannot_use_are_refused_with_what_to_do() {
 #[test]
 fn tensors_of_the_wrong_shape_are_errors_not_panics() {
     let model = tiny();
-    let cpu = Device::Cpu;
-    let wrong = Tensor::zeros((1, 3, 64, 64), DType::F32, &cpu).unwrap();
+    let device = dev();
+    let wrong = Tensor::zeros((1, 3, 64, 64), DType::F32, &device).unwrap();
     let text = format!("{:#}", model.forward(&wrong).unwrap_err());
     assert!(
         text.contains("(B, 3, 144, 144)") && text.contains("preprocess"),
         "{text}"
     );
 
-    let batch_of_two = Tensor::zeros((2, 3, 8, 16, 16), DType::F32, &cpu).unwrap();
+    let batch_of_two = Tensor::zeros((2, 3, 8, 16, 16), DType::F32, &device).unwrap();
     let text = format!("{:#}", model.density_grid(&batch_of_two, 8).unwrap_err());
     assert!(text.contains("one scene"), "{text}");
-    let code = Tensor::zeros((3, 8, 16, 16), DType::F32, &cpu).unwrap();
+    let code = Tensor::zeros((3, 8, 16, 16), DType::F32, &device).unwrap();
     let text = format!("{:#}", model.density_grid(&code, 1).unwrap_err());
     assert!(text.contains("TripoSR uses 256"), "{text}");
     let text = format!("{:#}", model.density_grid(&code, 5000).unwrap_err());
@@ -267,7 +268,7 @@ fn registry_lists_triposr_and_its_vit_config() {
 #[test]
 fn density_grid_reports_progress_per_chunk_and_can_be_cancelled() {
     let model = tiny();
-    let code = Tensor::zeros((3, 8, 16, 16), DType::F32, &Device::Cpu).unwrap();
+    let code = Tensor::zeros((3, 8, 16, 16), DType::F32, &dev()).unwrap();
     let mut seen = Vec::new();
     let grid = model
         .density_grid_with_progress(&code, 10, 300, &mut |p| {

@@ -49,6 +49,8 @@ impl TripoSr {
     /// Builds the model from `vb` holding the official tensor names
     /// (`image_tokenizer.model.*`, `tokenizer.*`, `backbone.*`, `post_processor.*`, `decoder.*`).
     pub fn load(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
+        cfg.validate()
+            .map_err(|e| candle_core::Error::Msg(format!("invalid TripoSR config: {e}")))?;
         Ok(Self {
             image_tokenizer: DinoImageTokenizer::load(vb.pp("image_tokenizer.model"), &cfg.vit)?,
             tokenizer: TriplaneTokenizer::load(vb.pp("tokenizer"), &cfg.tokenizer)?,
@@ -168,6 +170,21 @@ impl TripoSr {
             .density_grid(&triplane, resolution, chunk_points)?)
     }
 
+    /// [`Self::density_grid_chunked`] reporting after every chunk; `progress`
+    /// returning `Break` stops it with [`SdError::Cancelled`].
+    pub fn density_grid_with_progress(
+        &self,
+        scene_code: &Tensor,
+        resolution: usize,
+        chunk_points: usize,
+        progress: &mut dyn FnMut(field::GridProgress) -> std::ops::ControlFlow<()>,
+    ) -> Result<Vec<f32>> {
+        let triplane = Triplane::new(scene_code)?;
+        self.field()
+            .density_grid_with_progress(&triplane, resolution, chunk_points, progress)?
+            .ok_or(SdError::Cancelled)
+    }
+
     /// RGB in [0, 1] at world `positions` (mesh vertex colours).
     pub fn query_colors(
         &self,
@@ -183,10 +200,16 @@ impl TripoSr {
 
     /// Renders one view of a scene code: RGB per pixel, row-major (see [`RadianceField::render`]).
     pub fn render_view(&self, scene_code: &Tensor, camera: &OrbitCamera) -> Result<Vec<[f32; 3]>> {
-        if camera.width == 0 || camera.height == 0 {
+        let pixels = camera.width.saturating_mul(camera.height);
+        if pixels == 0 || pixels > field::MAX_RENDER_PIXELS {
             return Err(SdError::invalid(
                 "camera",
-                format!("a {}x{} view has no pixels", camera.width, camera.height),
+                format!(
+                    "a {}x{} view is outside 1 to {} pixels; TripoSR renders 256x256",
+                    camera.width,
+                    camera.height,
+                    field::MAX_RENDER_PIXELS
+                ),
             ));
         }
         let triplane = Triplane::new(scene_code)?;

@@ -4,8 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+mod yaml;
+
 use serde::Deserialize;
-use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::error::{Result, SdError};
 
@@ -220,6 +221,13 @@ impl ViTConfig {
     /// Parses a ViT `config.json`.
     pub fn from_json_str(json: &str) -> std::result::Result<Self, String> {
         let cfg: Self = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The sizes the tokenizer relies on (positive, heads dividing the width).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let cfg = self;
         if cfg.hidden_act != "gelu" {
             return Err(format!(
                 "hidden_act '{}' is not supported (DINO ViTs use 'gelu')",
@@ -247,7 +255,7 @@ impl ViTConfig {
                 cfg.hidden_size, cfg.num_attention_heads
             ));
         }
-        Ok(cfg)
+        Ok(())
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -284,14 +292,7 @@ impl Config {
     /// Parses `config.yaml` text (OmegaConf interpolations such as
     /// `${tokenizer.num_channels}` resolved) and checks it against `vit`.
     pub fn from_yaml_str(yaml: &str, vit: ViTConfig) -> std::result::Result<Self, String> {
-        let docs = YamlLoader::load_from_str(yaml).map_err(|e| format!("not valid YAML: {e}"))?;
-        let doc = match docs.as_slice() {
-            [doc] => doc,
-            [] => return Err("the file is empty".to_owned()),
-            _ => return Err("expected one YAML document, found several".to_owned()),
-        };
-        let tree = yaml_to_json(doc)?;
-        let resolved = resolve_interpolations(&tree, &tree, 0)?;
+        let resolved = yaml::load_resolved(yaml)?;
         let raw: RawConfig =
             serde_json::from_value(resolved).map_err(|e| format!("unexpected layout: {e}"))?;
         let classes = [
@@ -327,7 +328,7 @@ impl Config {
             renderer: raw.renderer,
             vit,
         };
-        cfg.check()?;
+        cfg.validate()?;
         Ok(cfg)
     }
 
@@ -391,7 +392,9 @@ impl Config {
     }
 
     /// Every size relation the model relies on; a mismatch names both ends.
-    fn check(&self) -> std::result::Result<(), String> {
+    /// Parsing runs it; [`super::TripoSr::load`] runs it again for configs built in code.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.vit.validate()?;
         let b = &self.backbone;
         let tok = &self.tokenizer;
         let pp = &self.post_processor;
@@ -508,16 +511,9 @@ impl Config {
     }
 }
 
-/// The ViT name in a config.yaml, read before the rest is checked.
-fn vit_name_of(yaml: &str) -> std::result::Result<String, String> {
-    let docs = YamlLoader::load_from_str(yaml).map_err(|e| format!("not valid YAML: {e}"))?;
-    let name = docs
-        .first()
-        .map(|d| &d["image_tokenizer"]["pretrained_model_name_or_path"]);
-    Ok(match name {
-        Some(Yaml::String(s)) => s.clone(),
-        _ => DINO_VITB16_REPO.to_owned(),
-    })
+/// The ViT name in a config.yaml (TripoSR's default when absent).
+fn vit_name_of(yaml_text: &str) -> std::result::Result<String, String> {
+    Ok(yaml::vit_name(yaml_text)?.unwrap_or_else(default_vit_name))
 }
 
 /// `DIR/NAME/config.json` if NAME is a folder there (never outside `dir`).
@@ -551,113 +547,6 @@ fn config_err(path: &Path, reason: String) -> SdError {
         path: path.to_path_buf(),
         reason,
     }
-}
-
-/// YAML → JSON value (the config only holds maps, lists and scalars).
-fn yaml_to_json(y: &Yaml) -> std::result::Result<serde_json::Value, String> {
-    use serde_json::Value;
-    Ok(match y {
-        Yaml::Null => Value::Null,
-        Yaml::Boolean(b) => Value::Bool(*b),
-        Yaml::Integer(i) => Value::from(*i),
-        Yaml::Real(text) => {
-            let v = y
-                .as_f64()
-                .ok_or_else(|| format!("'{text}' is not a number"))?;
-            serde_json::Number::from_f64(v)
-                .map(Value::Number)
-                .ok_or_else(|| format!("'{text}' is not a finite number"))?
-        }
-        Yaml::String(s) => Value::String(s.clone()),
-        Yaml::Array(items) => {
-            Value::Array(items.iter().map(yaml_to_json).collect::<Result<_, _>>()?)
-        }
-        Yaml::Hash(map) => {
-            let mut out = serde_json::Map::new();
-            for (k, v) in map {
-                let key = match k {
-                    Yaml::String(s) => s.clone(),
-                    Yaml::Integer(i) => i.to_string(),
-                    other => return Err(format!("unsupported map key {other:?}")),
-                };
-                out.insert(key, yaml_to_json(v)?);
-            }
-            Value::Object(out)
-        }
-        Yaml::Alias(_) => return Err("YAML aliases are not supported".to_owned()),
-        Yaml::BadValue => return Err("unreadable value".to_owned()),
-    })
-}
-
-/// Replaces OmegaConf's `${a.b.c}` references with the value they name: a
-/// string that is exactly one reference takes the value's type, references
-/// inside longer strings are spliced in as text. Resolvers (`${oc.env:...}`) are refused.
-fn resolve_interpolations(
-    value: &serde_json::Value,
-    root: &serde_json::Value,
-    depth: usize,
-) -> std::result::Result<serde_json::Value, String> {
-    use serde_json::Value;
-    if depth > 16 {
-        return Err("interpolations nest too deep (a cycle?)".to_owned());
-    }
-    Ok(match value {
-        Value::String(s) if s.contains("${") => {
-            let whole = s.strip_prefix("${").and_then(|r| r.strip_suffix('}'));
-            if let Some(path) = whole.filter(|p| !p.contains("${") && !p.contains('}')) {
-                let target = lookup(root, path)?;
-                resolve_interpolations(target, root, depth + 1)?
-            } else {
-                let mut out = String::new();
-                let mut rest = s.as_str();
-                while let Some(start) = rest.find("${") {
-                    out.push_str(&rest[..start]);
-                    let after = &rest[start + 2..];
-                    let end = after
-                        .find('}')
-                        .ok_or_else(|| format!("unclosed interpolation in '{s}'"))?;
-                    let target =
-                        resolve_interpolations(lookup(root, &after[..end])?, root, depth + 1)?;
-                    match target {
-                        Value::String(t) => out.push_str(&t),
-                        other => out.push_str(&other.to_string()),
-                    }
-                    rest = &after[end + 1..];
-                }
-                out.push_str(rest);
-                Value::String(out)
-            }
-        }
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|v| resolve_interpolations(v, root, depth))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Object(map) => {
-            let mut out = serde_json::Map::new();
-            for (k, v) in map {
-                out.insert(k.clone(), resolve_interpolations(v, root, depth)?);
-            }
-            Value::Object(out)
-        }
-        other => other.clone(),
-    })
-}
-
-fn lookup<'a>(
-    root: &'a serde_json::Value,
-    path: &str,
-) -> std::result::Result<&'a serde_json::Value, String> {
-    if path.contains(':') {
-        return Err(format!(
-            "interpolation '${{{path}}}' uses an OmegaConf resolver, which is not supported; write the value itself"
-        ));
-    }
-    path.split('.').try_fold(root, |node, key| {
-        node.get(key)
-            .ok_or_else(|| format!("interpolation '${{{path}}}' names a key that does not exist"))
-    })
 }
 
 // serde defaults (transformers / TripoSR dataclass defaults).

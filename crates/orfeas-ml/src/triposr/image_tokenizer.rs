@@ -80,6 +80,8 @@ pub struct DinoImageTokenizer {
 impl DinoImageTokenizer {
     /// `vb` at `image_tokenizer.model`.
     pub fn load(vb: VarBuilder, cfg: &ViTConfig) -> Result<Self> {
+        cfg.validate()
+            .map_err(|e| candle_core::Error::Msg(format!("invalid ViT config: {e}")))?;
         let h = cfg.hidden_size;
         let emb = vb.pp("embeddings");
         let grid = cfg.position_grid();
@@ -166,8 +168,9 @@ impl DinoImageTokenizer {
 /// A grid that already matches (`g == n_h == n_w`) is returned unchanged.
 pub fn interpolate_pos_encoding(pos: &Tensor, n_h: usize, n_w: usize) -> Result<Tensor> {
     let (one, rows, dim) = pos.dims3()?;
-    let g = ((rows - 1) as f64).sqrt() as usize;
-    if one != 1 || g * g + 1 != rows {
+    let patches = rows.saturating_sub(1);
+    let g = (patches as f64).sqrt() as usize;
+    if one != 1 || g == 0 || g * g != patches {
         candle_core::bail!(
             "position embeddings {:?} are not (1, 1 + g*g, C)",
             pos.dims()

@@ -13,6 +13,9 @@ use crate::error::{Result, SdError};
 /// run.py's default `--foreground-ratio`.
 pub const DEFAULT_FOREGROUND_RATIO: f64 = 0.85;
 
+/// Largest side [`resize_foreground`] produces (a tiny ratio would ask for gigapixels).
+pub const MAX_PREPARED_SIDE: u32 = 8192;
+
 /// ImageNet statistics the DINO tokenizer normalises with.
 pub const IMAGE_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGE_STD: [f32; 3] = [0.229, 0.224, 0.225];
@@ -64,7 +67,16 @@ pub fn resize_foreground(image: &RgbaImage, ratio: f64) -> Result<RgbaImage> {
     let size = fg_h.max(fg_w);
     let (ph0, pw0) = ((size - fg_h) / 2, (size - fg_w) / 2);
     // numpy: int(size / ratio), a float division then truncation.
-    let new_size = (f64::from(size) / ratio) as u32;
+    let new_size = f64::from(size) / ratio;
+    if new_size > f64::from(MAX_PREPARED_SIDE) {
+        return Err(SdError::invalid(
+            "foreground_ratio",
+            format!(
+                "{ratio} would pad the {size}-pixel object to {new_size:.0} pixels (at most {MAX_PREPARED_SIDE}); use a ratio such as 0.85"
+            ),
+        ));
+    }
+    let new_size = new_size as u32;
     let pad = (new_size - size) / 2;
     let mut out = RgbaImage::new(new_size, new_size);
     for y in 0..fg_h {

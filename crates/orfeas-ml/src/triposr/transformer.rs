@@ -28,6 +28,9 @@ pub struct Attention {
 impl Attention {
     /// transformers' ViT layout: `attention.{query,key,value}` (bias per config), `output.dense`.
     pub fn load_vit(vb: VarBuilder, dim: usize, heads: usize, qkv_bias: bool) -> Result<Self> {
+        if heads == 0 || !dim.is_multiple_of(heads) {
+            candle_core::bail!("{heads} attention heads do not divide the width {dim}");
+        }
         let proj = |name: &str| {
             let vb = vb.pp("attention").pp(name);
             if qkv_bias {

@@ -14,6 +14,7 @@ mod sd_pipeline;
 mod sd_single_file;
 mod sd_taesd;
 mod sd_xl;
+mod triposr_half;
 mod triposr_inputs;
 mod triposr_parity;
 mod triposr_runner;

@@ -10,6 +10,7 @@ use orfeas_ml::triposr::config::{DensityActivation, FeatureReduction, MlpActivat
 use orfeas_ml::triposr::{Config, TripoSr, ViTConfig, preprocess};
 
 use super::triposr_parity::{fixture, tiny};
+use crate::common::dev;
 
 fn full_yaml() -> String {
     std::fs::read_to_string(fixture().join("full-size/config.yaml")).unwrap()
@@ -171,6 +172,14 @@ fn images_the_model_cannot_use_are_refused_with_what_to_do() {
     dot.put_pixel(10, 10, image::Rgba([255, 0, 0, 255]));
     let err = preprocess::resize_foreground(&dot, 0.85).unwrap_err();
     assert!(format!("{err:#}").contains("larger object"), "{err:#}");
+    let mut square = image::RgbaImage::new(64, 64);
+    for (x, y, p) in square.enumerate_pixels_mut() {
+        if (20..40).contains(&x) && (20..40).contains(&y) {
+            *p = image::Rgba([200, 10, 10, 255]);
+        }
+    }
+    let err = preprocess::resize_foreground(&square, 1e-4).unwrap_err();
+    assert!(format!("{err:#}").contains("at most 8192"), "{err:#}");
     for ratio in [0.0, 1.5, f64::NAN] {
         let err = preprocess::resize_foreground(&dot, ratio).unwrap_err();
         assert!(
@@ -194,20 +203,22 @@ fn images_the_model_cannot_use_are_refused_with_what_to_do() {
 #[test]
 fn tensors_of_the_wrong_shape_are_errors_not_panics() {
     let model = tiny();
-    let cpu = Device::Cpu;
-    let wrong = Tensor::zeros((1, 3, 64, 64), DType::F32, &cpu).unwrap();
+    let device = dev();
+    let wrong = Tensor::zeros((1, 3, 64, 64), DType::F32, &device).unwrap();
     let text = format!("{:#}", model.forward(&wrong).unwrap_err());
     assert!(
         text.contains("(B, 3, 144, 144)") && text.contains("preprocess"),
         "{text}"
     );
 
-    let batch_of_two = Tensor::zeros((2, 3, 8, 16, 16), DType::F32, &cpu).unwrap();
+    let batch_of_two = Tensor::zeros((2, 3, 8, 16, 16), DType::F32, &device).unwrap();
     let text = format!("{:#}", model.density_grid(&batch_of_two, 8).unwrap_err());
     assert!(text.contains("one scene"), "{text}");
-    let code = Tensor::zeros((3, 8, 16, 16), DType::F32, &cpu).unwrap();
+    let code = Tensor::zeros((3, 8, 16, 16), DType::F32, &device).unwrap();
     let text = format!("{:#}", model.density_grid(&code, 1).unwrap_err());
-    assert!(text.contains("at least 2"), "{text}");
+    assert!(text.contains("TripoSR uses 256"), "{text}");
+    let text = format!("{:#}", model.density_grid(&code, 5000).unwrap_err());
+    assert!(text.contains("outside 2..=1024"), "{text}");
     let camera = orfeas_ml::triposr::OrbitCamera::orbit(1, 0.0, 1.9, 40.0, 0, 32)[0];
     assert!(model.render_view(&code, &camera).is_err());
     // No positions: no colours, no error.
@@ -252,4 +263,29 @@ fn registry_lists_triposr_and_its_vit_config() {
     );
     std::fs::write(dir.join("model.ckpt"), b"PK").unwrap();
     assert_eq!(roots.find_installed(m), Some(dir));
+}
+
+#[test]
+fn density_grid_reports_progress_per_chunk_and_can_be_cancelled() {
+    let model = tiny();
+    let code = Tensor::zeros((3, 8, 16, 16), DType::F32, &dev()).unwrap();
+    let mut seen = Vec::new();
+    let grid = model
+        .density_grid_with_progress(&code, 10, 300, &mut |p| {
+            seen.push((p.done_points, p.total_points));
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(grid.len(), 1000);
+    assert_eq!(seen, [(300, 1000), (600, 1000), (900, 1000), (1000, 1000)]);
+
+    let mut calls = 0;
+    let err = model
+        .density_grid_with_progress(&code, 10, 300, &mut |_| {
+            calls += 1;
+            std::ops::ControlFlow::Break(())
+        })
+        .unwrap_err();
+    assert!(matches!(err, SdError::Cancelled), "{err:#}");
+    assert_eq!(calls, 1, "stops after the first chunk");
 }

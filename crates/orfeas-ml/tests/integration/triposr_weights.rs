@@ -133,6 +133,14 @@ fn builtins_exec_behind_a_valid_tensor_is_refused_too() {
 }
 
 #[test]
+fn hostile_structures_are_refused_before_they_exhaust_stack_or_memory() {
+    let text = err_text(&ckpt::read_state_dict(&fixture().join("nested.ckpt")).unwrap_err());
+    assert!(text.contains("nests objects more than"), "{text}");
+    let text = err_text(&ckpt::read_state_dict(&fixture().join("laughs.ckpt")).unwrap_err());
+    assert!(text.contains("far more objects"), "{text}");
+}
+
+#[test]
 fn truncated_and_non_zip_checkpoints_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let bytes = std::fs::read(fixture().join("model.ckpt")).unwrap();

@@ -304,11 +304,20 @@ impl TextToImageParams {
             if !m.architecture.generates_images() {
                 return Err(SdError::invalid(
                     "model",
-                    format!(
-                        "'{}' is a tiny decoder, not an image model; choose sd-turbo, sd-1.5, \
-                         sd-2.1 or sdxl-turbo (and use the tiny decoder option to decode with it)",
-                        m.name
-                    ),
+                    if matches!(m.architecture, models::Architecture::TinyDecoder) {
+                        format!(
+                            "'{}' is a tiny decoder, not an image model; choose sd-turbo, \
+                             sd-1.5, sd-2.1 or sdxl-turbo (and use the tiny decoder option to \
+                             decode with it)",
+                            m.name
+                        )
+                    } else {
+                        format!(
+                            "'{}' does not make pictures from text (it is for image to 3D); \
+                             choose sd-turbo, sd-1.5, sd-2.1 or sdxl-turbo",
+                            m.name
+                        )
+                    },
                 ));
             }
         }

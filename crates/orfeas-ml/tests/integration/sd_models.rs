@@ -45,7 +45,9 @@ fn registry_knows_the_models_and_flags_non_commercial_licences() {
             "sd-2.1",
             "sdxl-turbo",
             "taesd",
-            "taesdxl"
+            "taesdxl",
+            "triposr",
+            "dino-vitb16"
         ]
     );
     for name in ["taesd", "taesdxl"] {

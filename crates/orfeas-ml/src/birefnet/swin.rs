@@ -116,6 +116,7 @@ impl WindowAttention {
         let n = ws * ws;
         let index = Tensor::from_vec(relative_position_index(ws), n * n, table.device())?;
         let bias = table
+            .contiguous()?
             .index_select(&index, 0)?
             .reshape((n, n, num_heads))?
             .permute((2, 0, 1))?
@@ -276,17 +277,23 @@ impl PatchMerging {
         })
     }
 
-    /// Tokens `(B, h·w, C)` (even sides) → `(B, h/2·w/2, 2C)`.
+    /// Tokens `(B, h·w, C)` → `(B, ⌈h/2⌉·⌈w/2⌉, 2C)`; an odd side is zero-padded
+    /// at the bottom/right first (the ×0.5 pyramid call reaches 3×4 maps).
     pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
         let (b, _, c) = x.dims3()?;
-        if h % 2 != 0 || w % 2 != 0 {
-            candle_core::bail!("patch merging needs even sides, got {h}x{w}");
+        let mut m = x.reshape((b, h, w, c))?;
+        if w % 2 == 1 {
+            m = m.pad_with_zeros(2, 0, 1)?;
         }
+        if h % 2 == 1 {
+            m = m.pad_with_zeros(1, 0, 1)?;
+        }
+        let (h2, w2) = (h.div_ceil(2), w.div_ceil(2));
         // (B, h/2, row, w/2, col, C) → (B, h/2, w/2, col, row, C): the row offset varies first.
-        let x = x
-            .reshape((b, h / 2, 2, w / 2, 2, c))?
+        let x = m
+            .reshape((b, h2, 2, w2, 2, c))?
             .permute((0, 1, 3, 4, 2, 5))?
-            .reshape((b, (h / 2) * (w / 2), 4 * c))?;
+            .reshape((b, h2 * w2, 4 * c))?;
         self.reduction.forward(&self.norm.forward(&x)?)
     }
 }
@@ -392,8 +399,8 @@ impl SwinTransformer {
             outs.push(out);
             if let Some(down) = down {
                 tokens = down;
-                h /= 2;
-                w /= 2;
+                h = h.div_ceil(2);
+                w = w.div_ceil(2);
             }
         }
         Ok(outs)

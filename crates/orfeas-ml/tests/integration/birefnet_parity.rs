@@ -42,10 +42,11 @@ fn meta() -> &'static serde_json::Value {
     })
 }
 
-/// A block of meta.json stored as a Python dict literal (numbers only), parsed.
+/// A block of meta.json.
 fn meta_dict(key: &str) -> serde_json::Value {
-    let text = meta()[key].as_str().unwrap().replace('\'', "\"");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("meta.json {key}: {e}"))
+    let v = meta()[key].clone();
+    assert!(v.is_object(), "meta.json has no {key} block");
+    v
 }
 
 /// The README's tolerance for a golden tensor.
@@ -191,8 +192,8 @@ fn swin_backbone_matches_the_pyramid_call() {
         let key = format!("bb.pyr.layers.{i}.downsample");
         assert_golden(&key, &down.unwrap(), get(&g, &key));
         tokens = get(&g, &key).clone();
-        h /= 2;
-        w /= 2;
+        h = h.div_ceil(2);
+        w = w.div_ceil(2);
     }
 }
 
@@ -288,7 +289,7 @@ fn decoder_chained_from_the_stored_encoder_outputs_matches() {
         .unwrap();
     let checked = check_trace(&trace.into_entries(), &g);
     // ipt 5..2, 4 block inputs + 4 outputs, 4 dec_att, 4 block-4 branches' 13, gdt 3+3, laterals 3.
-    assert!(checked >= 40, "only {checked} decoder goldens compared");
+    assert_eq!(checked, 4 + 4 + 4 + 4 + 13 + 6 + 3);
     assert_golden("logits", &logits, get(&golden("output"), "logits"));
 }
 

@@ -137,7 +137,9 @@ impl BiRefNet {
     /// `x (1, 3, H, W)` → logits `(1, 1, H, W)` (sigmoid not applied, as in the official model).
     pub fn forward_traced(&self, x: &Tensor, trace: &mut Trace) -> Result<Tensor> {
         let [x1, x2, x3, x4] = self.encode(x, trace)?;
-        let x4 = self.squeeze.forward_traced(&x4, "squeeze_module.0", trace)?;
+        let x4 = self
+            .squeeze
+            .forward_traced(&x4, "squeeze_module.0", trace)?;
         trace.put(|| "squeeze_module".into(), &x4);
         Ok(self.decoder.forward_traced(x, &[x1, x2, x3, x4], trace)?)
     }

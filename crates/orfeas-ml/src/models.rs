@@ -157,15 +157,10 @@ const TRIPOSR_FILES: [ModelFile; 2] = [
 // BiRefNet checkpoints are f32 safetensors: float parameters × 4 bytes (the
 // integer buffers add under 1 MB). `config.json` names the model; the
 // architecture values are built in (`birefnet::Config::lite` / `large`).
-const BIREFNET_LITE_FILES: [ModelFile; 2] = [
-    f("config.json", 250),
-    f("model.safetensors", 177_400_000),
-];
+const BIREFNET_LITE_FILES: [ModelFile; 2] =
+    [f("config.json", 250), f("model.safetensors", 177_400_000)];
 
-const BIREFNET_FILES: [ModelFile; 2] = [
-    f("config.json", 250),
-    f("model.safetensors", 880_900_000),
-];
+const BIREFNET_FILES: [ModelFile; 2] = [f("config.json", 250), f("model.safetensors", 880_900_000)];
 
 const DINO_VITB16_FILES: [ModelFile; 1] = [f("config.json", 500)];
 

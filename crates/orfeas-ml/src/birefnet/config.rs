@@ -167,9 +167,11 @@ impl Config {
             if s.depths.len() != 4 || s.num_heads.len() != 4 {
                 return Err("swin.depths and swin.num_heads must have 4 entries".into());
             }
-            if s.num_heads.iter().enumerate().any(|(i, &h)| {
-                h == 0 || (s.embed_dim << i) % h != 0
-            }) {
+            if s.num_heads
+                .iter()
+                .enumerate()
+                .any(|(i, &h)| h == 0 || (s.embed_dim << i) % h != 0)
+            {
                 return Err(format!(
                     "swin.num_heads {:?} do not divide the stage widths of embed_dim {}",
                     s.num_heads, s.embed_dim

@@ -108,7 +108,9 @@ impl AsppDeformable {
         let aspp_deforms = [1, 3, 7]
             .iter()
             .enumerate()
-            .map(|(i, &k)| AsppBranch::load(vb.pp(format!("aspp_deforms.{i}")), channels, p, k, cfg))
+            .map(|(i, &k)| {
+                AsppBranch::load(vb.pp(format!("aspp_deforms.{i}")), channels, p, k, cfg)
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             aspp1: AsppBranch::load(vb.pp("aspp1"), channels, p, 1, cfg)?,
@@ -281,7 +283,9 @@ impl Decoder {
             (1, c[3] + c[2] / 8, c[3] / 2),
         ]
         .iter()
-        .map(|&(k, cin, cout)| BasicDecBlk::load(vb.pp(format!("decoder_block{k}")), cin, cout, cfg))
+        .map(|&(k, cin, cout)| {
+            BasicDecBlk::load(vb.pp(format!("decoder_block{k}")), cin, cout, cfg)
+        })
         .collect::<Result<Vec<_>>>()?;
         let laterals = [(4, c[1]), (3, c[2]), (2, c[3])]
             .iter()
@@ -293,7 +297,15 @@ impl Decoder {
             .collect::<Result<Vec<_>>>()?;
         let gdt_attn = [4, 3, 2]
             .iter()
-            .map(|k| conv(vb.pp(format!("gdt_convs_attn_{k}.0")), cfg.gdt_channels, 1, 1, true))
+            .map(|k| {
+                conv(
+                    vb.pp(format!("gdt_convs_attn_{k}.0")),
+                    cfg.gdt_channels,
+                    1,
+                    1,
+                    true,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             ipt_blks,
@@ -307,15 +319,21 @@ impl Decoder {
 
     /// Model input `x (1, 3, H, W)` and encoder outputs `[x1, x2, x3, x4]`
     /// (x4 squeezed) → logits `(1, 1, H, W)`.
-    pub fn forward_traced(&self, x: &Tensor, feats: &[Tensor; 4], trace: &mut Trace) -> Result<Tensor> {
+    pub fn forward_traced(
+        &self,
+        x: &Tensor,
+        feats: &[Tensor; 4],
+        trace: &mut Trace,
+    ) -> Result<Tensor> {
         let [x1, x2, x3, x4] = feats;
         let (_, _, h, w) = x.dims4()?;
-        let patches = |blk: &SimpleConvs, name: &str, level: &Tensor, trace: &mut Trace| -> Result<Tensor> {
-            let (_, _, lh, lw) = level.dims4()?;
-            let out = blk.forward(&image_to_patches(x, lh, lw)?)?;
-            trace.put(|| format!("decoder.{name}"), &out);
-            Ok(out)
-        };
+        let patches =
+            |blk: &SimpleConvs, name: &str, level: &Tensor, trace: &mut Trace| -> Result<Tensor> {
+                let (_, _, lh, lw) = level.dims4()?;
+                let out = blk.forward(&image_to_patches(x, lh, lw)?)?;
+                trace.put(|| format!("decoder.{name}"), &out);
+                Ok(out)
+            };
         let gdt = |i: usize, p: &Tensor, trace: &mut Trace| -> Result<Tensor> {
             let k = 4 - i;
             let g = self.gdt[i].forward(p)?;

@@ -44,11 +44,19 @@ pub fn deform_conv2d(
     let ho = (h + 2 * padding + 1)
         .checked_sub(k)
         .filter(|&v| v > 0)
-        .ok_or_else(|| candle_core::Error::Msg(format!("deform_conv2d: kernel {k} larger than the padded input {h}x{w}")))?;
+        .ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "deform_conv2d: kernel {k} larger than the padded input {h}x{w}"
+            ))
+        })?;
     let wo = (w + 2 * padding + 1)
         .checked_sub(k)
         .filter(|&v| v > 0)
-        .ok_or_else(|| candle_core::Error::Msg(format!("deform_conv2d: kernel {k} larger than the padded input {h}x{w}")))?;
+        .ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "deform_conv2d: kernel {k} larger than the padded input {h}x{w}"
+            ))
+        })?;
     if offset.dims() != [b, 2 * kk, ho, wo] || mask.dims() != [b, kk, ho, wo] {
         candle_core::bail!(
             "deform_conv2d: offset {:?} / mask {:?} must be ({b}, {}, {ho}, {wo}) / ({b}, {kk}, {ho}, {wo})",
@@ -60,7 +68,9 @@ pub fn deform_conv2d(
     let device = input.device().clone();
     let dtype = input.dtype();
     let cpu = |t: &Tensor| -> Result<Tensor> {
-        t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.contiguous()
+        t.to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .contiguous()
     };
     let x = cpu(input)?.flatten_all()?.to_vec1::<f32>()?;
     let off = cpu(offset)?.flatten_all()?.to_vec1::<f32>()?;

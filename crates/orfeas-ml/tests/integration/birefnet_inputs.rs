@@ -33,7 +33,11 @@ fn load(dir: &Path) -> Result<BiRefNet, SdError> {
 }
 
 fn picture(w: u32, h: u32) -> image::DynamicImage {
-    image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(w, h, image::Rgb([90, 140, 200])))
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(
+        w,
+        h,
+        image::Rgb([90, 140, 200]),
+    ))
 }
 
 #[test]
@@ -80,11 +84,13 @@ fn config_whose_dims_do_not_match_the_weights_is_refused() {
 fn config_of_an_unsupported_variant_or_unknown_model_says_so() {
     let e = Config::from_json_str(r#"{"_name_or_path": "someone/other-model"}"#).unwrap_err();
     assert!(e.contains("ZhengPeng7/BiRefNet"), "{e}");
-    let e = Config::from_json_str(
-        r#"{"_name_or_path": "x", "birefnet_config": {"bb": "pvt_v2_b2"}}"#,
-    )
-    .unwrap_err();
-    assert!(e.contains("pvt_v2_b2") && e.contains("not supported"), "{e}");
+    let e =
+        Config::from_json_str(r#"{"_name_or_path": "x", "birefnet_config": {"bb": "pvt_v2_b2"}}"#)
+            .unwrap_err();
+    assert!(
+        e.contains("pvt_v2_b2") && e.contains("not supported"),
+        "{e}"
+    );
     let e = Config::from_json_str(
         r#"{"_name_or_path": "ZhengPeng7/BiRefNet", "birefnet_config": {"dec_att": "ASPP"}}"#,
     )
@@ -100,9 +106,15 @@ fn config_of_an_unsupported_variant_or_unknown_model_says_so() {
 #[test]
 fn size_not_a_multiple_of_32_is_refused_with_a_suggestion() {
     let e = tiny().mask(&picture(64, 48), (100, 128)).unwrap_err();
-    assert!(matches!(e, SdError::InvalidParams { field: "size", .. }), "{e:?}");
+    assert!(
+        matches!(e, SdError::InvalidParams { field: "size", .. }),
+        "{e:?}"
+    );
     let text = err_text(&e);
-    assert!(text.contains("100x128") && text.contains("128x128"), "{text}");
+    assert!(
+        text.contains("100x128") && text.contains("128x128"),
+        "{text}"
+    );
     assert!(tiny().mask(&picture(64, 48), (0, 0)).is_err());
 
     // A raw tensor of the wrong size is refused before the backbone sees it.
@@ -114,9 +126,15 @@ fn size_not_a_multiple_of_32_is_refused_with_a_suggestion() {
 #[test]
 fn one_pixel_picture_is_refused() {
     let e = tiny().mask(&picture(1, 1), (96, 128)).unwrap_err();
-    assert!(matches!(e, SdError::InvalidParams { field: "image", .. }), "{e:?}");
+    assert!(
+        matches!(e, SdError::InvalidParams { field: "image", .. }),
+        "{e:?}"
+    );
     let text = err_text(&e);
-    assert!(text.contains("1x1") && text.contains("larger picture"), "{text}");
+    assert!(
+        text.contains("1x1") && text.contains("larger picture"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -133,7 +151,11 @@ fn folder_without_weights_or_config_names_the_missing_part() {
     let tmp = tempfile::tempdir().unwrap();
     let text = err_text(&load(tmp.path()).unwrap_err());
     assert!(text.contains("config.json"), "{text}");
-    std::fs::copy(fixture().join("config.json"), tmp.path().join("config.json")).unwrap();
+    std::fs::copy(
+        fixture().join("config.json"),
+        tmp.path().join("config.json"),
+    )
+    .unwrap();
     let e = load(tmp.path()).unwrap_err();
     assert!(matches!(e, SdError::MissingPart { .. }), "{e:?}");
     assert!(err_text(&e).contains("model.safetensors"));

@@ -81,7 +81,10 @@ pub fn max_abs(label: &str, got: &Tensor, want: &Tensor) -> f32 {
 fn assert_golden(key: &str, got: &Tensor, want: &Tensor) {
     let d = max_abs(key, got, want);
     let t = tol(key);
-    assert!(d <= t, "{key}: max |diff| {d:.3e} exceeds the README's {t:.0e}");
+    assert!(
+        d <= t,
+        "{key}: max |diff| {d:.3e} exceeds the README's {t:.0e}"
+    );
 }
 
 fn png(name: &str) -> image::DynamicImage {
@@ -186,7 +189,13 @@ fn swin_backbone_matches_the_pyramid_call() {
     // The merging of each stage fed the stored tokens of the stage before it
     // (the 12×16 map pads to 14×21 and is one window wide in stage 3).
     let (_, _, mut h, mut w) = pe.dims4().unwrap();
-    let mut tokens = pe.flatten_from(2).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+    let mut tokens = pe
+        .flatten_from(2)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap();
     for (i, stage) in bb.stages.iter().enumerate().take(3) {
         let (_, down) = stage.forward(&tokens, h, w).unwrap();
         let key = format!("bb.pyr.layers.{i}.downsample");
@@ -199,8 +208,8 @@ fn swin_backbone_matches_the_pyramid_call() {
 
 #[test]
 fn relative_position_index_equals_the_official_buffer() {
-    let weights = candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu)
-        .unwrap();
+    let weights =
+        candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu).unwrap();
     let stored: Vec<i64> = weights["bb.layers.0.blocks.0.attn.relative_position_index"]
         .flatten_all()
         .unwrap()
@@ -325,7 +334,11 @@ fn mask_of_the_png_matches_the_model_card_masks() {
     eprintln!("parity mask_model_res_u8: {differ} values differ, max {max}");
     assert!(max <= 1, "model-resolution mask off by {max}");
     let png_small = png("mask_model_res.png").to_luma8();
-    assert_eq!(png_small.as_raw(), &want, "mask_model_res.png is the stored tensor");
+    assert_eq!(
+        png_small.as_raw(),
+        &want,
+        "mask_model_res.png is the stored tensor"
+    );
 
     let mask = model.mask(&image, model_size()).unwrap();
     assert_eq!(mask.dimensions(), (image.width(), image.height()));
@@ -359,8 +372,15 @@ fn deform_conv2d_matches_torchvision_for_k1_k3_k7() {
     for (case, k) in [("k1", 1), ("k3", 3), ("k7", 7)] {
         let t = |name: &str| get(&g, &format!("{case}.{name}")).clone();
         let bias = g.get(&format!("{case}.bias"));
-        let out = deform_conv2d(&t("input"), &t("offset"), &t("mask"), &t("weight"), bias, k / 2)
-            .unwrap();
+        let out = deform_conv2d(
+            &t("input"),
+            &t("offset"),
+            &t("mask"),
+            &t("weight"),
+            bias,
+            k / 2,
+        )
+        .unwrap();
         let d = max_abs(case, &out, &t("output"));
         let tol = deform_tol(case);
         assert!(d <= tol, "{case}: {d:.3e} > {tol:.1e}");
@@ -374,13 +394,30 @@ fn deform_conv2d_uses_the_offsets_and_the_mask() {
     let bias = get(&g, "k3.bias");
     let want = t("output");
     let zero_off = t("offset").zeros_like().unwrap();
-    let no_offsets = deform_conv2d(&t("input"), &zero_off, &t("mask"), &t("weight"), Some(bias), 1)
-        .unwrap();
+    let no_offsets = deform_conv2d(
+        &t("input"),
+        &zero_off,
+        &t("mask"),
+        &t("weight"),
+        Some(bias),
+        1,
+    )
+    .unwrap();
     let d = max_abs("k3 with offsets zeroed", &no_offsets, &want);
-    assert!(d > 0.1, "zeroing the offsets changed the output by only {d:.3e}");
+    assert!(
+        d > 0.1,
+        "zeroing the offsets changed the output by only {d:.3e}"
+    );
     let ones = t("mask").ones_like().unwrap();
-    let unit_mask = deform_conv2d(&t("input"), &t("offset"), &ones, &t("weight"), Some(bias), 1)
-        .unwrap();
+    let unit_mask = deform_conv2d(
+        &t("input"),
+        &t("offset"),
+        &ones,
+        &t("weight"),
+        Some(bias),
+        1,
+    )
+    .unwrap();
     let d = max_abs("k3 with mask 1", &unit_mask, &want);
     assert!(d > 0.1, "a unit mask changed the output by only {d:.3e}");
 
@@ -406,12 +443,16 @@ fn image_to_patches_orders_channels_c_then_row_then_column() {
     let v = p.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(
         v,
-        [0., 1., 4., 5., 2., 3., 6., 7., 8., 9., 12., 13., 10., 11., 14., 15.]
+        [
+            0., 1., 4., 5., 2., 3., 6., 7., 8., 9., 12., 13., 10., 11., 14., 15.
+        ]
     );
     // And the ipt block fed these patches reproduces the stored ipt_blk5 output.
     let g = golden("decoder");
     let img = get(&golden("input"), "input").clone();
     let ipt5 = &tiny().decoder().ipt_blks[0];
-    let out = ipt5.forward(&image_to_patches(&img, 3, 4).unwrap()).unwrap();
+    let out = ipt5
+        .forward(&image_to_patches(&img, 3, 4).unwrap())
+        .unwrap();
     assert_golden("decoder.ipt_blk5", &out, get(&g, "decoder.ipt_blk5"));
 }

@@ -163,7 +163,10 @@ fn tiny_model_asks_for_exactly_its_checkpoints_inference_tensors() {
 
 #[test]
 fn released_configs_name_the_backbone_and_built_in_values_are_the_official_ones() {
-    for (name, built_in) in [("BiRefNet_lite", Config::lite()), ("BiRefNet", Config::large())] {
+    for (name, built_in) in [
+        ("BiRefNet_lite", Config::lite()),
+        ("BiRefNet", Config::large()),
+    ] {
         let cfg = released_config(name);
         assert_eq!(cfg, built_in, "{name}");
         let text = std::fs::read_to_string(
@@ -205,7 +208,10 @@ fn released_configs_name_the_backbone_and_built_in_values_are_the_official_ones(
             ]
         );
         let b = &official["birefnet_config"];
-        assert_eq!(cfg.lateral_channels().to_vec(), list(&b["lateral_channels_in_collection"]));
+        assert_eq!(
+            cfg.lateral_channels().to_vec(),
+            list(&b["lateral_channels_in_collection"])
+        );
         assert_eq!(cfg.cxt_channels().to_vec(), list(&b["cxt"]));
         let size = list(&b["size"]);
         assert_eq!(cfg.default_input_size_hw(), (size[0], size[1]), "{name}");

@@ -185,7 +185,9 @@ impl ImageTo3dRunner {
         let options = &request.triposr;
         let res = options.mc_resolution as usize;
         ctx.progress("density", 0.35, &format!("{res}³ grid"));
-        let density = model.density_grid(&scene, res).map_err(|e| failure(&e))?;
+        let density = model
+            .density_grid(&scene, res)
+            .map_err(|e| failure(&e))?;
         lap("density", &mut clock);
         ctx.check_cancelled()?;
 
@@ -294,8 +296,7 @@ fn front_mask(
     let alpha = image::GrayImage::from_fn(centred.width(), centred.height(), |x, y| {
         image::Luma([centred.get_pixel(x, y).0[3]])
     });
-    let small =
-        image::imageops::resize(&alpha, inner, inner, image::imageops::FilterType::Triangle);
+    let small = image::imageops::resize(&alpha, inner, inner, image::imageops::FilterType::Triangle);
     let mut mask = image::GrayImage::new(SIDE, SIDE);
     let offset = i64::from((SIDE - inner) / 2);
     image::imageops::overlay(&mut mask, &small, offset, offset);

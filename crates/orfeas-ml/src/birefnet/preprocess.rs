@@ -170,9 +170,13 @@ pub fn normalize(image: &image::RgbImage, device: &Device) -> Result<Tensor> {
     let (w, h) = (image.width() as usize, image.height() as usize);
     let mut data = vec![0f32; 3 * h * w];
     for (i, px) in image.as_raw().chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            let v = f32::from(px[c]) / 255.0;
-            data[c * h * w + i] = (v - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+        for (c, (&v, (mean, std))) in px
+            .iter()
+            .zip(IMAGENET_MEAN.iter().zip(&IMAGENET_STD))
+            .enumerate()
+        {
+            // ToTensor divides in f32, then Normalize subtracts and divides, as here.
+            data[c * h * w + i] = (f32::from(v) / 255.0 - mean) / std;
         }
     }
     Tensor::from_vec(data, (1, 3, h, w), device)

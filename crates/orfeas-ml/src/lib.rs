@@ -7,6 +7,7 @@
 //! - [`models`]: known models, discovery, `list` / `verify` / `download`.
 //! - [`fixture`]: completes the small test fixture kept in git.
 
+pub mod birefnet;
 pub mod error;
 pub mod fixture;
 pub mod image_to_3d;

@@ -28,6 +28,8 @@ pub enum Architecture {
     TinyDecoder,
     /// TripoSR: one image to a 3D scene code (mesh via marching cubes).
     TripoSr,
+    /// BiRefNet: a picture to its foreground mask (background removal before image→3D).
+    BiRefNet,
     /// Only the `config.json` of a ViT image encoder (TripoSR's tokenizer; its
     /// weights are inside the TripoSR checkpoint).
     VitConfig,
@@ -152,6 +154,14 @@ const TRIPOSR_FILES: [ModelFile; 2] = [
     f("model.ckpt", 1_677_200_000),
 ];
 
+// BiRefNet checkpoints are f32 safetensors: float parameters × 4 bytes (the
+// integer buffers add under 1 MB). `config.json` names the model; the
+// architecture values are built in (`birefnet::Config::lite` / `large`).
+const BIREFNET_LITE_FILES: [ModelFile; 2] =
+    [f("config.json", 250), f("model.safetensors", 177_400_000)];
+
+const BIREFNET_FILES: [ModelFile; 2] = [f("config.json", 250), f("model.safetensors", 880_900_000)];
+
 const DINO_VITB16_FILES: [ModelFile; 1] = [f("config.json", 500)];
 
 /// Every model the registry knows, in the order the UI lists them.
@@ -234,6 +244,29 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
         default_guidance: 0.0,
         // The image side the model sees (cond_image_size).
         default_size: 512,
+    },
+    KnownModel {
+        name: "birefnet-lite",
+        repo_id: "ZhengPeng7/BiRefNet_lite",
+        architecture: Architecture::BiRefNet,
+        files: &BIREFNET_LITE_FILES,
+        licence: "MIT (BiRefNet_lite, Swin-T backbone; trained on DIS5K/HRSOD and other sets with their own terms)",
+        non_commercial: false,
+        default_steps: 0,
+        default_guidance: 0.0,
+        // The released inference size (1024×1024).
+        default_size: 1024,
+    },
+    KnownModel {
+        name: "birefnet",
+        repo_id: "ZhengPeng7/BiRefNet",
+        architecture: Architecture::BiRefNet,
+        files: &BIREFNET_FILES,
+        licence: "MIT (BiRefNet, Swin-L backbone; trained on DIS5K/HRSOD and other sets with their own terms)",
+        non_commercial: false,
+        default_steps: 0,
+        default_guidance: 0.0,
+        default_size: 1024,
     },
     KnownModel {
         name: "dino-vitb16",

@@ -4,6 +4,9 @@
 // Test helpers outside #[test] fns panic on purpose: a failed setup is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod birefnet_inputs;
+mod birefnet_parity;
+mod birefnet_weights;
 mod common;
 mod sd_errors;
 mod sd_full_configs;

@@ -14,6 +14,7 @@ use orfeas_core::jobs::{Engine, JobEventKind};
 mod history;
 mod image_to_3d;
 mod models;
+mod remove_background;
 mod render;
 mod serve;
 mod text_to_image;
@@ -21,6 +22,7 @@ mod text_to_image;
 pub use history::HistoryArgs;
 pub use image_to_3d::{BackgroundArg, FormatArg, ImageTo3dArgs, Method, QualityArg};
 pub use models::ModelsCommand;
+pub use remove_background::{RemoveBackgroundArgs, SegmenterArg};
 pub use render::RenderArgs;
 pub use serve::ServeArgs;
 pub use text_to_image::{TextToImageArgs, text_to_image_request};
@@ -52,6 +54,10 @@ pub enum Command {
     /// Generate images from a prompt with Stable Diffusion (needs downloaded weights).
     #[command(name = "text-to-image")]
     TextToImage(TextToImageArgs),
+    /// Cut the background out of a picture with the neural segmenter (BiRefNet):
+    /// a PNG with the mask in its alpha channel.
+    #[command(name = "remove-background")]
+    RemoveBackground(RemoveBackgroundArgs),
     /// Installed and known models: list, download, verify.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -92,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::ImageTo3d(args)) => image_to_3d::image_to_3d(args),
         Some(Command::TextToImage(args)) => text_to_image::text_to_image(args),
         Some(Command::Models(command)) => models::models(command),
+        Some(Command::RemoveBackground(args)) => remove_background::remove_background(&args),
         Some(Command::History(args)) => history::history(&args),
         Some(Command::Render(args)) => render::render(&args),
         Some(Command::View { mesh }) => {

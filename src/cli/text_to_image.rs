@@ -8,7 +8,7 @@ use clap::Args;
 use orfeas_core::jobs::{Engine, EngineConfig, JobSpec};
 use orfeas_core::request::TextToImageRequest;
 
-use super::{ensure_png, absolute, open_history, parse_size, report_job, run_job};
+use super::{absolute, ensure_png, open_history, parse_size, report_job, run_job};
 
 #[derive(Debug, Args)]
 pub struct TextToImageArgs {

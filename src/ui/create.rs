@@ -354,9 +354,12 @@ fn background_label(b: orfeas_core::request::Background) -> &'static str {
 /// Whether the TripoSR weights are installed (`None` while the Models list loads).
 fn triposr_installed(ctx: &StudioCtx<'_>) -> Option<bool> {
     let rows = &ctx.models?.rows;
-    rows.iter()
-        .find(|r| r.name == "triposr")
-        .map(|r| matches!(r.install, crate::app::model_library::ModelInstall::Installed { .. }))
+    rows.iter().find(|r| r.name == "triposr").map(|r| {
+        matches!(
+            r.install,
+            crate::app::model_library::ModelInstall::Installed { .. }
+        )
+    })
 }
 
 fn slider_row(

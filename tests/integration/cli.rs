@@ -331,3 +331,228 @@ fn tiled_decode_and_the_tiny_decoder_cannot_be_combined() {
     assert!(stderr.contains("--tiny-decoder"), "{stderr}");
     assert!(sb.outputs(&[]).is_empty(), "nothing was written");
 }
+
+/// The tiny random-weight TripoSR and BiRefNet of the ML crate's fixtures,
+/// installed as the registry's `triposr` and `birefnet-lite` under `root`.
+fn install_tiny_models(root: &Path) {
+    let fixtures =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/orfeas-ml/tests/fixtures");
+    let copy = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    };
+    let tsr = fixtures.join("triposr-tiny");
+    for f in ["config.yaml", "model.ckpt", "dino-vit-tiny/config.json"] {
+        copy(&tsr.join(f), &root.join("triposr").join(f));
+    }
+    let brn = fixtures.join("birefnet-tiny");
+    for f in ["config.json", "model.safetensors"] {
+        copy(&brn.join(f), &root.join("birefnet-lite").join(f));
+    }
+}
+
+/// An opaque "photo": a red disc on a noisy grey-green background.
+fn write_opaque_photo(path: &Path) {
+    let img = RgbaImage::from_fn(160, 120, |x, y| {
+        let (dx, dy) = (x as f32 - 80.0, y as f32 - 60.0);
+        if dx * dx + dy * dy < 35.0 * 35.0 {
+            Rgba([200, 40, 30, 255])
+        } else {
+            let n = ((x * 37 + y * 91) % 23) as u8;
+            Rgba([90 + n, 110 + n, 80 + n, 255])
+        }
+    });
+    img.save(path).unwrap();
+}
+
+impl Sandbox {
+    fn orfeas_with_models(&self, models: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_orfeas"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("ORFEAS_DATA_DIR", self.data_dir())
+            .env("ORFEAS_MODELS", models)
+            .env("HF_HOME", self.path("no-hf-cache"))
+            .output()
+            .unwrap()
+    }
+}
+
+#[test]
+fn triposr_and_the_background_choice_run_from_the_command_line() {
+    let s = Sandbox::new();
+    let models = s.path("models");
+    write_object_png(&s.path("cutout.png"), 96);
+    write_opaque_photo(&s.path("photo.png"));
+
+    // Without weights: TripoSR says how to get them; auto falls back to the border and says so.
+    let out = s.orfeas_with_models(
+        &models,
+        &[
+            "image-to-3d",
+            "cutout.png",
+            "-o",
+            "a.glb",
+            "--method",
+            "triposr",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("orfeas models download triposr"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = s.orfeas_with_models(&models, &["image-to-3d", "photo.png", "-o", "b.glb"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("background: border"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = s.orfeas_with_models(
+        &models,
+        &[
+            "image-to-3d",
+            "photo.png",
+            "-o",
+            "c.glb",
+            "--background",
+            "neural",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("orfeas models download birefnet-lite"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // With the tiny models: TripoSR makes a GLB from the cut-out, with its summary.
+    install_tiny_models(&models);
+    let out = s.orfeas_with_models(
+        &models,
+        &[
+            "image-to-3d",
+            "cutout.png",
+            "-o",
+            "tsr.glb",
+            "--method",
+            "triposr",
+            "--mc-resolution",
+            "32",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("background: alpha"),
+        "{}",
+        text(&out.stdout)
+    );
+    let mesh = orfeas_core::import::import_mesh(&s.path("tsr.glb")).unwrap();
+    assert!(mesh.triangle_count() > 0);
+    // An opaque picture now goes through the segmenter under auto.
+    let out = s.orfeas_with_models(
+        &models,
+        &[
+            "image-to-3d",
+            "photo.png",
+            "-o",
+            "n.glb",
+            "--method",
+            "triposr",
+            "--mc-resolution",
+            "32",
+        ],
+    );
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        said.contains("background: neural") || said.contains("segmenter found no object"),
+        "{said}"
+    );
+    // Bad resolutions are refused before any work, naming the flag's field.
+    let out = s.orfeas_with_models(
+        &models,
+        &[
+            "image-to-3d",
+            "cutout.png",
+            "-o",
+            "z.glb",
+            "--method",
+            "triposr",
+            "--mc-resolution",
+            "2048",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("mc_resolution"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!s.path("z.glb").exists());
+}
+
+#[test]
+fn remove_background_writes_the_picture_with_the_segmenters_mask_as_alpha() {
+    let s = Sandbox::new();
+    let models = s.path("models");
+    install_tiny_models(&models);
+    write_opaque_photo(&s.path("photo.png"));
+    let out = s.orfeas_with_models(
+        &models,
+        &["remove-background", "photo.png", "-o", "cut.png"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cut = image::open(s.path("cut.png")).unwrap().to_rgba8();
+    let photo = image::open(s.path("photo.png")).unwrap().to_rgba8();
+    assert_eq!(
+        cut.dimensions(),
+        photo.dimensions(),
+        "the picture's own size"
+    );
+    assert!(
+        cut.pixels()
+            .zip(photo.pixels())
+            .all(|(a, b)| a.0[..3] == b.0[..3]),
+        "the picture's own pixels"
+    );
+    // The alpha is the segmenter's mask at the fixture's inference size.
+    let dir = models.join("birefnet-lite");
+    let model =
+        orfeas_ml::image_to_3d::load_segmenter(&dir, orfeas_ml::sd::pipeline::DevicePref::Cpu)
+            .unwrap();
+    let size = orfeas_ml::birefnet::default_input_size(&dir).unwrap();
+    let mask = model
+        .mask(&image::DynamicImage::ImageRgba8(photo), size)
+        .unwrap();
+    assert!(
+        cut.pixels()
+            .zip(mask.pixels())
+            .all(|(c, m)| c.0[3] == m.0[0])
+    );
+    // A size that is not a multiple of 32 is refused, nothing written.
+    let out = s.orfeas_with_models(
+        &models,
+        &[
+            "remove-background",
+            "photo.png",
+            "-o",
+            "bad.png",
+            "--size",
+            "100x128",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("32"), "{}", text(&out.stderr));
+    assert!(!s.path("bad.png").exists());
+    // Without the model: how to get it.
+    let empty = s.path("none");
+    let out = s.orfeas_with_models(&empty, &["remove-background", "photo.png", "-o", "x.png"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("orfeas models download birefnet-lite"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -367,16 +367,31 @@ pub fn run_file(
     req.params.validate()?;
     // Refuse a bad output path before the work, not after it.
     crate::export::check_output(&req.output, req.format)?;
-    let mut timings = Vec::new();
     let clock = Instant::now();
     progress("decode", 0.0);
     let image = crate::image_input::load_image(&req.input, &ImageLimits::default())?;
-    timings.push(("decode", clock.elapsed().as_secs_f64() * 1000.0));
+    let decode = ("decode", clock.elapsed().as_secs_f64() * 1000.0);
     if cancelled() {
         return Err(ImageTo3dError::Cancelled);
     }
+    let mut outcome = run_image(req, &image, progress, cancelled)?;
+    outcome.stage_millis.insert(0, decode);
+    Ok(outcome)
+}
+
+/// [`run_file`] on a picture already decoded (the model runner hands over a
+/// cut-out whose alpha is the segmenter's mask, with `background = alpha`).
+pub fn run_image(
+    req: &ImageTo3dRequest,
+    image: &image::RgbaImage,
+    progress: &mut dyn FnMut(&'static str, f32),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<ImageTo3dOutcome, ImageTo3dError> {
+    req.params.validate()?;
+    crate::export::check_output(&req.output, req.format)?;
+    let mut timings = Vec::new();
     let generated = generate_timed(
-        &image,
+        image,
         &req.params,
         &mut |stage, f| progress(stage, 0.05 + f * 0.8),
         cancelled,
@@ -398,7 +413,7 @@ pub fn run_file(
         vertices: generated.mesh.vertex_count(),
         triangles: generated.mesh.triangle_count(),
         report,
-        background: resolved_background(req.params.background, &image),
+        background: resolved_background(req.params.background, image),
         stage_millis: timings,
     })
 }

@@ -45,10 +45,34 @@ pub fn run_inflate(request: &ImageTo3dRequest, ctx: &JobContext) -> Result<JobOu
         &mut |stage, fraction| ctx.progress(stage, fraction, ""),
         &|| ctx.is_cancelled(),
     )
-    .map_err(|err| match err {
+    .map_err(failure)?;
+    Ok(inflate_output(request, outcome))
+}
+
+/// [`run_inflate`] on a picture already decoded (and cut out).
+pub fn run_inflate_on(
+    request: &ImageTo3dRequest,
+    image: &image::RgbaImage,
+    ctx: &JobContext,
+) -> Result<JobOutput, JobFailure> {
+    let outcome = image_to_3d::run_image(
+        request,
+        image,
+        &mut |stage, fraction| ctx.progress(stage, fraction, ""),
+        &|| ctx.is_cancelled(),
+    )
+    .map_err(failure)?;
+    Ok(inflate_output(request, outcome))
+}
+
+fn failure(err: ImageTo3dError) -> JobFailure {
+    match err {
         ImageTo3dError::Cancelled => JobFailure::cancelled(),
         other => JobFailure::new(other.reason(), format!("{other}")),
-    })?;
+    }
+}
+
+fn inflate_output(request: &ImageTo3dRequest, outcome: image_to_3d::ImageTo3dOutcome) -> JobOutput {
     let summary = serde_json::json!({
         "method": request.method.as_str(),
         "background": outcome.background.as_str(),
@@ -61,11 +85,11 @@ pub fn run_inflate(request: &ImageTo3dRequest, ctx: &JobContext) -> Result<JobOu
             .map(|(stage, ms)| serde_json::json!({"stage": stage, "millis": ms}))
             .collect::<Vec<_>>(),
     });
-    Ok(JobOutput {
+    JobOutput {
         files: outcome.files,
         quality: Some(outcome.report.score),
         summary,
-    })
+    }
 }
 
 impl JobRunner for ImageTo3dRunner {

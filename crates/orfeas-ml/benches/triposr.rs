@@ -14,10 +14,10 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use orfeas_ml::sd::pipeline::{DevicePref, select_device};
 use orfeas_core::export::{ExportFormat, export_mesh};
 use orfeas_core::mesh::Mesh;
 use orfeas_core::mesh::marching_cubes::extract_isosurface;
+use orfeas_ml::sd::pipeline::{DevicePref, select_device};
 use orfeas_ml::triposr::{Config, DEFAULT_CHUNK_POINTS, OrbitCamera, TripoSr};
 use rand::{Rng, SeedableRng};
 
@@ -126,9 +126,16 @@ impl candle_nn::var_builder::SimpleBackend for RandomInit {
         let data = if dims.len() == 1 && is_norm {
             vec![if leaf == "weight" { 1.0 } else { 0.0 }; n]
         } else if name.starts_with("image_tokenizer.") {
-            if dims.len() >= 2 { normal(&mut rng, 0.02) } else { vec![0.0; n] }
+            if dims.len() >= 2 {
+                normal(&mut rng, 0.02)
+            } else {
+                vec![0.0; n]
+            }
         } else if name.starts_with("tokenizer.") {
-            normal(&mut rng, 1.0 / (dims.get(1).copied().unwrap_or(1) as f32).sqrt())
+            normal(
+                &mut rng,
+                1.0 / (dims.get(1).copied().unwrap_or(1) as f32).sqrt(),
+            )
         } else if dims.len() >= 2 {
             let b = if name.starts_with("decoder.") {
                 (6.0 / fan_in as f32).sqrt()
@@ -152,7 +159,9 @@ impl candle_nn::var_builder::SimpleBackend for RandomInit {
     }
 
     fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        Err(candle_core::Error::Msg(format!("random init needs a shape for {name}")))
+        Err(candle_core::Error::Msg(format!(
+            "random init needs a shape for {name}"
+        )))
     }
 
     fn contains_tensor(&self, _name: &str) -> bool {
@@ -269,7 +278,11 @@ fn main() -> anyhow::Result<()> {
         )),
     };
     let build_peak = peak_rss_mb().unwrap_or(f64::NAN);
-    println!("full: input image {}x{} RGBA; peak RSS so far (tiny model + build) {build_peak:.0} MB", image.width(), image.height());
+    println!(
+        "full: input image {}x{} RGBA; peak RSS so far (tiny model + build) {build_peak:.0} MB",
+        image.width(),
+        image.height()
+    );
     let res = env_usize("ORFEAS_BENCH_GRID", 256);
     let mut table: Vec<(&str, f64, f64, f64)> = Vec::new();
     // CPU time (user + system, all threads) since the previous stage ended: less
@@ -299,11 +312,15 @@ fn main() -> anyhow::Result<()> {
     })?;
     stage("backbone + post-processor", ms, &mut cpu_mark);
     let scene = codes.get(0)?.unsqueeze(0)?;
-    let (ms, density) = time_ms(&dev, 1, || Ok(model.density_grid_chunked(&scene, res, chunk)?))?;
+    let (ms, density) = time_ms(&dev, 1, || {
+        Ok(model.density_grid_chunked(&scene, res, chunk)?)
+    })?;
     stage("density grid query", ms, &mut cpu_mark);
     let (lo, hi) = density
         .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
     let level = if lo < 25.0 && hi > 25.0 {
         25.0
     } else {
@@ -358,9 +375,14 @@ fn main() -> anyhow::Result<()> {
     stage("export GLB", ms, &mut cpu_mark);
     let total_ms = total.elapsed().as_secs_f64() * 1e3;
     println!("full: GLB {} ({:.1} MB)", out.display(), bytes as f64 / 1e6);
-    println!("full: 512 image -> {res}^3 grid -> mesh -> GLB total {:.1} s", total_ms / 1e3);
+    println!(
+        "full: 512 image -> {res}^3 grid -> mesh -> GLB total {:.1} s",
+        total_ms / 1e3
+    );
     let whole = table.iter().map(|r| r.2).fold(build_peak, f64::max);
-    println!("full: peak RSS over the whole run (max of the stage peaks and the build) {whole:.0} MB");
+    println!(
+        "full: peak RSS over the whole run (max of the stage peaks and the build) {whole:.0} MB"
+    );
     println!("| stage | wall ms | CPU ms | peak RSS MB |");
     for (name, ms, peak, cpu) in &table {
         println!("| {name} | {ms:.1} | {cpu:.0} | {peak:.0} |");

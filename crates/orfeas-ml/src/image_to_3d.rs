@@ -15,19 +15,39 @@ use orfeas_core::jobs::{JobContext, JobFailure, JobOutput, JobRunner, JobSpec};
 use orfeas_core::mesh::Mesh;
 use orfeas_core::mesh::marching_cubes::extract_isosurface;
 use orfeas_core::request::{Background, ImageTo3dMethod, ImageTo3dRequest, TripoSrOptions};
-use orfeas_core::runner::{image_to_3d_request, run_inflate};
+use orfeas_core::runner::{image_to_3d_request, run_inflate, run_inflate_on};
 
+use crate::birefnet::BiRefNet;
 use crate::error::{Result, SdError};
 use crate::models::SearchRoots;
 use crate::sd::pipeline::{self, DevicePref};
 use crate::text_to_image::Kept;
 use crate::triposr::TripoSr;
 
+/// The segmenter `neural` (and a neural `auto`) uses.
+pub const SEGMENTER: &str = "birefnet-lite";
+
+/// Loads the segmenter in `dir` (f32) on `device`.
+pub fn load_segmenter(dir: &std::path::Path, device: DevicePref) -> Result<BiRefNet> {
+    let (device, _) = pipeline::select_device(device)?;
+    BiRefNet::from_dir(dir, DType::F32, &device)
+}
+
+/// `image` with `mask` (same size) as its alpha channel; the pixels are kept.
+pub fn with_mask_as_alpha(image: &image::RgbaImage, mask: &image::GrayImage) -> image::RgbaImage {
+    let mut cut = image.clone();
+    for (p, m) in cut.pixels_mut().zip(mask.pixels()) {
+        p.0[3] = m.0[0];
+    }
+    cut
+}
+
 /// Runs image→3D jobs of every method; keeps the last TripoSR model loaded.
 pub struct ImageTo3dRunner {
     roots: SearchRoots,
     device: DevicePref,
     triposr: Kept<TripoSr>,
+    segmenter: Kept<BiRefNet>,
 }
 
 impl std::fmt::Debug for ImageTo3dRunner {
@@ -47,6 +67,30 @@ impl ImageTo3dRunner {
             roots,
             device,
             triposr: Kept::default(),
+            segmenter: Kept::default(),
+        }
+    }
+
+    /// The segmenter's folder, when it is installed.
+    pub fn segmenter_dir(&self) -> Option<PathBuf> {
+        self.roots.resolve(SEGMENTER).ok()
+    }
+
+    /// What `background` becomes for `image`: alpha when it has transparency,
+    /// else the segmenter when installed, else the border colour (auto); the
+    /// others as they are.
+    pub fn resolve_background(
+        &self,
+        background: Background,
+        image: &image::RgbaImage,
+    ) -> Background {
+        match background {
+            Background::Auto if crate::triposr::preprocess::has_transparency(image) => {
+                Background::Alpha
+            }
+            Background::Auto if self.segmenter_dir().is_some() => Background::Neural,
+            Background::Auto => Background::Border,
+            other => other,
         }
     }
 
@@ -91,6 +135,9 @@ impl JobRunner for ImageTo3dRunner {
         request
             .check()
             .map_err(|e| JobFailure::new("invalid_parameter", e.to_string()))?;
+        if request.params.background == Background::Neural {
+            self.roots.resolve(SEGMENTER).map_err(|e| failure(&e))?;
+        }
         match request.method {
             ImageTo3dMethod::Inflate => Ok(()),
             ImageTo3dMethod::TripoSr => {
@@ -107,7 +154,7 @@ impl JobRunner for ImageTo3dRunner {
     fn run(&self, spec: &JobSpec, ctx: &JobContext) -> Result<JobOutput, JobFailure> {
         let request = image_to_3d_request(spec)?;
         match request.method {
-            ImageTo3dMethod::Inflate => run_inflate(request, ctx),
+            ImageTo3dMethod::Inflate => self.run_inflate(request, ctx),
             ImageTo3dMethod::TripoSr => self.run_triposr(request, ctx),
         }
     }
@@ -121,22 +168,70 @@ impl ImageTo3dRunner {
         &self,
         image: &image::RgbaImage,
         params: &orfeas_core::image_to_3d::ImageTo3dParams,
+        ctx: &JobContext,
     ) -> Result<(image::RgbaImage, Background), JobFailure> {
-        let source = orfeas_core::image_to_3d::resolved_background(params.background, image);
+        let source = self.resolve_background(params.background, image);
         match source {
             Background::Alpha if crate::triposr::preprocess::has_transparency(image) => {
                 Ok((image.clone(), source))
             }
-            Background::Neural => Err(JobFailure::new(
-                "model_missing",
-                "the neural background segmenter is not in this build yet; use background \
-                 border (plain backdrops), alpha (a cut-out) or auto",
-            )),
+            Background::Neural => {
+                ctx.progress("background", 0.02, "segmenting");
+                let mask = self.segment(image).map_err(|e| failure(&e))?;
+                let cut = with_mask_as_alpha(image, &mask);
+                if !cut.pixels().any(|p| p.0[3] >= params.mask_threshold.max(1)) {
+                    return Err(core_failure(ImageTo3dError::NoForeground {
+                        detail: "the segmenter found no object in the picture".to_owned(),
+                    }));
+                }
+                Ok((cut, source))
+            }
             _ => Ok((
                 cut_out_background(image, params).map_err(core_failure)?,
                 source,
             )),
         }
+    }
+
+    /// The segmenter's mask of `image` (0..255 at the picture's size).
+    pub fn segment(&self, image: &image::RgbaImage) -> Result<image::GrayImage> {
+        let dir = self.roots.resolve(SEGMENTER)?;
+        let (device, _) = pipeline::select_device(self.device)?;
+        let dtype = DType::F32;
+        let model = self
+            .segmenter
+            .get_or_load(&dir, format!("{device:?}/{dtype:?}"), || {
+                BiRefNet::from_dir(&dir, dtype, &device)
+            })?;
+        let size = crate::birefnet::default_input_size(&dir)?;
+        model.mask(&image::DynamicImage::ImageRgba8(image.clone()), size)
+    }
+
+    fn run_inflate(
+        &self,
+        request: &ImageTo3dRequest,
+        ctx: &JobContext,
+    ) -> Result<JobOutput, JobFailure> {
+        if request.params.background != Background::Neural
+            && request.params.background != Background::Auto
+        {
+            return run_inflate(request, ctx);
+        }
+        let image = orfeas_core::image_input::load_image(
+            &request.input,
+            &orfeas_core::image_input::ImageLimits::default(),
+        )
+        .map_err(|e| core_failure(e.into()))?;
+        let (cut, source) = self.foreground(&image, &request.params, ctx)?;
+        if source != Background::Neural {
+            return run_inflate_on(request, &image, ctx);
+        }
+        // The segmenter's mask is now the alpha channel: inflate reads it as such.
+        let mut on_alpha = request.clone();
+        on_alpha.params.background = Background::Alpha;
+        let mut output = run_inflate_on(&on_alpha, &cut, ctx)?;
+        output.summary["background"] = source.as_str().into();
+        Ok(output)
     }
 
     fn run_triposr(
@@ -161,7 +256,7 @@ impl ImageTo3dRunner {
             &orfeas_core::image_input::ImageLimits::default(),
         )
         .map_err(|e| core_failure(e.into()))?;
-        let (cut, background) = self.foreground(&image, &request.params)?;
+        let (cut, background) = self.foreground(&image, &request.params, ctx)?;
         let cut_for_score = cut.clone();
         if cut.pixels().all(|p| p.0[3] == 0) {
             return Err(core_failure(ImageTo3dError::NoForeground {
@@ -205,9 +300,7 @@ impl ImageTo3dRunner {
         let options = &request.triposr;
         let res = options.mc_resolution as usize;
         ctx.progress("density", 0.35, &format!("{res}³ grid"));
-        let density = model
-            .density_grid(&scene, res)
-            .map_err(|e| failure(&e))?;
+        let density = model.density_grid(&scene, res).map_err(|e| failure(&e))?;
         lap("density", &mut clock);
         ctx.check_cancelled()?;
 

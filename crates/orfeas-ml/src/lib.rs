@@ -35,7 +35,10 @@ pub fn register_runners(
 ) -> Vec<JobKind> {
     engine.register(
         JobKind::TextToImage,
-        Arc::new(text_to_image::TextToImageRunner::new(roots.clone(), previews)),
+        Arc::new(text_to_image::TextToImageRunner::new(
+            roots.clone(),
+            previews,
+        )),
     );
     engine.register(
         JobKind::ImageTo3d,

@@ -394,9 +394,13 @@ pub fn image_to_3d_options(
         .parse()
         .unwrap_or_default();
     let method = typed(parse("method", &METHODS, "inflate")?.parse::<ImageTo3dMethod>())?;
-    let background = parse("background", &["auto", "alpha", "neural", "border", "none"], "auto")?
-        .parse::<crate::request::Background>()
-        .map_err(request_error)?;
+    let background = parse(
+        "background",
+        &["auto", "alpha", "neural", "border", "none"],
+        "auto",
+    )?
+    .parse::<crate::request::Background>()
+    .map_err(request_error)?;
     let mut triposr = TripoSrOptions::default();
     if method != ImageTo3dMethod::TripoSr
         && let Some(name) = ["mc_resolution", "mc_threshold", "bake_texture"]

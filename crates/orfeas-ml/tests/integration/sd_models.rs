@@ -47,6 +47,8 @@ fn registry_knows_the_models_and_flags_non_commercial_licences() {
             "taesd",
             "taesdxl",
             "triposr",
+            "birefnet-lite",
+            "birefnet",
             "dino-vitb16"
         ]
     );

@@ -82,7 +82,11 @@ fn golden_mesh() -> (Vec<[f32; 3]>, Vec<[u8; 4]>) {
 fn a_picture_becomes_triposrs_coloured_mesh_through_the_job_runner() {
     let tmp = tempfile::tempdir().unwrap();
     let engine = Engine::new(EngineConfig::default(), None).unwrap();
-    orfeas_ml::register_runners(&engine, models_with_triposr(&tmp.path().join("models")), None);
+    orfeas_ml::register_runners(
+        &engine,
+        models_with_triposr(&tmp.path().join("models")),
+        None,
+    );
     let out = tmp.path().join("object.glb");
     let id = engine.submit(JobSpec::from(request(out.clone()))).unwrap();
     let done = engine.wait(id, Duration::from_secs(300)).unwrap();
@@ -114,7 +118,10 @@ fn a_picture_becomes_triposrs_coloured_mesh_through_the_job_runner() {
         }
     }
     assert_eq!(matched, turned.len(), "every official vertex is in the GLB");
-    assert!(worst_colour <= 1, "vertex colours differ by up to {worst_colour}/255");
+    assert!(
+        worst_colour <= 1,
+        "vertex colours differ by up to {worst_colour}/255"
+    );
     // Outward faces in the new frame too.
     assert!(mesh.signed_volume() > 0.0);
 }
@@ -132,7 +139,9 @@ fn triposr_without_weights_is_refused_when_submitted_with_the_way_to_get_them() 
         None,
     );
     let out = tmp.path().join("never.glb");
-    let e = engine.submit(JobSpec::from(request(out.clone()))).unwrap_err();
+    let e = engine
+        .submit(JobSpec::from(request(out.clone())))
+        .unwrap_err();
     let text = e.to_string();
     assert!(text.contains("triposr"), "{text}");
     assert!(text.contains("orfeas models download"), "{text}");
@@ -157,7 +166,11 @@ fn triposr_without_weights_is_refused_when_submitted_with_the_way_to_get_them() 
 fn bad_triposr_input_is_refused_with_what_to_do_and_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let engine = Engine::new(EngineConfig::default(), None).unwrap();
-    orfeas_ml::register_runners(&engine, models_with_triposr(&tmp.path().join("models")), None);
+    orfeas_ml::register_runners(
+        &engine,
+        models_with_triposr(&tmp.path().join("models")),
+        None,
+    );
     // Grid resolutions outside 32..=1024: refused when submitted.
     for res in [0, 2048] {
         let mut r = request(tmp.path().join(format!("res-{res}.glb")));

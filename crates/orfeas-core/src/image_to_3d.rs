@@ -225,12 +225,69 @@ pub fn generate(
     progress: &mut dyn FnMut(&'static str, f32),
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Generated, ImageTo3dError> {
-    generate_timed(image, params, progress, cancelled, &mut Vec::new())
+    generate_timed(image, params, None, progress, cancelled, &mut Vec::new())
+}
+
+/// The foreground `params` would find in `image`, 255 = foreground, at the
+/// picture's size: what the GUI overlays before the user paints on it.
+/// (`neural` needs the segmenter: `orfeas_ml` has its own preview.)
+pub fn preview_mask(
+    image: &image::RgbaImage,
+    params: &ImageTo3dParams,
+) -> Result<image::GrayImage, ImageTo3dError> {
+    params.validate()?;
+    let mask = mask::foreground_mask(image, params)?;
+    let data = mask
+        .data
+        .iter()
+        .map(|&m| if m != 0 { 255 } else { 0 })
+        .collect();
+    image::GrayImage::from_raw(mask.width, mask.height, data).ok_or_else(|| {
+        ImageTo3dError::InvalidParameter {
+            field: "background",
+            detail: "the mask does not match the picture's size".to_owned(),
+        }
+    })
+}
+
+/// Reads a user's mask (grayscale PNG, 255 = foreground) for a picture of
+/// `width`×`height`, refusing one of another size.
+pub fn load_mask(
+    path: &std::path::Path,
+    width: u32,
+    height: u32,
+) -> Result<image::GrayImage, ImageTo3dError> {
+    let mask = image::open(path)
+        .map_err(|e| ImageTo3dError::InvalidParameter {
+            field: "mask",
+            detail: format!("cannot read the mask {}: {e}", path.display()),
+        })?
+        .to_luma8();
+    if mask.dimensions() != (width, height) {
+        return Err(ImageTo3dError::InvalidParameter {
+            field: "mask",
+            detail: format!(
+                "the mask {} is {}×{} but the picture is {width}×{height}; paint the mask \
+                 again on this picture",
+                path.display(),
+                mask.width(),
+                mask.height()
+            ),
+        });
+    }
+    if mask.pixels().all(|p| p.0[0] < 128) {
+        return Err(ImageTo3dError::NoForeground {
+            detail: "the mask is all background; paint the object back in or reset the mask"
+                .to_owned(),
+        });
+    }
+    Ok(mask)
 }
 
 fn generate_timed(
     image: &image::RgbaImage,
     params: &ImageTo3dParams,
+    user_mask: Option<&image::GrayImage>,
     progress: &mut dyn FnMut(&'static str, f32),
     cancelled: &dyn Fn() -> bool,
     timings: &mut Vec<(&'static str, f64)>,
@@ -265,7 +322,10 @@ fn generate_timed(
     };
     check()?;
 
-    let mask = mask::foreground_mask(image, params)?;
+    let mask = match user_mask {
+        Some(user) => mask::from_user(user, image)?,
+        None => mask::foreground_mask(image, params)?,
+    };
     stage("mask", 0.15, timings)?;
     let frame = mask::frame(&mask, params.foreground_ratio);
     let n = params.quality.grid_cells();
@@ -389,10 +449,15 @@ pub fn run_image(
 ) -> Result<ImageTo3dOutcome, ImageTo3dError> {
     req.params.validate()?;
     crate::export::check_output(&req.output, req.format)?;
+    let user_mask = match &req.mask {
+        Some(path) => Some(load_mask(path, image.width(), image.height())?),
+        None => None,
+    };
     let mut timings = Vec::new();
     let generated = generate_timed(
         image,
         &req.params,
+        user_mask.as_ref(),
         &mut |stage, f| progress(stage, 0.05 + f * 0.8),
         cancelled,
         &mut timings,

@@ -608,6 +608,11 @@ pub struct ImageTo3dRequest {
     pub params: ImageTo3dParams,
     #[serde(default)]
     pub triposr: TripoSrOptions,
+    /// A foreground mask the user painted: a grayscale PNG at the picture's
+    /// size, 255 = foreground. When set it replaces `params.background` for
+    /// every method; the runners read it (and refuse one of another size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<PathBuf>,
 }
 
 impl ImageTo3dRequest {
@@ -620,10 +625,12 @@ impl ImageTo3dRequest {
             method: ImageTo3dMethod::default(),
             params: ImageTo3dParams::default(),
             triposr: TripoSrOptions::default(),
+            mask: None,
         }
     }
 
-    /// Checks every field that needs no model or file.
+    /// Checks every field that needs no model or file (a mask's size is the
+    /// runner's to check: it needs both files decoded).
     pub fn check(&self) -> Result<(), RequestError> {
         self.params.validate().map_err(|e| match e {
             crate::image_to_3d::ImageTo3dError::InvalidParameter { field, detail } => {

@@ -75,7 +75,8 @@ fn failure(err: ImageTo3dError) -> JobFailure {
 fn inflate_output(request: &ImageTo3dRequest, outcome: image_to_3d::ImageTo3dOutcome) -> JobOutput {
     let summary = serde_json::json!({
         "method": request.method.as_str(),
-        "background": outcome.background.as_str(),
+        // A painted mask replaced whatever `background` said.
+        "background": if request.mask.is_some() { "mask" } else { outcome.background.as_str() },
         "vertices": outcome.vertices,
         "triangles": outcome.triangles,
         "format": request.format.as_str(),

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::DType;
-use orfeas_core::image_to_3d::{ImageTo3dError, cut_out_background};
+use orfeas_core::image_to_3d::{ImageTo3dError, cut_out_background, load_mask};
 use orfeas_core::jobs::{JobContext, JobFailure, JobOutput, JobRunner, JobSpec};
 use orfeas_core::mesh::Mesh;
 use orfeas_core::mesh::marching_cubes::extract_isosurface;
@@ -193,6 +193,55 @@ impl ImageTo3dRunner {
         }
     }
 
+    /// The picture with the user's painted mask (`request.mask`) as alpha.
+    fn painted(
+        image: &image::RgbaImage,
+        path: &std::path::Path,
+    ) -> Result<image::RgbaImage, JobFailure> {
+        let mask = load_mask(path, image.width(), image.height()).map_err(core_failure)?;
+        // A painted mask is binary: no soft edge for TripoSR to half-keep.
+        let binary = image::GrayImage::from_fn(mask.width(), mask.height(), |x, y| {
+            image::Luma([if mask.get_pixel(x, y).0[0] >= 128 {
+                255
+            } else {
+                0
+            }])
+        });
+        Ok(with_mask_as_alpha(image, &binary))
+    }
+
+    /// The foreground mask `params` finds in `image` (255 = foreground) and
+    /// the source it came from (`auto` resolved), for the GUI to show and
+    /// edit: the segmenter for `neural` (loaded once, kept), the built-in
+    /// masks otherwise. Slow for `neural`: call it off the UI thread. The
+    /// error is the message to show.
+    pub fn preview_mask(
+        &self,
+        image: &image::RgbaImage,
+        params: &orfeas_core::image_to_3d::ImageTo3dParams,
+    ) -> std::result::Result<(image::GrayImage, Background), String> {
+        let source = self.resolve_background(params.background, image);
+        if source == Background::Neural {
+            let soft = self.segment(image).map_err(|e| format!("{e:#}"))?;
+            let threshold = params.mask_threshold.max(1);
+            let mask = image::GrayImage::from_fn(soft.width(), soft.height(), |x, y| {
+                image::Luma([if soft.get_pixel(x, y).0[0] >= threshold {
+                    255
+                } else {
+                    0
+                }])
+            });
+            return Ok((mask, source));
+        }
+        let resolved = orfeas_core::image_to_3d::ImageTo3dParams {
+            background: source,
+            ..params.clone()
+        };
+        orfeas_core::image_to_3d::preview_mask(image, &resolved)
+            .map(|mask| (mask, source))
+            .map_err(|e| e.to_string())
+    }
+
     /// The segmenter's mask of `image` (0..255 at the picture's size).
     pub fn segment(&self, image: &image::RgbaImage) -> Result<image::GrayImage> {
         let dir = self.roots.resolve(SEGMENTER)?;
@@ -212,8 +261,10 @@ impl ImageTo3dRunner {
         request: &ImageTo3dRequest,
         ctx: &JobContext,
     ) -> Result<JobOutput, JobFailure> {
-        if request.params.background != Background::Neural
-            && request.params.background != Background::Auto
+        // A painted mask replaces the background step: core reads it.
+        if request.mask.is_some()
+            || (request.params.background != Background::Neural
+                && request.params.background != Background::Auto)
         {
             return run_inflate(request, ctx);
         }
@@ -256,7 +307,13 @@ impl ImageTo3dRunner {
             &orfeas_core::image_input::ImageLimits::default(),
         )
         .map_err(|e| core_failure(e.into()))?;
-        let (cut, background) = self.foreground(&image, &request.params, ctx)?;
+        let (cut, background) = match &request.mask {
+            Some(path) => (Self::painted(&image, path)?, "mask"),
+            None => {
+                let (cut, source) = self.foreground(&image, &request.params, ctx)?;
+                (cut, source.as_str())
+            }
+        };
         let cut_for_score = cut.clone();
         if cut.pixels().all(|p| p.0[3] == 0) {
             return Err(core_failure(ImageTo3dError::NoForeground {
@@ -368,7 +425,7 @@ impl ImageTo3dRunner {
             quality: Some(report.score),
             summary: serde_json::json!({
                 "method": request.method.as_str(),
-                "background": background.as_str(),
+                "background": background,
                 "vertices": mesh.vertex_count(),
                 "triangles": mesh.triangle_count(),
                 "format": request.format.as_str(),

@@ -93,6 +93,38 @@ pub(super) fn foreground_mask(
     Ok(mask)
 }
 
+/// The user's painted mask (128 and above = foreground) as the pipeline's
+/// mask; it replaces the background step and its erosion.
+pub(super) fn from_user(
+    user: &image::GrayImage,
+    image: &RgbaImage,
+) -> Result<Mask, ImageTo3dError> {
+    if user.dimensions() != image.dimensions() {
+        return Err(ImageTo3dError::InvalidParameter {
+            field: "mask",
+            detail: format!(
+                "the mask is {}×{} but the picture is {}×{}",
+                user.width(),
+                user.height(),
+                image.width(),
+                image.height()
+            ),
+        });
+    }
+    let data: Vec<u8> = user.pixels().map(|p| u8::from(p.0[0] >= 128)).collect();
+    if !data.contains(&1) {
+        return Err(ImageTo3dError::NoForeground {
+            detail: "the mask is all background; paint the object back in or reset the mask"
+                .to_owned(),
+        });
+    }
+    Ok(Mask {
+        width: user.width(),
+        height: user.height(),
+        data,
+    })
+}
+
 fn border_mask(image: &RgbaImage, tolerance: f32, out: &mut [u8]) {
     let (w, h) = (image.width() as usize, image.height() as usize);
     let px = image.as_raw();

@@ -482,3 +482,91 @@ fn a_disc_inflates_to_a_smooth_round_rim_at_every_quality() {
         assert!(rough < limit, "{quality}: rim roughness {rough}");
     }
 }
+
+/// A request on `disc()` saved in `dir`, with `mask` as its painted mask.
+fn masked_request(
+    dir: &std::path::Path,
+    mask: image::GrayImage,
+) -> orfeas_core::request::ImageTo3dRequest {
+    let input = dir.join("disc.png");
+    disc().save(&input).unwrap();
+    let mask_path = dir.join("mask.png");
+    mask.save(&mask_path).unwrap();
+    orfeas_core::request::ImageTo3dRequest {
+        mask: Some(mask_path),
+        ..orfeas_core::request::ImageTo3dRequest::new(
+            input,
+            dir.join("out.glb"),
+            orfeas_core::export::ExportFormat::Glb,
+        )
+    }
+}
+
+fn width_over_height(path: &std::path::Path) -> f32 {
+    let mesh = orfeas_core::import::import_mesh(path).unwrap();
+    let (lo, hi) = mesh.bounds().unwrap();
+    (hi[0] - lo[0]) / (hi[1] - lo[1])
+}
+
+#[test]
+fn a_painted_mask_replaces_the_background_and_shapes_the_silhouette() {
+    let dir = tempfile::tempdir().unwrap();
+    // The alpha says a whole disc; the mask keeps its left half only.
+    let mut req = masked_request(
+        dir.path(),
+        image::GrayImage::from_fn(256, 256, |x, _| {
+            image::Luma([if x < 128 { 255 } else { 0 }])
+        }),
+    );
+    req.params.background = orfeas_core::request::Background::Alpha;
+    image_to_3d::run_file(&req, &mut |_, _| {}, &|| false).unwrap();
+    let half = width_over_height(&req.output);
+    assert!((0.4..0.6).contains(&half), "half disc: width/height {half}");
+
+    let whole = masked_request(
+        dir.path(),
+        image::GrayImage::from_pixel(256, 256, image::Luma([255])),
+    );
+    let whole = orfeas_core::request::ImageTo3dRequest {
+        output: dir.path().join("whole.glb"),
+        ..whole
+    };
+    image_to_3d::run_file(&whole, &mut |_, _| {}, &|| false).unwrap();
+    // An all-foreground mask keeps the square picture, not the disc.
+    let square = width_over_height(&whole.output);
+    assert!(
+        (0.9..1.1).contains(&square),
+        "square: width/height {square}"
+    );
+}
+
+#[test]
+fn a_mask_of_another_size_or_all_background_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let req = masked_request(
+        dir.path(),
+        image::GrayImage::from_pixel(100, 80, image::Luma([255])),
+    );
+    let err = image_to_3d::run_file(&req, &mut |_, _| {}, &|| false).unwrap_err();
+    assert!(
+        matches!(err, ImageTo3dError::InvalidParameter { field: "mask", .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("100×80"), "{err}");
+    let req = masked_request(dir.path(), image::GrayImage::new(256, 256));
+    let err = image_to_3d::run_file(&req, &mut |_, _| {}, &|| false).unwrap_err();
+    assert!(matches!(err, ImageTo3dError::NoForeground { .. }), "{err}");
+    assert!(err.to_string().contains("all background"), "{err}");
+    assert!(!req.output.exists());
+}
+
+#[test]
+fn preview_mask_is_the_mask_generation_uses() {
+    let mask = image_to_3d::preview_mask(&disc(), &ImageTo3dParams::default()).unwrap();
+    assert_eq!(mask.dimensions(), (256, 256));
+    assert_eq!(mask.get_pixel(128, 128).0[0], 255);
+    assert_eq!(mask.get_pixel(2, 2).0[0], 0);
+    let share = mask.pixels().filter(|p| p.0[0] == 255).count() as f32 / (256.0 * 256.0);
+    let disc_share = std::f32::consts::PI * 90.0 * 90.0 / (256.0 * 256.0);
+    assert!((share - disc_share).abs() < 0.02, "{share} vs {disc_share}");
+}

@@ -11,6 +11,7 @@ pub mod birefnet;
 pub mod error;
 pub mod fixture;
 pub mod image_to_3d;
+pub mod mask_score;
 pub mod models;
 pub mod sd;
 pub mod text_to_image;

@@ -1,6 +1,7 @@
 //! One integration-test binary for the app (CLI and GUI).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly on purpose
 
+mod api_models;
 mod cli;
 mod gui;
 mod gui_metrics;

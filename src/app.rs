@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod job_views;
+pub mod mask;
 pub mod model_library;
 pub mod requests;
 pub mod state;
@@ -127,6 +128,8 @@ enum PendingDialog {
     /// A save dialog followed by the export itself, both on the dialog's thread:
     /// `None` = the user cancelled, otherwise the files written or why not.
     ExportMesh(mpsc::Receiver<Option<Result<Vec<PathBuf>, String>>>),
+    /// A save dialog and the cut-out's write: `None` = cancelled.
+    SaveCutOut(mpsc::Receiver<Option<Result<PathBuf, String>>>),
 }
 
 /// Which picker [`StudioApp::open_dialog`] shows.
@@ -167,6 +170,8 @@ pub struct StudioApp {
     models: Models,
     /// The newest step preview of each running text→image job.
     previews: std::collections::HashMap<JobKey, StepPreview>,
+    /// The Create tab's mask of the selected picture (runtime only).
+    mask: mask::MaskEditor,
 }
 
 impl StudioApp {
@@ -232,6 +237,15 @@ impl StudioApp {
             }
         };
         let data_dir_for_models = data_dir.clone();
+        let repaint_ctx = ctx.clone();
+        let mask_editor =
+            match mask::MaskEditor::new(&data_dir, move || repaint_ctx.request_repaint()) {
+                Ok(m) => m,
+                Err(err) => {
+                    toasts.error(format!("cannot start the mask thread: {err}"));
+                    mask::MaskEditor::disabled()
+                }
+            };
         let mut app = Self {
             saved,
             data_dir,
@@ -262,6 +276,7 @@ impl StudioApp {
                 )
             },
             previews: Default::default(),
+            mask: mask_editor,
         };
         app.apply(Command::RefreshGallery);
         // The Create tab marks models that are not installed; the Models tab lists them.
@@ -469,9 +484,18 @@ impl StudioApp {
             }
             Command::Generate { input } => {
                 let output_dir = self.output_dir();
+                let mask = match self.write_user_mask(&input) {
+                    Ok(mask) => mask,
+                    Err(err) => {
+                        self.toasts.error(err);
+                        return;
+                    }
+                };
                 match &self.backend {
                     Ok(backend) => {
-                        if let Err(err) = backend.submit(&input, &self.saved.params, &output_dir) {
+                        if let Err(err) =
+                            backend.submit_with_mask(&input, &self.saved.params, &output_dir, mask)
+                        {
                             self.toasts.error(format!("{err:#}"));
                         }
                     }
@@ -535,6 +559,78 @@ impl StudioApp {
             }
             Command::CancelDelete => self.gallery.confirm_delete = None,
             Command::DismissToast(id) => self.toasts.dismiss(id),
+            Command::Mask(mask::MaskCommand::SaveCutOut) => self.save_cut_out(),
+            Command::Mask(command) => self.mask.apply(command),
+        }
+    }
+
+    /// The mask editor (what the Create tab overlays).
+    pub fn mask_editor(&self) -> &mask::MaskEditor {
+        &self.mask
+    }
+
+    /// Writes the user's edited mask for `input` into `<data>/masks/`; `None`
+    /// when the automatic mask is unchanged (the runner computes it itself).
+    fn write_user_mask(&self, input: &Path) -> Result<Option<PathBuf>, String> {
+        let Some(user) = self.mask.user_mask_for(input) else {
+            return Ok(None);
+        };
+        if user.pixels().all(|p| p.0[0] < 128) {
+            return Err(
+                "The mask is all background: paint the object back in with Add, or Reset mask."
+                    .to_owned(),
+            );
+        }
+        let path = mask::mask_path(&self.data_dir, input);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        mask::write_mask_png(&path, &user)?;
+        Ok(Some(path))
+    }
+
+    /// Asks where to save the picture with its mask as alpha, then writes it
+    /// (both on the dialog's thread).
+    fn save_cut_out(&mut self) {
+        if self.dialog.is_some() {
+            return;
+        }
+        let (Some(cut), Some(input)) = (self.mask.cut_out(), self.input.clone()) else {
+            self.toasts
+                .error("Wait for the mask to appear before saving the cut-out.");
+            return;
+        };
+        let stem = input.file_stem().map_or_else(
+            || "picture".to_owned(),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        let start_dir = self.output_dir();
+        let repaint = self.egui_ctx.clone();
+        let (tx, rx) = mpsc::sync_channel(1);
+        let spawned = std::thread::Builder::new()
+            .name("orfeas-cut-out".into())
+            .spawn(move || {
+                let mut dialog = rfd::FileDialog::new()
+                    .set_title("Save the cut-out")
+                    .set_file_name(format!("{stem}-cutout.png"))
+                    .add_filter("png", &["png"]);
+                if start_dir.is_dir() {
+                    dialog = dialog.set_directory(&start_dir);
+                }
+                let result = dialog
+                    .save_file()
+                    .map(|path| mask::write_rgba_png(&path, &cut).map(|()| path));
+                if tx.send(result).is_err() {
+                    tracing::debug!("the app closed before the cut-out was saved");
+                }
+                repaint.request_repaint();
+            });
+        match spawned {
+            Ok(_) => self.dialog = Some(PendingDialog::SaveCutOut(rx)),
+            Err(err) => self
+                .toasts
+                .error(format!("cannot start the save dialog ({err}); try again")),
         }
     }
 
@@ -779,6 +875,22 @@ impl StudioApp {
     }
 
     fn poll_dialog(&mut self) -> Option<Command> {
+        if let Some(PendingDialog::SaveCutOut(rx)) = &self.dialog {
+            let result = match rx.try_recv() {
+                Ok(result) => result,
+                Err(mpsc::TryRecvError::Empty) => return None,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    Some(Err("saving stopped unexpectedly; try again".to_owned()))
+                }
+            };
+            self.dialog = None;
+            match result {
+                Some(Ok(path)) => self.toasts.success(format!("Saved {}", path.display())),
+                Some(Err(err)) => self.toasts.error(err),
+                None => {}
+            }
+            return None;
+        }
         if let Some(PendingDialog::ExportMesh(rx)) = &self.dialog {
             let result = match rx.try_recv() {
                 Ok(result) => result,
@@ -808,7 +920,9 @@ impl StudioApp {
                 | PendingDialog::ModelFolder(rx)
                 | PendingDialog::InitImage(rx),
             ) => rx,
-            Some(PendingDialog::ExportMesh(_)) | None => return None,
+            Some(PendingDialog::ExportMesh(_) | PendingDialog::SaveCutOut(_)) | None => {
+                return None;
+            }
         };
         let picked = match rx.try_recv() {
             Ok(picked) => picked,
@@ -999,6 +1113,13 @@ impl eframe::App for StudioApp {
             self.applied_theme = Some(self.saved.settings.theme);
         }
         self.thumbs.poll(&ctx);
+        let mask_params =
+            requests::request_from_create(Path::new(""), &self.saved.params, &self.data_dir).params;
+        let picture = (self.saved.mode == CreateMode::ImageTo3d)
+            .then_some(self.input.as_deref())
+            .flatten();
+        self.mask.sync(picture, &mask_params);
+        self.mask.poll(&ctx);
         self.poll_backend();
         self.poll_models();
         let mut commands: Vec<Command> = self.poll_dialog().into_iter().collect();
@@ -1052,7 +1173,8 @@ impl eframe::App for StudioApp {
             alertmanager_in_use: self.alertmanager_in_use.as_deref(),
         })
         .with_models(self.models.view())
-        .with_previews(&self.previews);
+        .with_previews(&self.previews)
+        .with_mask(&self.mask);
         top_bar_ui(&studio, ui);
         crate::ui::alerts::firing_banner_ui(&studio, ui);
         let mut viewer_command = None;
@@ -1103,6 +1225,7 @@ impl eframe::App for StudioApp {
             || self.dialog.is_some()
             || self.viewer.is_loading()
             || self.models.is_downloading()
+            || self.mask.is_loading()
         {
             // Progress arrives with a repaint request; this is a fallback for missed wakes.
             ctx.request_repaint_after(std::time::Duration::from_millis(250));

@@ -46,6 +46,8 @@ pub struct StudioCtx<'a> {
     pub models: Option<&'a crate::app::model_library::ModelsView>,
     /// Live step previews of running text→image jobs.
     pub previews: Option<&'a std::collections::HashMap<crate::app::state::JobKey, StepPreview>>,
+    /// The Create tab's mask of the selected picture (absent in panels built without it).
+    pub mask: Option<&'a crate::app::mask::MaskEditor>,
     commands: RefCell<Vec<Command>>,
 }
 
@@ -96,12 +98,18 @@ impl<'a> StudioCtx<'a> {
             monitoring: Monitoring::default(),
             models: None,
             previews: None,
+            mask: None,
             commands: RefCell::new(Vec::new()),
         }
     }
 
     pub fn with_monitoring(mut self, monitoring: Monitoring<'a>) -> Self {
         self.monitoring = monitoring;
+        self
+    }
+
+    pub fn with_mask(mut self, mask: &'a crate::app::mask::MaskEditor) -> Self {
+        self.mask = Some(mask);
         self
     }
 

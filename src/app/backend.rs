@@ -171,7 +171,19 @@ impl Backend {
         params: &CreateParams,
         output_dir: &Path,
     ) -> anyhow::Result<JobKey> {
-        let job = requests::request_from_create(input, params, output_dir);
+        self.submit_with_mask(input, params, output_dir, None)
+    }
+
+    /// [`Self::submit`] with the user's painted mask (a PNG already written).
+    pub fn submit_with_mask(
+        &self,
+        input: &Path,
+        params: &CreateParams,
+        output_dir: &Path,
+        mask: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<JobKey> {
+        let mut job = requests::request_from_create(input, params, output_dir);
+        job.mask = mask;
         self.submit_params(job, output_dir)
     }
 

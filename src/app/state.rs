@@ -543,4 +543,6 @@ pub enum Command {
     },
     /// Show the native file picker for a mesh to view (on its own thread).
     OpenMeshDialog,
+    /// The Create tab's mask editor: brush, undo, reset, save the cut-out.
+    Mask(crate::app::mask::MaskCommand),
 }

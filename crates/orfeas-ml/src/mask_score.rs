@@ -51,7 +51,11 @@ mod tests {
         assert!((mask_agreement(&object, &object) - 1.0).abs() < 1e-6);
         // A border flood fill that kept the table: the object plus everything below it.
         let with_table = GrayImage::from_fn(200, 100, |x, y| {
-            image::Luma([if y > 60 || object.get_pixel(x, y).0[0] > 0 { 255 } else { 0 }])
+            image::Luma([if y > 60 || object.get_pixel(x, y).0[0] > 0 {
+                255
+            } else {
+                0
+            }])
         });
         let a = mask_agreement(&with_table, &object);
         assert!(a < 0.5, "{a}");

@@ -34,6 +34,7 @@ impl Case {
             params: ImageTo3dParams::default(),
             method: Default::default(),
             triposr: Default::default(),
+            mask: None,
         };
         let err = image_to_3d::run_file(&req, &mut |_, _| {}, &|| false).unwrap_err();
         // Nothing but the input is left in the folder.

@@ -149,6 +149,7 @@ fn run_file_writes_a_scored_glb() {
         params: ImageTo3dParams::default(),
         method: Default::default(),
         triposr: Default::default(),
+        mask: None,
     };
     let mut stages = Vec::new();
     let outcome = image_to_3d::run_file(&req, &mut |s, f| stages.push((s, f)), &|| false).unwrap();

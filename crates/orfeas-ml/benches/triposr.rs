@@ -1,13 +1,21 @@
 //! TripoSR stage times: the tiny fixture model, then the full-size
-//! architecture (stabilityai/TripoSR config.yaml, zero weights: the same work
-//! as real ones) at 512 input and its 256³ density grid.
+//! architecture (stabilityai/TripoSR config.yaml) with seeded random weights
+//! (PyTorch-like init scales, see `RandomInit`) end to end: one 512x512 RGBA
+//! image -> scene code -> 256³ density grid -> marching cubes -> vertex
+//! colours -> GLB, with wall time, CPU time and peak RSS (VmHWM, reset per
+//! stage) of each stage. Random weights do not reach the official iso level
+//! 25, so the grid's 90th percentile is used then (printed).
+//! `scripts/bench/triposr_pytorch.py e2e` times the official PyTorch code the
+//! same way.
 //!
 //! `cargo bench -p orfeas-ml --bench triposr` (add `--profile dev` to reuse the
 //! dev build; dependencies are optimised there too). Environment:
 //! ORFEAS_BENCH_DEVICE (auto|cpu|cuda|metal; default auto), ORFEAS_BENCH_FULL
 //! (0 skips the full-size model), ORFEAS_BENCH_GRID (full-size grid resolution,
 //! default 256), ORFEAS_BENCH_CHUNK (points per chunk, default
-//! `DEFAULT_CHUNK_POINTS`), ORFEAS_BENCH_REPEATS (tiny model; default 5).
+//! `DEFAULT_CHUNK_POINTS`), ORFEAS_BENCH_REPEATS (tiny model; default 5),
+//! ORFEAS_BENCH_IMAGE (full-size input; default the fixture image resized to
+//! 512x512), ORFEAS_BENCH_SEED (random weights; default 0).
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -31,6 +31,8 @@ pub enum MaskCommand {
     SetBrush(Brush),
     SetBrushSize(f32),
     SetKeepLargest(bool),
+    /// Show the picture with the mask tinted over it, or the plain picture.
+    SetShow(bool),
     /// A drag started: the next paints are one stroke for Undo.
     BeginStroke,
     /// Paint the segment between two points, in picture pixels.
@@ -69,11 +71,15 @@ pub struct MaskEditor {
     edited: bool,
     undo: Vec<GrayImage>,
     pub keep_largest: bool,
+    /// Whether the overlay (not the plain picture) is shown.
+    pub show: bool,
     pub brush: Brush,
     /// Brush diameter in picture pixels.
     pub brush_px: f32,
     texture: Option<egui::TextureHandle>,
     texture_dirty: bool,
+    /// Share of the picture the effective mask keeps, refreshed with the texture.
+    share: Option<f32>,
     error: Option<String>,
     loading: bool,
 }
@@ -139,10 +145,12 @@ impl MaskEditor {
             edited: false,
             undo: Vec::new(),
             keep_largest: false,
+            show: true,
             brush: Brush::Erase,
             brush_px: 24.0,
             texture: None,
             texture_dirty: false,
+            share: None,
             error: None,
             loading: false,
         }
@@ -199,6 +207,7 @@ impl MaskEditor {
         self.edited = false;
         self.undo.clear();
         self.texture = None;
+        self.share = None;
         self.error = None;
         self.loading = false;
     }
@@ -236,6 +245,7 @@ impl MaskEditor {
         if self.texture_dirty {
             self.texture_dirty = false;
             if let (Some(picture), Some(mask)) = (&self.picture, self.effective()) {
+                self.share = Some(foreground_share(&mask));
                 let image = overlay(picture, &mask);
                 match &mut self.texture {
                     Some(t) => t.set(image, egui::TextureOptions::LINEAR),
@@ -257,6 +267,7 @@ impl MaskEditor {
                 self.keep_largest = on;
                 self.texture_dirty = true;
             }
+            MaskCommand::SetShow(on) => self.show = on,
             MaskCommand::BeginStroke => {
                 if let Some(mask) = self.mask.clone() {
                     self.push_undo(mask);
@@ -354,12 +365,15 @@ impl MaskEditor {
         self.source
     }
 
-    /// Share of the picture the mask keeps, 0..=1.
+    /// Share of the picture the mask keeps, 0..=1 (as of the last overlay refresh).
     pub fn foreground_share(&self) -> Option<f32> {
-        let mask = self.effective()?;
-        let kept = mask.pixels().filter(|p| p.0[0] >= 128).count();
-        Some(kept as f32 / (mask.width() as f32 * mask.height() as f32).max(1.0))
+        self.share
     }
+}
+
+fn foreground_share(mask: &GrayImage) -> f32 {
+    let kept = mask.pixels().filter(|p| p.0[0] >= 128).count();
+    kept as f32 / (mask.width() as f32 * mask.height() as f32).max(1.0)
 }
 
 /// Writes `mask` as a grayscale PNG, atomically.

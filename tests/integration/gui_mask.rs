@@ -255,3 +255,47 @@ fn the_overlay_on_a_photo_before_and_after_a_brush_stroke() {
     assert_eq!(mask_at(&h, 320, 280), 255, "the mug stays");
     assert!(h.query_by_label_contains("edited").is_some());
 }
+
+/// With the tiny random-weight segmenter installed in the data dir, an opaque
+/// example photo under Auto goes through it: the overlay says so and the job
+/// runs it (random weights may find no object; then the job says exactly that).
+#[test]
+fn an_opaque_photo_under_auto_is_masked_by_the_installed_segmenter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/orfeas-ml/tests/fixtures/birefnet-tiny");
+    let installed = data.join("models/birefnet-lite");
+    std::fs::create_dir_all(&installed).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), installed.join(f)).unwrap();
+    }
+    let photo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/examples/rocket-sky.png");
+    let mut h = harness(&data, None);
+    h.state_mut().apply(Command::SelectInput(photo));
+    step_until(&mut h, "the segmenter's mask", |h| {
+        h.query_by_label_contains("Mask: Neural segmenter")
+            .is_some()
+            || h.query_by_label_contains("No mask:").is_some()
+    });
+    assert!(
+        h.query_by_label_contains("No mask:").is_none(),
+        "the segmenter ran on the mask thread"
+    );
+    h.get_by_role_and_label(Role::Button, "Generate 3D model")
+        .click();
+    step_until(&mut h, "the job to finish", |h| {
+        h.state().jobs().iter().any(|j| j.phase.is_finished())
+    });
+    let job = h.state().jobs()[0].clone();
+    match job.phase {
+        JobPhase::Succeeded => {
+            let (_, pieces) = front_aspect_and_pieces(&job.outputs[0]);
+            assert!(pieces >= 1);
+        }
+        _ => {
+            let err = job.error.unwrap_or_default();
+            assert!(err.contains("segmenter found no object"), "{err}");
+        }
+    }
+}

@@ -76,6 +76,8 @@ pub struct MaskEditor {
     pub brush: Brush,
     /// Brush diameter in picture pixels.
     pub brush_px: f32,
+    /// A stored mask to show for a picture once it is loaded (a re-run's).
+    adopted: Option<(PathBuf, GrayImage)>,
     texture: Option<egui::TextureHandle>,
     texture_dirty: bool,
     /// Share of the picture the effective mask keeps, refreshed with the texture.
@@ -148,6 +150,7 @@ impl MaskEditor {
             show: true,
             brush: Brush::Erase,
             brush_px: 24.0,
+            adopted: None,
             texture: None,
             texture_dirty: false,
             share: None,
@@ -174,6 +177,10 @@ impl MaskEditor {
         };
         if self.key.as_ref() == Some(&key) {
             return;
+        }
+        // A stored mask waits only for its own picture.
+        if self.adopted.as_ref().is_some_and(|(p, _)| *p != key.input) {
+            self.adopted = None;
         }
         let same_picture = self.key.as_ref().is_some_and(|k| k.input == key.input);
         let generation = self.generation + 1;
@@ -231,6 +238,7 @@ impl MaskEditor {
                     self.source = Some(source);
                     self.edited = false;
                     self.error = None;
+                    self.take_adopted();
                 }
                 Err(err) => {
                     self.error = Some(err);
@@ -299,6 +307,36 @@ impl MaskEditor {
                 }
             }
             MaskCommand::SaveCutOut => {}
+        }
+    }
+
+    /// Shows `mask` (a job's stored mask, e.g. for a re-run) as the edited
+    /// mask of `input`, now when that picture is loaded or else once it is.
+    pub fn adopt(&mut self, input: &Path, mask: GrayImage) {
+        self.adopted = Some((input.to_path_buf(), mask));
+        self.take_adopted();
+    }
+
+    fn take_adopted(&mut self) {
+        let Some((input, mask)) = self.adopted.take() else {
+            return;
+        };
+        let loaded = self.key.as_ref().is_some_and(|k| k.input == input);
+        match &self.picture {
+            Some(picture) if loaded => {
+                if picture.dimensions() == mask.dimensions() {
+                    if let Some(old) = self.mask.replace(mask) {
+                        self.push_undo(old);
+                    }
+                    self.edited = true;
+                    self.keep_largest = false;
+                    self.texture_dirty = true;
+                } else {
+                    tracing::warn!("a stored mask does not fit its picture; not shown");
+                }
+            }
+            // Not loaded yet: keep it for when it is.
+            _ => self.adopted = Some((input, mask)),
         }
     }
 

@@ -173,6 +173,9 @@ fn a_brush_stroke_and_keep_largest_shape_the_mesh_and_rerun_reproduces_it() {
     step_until(&mut h, "the re-run to finish", |h| {
         h.state().jobs().len() == 2 && h.state().jobs()[1].phase.is_finished()
     });
+    // The overlay shows the mask the job used again, not the automatic one.
+    assert_eq!(mask_at(&h, 72, 48), 0, "the re-run's mask is on show");
+    assert!(h.state().mask_editor().is_edited());
     let second = finished_output(&h, 1);
     assert_ne!(first, second, "a re-run writes a new file");
     let (again, pieces_again) = front_aspect_and_pieces(&second);

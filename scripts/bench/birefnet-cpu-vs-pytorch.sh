@@ -20,7 +20,8 @@ cd "$(dirname "$0")/../.."
 : "${BIREFNET_SRC:?set BIREFNET_SRC to a work tree of the official BiRefNet code}"
 VENV=${VENV:-/tmp/brn-bench}
 WORK=${WORK:-$VENV}
-IMAGE=${IMAGE:-assets/examples/mug-on-table.png}
+# Absolute: cargo bench runs the bench in the package folder.
+IMAGE=$(realpath "${IMAGE:-assets/examples/mug-on-table.png}")
 SIZE=${SIZE:-1024}
 THREADS=${THREADS:-2}
 mkdir -p "$WORK"

@@ -4,7 +4,14 @@
 //!
 //! `cargo bench -p orfeas-ml --bench birefnet` (CPU). Environment:
 //! ORFEAS_BENCH_SIZE (lite input side, default 1024; a multiple of 32),
-//! ORFEAS_BENCH_REPEATS (tiny-model repeats, default 5), ORFEAS_BENCH_LITE=0 skips the lite model.
+//! ORFEAS_BENCH_REPEATS (tiny-model repeats, default 5),
+//! ORFEAS_BENCH_LITE_REPEATS (lite-model repeats, default 1), ORFEAS_BENCH_LITE=0 skips the lite model,
+//! ORFEAS_BENCH_IMAGE (the lite model's picture, default `assets/examples/mug-on-table.png`),
+//! ORFEAS_BENCH_WEIGHTS (a BiRefNet_lite safetensors in the official names to use instead of
+//! the seeded random weights, e.g. the ones `scripts/bench/birefnet_pytorch.py --save-weights`
+//! wrote), ORFEAS_BENCH_REFERENCE (that script's `--save-output` file: the official code's
+//! input, logits and mask, compared with ours as max abs differences).
+//! `scripts/bench/birefnet-cpu-vs-pytorch.sh` runs both sides on the same weights and picture.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -15,6 +22,13 @@ use candle_nn::VarBuilder;
 use orfeas_ml::birefnet::{BiRefNet, Config, Trace, preprocess};
 use rand::SeedableRng;
 use rand_distr::Distribution;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/birefnet-tiny")
@@ -97,14 +111,15 @@ impl candle_nn::var_builder::SimpleBackend for SeededRandom {
     }
 }
 
-/// Times each stage of one model at `size_hw`.
+/// Times each stage of one model at `size_hw`; returns the model input and the
+/// logits of the whole forward.
 fn stages(
     label: &str,
     model: &BiRefNet,
     image: &image::DynamicImage,
     size_hw: (usize, usize),
     repeats: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(Tensor, Tensor)> {
     let dev = Device::Cpu;
     let (pre_ms, x) = time_ms(repeats, || Ok(BiRefNet::preprocess(image, size_hw, &dev)?))?;
     let (bb_ms, _) = time_ms(repeats, || Ok(model.backbone().forward(&x)?))?;
@@ -116,11 +131,12 @@ fn stages(
             .forward_traced(&x4, "squeeze_module.0", &mut Trace::off())?)
     })?;
     let feats = [x1, x2, x3, x4];
-    let (dec_ms, logits) = time_ms(repeats, || {
+    let (dec_ms, _) = time_ms(repeats, || {
         Ok(model
             .decoder()
             .forward_traced(&x, &feats, &mut Trace::off())?)
     })?;
+    let (fwd_ms, logits) = time_ms(repeats, || Ok(model.forward(&x)?))?;
     let (post_ms, mask) = time_ms(repeats, || {
         let m = candle_nn::ops::sigmoid(&logits)?;
         let small = preprocess::mask_to_u8(&m)?;
@@ -144,6 +160,7 @@ fn stages(
     );
     println!("  squeeze      {sq_ms:10.1} ms");
     println!("  decoder      {dec_ms:10.1} ms");
+    println!("  forward      {fwd_ms:10.1} ms  (encoder + squeeze + decoder)");
     println!("  postprocess  {post_ms:10.1} ms");
     println!(
         "  mask() total {total_ms:10.1} ms  (mask {}x{})",
@@ -151,14 +168,37 @@ fn stages(
         mask.height()
     );
     println!("  peak RSS     {:10.1} MiB", peak_rss_mib());
+    Ok((x, logits))
+}
+
+/// Max abs differences of our input, logits and mask from the official code's.
+fn compare(reference: &std::path::Path, x: &Tensor, logits: &Tensor) -> anyhow::Result<()> {
+    let theirs = candle_core::safetensors::load(reference, &Device::Cpu)?;
+    let get = |name: &str| {
+        theirs
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("{} has no tensor '{name}'", reference.display()))
+    };
+    let max_abs = |a: &Tensor, b: &Tensor| -> anyhow::Result<f32> {
+        Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+    };
+    let mask = candle_nn::ops::sigmoid(logits)?;
+    println!(
+        "  vs official: max |Δ| input {:.3e}, logits {:.3e}, mask {:.3e} (logits std {:.3})",
+        max_abs(x, get("input")?)?,
+        max_abs(logits, get("logits")?)?,
+        max_abs(&mask, get("mask")?)?,
+        get("logits")?
+            .flatten_all()?
+            .var(0)?
+            .sqrt()?
+            .to_scalar::<f32>()?
+    );
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
-    let repeats: usize = std::env::var("ORFEAS_BENCH_REPEATS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let repeats: usize = env_or("ORFEAS_BENCH_REPEATS", 5);
     let image = image::open(fixture().join("golden/input.png"))?;
     let tiny = BiRefNet::from_dir(&fixture(), DType::F32, &Device::Cpu)?;
     let tiny_size = orfeas_ml::birefnet::default_input_size(&fixture())?;
@@ -167,29 +207,43 @@ fn main() -> anyhow::Result<()> {
     if std::env::var("ORFEAS_BENCH_LITE").as_deref() == Ok("0") {
         return Ok(());
     }
-    let side: usize = std::env::var("ORFEAS_BENCH_SIZE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1024);
+    let side: usize = env_or("ORFEAS_BENCH_SIZE", 1024);
     let text = std::fs::read_to_string(fixture().join("full-size/BiRefNet_lite.config.json"))?;
     let cfg = Config::from_json_str(&text).map_err(anyhow::Error::msg)?;
-    let rng = rand::rngs::StdRng::seed_from_u64(2024);
-    let backend = SeededRandom(Arc::new(Mutex::new(rng)));
     let t = Instant::now();
-    let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
+    let (vb, weights) = match std::env::var_os("ORFEAS_BENCH_WEIGHTS") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            let vb = orfeas_ml::sd::weights::load_weights(
+                std::slice::from_ref(&path),
+                DType::F32,
+                &Device::Cpu,
+            )?;
+            (vb, format!("weights from {}", path.display()))
+        }
+        None => {
+            let rng = rand::rngs::StdRng::seed_from_u64(2024);
+            let backend = SeededRandom(Arc::new(Mutex::new(rng)));
+            let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, Device::Cpu);
+            (vb, "seeded random weights".to_owned())
+        }
+    };
     let lite = BiRefNet::load(vb, &cfg)?;
     println!(
-        "BiRefNet_lite (Swin-T, seeded random weights) built in {:.1} s, peak RSS {:.1} MiB",
+        "BiRefNet_lite (Swin-T, {weights}) built in {:.1} s, peak RSS {:.1} MiB",
         t.elapsed().as_secs_f64(),
         peak_rss_mib()
     );
-    // A picture of a typical photo size; the model runs at side×side.
-    let photo = image::DynamicImage::ImageRgb8(image::imageops::resize(
-        &image.to_rgb8(),
-        1600,
-        1200,
-        image::imageops::FilterType::Triangle,
-    ));
-    stages("BiRefNet_lite", &lite, &photo, (side, side), 1)?;
+    let photo_path = std::env::var_os("ORFEAS_BENCH_IMAGE").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets/examples/mug-on-table.png"),
+        PathBuf::from,
+    );
+    let photo =
+        image::open(&photo_path).map_err(|e| anyhow::anyhow!("{}: {e}", photo_path.display()))?;
+    let lite_repeats: usize = env_or("ORFEAS_BENCH_LITE_REPEATS", 1);
+    let (x, logits) = stages("BiRefNet_lite", &lite, &photo, (side, side), lite_repeats)?;
+    if let Some(reference) = std::env::var_os("ORFEAS_BENCH_REFERENCE") {
+        compare(std::path::Path::new(&reference), &x, &logits)?;
+    }
     Ok(())
 }

@@ -5,10 +5,10 @@
 //! gradient attention after decoder blocks 4, 3, 2. BatchNorm in eval mode.
 
 use candle_core::{Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{BatchNorm, BatchNormConfig, VarBuilder};
 
 use super::config::Config;
-use super::deform::{DeformParts, DeformableConv2d};
+use super::deform::{DeformParts, DeformableConv2d, SameConv};
 use super::swin::interp;
 
 /// Named intermediate tensors, recorded only when asked for (parity checks).
@@ -38,16 +38,8 @@ impl Trace {
     }
 }
 
-fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize, bias: bool) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: k / 2,
-        ..Default::default()
-    };
-    if bias {
-        candle_nn::conv2d(cin, cout, k, cfg, vb)
-    } else {
-        candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb)
-    }
+fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize, bias: bool) -> Result<SameConv> {
+    SameConv::load(vb, cin, cout, k, bias)
 }
 
 fn bn(vb: VarBuilder, c: usize, cfg: &Config) -> Result<BatchNorm> {
@@ -96,9 +88,9 @@ impl AsppBranch {
 pub struct AsppDeformable {
     pub aspp1: AsppBranch,
     pub aspp_deforms: Vec<AsppBranch>,
-    gap_conv: Conv2d,
+    gap_conv: SameConv,
     gap_bn: BatchNorm,
-    conv1: Conv2d,
+    conv1: SameConv,
     bn1: BatchNorm,
 }
 
@@ -149,10 +141,10 @@ impl AsppDeformable {
 /// `conv_in 3×3 → BN → ReLU → ASPPDeformable → conv_out 3×3 → BN` (no final ReLU).
 #[derive(Debug, Clone)]
 pub struct BasicDecBlk {
-    conv_in: Conv2d,
+    conv_in: SameConv,
     bn_in: BatchNorm,
     pub dec_att: AsppDeformable,
-    conv_out: Conv2d,
+    conv_out: SameConv,
     bn_out: BatchNorm,
 }
 
@@ -195,8 +187,8 @@ impl Module for BasicDecBlk {
 /// `SimpleConvs`: Conv3×3 → Conv3×3, nothing between.
 #[derive(Debug, Clone)]
 pub struct SimpleConvs {
-    conv1: Conv2d,
-    conv_out: Conv2d,
+    conv1: SameConv,
+    conv_out: SameConv,
 }
 
 impl SimpleConvs {
@@ -217,7 +209,7 @@ impl Module for SimpleConvs {
 /// `Conv3×3(→16) → BN → ReLU` (`gdt_convs_k`).
 #[derive(Debug, Clone)]
 struct GdtConvs {
-    conv: Conv2d,
+    conv: SameConv,
     bn: BatchNorm,
 }
 
@@ -254,10 +246,10 @@ pub struct Decoder {
     /// `decoder_block4..decoder_block1` at index 0..4.
     pub blocks: Vec<BasicDecBlk>,
     /// `lateral_block4..lateral_block2` at index 0..3.
-    pub laterals: Vec<Conv2d>,
+    pub laterals: Vec<SameConv>,
     gdt: Vec<GdtConvs>,
-    gdt_attn: Vec<Conv2d>,
-    conv_out1: Conv2d,
+    gdt_attn: Vec<SameConv>,
+    conv_out1: SameConv,
 }
 
 impl Decoder {

@@ -44,6 +44,7 @@ SetCompressor /SOLID lzma
 
 Section "Install"
   SetRegView 64
+  SetShellVarContext all ; Start-menu entry for every user (the setup runs as admin)
   SetOutPath "$INSTDIR"
   File "${SRC}\orfeas.exe"
   File "${SRC}\orfeas.ico"
@@ -83,6 +84,7 @@ SectionEnd
 
 Section "Uninstall"
   SetRegView 64
+  SetShellVarContext all
   Delete "$INSTDIR\orfeas.exe"
   Delete "$INSTDIR\orfeas.ico"
   Delete "$INSTDIR\LICENSE-MIT.txt"

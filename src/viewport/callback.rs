@@ -100,7 +100,9 @@ pub struct ViewportUnavailable {
 pub fn is_installed(render_state: &egui_wgpu::RenderState) -> bool {
     let renderer = render_state.renderer.read();
     renderer.callback_resources.contains::<ViewportResources>()
-        || renderer.callback_resources.contains::<ViewportUnavailable>()
+        || renderer
+            .callback_resources
+            .contains::<ViewportUnavailable>()
 }
 
 /// What the viewer can tell the user about the 3D view's GPU.

@@ -132,10 +132,7 @@ mod tests {
 
     #[test]
     fn a_forced_backend_is_the_only_one_searched() {
-        assert_eq!(
-            instance_backends(Some(GpuBackend::Gl)),
-            wgpu::Backends::GL
-        );
+        assert_eq!(instance_backends(Some(GpuBackend::Gl)), wgpu::Backends::GL);
         assert_eq!(
             instance_backends(Some(GpuBackend::Vulkan)),
             wgpu::Backends::VULKAN

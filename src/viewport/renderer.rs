@@ -393,8 +393,8 @@ impl GpuMesh {
                     usage: wgpu::BufferUsages::INDEX | storage,
                 });
                 let wire = match &renderer.pull_layout {
-                    Some(layout) => ChunkWire::Pulled(device.create_bind_group(
-                        &wgpu::BindGroupDescriptor {
+                    Some(layout) => {
+                        ChunkWire::Pulled(device.create_bind_group(&wgpu::BindGroupDescriptor {
                             label: Some("viewport mesh (pulled)"),
                             layout,
                             entries: &[
@@ -407,8 +407,8 @@ impl GpuMesh {
                                     resource: index_buffer.as_entire_binding(),
                                 },
                             ],
-                        },
-                    )),
+                        }))
+                    }
                     None => ChunkWire::Corners(device.create_buffer_init(
                         &wgpu::util::BufferInitDescriptor {
                             label: Some("viewport mesh corners"),

@@ -169,7 +169,15 @@ fn render_command_draws_the_mesh_with_vulkan_hidden() {
         command
             .arg("render")
             .args([mesh.as_os_str(), "-o".as_ref(), out.as_os_str()])
-            .args(["--view", "front", "--size", "256x256", "--no-grid", "--mode", "clay"])
+            .args([
+                "--view",
+                "front",
+                "--size",
+                "256x256",
+                "--no-grid",
+                "--mode",
+                "clay",
+            ])
             .args(["--wireframe"])
             .env("VK_ICD_FILENAMES", "/nonexistent.json")
             .env("ORFEAS_DATA_DIR", tmp.path().join("data"))

@@ -383,14 +383,14 @@ pub fn viewer_ui(
     }
     open_dropped_files(ui, state);
 
-    let Some(render_state) = render_state else {
+    if render_state.is_none() {
         message_ui(
             ui,
             rect,
             "3D view unavailable: the app is not running on the wgpu renderer",
         );
         return command;
-    };
+    }
     if let Some(Some(ViewportHealth::Failed(reason))) = &health {
         let text = format!(
             "3D view unavailable: the GPU reported an error.\n{reason}\n\

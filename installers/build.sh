@@ -31,7 +31,7 @@ ICON_SIZES=(16 24 32 48 64 128 256 512)
 log() { echo "== $*" >&2; }
 
 need_cargo_tool() { # need_cargo_tool SUBCOMMAND CRATE
-  if ! cargo "$1" --version >/dev/null 2>&1; then
+  if ! command -v "cargo-$1" >/dev/null; then
     log "installing $2 (cargo install --locked)"
     cargo install "$2" --locked >&2
   fi
@@ -85,13 +85,16 @@ build_deb() {
   bin=$(binary)
   need_cargo_tool deb cargo-deb
   stage_common
-  # cargo-deb reads the assets from Cargo.toml; it finds the binary under target/.
-  if [ "$bin" != "$TARGET_DIR/$PROFILE_DIR/orfeas" ]; then
-    mkdir -p "$TARGET_DIR/$PROFILE_DIR"
-    cp "$bin" "$TARGET_DIR/$PROFILE_DIR/orfeas"
-  fi
-  log "cargo deb ($PROFILE)"
-  cargo deb --no-build --locked --profile "$PROFILE" -o "$DIST/" >&2
+  # cargo-deb takes the binary from <target dir>/release/ (the asset path in
+  # Cargo.toml); a private target dir in the stage keeps it from touching (or
+  # stripping) the build's own, whichever profile built it.
+  local deb_target=$STAGE/cargo-deb-target
+  rm -rf "$deb_target"
+  mkdir -p "$deb_target/release"
+  cp "$bin" "$deb_target/release/orfeas"
+  log "cargo deb (binary from the $PROFILE profile)"
+  CARGO_TARGET_DIR=$deb_target cargo deb --no-build --locked -o "$DIST/" >&2
+  rm -rf "$deb_target"
   build_tarball "$bin"
 }
 

@@ -33,7 +33,7 @@ deb=$(ls dist/${PKG}_*.deb)
 pass "built $deb ($(du -h "$deb" | cut -f1))"
 
 # Errors fail the build; warnings are printed for the record.
-lintian --fail-on error --no-tag-display-limit "$deb" || fail "lintian reports errors"
+lintian --fail-on error --tag-display-limit 0 "$deb" || fail "lintian reports errors"
 pass "lintian: no errors"
 
 dpkg-deb -c "$deb" | awk '{print $6}' | sort >"$ROOT/dist/deb-contents.txt"

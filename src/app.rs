@@ -111,11 +111,24 @@ pub fn run_gui(config: AppConfig) -> anyhow::Result<()> {
     let mut options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("ORFEAS Studio")
+            // The desktop file's name: Wayland and X11 match the window to its menu entry and icon.
+            .with_app_id("org.orfeas.Studio")
             .with_inner_size([1320.0, 860.0])
             .with_min_inner_size([960.0, 620.0])
             .with_drag_and_drop(true),
+        // eframe names the settings folder after the app id when there is one;
+        // this keeps it where it was before the id (under the app's name).
+        persistence_path: eframe::storage_dir("ORFEAS Studio").map(|dir| dir.join("app.ron")),
         ..Default::default()
     };
+    if let Some(dir) = options.persistence_path.as_ref().and_then(|p| p.parent())
+        && let Err(err) = std::fs::create_dir_all(dir)
+    {
+        tracing::warn!(
+            "settings will not be saved: cannot create {}: {err}",
+            dir.display()
+        );
+    }
     force_backend(&mut options.wgpu_options, config.backend);
     eframe::run_native(
         "ORFEAS Studio",

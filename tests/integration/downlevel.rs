@@ -305,7 +305,7 @@ fn a_gpu_error_costs_the_3d_view_not_the_studio() {
     });
     h.run();
     // A validation error outside any error scope: wgpu's default handler panics.
-    render_state.device.create_buffer(&wgpu::BufferDescriptor {
+    let _invalid = render_state.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("invalid on purpose"),
         size: 4,
         usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::MAP_WRITE,

@@ -327,3 +327,30 @@ fn a_gpu_error_costs_the_3d_view_not_the_studio() {
         "the rest of the studio keeps working"
     );
 }
+
+#[test]
+fn a_forced_backend_without_a_driver_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mesh = tmp.path().join("cube.glb");
+    write_cube_glb(&mesh);
+    let output = Command::new(env!("CARGO_BIN_EXE_orfeas"))
+        .args(["--backend", "vulkan", "render"])
+        .args([
+            mesh.as_os_str(),
+            "-o".as_ref(),
+            tmp.path().join("x.png").as_os_str(),
+        ])
+        .env("VK_ICD_FILENAMES", "/nonexistent.json")
+        .env("ORFEAS_DATA_DIR", tmp.path().join("data"))
+        .env_remove("WGPU_BACKEND")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("no GPU adapter found") && stderr.contains("--backend"),
+        "the error says what to do: {stderr}"
+    );
+    assert!(!tmp.path().join("x.png").exists(), "nothing is written");
+}

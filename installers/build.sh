@@ -145,6 +145,7 @@ case "$target" in
     installers/windows/build.sh
     ;;
   *)
+    [ -z "$target" ] || echo "unknown installer '$target'" >&2
     sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;

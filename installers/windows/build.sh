@@ -6,7 +6,8 @@
 #
 # Long: std plus every dependency (candle, wgpu, eframe) for a second target;
 # about an hour for release on 2 cores. Its own target folder (target-windows/)
-# keeps it from invalidating the native build.
+# keeps it from invalidating the native build. ORFEAS_WINDOWS_EXE=PATH packages
+# an orfeas.exe built before instead.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -48,10 +49,14 @@ export CC_x86_64_pc_windows_gnu=x86_64-w64-mingw32-gcc CXX_x86_64_pc_windows_gnu
 export AR_x86_64_pc_windows_gnu=x86_64-w64-mingw32-ar
 # The dev profile's line tables make a huge PE; the installer needs none.
 export CARGO_PROFILE_DEV_DEBUG=false
-log "cross-building orfeas.exe ($PROFILE, $TRIPLE) into $WIN_TARGET_DIR"
-/usr/bin/cargo build --locked --profile "$PROFILE" --bin orfeas --target "$TRIPLE" \
-  -Zbuild-std=std,panic_abort --target-dir "$WIN_TARGET_DIR"
-exe=$WIN_TARGET_DIR/$TRIPLE/$PROFILE_DIR/orfeas.exe
+if [ -n "${ORFEAS_WINDOWS_EXE:-}" ]; then
+  exe=$ORFEAS_WINDOWS_EXE # package a prebuilt orfeas.exe
+else
+  log "cross-building orfeas.exe ($PROFILE, $TRIPLE) into $WIN_TARGET_DIR"
+  /usr/bin/cargo build --locked --profile "$PROFILE" --bin orfeas --target "$TRIPLE" \
+    -Zbuild-std=std,panic_abort --target-dir "$WIN_TARGET_DIR"
+  exe=$WIN_TARGET_DIR/$TRIPLE/$PROFILE_DIR/orfeas.exe
+fi
 
 # Icon and licences: the same sources as the Linux packages.
 rm -rf "$STAGE"

@@ -1,7 +1,8 @@
 ; ORFEAS Studio setup for Windows (NSIS 3, built on Linux with makensis).
 ; makensis -DVERSION=0.1.0 -DSRC=<staged folder> -DOUT=<setup.exe> orfeas.nsi
 ; Silent: setup.exe /S [/D=C:\path]; uninstall: uninstall.exe /S.
-Unicode true
+; A 64-bit installer: it runs under 64-bit-only Wine too, and orfeas.exe is x86_64 anyway.
+Target amd64-unicode
 !include "MUI2.nsh"
 
 !ifndef VERSION

@@ -789,6 +789,18 @@ impl StudioApp {
         let output_dir = self.output_dir();
         let input = item.input.clone();
         let item_is_text = item.text.is_some();
+        // Show the mask the job used, so what the overlay shows is what ran.
+        if let (Some(input), Some(mask)) =
+            (&input, item.params.as_ref().and_then(|p| p.mask.as_ref()))
+        {
+            match image::open(mask) {
+                Ok(stored) => self.mask.adopt(input, stored.to_luma8()),
+                Err(err) => self.toasts.error(format!(
+                    "the job's mask {} cannot be read ({err}); the re-run will fail",
+                    mask.display()
+                )),
+            }
+        }
         if let Ok(backend) = &self.backend
             && let Err(err) = backend.resubmit(item, format, &output_dir)
         {

@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod create;
 pub mod gallery;
+pub mod mask;
 pub mod metrics;
 pub mod models;
 pub mod settings;

@@ -31,6 +31,8 @@ pub enum MaskCommand {
     SetBrush(Brush),
     SetBrushSize(f32),
     SetKeepLargest(bool),
+    /// Show the picture with the mask tinted over it, or the plain picture.
+    SetShow(bool),
     /// A drag started: the next paints are one stroke for Undo.
     BeginStroke,
     /// Paint the segment between two points, in picture pixels.
@@ -69,11 +71,17 @@ pub struct MaskEditor {
     edited: bool,
     undo: Vec<GrayImage>,
     pub keep_largest: bool,
+    /// Whether the overlay (not the plain picture) is shown.
+    pub show: bool,
     pub brush: Brush,
     /// Brush diameter in picture pixels.
     pub brush_px: f32,
+    /// A stored mask to show for a picture once it is loaded (a re-run's).
+    adopted: Option<(PathBuf, GrayImage)>,
     texture: Option<egui::TextureHandle>,
     texture_dirty: bool,
+    /// Share of the picture the effective mask keeps, refreshed with the texture.
+    share: Option<f32>,
     error: Option<String>,
     loading: bool,
 }
@@ -139,10 +147,13 @@ impl MaskEditor {
             edited: false,
             undo: Vec::new(),
             keep_largest: false,
+            show: true,
             brush: Brush::Erase,
             brush_px: 24.0,
+            adopted: None,
             texture: None,
             texture_dirty: false,
+            share: None,
             error: None,
             loading: false,
         }
@@ -166,6 +177,10 @@ impl MaskEditor {
         };
         if self.key.as_ref() == Some(&key) {
             return;
+        }
+        // A stored mask waits only for its own picture.
+        if self.adopted.as_ref().is_some_and(|(p, _)| *p != key.input) {
+            self.adopted = None;
         }
         let same_picture = self.key.as_ref().is_some_and(|k| k.input == key.input);
         let generation = self.generation + 1;
@@ -199,6 +214,7 @@ impl MaskEditor {
         self.edited = false;
         self.undo.clear();
         self.texture = None;
+        self.share = None;
         self.error = None;
         self.loading = false;
     }
@@ -222,6 +238,7 @@ impl MaskEditor {
                     self.source = Some(source);
                     self.edited = false;
                     self.error = None;
+                    self.take_adopted();
                 }
                 Err(err) => {
                     self.error = Some(err);
@@ -236,6 +253,7 @@ impl MaskEditor {
         if self.texture_dirty {
             self.texture_dirty = false;
             if let (Some(picture), Some(mask)) = (&self.picture, self.effective()) {
+                self.share = Some(foreground_share(&mask));
                 let image = overlay(picture, &mask);
                 match &mut self.texture {
                     Some(t) => t.set(image, egui::TextureOptions::LINEAR),
@@ -257,6 +275,7 @@ impl MaskEditor {
                 self.keep_largest = on;
                 self.texture_dirty = true;
             }
+            MaskCommand::SetShow(on) => self.show = on,
             MaskCommand::BeginStroke => {
                 if let Some(mask) = self.mask.clone() {
                     self.push_undo(mask);
@@ -288,6 +307,36 @@ impl MaskEditor {
                 }
             }
             MaskCommand::SaveCutOut => {}
+        }
+    }
+
+    /// Shows `mask` (a job's stored mask, e.g. for a re-run) as the edited
+    /// mask of `input`, now when that picture is loaded or else once it is.
+    pub fn adopt(&mut self, input: &Path, mask: GrayImage) {
+        self.adopted = Some((input.to_path_buf(), mask));
+        self.take_adopted();
+    }
+
+    fn take_adopted(&mut self) {
+        let Some((input, mask)) = self.adopted.take() else {
+            return;
+        };
+        let loaded = self.key.as_ref().is_some_and(|k| k.input == input);
+        match &self.picture {
+            Some(picture) if loaded => {
+                if picture.dimensions() == mask.dimensions() {
+                    if let Some(old) = self.mask.replace(mask) {
+                        self.push_undo(old);
+                    }
+                    self.edited = true;
+                    self.keep_largest = false;
+                    self.texture_dirty = true;
+                } else {
+                    tracing::warn!("a stored mask does not fit its picture; not shown");
+                }
+            }
+            // Not loaded yet: keep it for when it is.
+            _ => self.adopted = Some((input, mask)),
         }
     }
 
@@ -354,12 +403,15 @@ impl MaskEditor {
         self.source
     }
 
-    /// Share of the picture the mask keeps, 0..=1.
+    /// Share of the picture the mask keeps, 0..=1 (as of the last overlay refresh).
     pub fn foreground_share(&self) -> Option<f32> {
-        let mask = self.effective()?;
-        let kept = mask.pixels().filter(|p| p.0[0] >= 128).count();
-        Some(kept as f32 / (mask.width() as f32 * mask.height() as f32).max(1.0))
+        self.share
     }
+}
+
+fn foreground_share(mask: &GrayImage) -> f32 {
+    let kept = mask.pixels().filter(|p| p.0[0] >= 128).count();
+    kept as f32 / (mask.width() as f32 * mask.height() as f32).max(1.0)
 }
 
 /// Writes `mask` as a grayscale PNG, atomically.

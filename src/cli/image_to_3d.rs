@@ -211,6 +211,15 @@ pub(super) fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
         if let Some(background) = s["background"].as_str() {
             println!("background: {background}");
         }
+        if let Some(agreement) = s["report"]["mask_agreement"].as_f64() {
+            println!(
+                "mask agreement: {agreement:.3} (the foreground against the segmenter's; it \
+                 multiplies the quality)"
+            );
+        }
+        if let Some(why) = s["mask_check"].as_str() {
+            eprintln!("warning: the mask was not checked against the segmenter: {why}");
+        }
         println!(
             "wrote {main_file}: {} vertices, {} faces, quality {:.2}, {elapsed_ms:.0} ms (job {id})",
             s["vertices"],

@@ -113,11 +113,27 @@ fn input_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
             }
             Some(path) => {
                 let row_height = 32.0;
+                let toolbar = if ctx.mask.is_some() {
+                    crate::ui::mask::TOOLBAR_HEIGHT
+                } else {
+                    0.0
+                };
+                if let Some(mask) = ctx.mask {
+                    crate::ui::mask::mask_toolbar_ui(ctx, ui, mask);
+                    ui.add_space(space::XS);
+                }
                 let preview = Vec2::new(
                     ui.available_width(),
-                    zone_height - row_height - space::SM,
+                    zone_height - row_height - toolbar - space::SM,
                 );
-                ui.vertical_centered(|ui| preview_ui(ctx, ui, path, preview));
+                ui.vertical_centered(|ui| {
+                    let painted = ctx
+                        .mask
+                        .is_some_and(|mask| crate::ui::mask::mask_canvas_ui(ctx, ui, mask, preview));
+                    if !painted {
+                        preview_ui(ctx, ui, path, preview);
+                    }
+                });
                 ui.add_space(space::SM);
                 ui.horizontal(|ui| {
                     let name = path
@@ -277,7 +293,8 @@ fn params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                 .labelled_by(label.id)
                 .on_hover_text(
                     "What is cut away before meshing: Auto uses the picture's transparency, \
-                     else the border colour.",
+                     else the neural segmenter when installed, else the border colour. \
+                     The picture shows the result; paint over it to fix it.",
                 );
             ui.end_row();
 
@@ -340,7 +357,7 @@ fn params_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     }
 }
 
-fn background_label(b: orfeas_core::request::Background) -> &'static str {
+pub(crate) fn background_label(b: orfeas_core::request::Background) -> &'static str {
     use orfeas_core::request::Background;
     match b {
         Background::Auto => "Auto",

@@ -557,6 +557,193 @@ fn remove_background_writes_the_picture_with_the_segmenters_mask_as_alpha() {
     );
 }
 
+/// The number after `key` in the command's output (`"quality "` → 0.93).
+fn number_after(said: &str, key: &str) -> f64 {
+    let at = said
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key:?} in {said}"));
+    let rest = &said[at + key.len()..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end]
+        .parse()
+        .unwrap_or_else(|e| panic!("{key:?} is followed by {:?}: {e}", &rest[..end]))
+}
+
+#[test]
+fn with_the_segmenter_installed_the_score_is_scaled_by_the_masks_agreement_with_it() {
+    let s = Sandbox::new();
+    let models = s.path("models");
+    write_opaque_photo(&s.path("photo.png"));
+    let border = ["--background", "border"];
+
+    // No segmenter: the score is the mesh against its own mask, and nothing is checked.
+    let args = |out: &'static str| {
+        let mut a = vec!["image-to-3d", "photo.png", "-o", out];
+        a.extend(border);
+        a
+    };
+    let out = s.orfeas_with_models(&models, &args("plain.glb"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plain = text(&out.stdout);
+    assert!(!plain.contains("mask agreement"), "{plain}");
+    let base = number_after(&plain, "quality ");
+
+    // With it: the border mask is held against the segmenter's own mask.
+    install_tiny_models(&models);
+    let out = s.orfeas_with_models(&models, &args("checked.glb"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let checked = text(&out.stdout);
+    let agreement = number_after(&checked, "mask agreement: ");
+    let scored = number_after(&checked, "quality ");
+
+    // The same agreement, worked out here from the segmenter's cut-out (its
+    // alpha) and the border mask, each thresholded at the middle.
+    let out = s.orfeas_with_models(
+        &models,
+        &["remove-background", "photo.png", "-o", "cut.png"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let cut = image::open(s.path("cut.png")).unwrap().to_rgba8();
+    let picture = image::open(s.path("photo.png")).unwrap().to_rgba8();
+    let params = orfeas_core::image_to_3d::ImageTo3dParams {
+        background: orfeas_core::request::Background::Border,
+        ..Default::default()
+    };
+    let used = orfeas_core::image_to_3d::preview_mask(&picture, &params).unwrap();
+    let (mut both, mut either) = (0u32, 0u32);
+    for (m, c) in used.pixels().zip(cut.pixels()) {
+        let (m, c) = (m.0[0] >= 128, c.0[3] >= 128);
+        both += u32::from(m && c);
+        either += u32::from(m || c);
+    }
+    let expected = if either == 0 {
+        1.0
+    } else {
+        f64::from(both) / f64::from(either)
+    };
+    assert!(
+        (agreement - expected).abs() < 0.002,
+        "said {agreement}, the masks' IoU is {expected}"
+    );
+    // Printed with two decimals each, so the product is checked to ±0.01.
+    assert!(
+        (scored - base * agreement).abs() <= 0.011,
+        "quality {scored} is not {base} × {agreement}"
+    );
+}
+
+/// A PNG whose header declares `side`×`side` RGB and whose body is one empty
+/// deflate block: refused from the header, never decoded.
+fn png_declaring(side: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    let chunk = |kind: &[u8; 4], data: &[u8]| {
+        let mut out = (data.len() as u32).to_be_bytes().to_vec();
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+        out
+    };
+    let mut ihdr = side.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&side.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    bytes.extend(chunk(b"IHDR", &ihdr));
+    bytes.extend(chunk(
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    ));
+    bytes.extend(chunk(b"IEND", &[]));
+    bytes
+}
+
+#[test]
+fn the_segmenter_path_refuses_bad_pictures_and_a_corrupt_checkpoint_and_writes_nothing() {
+    let s = Sandbox::new();
+    let models = s.path("models");
+    install_tiny_models(&models);
+    std::fs::write(s.path("huge.png"), png_declaring(16384)).unwrap();
+    RgbaImage::from_pixel(1, 1, Rgba([200, 40, 30, 255]))
+        .save(s.path("dot.png"))
+        .unwrap();
+    write_opaque_photo(&s.path("photo.png"));
+    let neural = |input: &str, out: &str| {
+        vec![
+            "image-to-3d".to_owned(),
+            input.to_owned(),
+            "-o".to_owned(),
+            out.to_owned(),
+            "--background".to_owned(),
+            "neural".to_owned(),
+        ]
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        s.orfeas_with_models(&models, &args)
+    };
+    let cut = |input: &str, out: &str| {
+        vec![
+            "remove-background".to_owned(),
+            input.to_owned(),
+            "-o".to_owned(),
+            out.to_owned(),
+        ]
+    };
+
+    for (args, out, says) in [
+        (neural("huge.png", "huge.glb"), "huge.glb", "16384×16384"),
+        (
+            cut("huge.png", "huge-cut.png"),
+            "huge-cut.png",
+            "16384×16384",
+        ),
+        (neural("dot.png", "dot.glb"), "dot.glb", "1×1"),
+        (cut("dot.png", "dot-cut.png"), "dot-cut.png", "1×1"),
+    ] {
+        let out_status = run(args.clone());
+        let stderr = text(&out_status.stderr);
+        assert!(!out_status.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!s.path(out).exists(), "{args:?} wrote {out}");
+    }
+
+    // A checkpoint cut short (an interrupted copy): named as corrupt, with the way out.
+    let weights = models.join("birefnet-lite/model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    for (args, out) in [
+        (neural("photo.png", "p.glb"), "p.glb"),
+        (cut("photo.png", "p-cut.png"), "p-cut.png"),
+    ] {
+        let result = run(args.clone());
+        let stderr = text(&result.stderr);
+        assert!(
+            !result.status.success(),
+            "{args:?} succeeded on a corrupt checkpoint"
+        );
+        assert!(
+            stderr.contains("model.safetensors") && stderr.to_lowercase().contains("corrupt"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!s.path(out).exists(), "{args:?} wrote {out}");
+    }
+}
+
 #[test]
 fn version_shows_commit_features_and_model_licences() {
     let sandbox = Sandbox::new();

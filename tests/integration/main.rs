@@ -5,6 +5,7 @@ mod api_models;
 mod cli;
 mod downlevel;
 mod gui;
+mod gui_mask;
 mod gui_metrics;
 mod gui_text;
 mod gui_viewer;

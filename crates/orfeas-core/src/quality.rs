@@ -7,6 +7,11 @@
 //! input view against the input mask, the booleans count 1 when true, and a
 //! floating component is a connected piece with under 1 % of the triangles.
 //!
+//! That compares the mesh with the very mask it was built from, so a mesh of
+//! the background scores well. When the neural segmenter is installed, the
+//! mask itself is also checked against the segmenter's saliency and the
+//! score is multiplied by their agreement (see [`with_mask_agreement`]).
+//!
 //! Image score (no reference; a CLIP score needs CLIP weights): see [`score_image`].
 
 use crate::mesh::{Mesh, Topology};
@@ -29,6 +34,10 @@ pub struct MeshReport {
     pub positive_volume: bool,
     /// Intersection over union of the rendered silhouette and the input mask (0..1).
     pub silhouette_iou: f32,
+    /// Intersection over union of the input mask and the segmenter's saliency
+    /// (0..1), when the segmenter was there to ask; it multiplies the score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_agreement: Option<f32>,
     /// The weighted score above (0..1).
     pub score: f32,
 }
@@ -72,8 +81,28 @@ pub fn score_mesh(mesh: &Mesh, mask: &image::GrayImage) -> MeshReport {
         floating_components: floating,
         positive_volume: topo.signed_volume > 0.0,
         silhouette_iou: iou,
+        mask_agreement: None,
         score: score.clamp(0.0, 1.0),
     }
+}
+
+/// `report` with the mask's agreement with an independent segmenter folded
+/// in: `score × agreement` (agreement 0..1, clamped), so a mesh built from a
+/// wrong foreground scores low however well it matches that foreground.
+/// Folding twice replaces the earlier agreement instead of compounding it.
+pub fn with_mask_agreement(mut report: MeshReport, agreement: f32) -> MeshReport {
+    let agreement = if agreement.is_finite() {
+        agreement.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let base = match report.mask_agreement {
+        Some(earlier) if earlier > 0.0 => report.score / earlier,
+        _ => report.score,
+    };
+    report.mask_agreement = Some(agreement);
+    report.score = (base * agreement).clamp(0.0, 1.0);
+    report
 }
 
 /// Orthographic silhouette of the mesh seen along −Z, in the framing of a

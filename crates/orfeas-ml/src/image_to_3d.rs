@@ -15,7 +15,7 @@ use orfeas_core::jobs::{JobContext, JobFailure, JobOutput, JobRunner, JobSpec};
 use orfeas_core::mesh::Mesh;
 use orfeas_core::mesh::marching_cubes::extract_isosurface;
 use orfeas_core::request::{Background, ImageTo3dMethod, ImageTo3dRequest, TripoSrOptions};
-use orfeas_core::runner::{image_to_3d_request, run_inflate, run_inflate_on};
+use orfeas_core::runner::{image_to_3d_request, run_inflate_on};
 
 use crate::birefnet::BiRefNet;
 use crate::error::{Result, SdError};
@@ -261,28 +261,77 @@ impl ImageTo3dRunner {
         request: &ImageTo3dRequest,
         ctx: &JobContext,
     ) -> Result<JobOutput, JobFailure> {
-        // A painted mask replaces the background step: core reads it.
-        if request.mask.is_some()
-            || (request.params.background != Background::Neural
-                && request.params.background != Background::Auto)
-        {
-            return run_inflate(request, ctx);
-        }
         let image = orfeas_core::image_input::load_image(
             &request.input,
             &orfeas_core::image_input::ImageLimits::default(),
         )
         .map_err(|e| core_failure(e.into()))?;
+        // A painted mask replaces the background step: core reads it.
+        if let Some(path) = &request.mask {
+            let mut output = run_inflate_on(request, &image, ctx)?;
+            let used = load_mask(path, image.width(), image.height()).map_err(core_failure)?;
+            self.check_foreground(&mut output, &image, &used, None, ctx);
+            return Ok(output);
+        }
         let (cut, source) = self.foreground(&image, &request.params, ctx)?;
         if source != Background::Neural {
-            return run_inflate_on(request, &image, ctx);
+            let mut output = run_inflate_on(request, &image, ctx)?;
+            self.check_foreground(&mut output, &image, &alpha_of(&cut), None, ctx);
+            return Ok(output);
         }
         // The segmenter's mask is now the alpha channel: inflate reads it as such.
         let mut on_alpha = request.clone();
         on_alpha.params.background = Background::Alpha;
         let mut output = run_inflate_on(&on_alpha, &cut, ctx)?;
         output.summary["background"] = source.as_str().into();
+        let saliency = alpha_of(&cut);
+        self.check_foreground(&mut output, &image, &saliency, Some(&saliency), ctx);
         Ok(output)
+    }
+
+    /// Folds how far `used` (the foreground the mesh was built from) agrees
+    /// with the segmenter's saliency into the job's score (see
+    /// [`orfeas_core::quality::with_mask_agreement`]); `saliency` is the
+    /// segmenter's own mask when it already ran on this picture. Without the
+    /// segmenter the score stays as it was; a segmenter failure is noted in
+    /// the summary, never fails the job.
+    fn check_foreground(
+        &self,
+        output: &mut JobOutput,
+        image: &image::RgbaImage,
+        used: &image::GrayImage,
+        saliency: Option<&image::GrayImage>,
+        ctx: &JobContext,
+    ) {
+        let computed;
+        let saliency = match saliency {
+            Some(s) => s,
+            None if self.segmenter_dir().is_none() => return,
+            None => {
+                ctx.progress("score", 0.9, "checking the mask");
+                match self.segment(image) {
+                    Ok(s) => {
+                        computed = s;
+                        &computed
+                    }
+                    Err(err) => {
+                        tracing::warn!("the mask check could not run: {err:#}");
+                        output.summary["mask_check"] = format!("{err:#}").into();
+                        return;
+                    }
+                }
+            }
+        };
+        let agreement = crate::mask_score::mask_agreement(used, saliency);
+        let Ok(report) = serde_json::from_value::<orfeas_core::quality::MeshReport>(
+            output.summary["report"].clone(),
+        ) else {
+            tracing::warn!("the job summary has no mesh report to fold the mask check into");
+            return;
+        };
+        let report = orfeas_core::quality::with_mask_agreement(report, agreement);
+        output.quality = Some(report.score);
+        output.summary["report"] = serde_json::to_value(&report).unwrap_or_default();
     }
 
     fn run_triposr(
@@ -314,6 +363,8 @@ impl ImageTo3dRunner {
                 (cut, source.as_str())
             }
         };
+        // The segmenter's own mask needs no second opinion from itself.
+        let own_saliency = (background == Background::Neural.as_str()).then(|| alpha_of(&cut));
         let cut_for_score = cut.clone();
         if cut.pixels().all(|p| p.0[3] == 0) {
             return Err(core_failure(ImageTo3dError::NoForeground {
@@ -420,7 +471,7 @@ impl ImageTo3dRunner {
             .map_err(|e| core_failure(e.into()))?;
         lap("export", &mut clock);
         ctx.progress("export", 1.0, "");
-        Ok(JobOutput {
+        let mut output = JobOutput {
             files,
             quality: Some(report.score),
             summary: serde_json::json!({
@@ -436,8 +487,23 @@ impl ImageTo3dRunner {
                     .map(|(stage, ms)| serde_json::json!({"stage": stage, "millis": ms}))
                     .collect::<Vec<_>>(),
             }),
-        })
+        };
+        self.check_foreground(
+            &mut output,
+            &image,
+            &alpha_of(&cut_for_score),
+            own_saliency.as_ref(),
+            ctx,
+        );
+        Ok(output)
     }
+}
+
+/// The alpha channel of `cut` (the foreground a job used, 255 = kept).
+fn alpha_of(cut: &image::RgbaImage) -> image::GrayImage {
+    image::GrayImage::from_fn(cut.width(), cut.height(), |x, y| {
+        image::Luma([cut.get_pixel(x, y).0[3]])
+    })
 }
 
 /// The cut-out's foreground as the quality score reads it: pixels covering

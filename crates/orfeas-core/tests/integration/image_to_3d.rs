@@ -570,3 +570,32 @@ fn preview_mask_is_the_mask_generation_uses() {
     let disc_share = std::f32::consts::PI * 90.0 * 90.0 / (256.0 * 256.0);
     assert!((share - disc_share).abs() < 0.02, "{share} vs {disc_share}");
 }
+
+#[test]
+fn a_disagreeing_segmenter_lowers_the_score_and_a_refold_replaces_it() {
+    let g = run(&disc(), &ImageTo3dParams::default());
+    let report = quality::score_mesh(&g.mesh, &g.mask);
+    assert_eq!(report.mask_agreement, None, "no segmenter asked yet");
+    let agreed = quality::with_mask_agreement(report.clone(), 1.0);
+    assert!(
+        (agreed.score - report.score).abs() < 1e-6,
+        "full agreement keeps the score"
+    );
+    let wrong = quality::with_mask_agreement(report.clone(), 0.25);
+    assert_eq!(wrong.mask_agreement, Some(0.25));
+    assert!(
+        wrong.score < 0.3 && report.score > 0.9,
+        "a quarter agreement must pull a {} mesh score down, got {}",
+        report.score,
+        wrong.score
+    );
+    // Folding again (a re-score) replaces the factor, it does not compound.
+    let again = quality::with_mask_agreement(wrong, 0.5);
+    assert!(
+        (again.score - report.score * 0.5).abs() < 1e-5,
+        "{}",
+        again.score
+    );
+    // Nonsense agreement counts as none at all, not as a perfect one.
+    assert_eq!(quality::with_mask_agreement(report, f32::NAN).score, 0.0);
+}

@@ -2,7 +2,8 @@
 # Installs the system packages and external checkers the test suite runs against:
 # Xvfb + Mesa lavapipe (UI and renderer tests), Mesa llvmpipe GL via EGL (the
 # downlevel-adapter tests), Prometheus, promtool, Alertmanager, amtool, wrk, and
-# lintian, desktop-file-utils, librsvg2-bin, dpkg-dev for the .deb test (Debian); a Python venv with trimesh, check-jsonschema and schemathesis (PyPI);
+# lintian, desktop-file-utils, librsvg2-bin, dpkg-dev for the .deb test, ImageMagick for
+# the GL window screenshot (Debian); a Python venv with trimesh, check-jsonschema and schemathesis (PyPI);
 # the Khronos glTF-Validator (npm). Idempotent; prints `export` lines for the
 # environment the tests read.      usage: eval "$(scripts/install-tools.sh)"
 set -euo pipefail
@@ -10,7 +11,7 @@ TOOLS=${ORFEAS_TOOLS:-$HOME/.cache/orfeas-tools}
 mkdir -p "$TOOLS"
 need_apt=()
 for pair in xvfb-run:xvfb promtool:prometheus amtool:prometheus-alertmanager wrk:wrk \
-    pkg-config:pkg-config; do
+    pkg-config:pkg-config import:imagemagick; do
   command -v "${pair%%:*}" >/dev/null || need_apt+=("${pair#*:}")
 done
 [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ -e /usr/share/vulkan/icd.d/lvp_icd.json ] \

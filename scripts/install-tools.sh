@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages and external checkers the test suite runs against:
-# Xvfb + Mesa lavapipe (UI and renderer tests), Prometheus, promtool, Alertmanager,
-# amtool, wrk (Debian); a Python venv with trimesh, check-jsonschema and schemathesis (PyPI);
+# Xvfb + Mesa lavapipe (UI and renderer tests), Mesa llvmpipe GL via EGL (the
+# downlevel-adapter tests), Prometheus, promtool, Alertmanager, amtool, wrk, and
+# lintian, desktop-file-utils, librsvg2-bin, dpkg-dev for the .deb test, ImageMagick for
+# the GL window screenshot (Debian); a Python venv with trimesh, check-jsonschema and schemathesis (PyPI);
 # the Khronos glTF-Validator (npm). Idempotent; prints `export` lines for the
 # environment the tests read.      usage: eval "$(scripts/install-tools.sh)"
 set -euo pipefail
@@ -9,12 +11,17 @@ TOOLS=${ORFEAS_TOOLS:-$HOME/.cache/orfeas-tools}
 mkdir -p "$TOOLS"
 need_apt=()
 for pair in xvfb-run:xvfb promtool:prometheus amtool:prometheus-alertmanager wrk:wrk \
-    pkg-config:pkg-config; do
+    pkg-config:pkg-config import:imagemagick; do
   command -v "${pair%%:*}" >/dev/null || need_apt+=("${pair#*:}")
 done
 [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ -e /usr/share/vulkan/icd.d/lvp_icd.json ] \
   || need_apt+=(mesa-vulkan-drivers libvulkan1)
 dpkg -s libxkbcommon-x11-0 >/dev/null 2>&1 || need_apt+=(libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 libx11-xcb1 libegl1)
+# GL/GLES through EGL (llvmpipe) and the installer checks.
+for pkg in libegl1 libegl-mesa0 libgl1-mesa-dri lintian desktop-file-utils librsvg2-bin dpkg-dev \
+    fakeroot; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
 dpkg -s python3-venv >/dev/null 2>&1 || python3 -m venv --help >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}" >&2

@@ -24,3 +24,17 @@ fn vs_blit(@builtin(vertex_index) index: u32) -> BlitOut {
 fn fs_blit(in: BlitOut) -> @location(0) vec4<f32> {
     return textureSample(source, source_sampler, in.uv);
 }
+
+fn linear_to_srgb(c: vec3<f32>) -> vec3<f32> {
+    let low = c * 12.92;
+    let high = 1.055 * pow(c, vec3<f32>(1.0 / 2.4)) - 0.055;
+    return select(high, low, c <= vec3<f32>(0.0031308));
+}
+
+// For a non-sRGB target on a device without texture view formats: the sRGB
+// image is sampled decoded (the only view there is) and encoded again here.
+@fragment
+fn fs_blit_encode(in: BlitOut) -> @location(0) vec4<f32> {
+    let texel = textureSample(source, source_sampler, in.uv);
+    return vec4<f32>(linear_to_srgb(texel.rgb), texel.a);
+}

@@ -128,6 +128,17 @@ fn vs_mesh_wire(@builtin(vertex_index) corner_index: u32) -> MeshOut {
     return out;
 }
 
+// Downlevel wireframe (no storage buffers in the vertex stage): every corner
+// is its own vertex and the spare fourth normal byte holds its corner number
+// as snorm -1, 0, 1 (`CORNER_CODES` in renderer.rs).
+@vertex
+fn vs_mesh_corner(in: MeshIn) -> MeshOut {
+    var out = shade_vertex(in.position, in.normal, in.uv, in.color);
+    let corner = u32(round(in.normal.w) + 1.0);
+    out.barycentric = vec3<f32>(f32(corner == 0u), f32(corner == 1u), f32(corner == 2u));
+    return out;
+}
+
 fn lighting(n: vec3<f32>) -> vec3<f32> {
     let key = max(dot(n, frame.key_light.xyz), 0.0) * frame.key_light.w;
     let fill = max(dot(n, frame.fill_light.xyz), 0.0) * frame.fill_light.w;

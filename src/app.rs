@@ -34,6 +34,9 @@ pub struct AppConfig {
     pub data_dir: Option<PathBuf>,
     /// A mesh to show on the Viewer tab at start (`orfeas view MESH`).
     pub open_mesh: Option<PathBuf>,
+    /// A picture to select as the image→3D input at start (`orfeas open IMAGE`,
+    /// how the desktop's "Open with" hands files over).
+    pub open_image: Option<PathBuf>,
     /// The tab to open instead of the saved one (`ORFEAS_GUI_TAB`, for screenshots).
     pub start_tab: Option<Tab>,
     /// An image to turn into 3D right after start (`ORFEAS_GUI_GENERATE`, for screenshots).
@@ -45,6 +48,9 @@ pub struct AppConfig {
     pub prompt_on_start: Option<PromptStart>,
     /// The hub models are downloaded from (`None`: `HF_ENDPOINT` or huggingface.co).
     pub hf_endpoint: Option<String>,
+    /// The graphics API to force (`--backend`, `ORFEAS_BACKEND`) for the window
+    /// and the offscreen thumbnails; `None`: the best one found.
+    pub backend: Option<crate::viewport::GpuBackend>,
 }
 
 /// `ORFEAS_GUI_PROMPT` with `ORFEAS_GUI_MODEL_DIR` (a diffusers folder),
@@ -102,20 +108,44 @@ struct Endpoint {
 
 /// Opens the main window and runs until it is closed.
 pub fn run_gui(config: AppConfig) -> anyhow::Result<()> {
-    let options = eframe::NativeOptions {
+    let mut options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("ORFEAS Studio")
+            // The desktop file's name: Wayland and X11 match the window to its menu entry and icon.
+            .with_app_id("org.orfeas.Studio")
             .with_inner_size([1320.0, 860.0])
             .with_min_inner_size([960.0, 620.0])
             .with_drag_and_drop(true),
+        // eframe names the settings folder after the app id when there is one;
+        // this keeps it where it was before the id (under the app's name).
+        persistence_path: eframe::storage_dir("ORFEAS Studio").map(|dir| dir.join("app.ron")),
         ..Default::default()
     };
+    if let Some(dir) = options.persistence_path.as_ref().and_then(|p| p.parent())
+        && let Err(err) = std::fs::create_dir_all(dir)
+    {
+        tracing::warn!(
+            "settings will not be saved: cannot create {}: {err}",
+            dir.display()
+        );
+    }
+    force_backend(&mut options.wgpu_options, config.backend);
     eframe::run_native(
         "ORFEAS Studio",
         options,
         Box::new(move |cc| Ok(Box::new(StudioApp::new(cc, config)))),
     )
     .map_err(|e| anyhow::anyhow!("cannot open the ORFEAS Studio window: {e}"))
+}
+
+/// Restricts eframe's wgpu set-up to the forced backend, if there is one.
+fn force_backend(
+    options: &mut eframe::egui_wgpu::WgpuConfiguration,
+    backend: Option<crate::viewport::GpuBackend>,
+) {
+    if let eframe::egui_wgpu::WgpuSetup::CreateNew(setup) = &mut options.wgpu_setup {
+        setup.instance_descriptor.backends = crate::viewport::gpu::instance_backends(backend);
+    }
 }
 
 /// A native dialog running on its own thread (rfd blocks until the user answers).
@@ -228,7 +258,7 @@ impl StudioApp {
             _ => {}
         }
         let repaint_ctx = ctx.clone();
-        let thumbs = match Thumbnails::new(move || repaint_ctx.request_repaint()) {
+        let thumbs = match Thumbnails::new(config.backend, move || repaint_ctx.request_repaint()) {
             Ok(t) => t,
             Err(err) => {
                 // Without a decoder thread previews stay "loading"; generation still works.
@@ -310,6 +340,11 @@ impl StudioApp {
             app.saved.tab = Tab::Create;
             app.apply(Command::SetTextParams(text));
             app.apply(Command::GenerateImage);
+        }
+        if let Some(path) = config.open_image {
+            app.apply(Command::SelectInput(path));
+            app.saved.mode = CreateMode::ImageTo3d;
+            app.saved.tab = Tab::Create;
         }
         if let Some(path) = config.open_mesh {
             app.apply(Command::OpenInViewer {

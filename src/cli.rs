@@ -30,7 +30,8 @@ pub use text_to_image::{TextToImageArgs, text_to_image_request};
 #[derive(Debug, Parser)]
 #[command(
     name = "orfeas",
-    version,
+    version = crate::about::short_version(),
+    long_version = crate::about::long_version(),
     about = "ORFEAS Studio: text → image → 3D mesh on your own GPU, with live monitoring.",
     long_about = "ORFEAS Studio: text → image → 3D mesh on your own GPU, with live monitoring.\n\n\
         Run without a command to open the desktop studio. Every generation is recorded in the \
@@ -42,6 +43,10 @@ pub use text_to_image::{TextToImageArgs, text_to_image_request};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// Graphics API for the window and offscreen rendering (default: the best
+    /// one found; OpenGL is the fallback on machines without Vulkan/Metal/DX12).
+    #[arg(long, global = true, env = "ORFEAS_BACKEND", value_enum)]
+    pub backend: Option<crate::viewport::GpuBackend>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +75,12 @@ pub enum Command {
         /// The mesh to show: GLB, glTF, OBJ, PLY or STL.
         mesh: PathBuf,
     },
+    /// Open the studio with a file: a mesh on the Viewer tab, a picture as the
+    /// image→3D input (what the desktop menu entry and "Open with" run).
+    Open {
+        /// A mesh (GLB, glTF, OBJ, PLY, STL) or an image (PNG, JPEG, WebP); none: just open.
+        file: Option<PathBuf>,
+    },
     /// Run headless: the HTTP API and `/metrics` for Prometheus.
     Serve(ServeArgs),
     /// The Prometheus + Alertmanager + Grafana stack for watching studios.
@@ -90,9 +101,13 @@ pub enum MonitoringCommand {
 
 /// Runs the parsed command line and says how the process should exit.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let backend = cli.backend;
     match cli.command {
         None | Some(Command::Gui) => {
-            crate::run_gui()?;
+            crate::app::run_gui(crate::app::AppConfig {
+                backend,
+                ..crate::app::AppConfig::from_env()
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::ImageTo3d(args)) => image_to_3d::image_to_3d(args),
@@ -100,13 +115,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(Command::Models(command)) => models::models(command),
         Some(Command::RemoveBackground(args)) => remove_background::remove_background(&args),
         Some(Command::History(args)) => history::history(&args),
-        Some(Command::Render(args)) => render::render(&args),
+        Some(Command::Render(args)) => render::render(&args, backend),
         Some(Command::View { mesh }) => {
             crate::app::run_gui(crate::app::AppConfig {
                 open_mesh: Some(absolute(&mesh)),
                 start_tab: Some(crate::app::state::Tab::Viewer),
+                backend,
                 ..crate::app::AppConfig::from_env()
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Open { file }) => {
+            let config = crate::app::AppConfig {
+                backend,
+                ..crate::app::AppConfig::from_env()
+            };
+            crate::app::run_gui(open_config(config, file.as_deref())?)?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Serve(args)) => serve::serve(&args),
@@ -128,6 +152,40 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Where `orfeas open FILE` shows `file`: meshes in the Viewer, pictures as
+/// the Create tab's input. Anything else is refused before a window opens.
+pub fn open_config(
+    mut config: crate::app::AppConfig,
+    file: Option<&Path>,
+) -> anyhow::Result<crate::app::AppConfig> {
+    let Some(file) = file else {
+        return Ok(config);
+    };
+    anyhow::ensure!(
+        file.is_file(),
+        "{} does not exist or is not a file",
+        file.display()
+    );
+    if orfeas_core::import::MeshFormat::from_path(file).is_some() {
+        config.open_mesh = Some(absolute(file));
+        config.start_tab = Some(crate::app::state::Tab::Viewer);
+    } else if image::ImageFormat::from_path(file).is_ok_and(|format| {
+        matches!(
+            format,
+            image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP
+        )
+    }) {
+        config.open_image = Some(absolute(file));
+    } else {
+        anyhow::bail!(
+            "cannot open {}: use a mesh (.glb, .gltf, .obj, .ply, .stl) or a picture \
+             (.png, .jpg, .webp)",
+            file.display()
+        );
+    }
+    Ok(config)
 }
 
 fn open_history() -> anyhow::Result<Arc<History>> {

@@ -1,6 +1,7 @@
 //! ORFEAS Studio app library: the GUI, the viewport and the CLI share these modules,
 //! and the integration tests reach them through it.
 
+pub mod about;
 pub mod app;
 pub mod cli;
 pub mod ui;

@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod callback;
 pub mod camera;
+pub mod gpu;
 pub mod headless;
 pub mod renderer;
 pub mod widget;
@@ -16,8 +17,10 @@ use std::path::Path;
 
 pub use callback::{EguiPassConfig, install};
 pub use camera::{Bounds, OrbitCamera, View};
+pub use gpu::{GpuBackend, RenderCaps};
 pub use headless::{
-    HeadlessRenderer, Pacing, RenderError, RenderOptions, render_mesh_to_image, render_turntable,
+    HeadlessConfig, HeadlessRenderer, Pacing, RenderError, RenderOptions, render_mesh_to_image,
+    render_turntable,
 };
 pub use renderer::{Background, MeshVertices, ShadingMode};
 pub use widget::{MeshStats, ViewerCommand, ViewerState, viewer_ui};

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 
 use parking_lot::Mutex;
 
-use crate::viewport::{HeadlessRenderer, RenderOptions, ShadingMode, View};
+use crate::viewport::{HeadlessConfig, HeadlessRenderer, RenderOptions, ShadingMode, View};
 
 /// Longest side of a decoded preview, in pixels. Large enough for the Create preview,
 /// small enough that a 40-megapixel photo does not sit in GPU memory.
@@ -39,7 +39,11 @@ pub struct Thumbnails {
 impl Thumbnails {
     /// Starts the decoder thread; it calls `repaint` after each decode so results show up
     /// without the UI polling.
-    pub fn new(repaint: impl Fn() + Send + 'static) -> std::io::Result<Self> {
+    /// Meshes are rendered on `backend` (`None`: the best adapter found).
+    pub fn new(
+        backend: Option<crate::viewport::GpuBackend>,
+        repaint: impl Fn() + Send + 'static,
+    ) -> std::io::Result<Self> {
         let (req_tx, req_rx) = mpsc::sync_channel::<PathBuf>(QUEUE_CAPACITY);
         let (res_tx, res_rx) = mpsc::sync_channel::<Decoded>(QUEUE_CAPACITY);
         std::thread::Builder::new()
@@ -51,8 +55,11 @@ impl Thumbnails {
                 for path in req_rx {
                     let decoded = if orfeas_core::import::MeshFormat::from_path(&path).is_some() {
                         let r = renderer.get_or_insert_with(|| {
-                            HeadlessRenderer::new()
-                                .map_err(|e| format!("no GPU to render with: {e}"))
+                            HeadlessRenderer::open(&HeadlessConfig {
+                                backend,
+                                force_downlevel: false,
+                            })
+                            .map_err(|e| format!("no GPU to render with: {e}"))
                         });
                         match r {
                             Ok(r) => render_mesh(r, &path),

@@ -35,7 +35,10 @@ pub struct RenderArgs {
     pub turntable: Option<u32>,
 }
 
-pub(super) fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
+pub(super) fn render(
+    args: &RenderArgs,
+    backend: Option<crate::viewport::GpuBackend>,
+) -> anyhow::Result<ExitCode> {
     use crate::viewport::{RenderOptions, ShadingMode, View};
     let view = View::from_name(&args.view).with_context(|| {
         format!(
@@ -61,15 +64,20 @@ pub(super) fn render(args: &RenderArgs) -> anyhow::Result<ExitCode> {
         grid: !args.no_grid,
         ..RenderOptions::default()
     };
+    if args.turntable == Some(0) {
+        anyhow::bail!("--turntable needs at least 1 frame");
+    }
+    let renderer = crate::viewport::HeadlessRenderer::open(&crate::viewport::HeadlessConfig {
+        backend,
+        force_downlevel: false,
+    })?;
+    tracing::info!("rendering on {}", renderer.adapter_description());
     let frames = match args.turntable {
-        None => vec![(
-            args.output.clone(),
-            crate::viewport::render_mesh_to_image(&mesh, &options)?,
-        )],
-        Some(0) => anyhow::bail!("--turntable needs at least 1 frame"),
+        None => vec![(args.output.clone(), renderer.render(&mesh, &options)?)],
         Some(n) => {
             let stem = args.output.with_extension("");
-            crate::viewport::render_turntable(&mesh, &options, n)?
+            renderer
+                .render_turntable(&mesh, &options, n)?
                 .into_iter()
                 .enumerate()
                 .map(|(i, img)| (PathBuf::from(format!("{}-{i:03}.png", stem.display())), img))

@@ -87,9 +87,54 @@ pub fn settings_tab_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     });
     ui.add_space(space::LG);
     monitoring_card_ui(ctx, ui, &mut s);
+    ui.add_space(space::LG);
+    about_card_ui(ui);
     if s != ctx.saved.settings {
         ctx.send(Command::SetSettings(s));
     }
+}
+
+/// Version, commit, compiled-in GPU features and model licences: the same as
+/// `orfeas --version`.
+fn about_card_ui(ui: &mut egui::Ui) {
+    use crate::about;
+    theme::card(ui.ctx()).show(ui, |ui| {
+        ui.set_max_width(720.0);
+        section_heading_ui(ui, "About ORFEAS Studio");
+        egui::Grid::new("about-grid")
+            .num_columns(2)
+            .spacing([space::XL, space::SM])
+            .show(ui, |ui| {
+                ui.label("Version");
+                ui.label(RichText::new(about::VERSION).monospace());
+                ui.end_row();
+                ui.label("Commit");
+                ui.label(RichText::new(about::COMMIT).monospace());
+                ui.end_row();
+                ui.label("GPU features");
+                ui.label(about::features_line());
+                ui.end_row();
+                ui.label("Licence");
+                ui.label(env!("CARGO_PKG_LICENSE"));
+                ui.end_row();
+            });
+        ui.add_space(space::SM);
+        ui.label(RichText::new("Model licences").strong());
+        hint_ui(
+            ui,
+            "Weights are downloaded separately, never bundled; each model's licence applies.",
+        );
+        egui::Grid::new("about-models")
+            .num_columns(2)
+            .spacing([space::XL, space::XS])
+            .show(ui, |ui| {
+                for (name, licence) in about::model_licences() {
+                    ui.label(RichText::new(name).monospace());
+                    ui.add(egui::Label::new(licence).wrap());
+                    ui.end_row();
+                }
+            });
+    });
 }
 
 /// Metrics endpoint, local API token and Alertmanager URL.

@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use eframe::egui;
 use eframe::egui_wgpu::{self, wgpu};
 
+use parking_lot::Mutex;
+
+use super::gpu::{RenderCaps, describe_adapter};
 use super::renderer::{
     COLOR_FORMAT, COLOR_FORMAT_RAW, FrameTarget, GpuMesh, MeshVertices, SceneRenderer,
     SceneSettings, pick_sample_count, texture_bind_group, texture_bind_group_layout,
@@ -54,21 +57,85 @@ impl EguiPassConfig {
 /// Puts the viewport's pipelines into the egui renderer's callback resources.
 /// Call once at start-up with the pass configuration the app asked eframe for;
 /// [`super::viewer_ui`] installs eframe's defaults itself if this was not done.
+///
+/// Also replaces wgpu's default handler for uncaptured errors on the shared
+/// device (it panics) with one that logs and records the first error: a GPU
+/// problem then costs the 3D view, not the studio. Pipelines that cannot be
+/// created leave a [`ViewportUnavailable`] with the reason instead.
 pub fn install(render_state: &egui_wgpu::RenderState, egui_pass: EguiPassConfig) {
-    let resources = ViewportResources::new(render_state, egui_pass);
-    render_state
-        .renderer
-        .write()
-        .callback_resources
-        .insert(resources);
+    let device = &render_state.device;
+    let gpu_error = Arc::new(Mutex::new(None::<String>));
+    let sink = Arc::clone(&gpu_error);
+    device.on_uncaptured_error(Arc::new(move |err: wgpu::Error| {
+        tracing::error!("wgpu: {err}");
+        sink.lock().get_or_insert_with(|| err.to_string());
+    }));
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let resources = ViewportResources::new(render_state, egui_pass, Arc::clone(&gpu_error));
+    let failed = pollster::block_on(scope.pop());
+    let mut renderer = render_state.renderer.write();
+    match failed {
+        None => {
+            tracing::info!(
+                "viewport on {}{}",
+                describe_adapter(&render_state.adapter.get_info()),
+                fallback_note(resources.scene.caps())
+            );
+            renderer.callback_resources.insert(resources);
+        }
+        Some(err) => {
+            tracing::error!("the 3D view cannot start: {err}");
+            renderer.callback_resources.insert(ViewportUnavailable {
+                reason: format!("{err}"),
+            });
+        }
+    }
+}
+
+/// Set instead of [`ViewportResources`] when the pipelines could not be made.
+pub struct ViewportUnavailable {
+    pub reason: String,
 }
 
 pub fn is_installed(render_state: &egui_wgpu::RenderState) -> bool {
-    render_state
-        .renderer
-        .read()
-        .callback_resources
-        .contains::<ViewportResources>()
+    let renderer = render_state.renderer.read();
+    renderer.callback_resources.contains::<ViewportResources>()
+        || renderer
+            .callback_resources
+            .contains::<ViewportUnavailable>()
+}
+
+/// What the viewer can tell the user about the 3D view's GPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ViewportHealth {
+    /// Drawing; `note` names fallbacks in use ("" on a full device).
+    Ready { adapter: String, note: String },
+    /// Not drawing: why, and what to try.
+    Failed(String),
+}
+
+/// The state of the installed viewport (`None` before [`install`]).
+pub fn health(render_state: &egui_wgpu::RenderState) -> Option<ViewportHealth> {
+    let renderer = render_state.renderer.read();
+    if let Some(unavailable) = renderer.callback_resources.get::<ViewportUnavailable>() {
+        return Some(ViewportHealth::Failed(unavailable.reason.clone()));
+    }
+    let resources = renderer.callback_resources.get::<ViewportResources>()?;
+    if let Some(err) = resources.gpu_error.lock().as_ref() {
+        return Some(ViewportHealth::Failed(err.clone()));
+    }
+    Some(ViewportHealth::Ready {
+        adapter: describe_adapter(&render_state.adapter.get_info()),
+        note: fallback_note(resources.scene.caps()),
+    })
+}
+
+fn fallback_note(caps: RenderCaps) -> String {
+    if caps.is_full() {
+        String::new()
+    } else {
+        format!(" (downlevel, fallbacks for: {})", caps.missing())
+    }
 }
 
 pub struct ViewportResources {
@@ -76,9 +143,12 @@ pub struct ViewportResources {
     blit_pipeline: wgpu::RenderPipeline,
     blit_layout: wgpu::BindGroupLayout,
     blit_sampler: wgpu::Sampler,
-    /// Whether egui's target decodes sRGB itself (then we hand it linear values).
-    target_is_srgb: bool,
+    /// The view format the blit samples: linear values for an sRGB target (it
+    /// re-encodes) and for `fs_blit_encode`, the raw bytes otherwise.
+    blit_view_format: wgpu::TextureFormat,
     viewers: HashMap<egui::Id, ViewerGpu>,
+    /// The first uncaptured wgpu error on the device; the view stops drawing.
+    gpu_error: Arc<Mutex<Option<String>>>,
 }
 
 /// GPU state of one viewer widget.
@@ -89,13 +159,28 @@ struct ViewerGpu {
 }
 
 impl ViewportResources {
-    fn new(render_state: &egui_wgpu::RenderState, egui_pass: EguiPassConfig) -> Self {
+    fn new(
+        render_state: &egui_wgpu::RenderState,
+        egui_pass: EguiPassConfig,
+        gpu_error: Arc<Mutex<Option<String>>>,
+    ) -> Self {
         let device = &render_state.device;
+        let caps = RenderCaps::of(&render_state.adapter, device);
         let scene = SceneRenderer::new(
             device,
             &render_state.queue,
             pick_sample_count(&render_state.adapter),
+            caps,
         );
+        // egui writes gamma-encoded values into a non-sRGB target, so the image is
+        // read back raw there; an sRGB target re-encodes, so it gets decoded texels.
+        let (blit_view_format, blit_entry) = if egui_pass.target_format.is_srgb() {
+            (COLOR_FORMAT, "fs_blit")
+        } else if caps.view_formats {
+            (COLOR_FORMAT_RAW, "fs_blit")
+        } else {
+            (COLOR_FORMAT, "fs_blit_encode")
+        };
         let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("viewport blit"),
             source: wgpu::ShaderSource::Wgsl(include_str!("../../shaders/blit.wgsl").into()),
@@ -132,7 +217,7 @@ impl ViewportResources {
             },
             fragment: Some(wgpu::FragmentState {
                 module: &shader,
-                entry_point: Some("fs_blit"),
+                entry_point: Some(blit_entry),
                 compilation_options: Default::default(),
                 targets: &[Some(egui_pass.target_format.into())],
             }),
@@ -150,19 +235,14 @@ impl ViewportResources {
             blit_pipeline,
             blit_layout,
             blit_sampler,
-            target_is_srgb: egui_pass.target_format.is_srgb(),
+            blit_view_format,
             viewers: HashMap::new(),
+            gpu_error,
         }
     }
 
     fn blit_bind_group(&self, device: &wgpu::Device, target: &FrameTarget) -> wgpu::BindGroup {
-        // egui writes gamma-encoded values into a non-sRGB target, so the image is
-        // read back raw there; an sRGB target re-encodes, so it gets decoded texels.
-        let view = target.color_view_as(if self.target_is_srgb {
-            COLOR_FORMAT
-        } else {
-            COLOR_FORMAT_RAW
-        });
+        let view = target.color_view_as(self.blit_view_format);
         texture_bind_group(
             device,
             "viewport blit",
@@ -204,6 +284,10 @@ impl egui_wgpu::CallbackTrait for ViewportCallback {
             warn_missing_once();
             return Vec::new();
         };
+        if resources.gpu_error.lock().is_some() {
+            // The viewer shows the error; more commands would repeat it every frame.
+            return Vec::new();
+        }
         let [width, height] = self
             .size_px
             .map(|side| side.clamp(1, super::headless::MAX_SIZE_PX));
@@ -273,6 +357,9 @@ impl egui_wgpu::CallbackTrait for ViewportCallback {
         let Some(viewer) = resources.viewers.get(&self.viewer_id) else {
             return;
         };
+        if resources.gpu_error.lock().is_some() {
+            return;
+        }
         render_pass.set_pipeline(&resources.blit_pipeline);
         render_pass.set_bind_group(0, &viewer.blit_bind_group, &[]);
         render_pass.draw(0..3, 0..1);

@@ -9,6 +9,7 @@ use orfeas_core::mesh::Mesh;
 use parking_lot::Mutex;
 
 use super::camera::{Bounds, OrbitCamera, View};
+use super::gpu::{GpuBackend, RenderCaps, describe_adapter, instance_backends};
 use super::renderer::{
     Background, FrameTarget, GpuMesh, MeshVertices, SceneRenderer, SceneSettings, ShadingMode,
     pick_sample_count,
@@ -20,10 +21,11 @@ pub const MAX_SIZE_PX: u32 = 8192;
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     #[error(
-        "no GPU adapter found for offscreen rendering ({0}); install a Vulkan driver \
-         (on Linux without a GPU: Mesa's lavapipe, package mesa-vulkan-drivers)"
+        "no GPU adapter found for offscreen rendering on {backends} ({reason}); install a \
+         Vulkan or OpenGL driver (on Linux without a GPU: Mesa's lavapipe or llvmpipe, packages \
+         mesa-vulkan-drivers or libegl1 + libgl1-mesa-dri), or pick another API with --backend"
     )]
-    NoAdapter(String),
+    NoAdapter { backends: String, reason: String },
     #[error(
         "the GPU adapter {adapter} refused to open a device: {reason}; update the graphics driver"
     )]
@@ -87,6 +89,16 @@ impl RenderOptions {
     }
 }
 
+/// Which adapter a [`HeadlessRenderer`] opens and which paths it may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeadlessConfig {
+    /// Only adapters of this API (`--backend`); `None`: `WGPU_BACKEND` or any.
+    pub backend: Option<GpuBackend>,
+    /// Use the downlevel fallback paths even where the device has more (tests
+    /// compare both paths on one adapter).
+    pub force_downlevel: bool,
+}
+
 /// A GPU device of its own plus the scene renderer; reuse one for many renders.
 pub struct HeadlessRenderer {
     device: wgpu::Device,
@@ -101,12 +113,22 @@ impl HeadlessRenderer {
     /// Opens the preferred adapter. `WGPU_BACKEND` (e.g. `vulkan`) and
     /// `WGPU_ADAPTER_NAME` select one explicitly, as everywhere in wgpu.
     pub fn new() -> Result<Self, RenderError> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        Self::open(&HeadlessConfig::default())
+    }
+
+    /// Opens an adapter as `config` says (`WGPU_ADAPTER_NAME` still applies).
+    pub fn open(config: &HeadlessConfig) -> Result<Self, RenderError> {
+        let backends = instance_backends(config.backend);
+        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        descriptor.backends = backends;
+        let instance = wgpu::Instance::new(descriptor);
         let adapter = pollster::block_on(wgpu::util::initialize_adapter_from_env_or_default(
             &instance, None,
         ))
-        .map_err(|err| RenderError::NoAdapter(err.to_string()))?;
+        .map_err(|err| RenderError::NoAdapter {
+            backends: format!("{backends:?}"),
+            reason: err.to_string(),
+        })?;
         let adapter_info = adapter.get_info();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("orfeas headless"),
@@ -124,7 +146,18 @@ impl HeadlessRenderer {
             tracing::error!("wgpu: {err}");
             sink.lock().get_or_insert_with(|| err.to_string());
         }));
-        let renderer = SceneRenderer::new(&device, &queue, pick_sample_count(&adapter));
+        let mut caps = RenderCaps::of(&adapter, &device);
+        if config.force_downlevel {
+            caps = caps.intersect(RenderCaps::DOWNLEVEL);
+        }
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let renderer = SceneRenderer::new(&device, &queue, pick_sample_count(&adapter), caps);
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(RenderError::Device {
+                adapter: describe_adapter(&adapter_info),
+                reason: format!("the scene pipelines do not build: {err}"),
+            });
+        }
         Ok(Self {
             device,
             queue,
@@ -134,7 +167,17 @@ impl HeadlessRenderer {
         })
     }
 
-    /// "name (backend, device type)", for logs and benchmark output.
+    /// The device abilities the renderer uses (fallback paths for the rest).
+    pub fn caps(&self) -> RenderCaps {
+        self.renderer.caps()
+    }
+
+    /// The graphics API of the adapter, e.g. `Gl` or `Vulkan`.
+    pub fn backend(&self) -> wgpu::Backend {
+        self.adapter_info.backend
+    }
+
+    /// "name (backend, device type, driver)", for logs and benchmark output.
     pub fn adapter_description(&self) -> String {
         let info = &self.adapter_info;
         format!(

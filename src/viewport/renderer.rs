@@ -8,6 +8,7 @@ use orfeas_core::mesh::Mesh;
 use wgpu::util::DeviceExt as _;
 
 use super::camera::{Bounds, OrbitCamera};
+use super::gpu::RenderCaps;
 
 /// Colour format of the offscreen image (sRGB-encoded, shaders write linear).
 pub const COLOR_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8UnormSrgb;
@@ -311,13 +312,46 @@ pub fn crease_normals(mesh: &Mesh) -> Vec<[f32; 3]> {
         .collect()
 }
 
-/// One chunk on the GPU: drawn indexed, or (wireframe) by pulling the same
-/// buffers as storage in an unindexed draw that knows each corner's place.
+/// One chunk on the GPU: drawn indexed; the wireframe needs each corner to
+/// know its place in the triangle, see [`ChunkWire`].
 struct GpuChunk {
     vertices: wgpu::Buffer,
     indices: wgpu::Buffer,
     index_count: u32,
-    pull_bind_group: wgpu::BindGroup,
+    wire: ChunkWire,
+}
+
+/// How a chunk's wireframe is drawn, chosen from the device's [`RenderCaps`].
+enum ChunkWire {
+    /// The shared vertex and index buffers read as storage in an unindexed draw.
+    Pulled(wgpu::BindGroup),
+    /// Downlevel: a vertex buffer with one vertex per corner, the corner number
+    /// in the spare fourth normal byte (3× the vertex memory of the mesh).
+    Corners(wgpu::Buffer),
+}
+
+/// Spare normal byte of a corner vertex: corners 0, 1, 2 as snorm -1, 0, 1
+/// (`vs_mesh_corner` turns it back into barycentrics).
+const CORNER_CODES: [i8; 3] = [-127, 0, 127];
+
+/// One vertex per corner of `chunk`, each tagged with its corner number.
+fn corner_vertices(chunk: &VertexChunk) -> Vec<GpuVertex> {
+    chunk
+        .indices
+        .iter()
+        .enumerate()
+        .map(|(corner, &index)| {
+            // Chunk indices point into the chunk's vertices by construction; a
+            // zeroed vertex keeps the corner count equal to the index count anyway.
+            let mut vertex = chunk
+                .vertices
+                .get(index as usize)
+                .copied()
+                .unwrap_or_else(bytemuck::Zeroable::zeroed);
+            vertex.normal[3] = CORNER_CODES[corner % 3];
+            vertex
+        })
+        .collect()
 }
 
 /// A mesh resident on the GPU.
@@ -343,36 +377,52 @@ impl GpuMesh {
             .iter()
             .filter(|chunk| !chunk.indices.is_empty())
             .map(|chunk| {
+                let storage = if renderer.pull_layout.is_some() {
+                    wgpu::BufferUsages::STORAGE
+                } else {
+                    wgpu::BufferUsages::empty()
+                };
                 let vertex_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some("viewport mesh vertices"),
                     contents: bytemuck::cast_slice(&chunk.vertices),
-                    usage: wgpu::BufferUsages::VERTEX | wgpu::BufferUsages::STORAGE,
+                    usage: wgpu::BufferUsages::VERTEX | storage,
                 });
                 let index_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
                     label: Some("viewport mesh indices"),
                     contents: bytemuck::cast_slice(&chunk.indices),
-                    usage: wgpu::BufferUsages::INDEX | wgpu::BufferUsages::STORAGE,
+                    usage: wgpu::BufferUsages::INDEX | storage,
                 });
-                let pull_bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("viewport mesh (pulled)"),
-                    layout: &renderer.pull_layout,
-                    entries: &[
-                        wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: vertex_buffer.as_entire_binding(),
+                let wire = match &renderer.pull_layout {
+                    Some(layout) => {
+                        ChunkWire::Pulled(device.create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: Some("viewport mesh (pulled)"),
+                            layout,
+                            entries: &[
+                                wgpu::BindGroupEntry {
+                                    binding: 0,
+                                    resource: vertex_buffer.as_entire_binding(),
+                                },
+                                wgpu::BindGroupEntry {
+                                    binding: 1,
+                                    resource: index_buffer.as_entire_binding(),
+                                },
+                            ],
+                        }))
+                    }
+                    None => ChunkWire::Corners(device.create_buffer_init(
+                        &wgpu::util::BufferInitDescriptor {
+                            label: Some("viewport mesh corners"),
+                            contents: bytemuck::cast_slice(&corner_vertices(chunk)),
+                            usage: wgpu::BufferUsages::VERTEX,
                         },
-                        wgpu::BindGroupEntry {
-                            binding: 1,
-                            resource: index_buffer.as_entire_binding(),
-                        },
-                    ],
-                });
+                    )),
+                };
                 GpuChunk {
                     vertices: vertex_buffer,
                     indices: index_buffer,
                     // At most 3 × TRIANGLES_PER_CHUNK indices, far below u32::MAX.
                     index_count: chunk.indices.len() as u32,
-                    pull_bind_group,
+                    wire,
                 }
             })
             .collect();
@@ -434,11 +484,14 @@ pub struct SceneRenderer {
     mesh_pipeline: wgpu::RenderPipeline,
     /// `mesh_pipeline` with back faces culled, for closed outward-wound meshes.
     mesh_pipeline_culled: wgpu::RenderPipeline,
-    /// The mesh with barycentric wireframe: vertices pulled from storage buffers.
+    /// The mesh with barycentric wireframe: vertices pulled from storage
+    /// buffers, or (downlevel) read from per-corner vertex buffers.
     wire_pipeline: wgpu::RenderPipeline,
     /// `wire_pipeline` with back faces culled, for closed outward-wound meshes.
     wire_pipeline_culled: wgpu::RenderPipeline,
-    pull_layout: wgpu::BindGroupLayout,
+    /// The storage buffers of the pulled wireframe; `None` on the downlevel path.
+    pull_layout: Option<wgpu::BindGroupLayout>,
+    caps: RenderCaps,
     grid_pipeline: wgpu::RenderPipeline,
     frame_layout: wgpu::BindGroupLayout,
     texture_layout: wgpu::BindGroupLayout,
@@ -464,7 +517,13 @@ pub fn pick_sample_count(adapter: &wgpu::Adapter) -> u32 {
 }
 
 impl SceneRenderer {
-    pub fn new(device: &wgpu::Device, queue: &wgpu::Queue, sample_count: u32) -> Self {
+    /// Pipelines for `device`, using only what `caps` says it has.
+    pub fn new(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        sample_count: u32,
+        caps: RenderCaps,
+    ) -> Self {
         let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some("viewport scene"),
             source: wgpu::ShaderSource::Wgsl(include_str!("../../shaders/scene.wgsl").into()),
@@ -500,18 +559,24 @@ impl SceneRenderer {
             },
             count: None,
         };
-        let pull_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("viewport mesh (pulled)"),
-            entries: &[storage_entry(0), storage_entry(1)],
+        // A storage binding in the vertex stage is a validation error where the
+        // device has none (WebGL2-class GL), so the layout exists only when used.
+        let pull_layout = caps.vertex_storage.then(|| {
+            device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("viewport mesh (pulled)"),
+                entries: &[storage_entry(0), storage_entry(1)],
+            })
         });
-        let wire_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("viewport wireframe"),
-            bind_group_layouts: &[
-                Some(&frame_layout),
-                Some(&texture_layout),
-                Some(&pull_layout),
-            ],
-            immediate_size: 0,
+        let wire_layout = pull_layout.as_ref().map(|pull_layout| {
+            device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("viewport wireframe"),
+                bind_group_layouts: &[
+                    Some(&frame_layout),
+                    Some(&texture_layout),
+                    Some(pull_layout),
+                ],
+                immediate_size: 0,
+            })
         });
         let multisample = wgpu::MultisampleState {
             count: sample_count,
@@ -601,23 +666,27 @@ impl SceneRenderer {
             true,
             None,
         );
+        let (wire_layout, wire_vs, wire_buffers): (_, _, &[_]) = match &wire_layout {
+            Some(layout) => (layout, "vs_mesh_wire", &[]),
+            None => (&layout, "vs_mesh_corner", &vertex_layout),
+        };
         let wire_pipeline = pipeline(
-            &wire_layout,
+            wire_layout,
             None,
             "viewport mesh wireframe",
-            "vs_mesh_wire",
+            wire_vs,
             "fs_mesh",
-            &[],
+            wire_buffers,
             true,
             None,
         );
         let wire_pipeline_culled = pipeline(
-            &wire_layout,
+            wire_layout,
             Some(wgpu::Face::Back),
             "viewport mesh wireframe (closed)",
-            "vs_mesh_wire",
+            wire_vs,
             "fs_mesh",
-            &[],
+            wire_buffers,
             true,
             None,
         );
@@ -653,6 +722,7 @@ impl SceneRenderer {
             wire_pipeline,
             wire_pipeline_culled,
             pull_layout,
+            caps,
             grid_pipeline,
             white_bind_group,
             frame_layout,
@@ -664,6 +734,11 @@ impl SceneRenderer {
 
     pub fn sample_count(&self) -> u32 {
         self.sample_count
+    }
+
+    /// The device abilities the pipelines were built for.
+    pub fn caps(&self) -> RenderCaps {
+        self.caps
     }
 
     fn texture_bind_group(
@@ -764,7 +839,10 @@ impl SceneRenderer {
                     &self.wire_pipeline
                 });
                 for chunk in &mesh.chunks {
-                    pass.set_bind_group(2, &chunk.pull_bind_group, &[]);
+                    match &chunk.wire {
+                        ChunkWire::Pulled(bind_group) => pass.set_bind_group(2, bind_group, &[]),
+                        ChunkWire::Corners(corners) => pass.set_vertex_buffer(0, corners.slice(..)),
+                    }
                     pass.draw(0..chunk.index_count, 0..1);
                 }
             } else {
@@ -961,6 +1039,12 @@ impl FrameTarget {
                 view_formats,
             })
         };
+        // The raw view needs VIEW_FORMATS; without it the blit re-encodes instead.
+        let raw_view: &[wgpu::TextureFormat] = if renderer.caps.view_formats {
+            &[COLOR_FORMAT_RAW]
+        } else {
+            &[]
+        };
         let color = texture(
             "viewport colour",
             COLOR_FORMAT,
@@ -968,7 +1052,7 @@ impl FrameTarget {
             wgpu::TextureUsages::RENDER_ATTACHMENT
                 | wgpu::TextureUsages::TEXTURE_BINDING
                 | wgpu::TextureUsages::COPY_SRC,
-            &[COLOR_FORMAT_RAW],
+            raw_view,
         );
         let msaa_view = (renderer.sample_count > 1).then(|| {
             texture(
@@ -1015,7 +1099,8 @@ impl FrameTarget {
     }
 
     /// A view of the resolved colour image in `format` (`COLOR_FORMAT` decodes
-    /// to linear when sampled, `COLOR_FORMAT_RAW` returns the sRGB bytes).
+    /// to linear when sampled, `COLOR_FORMAT_RAW` returns the sRGB bytes and
+    /// needs [`RenderCaps::view_formats`]).
     pub fn color_view_as(&self, format: wgpu::TextureFormat) -> wgpu::TextureView {
         self.color.create_view(&wgpu::TextureViewDescriptor {
             format: Some(format),

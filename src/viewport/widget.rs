@@ -11,7 +11,7 @@ use glam::Vec2;
 use orfeas_core::import::MeshFormat;
 use orfeas_core::mesh::Mesh;
 
-use super::callback::{self, EguiPassConfig, ViewportCallback};
+use super::callback::{self, EguiPassConfig, ViewportCallback, ViewportHealth};
 use super::camera::{Bounds, OrbitCamera, View};
 use super::renderer::{Background, MeshVertices, SceneSettings, ShadingMode};
 
@@ -278,6 +278,15 @@ pub fn viewer_ui(
     render_state: Option<&egui_wgpu::RenderState>,
 ) -> Option<ViewerCommand> {
     state.poll_loading();
+    let health = render_state.map(|render_state| {
+        if !callback::is_installed(render_state) {
+            callback::install(
+                render_state,
+                EguiPassConfig::eframe_default(render_state.target_format),
+            );
+        }
+        callback::health(render_state)
+    });
     let mut command = None;
     let mut view_request = None;
     let mut fit_request = false;
@@ -340,6 +349,11 @@ pub fn viewer_ui(
     });
 
     stats_ui(ui, state);
+    if let Some(Some(ViewportHealth::Ready { adapter, note })) = &health
+        && !note.is_empty()
+    {
+        ui.weak(format!("GPU: {adapter}{note}"));
+    }
 
     let available = ui.available_size().max(egui::vec2(64.0, 64.0));
     let (rect, response) = ui.allocate_exact_size(available, egui::Sense::click_and_drag());
@@ -369,19 +383,26 @@ pub fn viewer_ui(
     }
     open_dropped_files(ui, state);
 
-    let Some(render_state) = render_state else {
+    if render_state.is_none() {
         message_ui(
             ui,
             rect,
             "3D view unavailable: the app is not running on the wgpu renderer",
         );
         return command;
-    };
-    if !callback::is_installed(render_state) {
-        callback::install(
-            render_state,
-            EguiPassConfig::eframe_default(render_state.target_format),
+    }
+    if let Some(Some(ViewportHealth::Failed(reason))) = &health {
+        let text = format!(
+            "3D view unavailable: the GPU reported an error.\n{reason}\n\
+             The rest of the studio keeps working; try `orfeas --backend gl` \
+             or `--backend vulkan`, or update the graphics driver."
         );
+        ui.put(rect.shrink(24.0), |ui: &mut egui::Ui| {
+            egui::Frame::popup(ui.style())
+                .show(ui, |ui| ui.add(egui::Label::new(text).wrap()))
+                .response
+        });
+        return command;
     }
     let pixels_per_point = ui.ctx().pixels_per_point();
     let size_px =

@@ -743,3 +743,61 @@ fn the_segmenter_path_refuses_bad_pictures_and_a_corrupt_checkpoint_and_writes_n
         assert!(!s.path(out).exists(), "{args:?} wrote {out}");
     }
 }
+
+#[test]
+fn version_shows_commit_features_and_model_licences() {
+    let sandbox = Sandbox::new();
+    let long = sandbox.orfeas(&["--version"]);
+    assert!(long.status.success());
+    let version = text(&long.stdout);
+    let first = version.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!("orfeas {}", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    let commit = version
+        .lines()
+        .find_map(|l| l.strip_prefix("commit:"))
+        .map(str::trim)
+        .unwrap_or_default();
+    assert!(
+        !commit.is_empty() && commit != "unknown",
+        "a build from git names its commit: {version}"
+    );
+    assert!(
+        version.contains("features: none (CPU inference only)"),
+        "{version}"
+    );
+    for model in orfeas_ml::models::KNOWN_MODELS {
+        assert!(
+            version.contains(&format!("{}: {}", model.name, model.licence)),
+            "{} and its licence are listed: {version}",
+            model.name
+        );
+    }
+    let short = sandbox.orfeas(&["-V"]);
+    assert_eq!(
+        text(&short.stdout).trim(),
+        format!("orfeas {} (commit {commit})", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn open_refuses_files_it_cannot_show_before_any_window_opens() {
+    let sandbox = Sandbox::new();
+    std::fs::write(sandbox.path("notes.txt"), "not a mesh").unwrap();
+    let out = sandbox.orfeas(&["open", "notes.txt"]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot open notes.txt") && stderr.contains(".glb"),
+        "{stderr}"
+    );
+    let out = sandbox.orfeas(&["open", "missing.glb"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -334,3 +334,37 @@ fn create_tab_snapshot() {
     h.run();
     h.snapshot("create_tab");
 }
+
+#[test]
+fn settings_about_box_shows_version_commit_features_and_model_licences() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(tmp.path(), None);
+    h.run();
+    h.get_by_role_and_label(Role::Button, "Settings").click();
+    h.run();
+    h.get_by_label("About ORFEAS Studio");
+    h.get_by_label(orfeas::about::VERSION);
+    h.get_by_label(orfeas::about::COMMIT);
+    h.get_by_label("none (CPU inference only)");
+    for model in orfeas_ml::models::KNOWN_MODELS {
+        assert!(
+            h.query_by_label(model.name).is_some() && h.query_by_label(model.licence).is_some(),
+            "{} and its licence are in the About box",
+            model.name
+        );
+    }
+}
+
+#[test]
+fn open_with_a_picture_selects_it_as_the_image_to_3d_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let picture = tmp.path().join("disc.png");
+    write_disc_png(&picture);
+    let config = orfeas::cli::open_config(AppConfig::default(), Some(&picture)).unwrap();
+    assert_eq!(config.open_image.as_deref(), Some(picture.as_path()));
+    let mut h = harness_with(&tmp.path().join("data"), None, config);
+    h.run();
+    assert_eq!(h.state().saved_state().tab, orfeas::app::state::Tab::Create);
+    // The file name under the preview of the Create tab.
+    h.get_by_label("disc.png");
+}

@@ -16,7 +16,7 @@ use super::viewport::{changed_fraction, drag_right};
 const WINDOW: egui::Vec2 = egui::vec2(1280.0, 800.0);
 
 /// The app as `orfeas view MESH` starts it, drawn by a wgpu test renderer.
-fn viewer_app(
+pub(crate) fn viewer_app(
     render_state: &egui_wgpu::RenderState,
     data_dir: &Path,
     mesh: &Path,

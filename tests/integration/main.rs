@@ -3,6 +3,7 @@
 
 mod api_models;
 mod cli;
+mod downlevel;
 mod gui;
 mod gui_mask;
 mod gui_metrics;

@@ -11,7 +11,6 @@ pub mod taesd;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
-pub mod vae_blocks;
 pub mod weights;
 
 use std::path::Path;

@@ -10,10 +10,8 @@ use candle_core::{Module, Result as CResult, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
 use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
     DownEncoderBlock2D, DownEncoderBlock2DConfig, UNetMidBlock2D, UNetMidBlock2DConfig,
+    UpDecoderBlock2D, UpDecoderBlock2DConfig,
 };
-
-use crate::birefnet::deform::SameConv;
-use crate::sd::vae_blocks::UpBlock;
 use serde::Deserialize;
 
 use crate::error::{Result, SdError};
@@ -104,10 +102,9 @@ struct Encoder {
 struct Decoder {
     conv_in: Conv2d,
     mid: UNetMidBlock2D,
-    /// Ours (same names), for the CPU convolution at the large resolutions.
-    blocks: Vec<UpBlock>,
+    blocks: Vec<UpDecoderBlock2D>,
     norm_out: GroupNorm,
-    conv_out: SameConv,
+    conv_out: Conv2d,
 }
 
 /// The latent distribution `encode` returns (diffusers' `DiagonalGaussianDistribution`).
@@ -178,13 +175,18 @@ impl Vae {
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
         let mut cin = last;
         for (i, &cout) in rev.iter().enumerate() {
-            blocks.push(UpBlock::new(
+            let bc = UpDecoderBlock2DConfig {
+                num_layers: cfg.layers_per_block + 1,
+                resnet_eps: 1e-6,
+                resnet_groups: g,
+                add_upsample: i + 1 < rev.len(),
+                ..Default::default()
+            };
+            blocks.push(UpDecoderBlock2D::new(
                 dec.pp("up_blocks").pp(i),
                 cin,
                 cout,
-                cfg.layers_per_block + 1,
-                g,
-                i + 1 < rev.len(),
+                bc,
             )?);
             cin = cout;
         }
@@ -193,7 +195,7 @@ impl Vae {
             mid: mid_block(dec.pp("mid_block"), last, g)?,
             blocks,
             norm_out: candle_nn::group_norm(g, first, 1e-6, dec.pp("conv_norm_out"))?,
-            conv_out: crate::sd::vae_blocks::conv3(dec.pp("conv_out"), first, cfg.out_channels)?,
+            conv_out: conv3(first, cfg.out_channels, dec.pp("conv_out"))?,
         };
         let quant_conv = if cfg.use_quant_conv {
             Some(candle_nn::conv2d(

@@ -1194,7 +1194,17 @@ impl eframe::App for StudioApp {
             } else if self.saved.tab == Tab::Create && self.saved.mode == CreateMode::TextToImage {
                 // On the text→image side a picture brings back its settings (PNG Info).
                 commands.push(Command::LoadPngSettings(path));
+            } else if picture_has_alpha(&path) == Some(false) {
+                // An opaque photo's foreground is a guess: show it before generating.
+                commands.push(Command::SelectTab(Tab::Create));
+                commands.push(Command::SetMode(CreateMode::ImageTo3d));
+                commands.push(Command::SelectInput(path));
+                self.toasts.info(
+                    "No transparency in this picture: check the tinted mask (paint to fix it), \
+                     then Generate 3D model.",
+                );
             } else {
+                // A cut-out (or a file the job will explain it cannot read): straight to a mesh.
                 commands.push(Command::SelectTab(Tab::Create));
                 commands.push(Command::SelectInput(path.clone()));
                 commands.push(Command::Generate { input: path });
@@ -1369,4 +1379,17 @@ fn drop_overlay_ui(ctx: &egui::Context) {
         egui::FontId::proportional(24.0),
         p.text,
     );
+}
+
+/// Whether the picture's pixel format has an alpha channel, from its header
+/// (`None` when the header cannot be read).
+fn picture_has_alpha(path: &Path) -> Option<bool> {
+    use image::ImageDecoder;
+    let decoder = image::ImageReader::open(path)
+        .ok()?
+        .with_guessed_format()
+        .ok()?
+        .into_decoder()
+        .ok()?;
+    Some(decoder.color_type().has_alpha())
 }

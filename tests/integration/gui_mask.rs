@@ -302,3 +302,31 @@ fn an_opaque_photo_under_auto_is_masked_by_the_installed_segmenter() {
         }
     }
 }
+
+/// A dropped opaque photo is shown with its mask first; a cut-out (alpha)
+/// still becomes a mesh at once (see `gui::dropping_an_image_generates…`).
+#[test]
+fn a_dropped_opaque_photo_waits_for_generate_with_its_mask_on_show() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let photo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/examples/mug-on-table.png");
+    let mut h = harness(&data, None);
+    crate::gui::drop_file(&mut h, &photo);
+    step_until(&mut h, "the mask overlay", |h| {
+        h.query_by_label(CANVAS_LABEL).is_some()
+    });
+    assert!(
+        h.query_by_label_contains("check the tinted mask").is_some(),
+        "the toast says what to do"
+    );
+    assert!(
+        h.state().jobs().is_empty(),
+        "nothing generated before the user asks"
+    );
+    h.get_by_role_and_label(Role::Button, "Generate 3D model")
+        .click();
+    step_until(&mut h, "the job to finish", |h| {
+        h.state().jobs().iter().any(|j| j.phase.is_finished())
+    });
+    finished_output(&h, 0);
+}

@@ -159,12 +159,17 @@ pub fn render_silhouette(mesh: &Mesh, width: u32, height: u32) -> image::GrayIma
 
 /// IoU of the rendered silhouette and `mask` (1.0 when both are empty).
 pub fn silhouette_iou(mesh: &Mesh, mask: &image::GrayImage) -> f32 {
-    let rendered = render_silhouette(mesh, mask.width(), mask.height());
+    mask_iou(&render_silhouette(mesh, mask.width(), mask.height()), mask)
+}
+
+/// Intersection over union of two same-sized masks, each cut at 128
+/// (foreground > 127); 1.0 when both are empty: nothing to disagree about.
+pub fn mask_iou(a: &image::GrayImage, b: &image::GrayImage) -> f32 {
     let (mut inter, mut union) = (0u64, 0u64);
-    for (r, m) in rendered.as_raw().iter().zip(mask.as_raw()) {
-        let (r, m) = (*r > 127, *m > 127);
-        inter += u64::from(r && m);
-        union += u64::from(r || m);
+    for (a, b) in a.as_raw().iter().zip(b.as_raw()) {
+        let (a, b) = (*a > 127, *b > 127);
+        inter += u64::from(a && b);
+        union += u64::from(a || b);
     }
     if union == 0 {
         1.0

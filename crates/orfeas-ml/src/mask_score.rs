@@ -21,17 +21,7 @@ pub fn mask_agreement(mask: &GrayImage, saliency: &GrayImage) -> f32 {
         );
         &resized
     };
-    let (mut both, mut either) = (0u64, 0u64);
-    for (m, s) in mask.pixels().zip(saliency.pixels()) {
-        let (m, s) = (m.0[0] >= 128, s.0[0] >= 128);
-        both += u64::from(m && s);
-        either += u64::from(m || s);
-    }
-    if either == 0 {
-        1.0
-    } else {
-        both as f32 / either as f32
-    }
+    orfeas_core::quality::mask_iou(mask, saliency)
 }
 
 #[cfg(test)]

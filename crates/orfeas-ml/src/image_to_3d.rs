@@ -266,47 +266,60 @@ impl ImageTo3dRunner {
             &orfeas_core::image_input::ImageLimits::default(),
         )
         .map_err(|e| core_failure(e.into()))?;
-        // A painted mask replaces the background step: core reads it.
-        if let Some(path) = &request.mask {
+        // A painted mask, or a background step core does itself: core runs it all.
+        let source = self.resolve_background(request.params.background, &image);
+        if request.mask.is_some() || source != Background::Neural {
             let mut output = run_inflate_on(request, &image, ctx)?;
-            let used = load_mask(path, image.width(), image.height()).map_err(core_failure)?;
-            self.check_foreground(&mut output, &image, &used, None, ctx);
+            // The mask core used, worked out again only when there is a segmenter to ask.
+            self.check_foreground(&mut output, &image, None, ctx, || match &request.mask {
+                Some(path) => load_mask(path, image.width(), image.height()).map_err(core_failure),
+                None => self
+                    .foreground(&image, &request.params, ctx)
+                    .map(|(cut, _)| alpha_of(&cut)),
+            });
             return Ok(output);
         }
         let (cut, source) = self.foreground(&image, &request.params, ctx)?;
-        if source != Background::Neural {
-            let mut output = run_inflate_on(request, &image, ctx)?;
-            self.check_foreground(&mut output, &image, &alpha_of(&cut), None, ctx);
-            return Ok(output);
-        }
         // The segmenter's mask is now the alpha channel: inflate reads it as such.
         let mut on_alpha = request.clone();
         on_alpha.params.background = Background::Alpha;
         let mut output = run_inflate_on(&on_alpha, &cut, ctx)?;
         output.summary["background"] = source.as_str().into();
         let saliency = alpha_of(&cut);
-        self.check_foreground(&mut output, &image, &saliency, Some(&saliency), ctx);
+        self.check_foreground(&mut output, &image, Some(&saliency), ctx, || {
+            Ok(saliency.clone())
+        });
         Ok(output)
     }
 
-    /// Folds how far `used` (the foreground the mesh was built from) agrees
-    /// with the segmenter's saliency into the job's score (see
+    /// Folds how far `used()` (the foreground the mesh was built from)
+    /// agrees with the segmenter's saliency into the job's score (see
     /// [`orfeas_core::quality::with_mask_agreement`]); `saliency` is the
     /// segmenter's own mask when it already ran on this picture. Without the
-    /// segmenter the score stays as it was; a segmenter failure is noted in
-    /// the summary, never fails the job.
+    /// segmenter the score stays as it was and `used` is not called; a
+    /// failure of either is noted in the summary, never fails the job.
     fn check_foreground(
         &self,
         output: &mut JobOutput,
         image: &image::RgbaImage,
-        used: &image::GrayImage,
         saliency: Option<&image::GrayImage>,
         ctx: &JobContext,
+        used: impl FnOnce() -> Result<image::GrayImage, JobFailure>,
     ) {
+        if saliency.is_none() && self.segmenter_dir().is_none() {
+            return;
+        }
+        let used = match used() {
+            Ok(mask) => mask,
+            Err(err) => {
+                tracing::warn!("the mask check could not run: {}", err.message);
+                output.summary["mask_check"] = err.message.into();
+                return;
+            }
+        };
         let computed;
         let saliency = match saliency {
             Some(s) => s,
-            None if self.segmenter_dir().is_none() => return,
             None => {
                 ctx.progress("score", 0.9, "checking the mask");
                 match self.segment(image) {
@@ -322,7 +335,7 @@ impl ImageTo3dRunner {
                 }
             }
         };
-        let agreement = crate::mask_score::mask_agreement(used, saliency);
+        let agreement = crate::mask_score::mask_agreement(&used, saliency);
         let Ok(report) = serde_json::from_value::<orfeas_core::quality::MeshReport>(
             output.summary["report"].clone(),
         ) else {
@@ -488,13 +501,9 @@ impl ImageTo3dRunner {
                     .collect::<Vec<_>>(),
             }),
         };
-        self.check_foreground(
-            &mut output,
-            &image,
-            &alpha_of(&cut_for_score),
-            own_saliency.as_ref(),
-            ctx,
-        );
+        self.check_foreground(&mut output, &image, own_saliency.as_ref(), ctx, || {
+            Ok(alpha_of(&cut_for_score))
+        });
         Ok(output)
     }
 }

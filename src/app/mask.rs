@@ -557,16 +557,7 @@ pub fn largest_component(mask: &GrayImage) -> GrayImage {
 
 /// A file name for a job's mask: `<data>/masks/<picture stem>-<millis>.png`.
 pub fn mask_path(data_dir: &Path, input: &Path) -> PathBuf {
-    let stem = input
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "picture".to_owned());
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or_default();
-    data_dir.join("masks").join(format!("{stem}-{millis}.png"))
+    orfeas_core::runner::stamped_path(&data_dir.join("masks"), input, "picture", "png")
 }
 
 #[cfg(test)]

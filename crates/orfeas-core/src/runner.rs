@@ -15,16 +15,22 @@ pub struct ImageTo3dRunner;
 
 /// Where an output goes when the user gave no path: `dir/<input stem>-<job-ish stamp>.<ext>`.
 pub fn default_output_path(dir: &Path, input: &Path, format: ExportFormat) -> PathBuf {
+    stamped_path(dir, input, "mesh", format.extension())
+}
+
+/// `dir/<input stem, or fallback>-<milliseconds since 1970>.<ext>`: a new
+/// file named after the picture it came from.
+pub fn stamped_path(dir: &Path, input: &Path, fallback: &str, ext: &str) -> PathBuf {
     let stem = input
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "mesh".to_owned());
+        .unwrap_or_else(|| fallback.to_owned());
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or_default();
-    dir.join(format!("{stem}-{stamp}.{}", format.extension()))
+    dir.join(format!("{stem}-{stamp}.{ext}"))
 }
 
 /// The image→3D request of a spec, or the failure that says the spec is of another kind.

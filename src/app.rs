@@ -923,13 +923,7 @@ impl StudioApp {
 
     fn poll_dialog(&mut self) -> Option<Command> {
         if let Some(PendingDialog::SaveCutOut(rx)) = &self.dialog {
-            let result = match rx.try_recv() {
-                Ok(result) => result,
-                Err(mpsc::TryRecvError::Empty) => return None,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    Some(Err("saving stopped unexpectedly; try again".to_owned()))
-                }
-            };
+            let result = dialog_answer(rx, "saving stopped unexpectedly; try again")?;
             self.dialog = None;
             match result {
                 Some(Ok(path)) => self.toasts.success(format!("Saved {}", path.display())),
@@ -939,13 +933,7 @@ impl StudioApp {
             return None;
         }
         if let Some(PendingDialog::ExportMesh(rx)) = &self.dialog {
-            let result = match rx.try_recv() {
-                Ok(result) => result,
-                Err(mpsc::TryRecvError::Empty) => return None,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    Some(Err("the export stopped unexpectedly; try again".to_owned()))
-                }
-            };
+            let result = dialog_answer(rx, "the export stopped unexpectedly; try again")?;
             self.dialog = None;
             match result {
                 Some(Ok(files)) => {
@@ -1392,4 +1380,18 @@ fn picture_has_alpha(path: &Path) -> Option<bool> {
         .into_decoder()
         .ok()?;
     Some(decoder.color_type().has_alpha())
+}
+
+/// What a save dialog's thread answered: `None` while it is still open,
+/// `Some(None)` when the user cancelled; a thread gone without answering
+/// counts as the failure `lost`.
+fn dialog_answer<T>(
+    rx: &mpsc::Receiver<Option<Result<T, String>>>,
+    lost: &str,
+) -> Option<Option<Result<T, String>>> {
+    match rx.try_recv() {
+        Ok(result) => Some(result),
+        Err(mpsc::TryRecvError::Empty) => None,
+        Err(mpsc::TryRecvError::Disconnected) => Some(Some(Err(lost.to_owned()))),
+    }
 }

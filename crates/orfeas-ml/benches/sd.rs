@@ -7,15 +7,29 @@
 //! (zeros|random; default zeros on CPU, random on GPU), ORFEAS_BENCH_DEVICE
 //! (auto|cpu|cuda), ORFEAS_BENCH_REPEATS (default 1 on CPU, 5 on GPU),
 //! ORFEAS_ML_FIXTURES (the sd-tiny fixture folder holding `full-configs/`).
+//!
+//! ORFEAS_BENCH_FOLDER=DIR instead runs the real text→image pipeline on a diffusers
+//! folder (CPU, f32): `SdModel::load` as `orfeas text-to-image --model-path DIR` does,
+//! then `pipeline::generate` twice (1 step, guidance 0, full VAE decode), split into
+//! text encoder / UNet / VAE decode by its progress events; then the VAE decode alone
+//! and TAESD (`DIR/taesd`, or ORFEAS_BENCH_TAESD) on the same latents; peak RSS.
+//! ORFEAS_BENCH_REFERENCE: the safetensors `scripts/bench/sd_diffusers_cpu.py run --save`
+//! wrote; ours then starts from its noise, decodes its latents and prints the max
+//! differences from diffusers' outputs. `scripts/bench/sd-cpu-vs-diffusers.sh` runs both.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use orfeas_ml::sd::clip::{ClipConfig, ClipTextModel};
 use orfeas_ml::sd::pipeline::add_time_ids;
-use orfeas_ml::sd::pipeline::{DevicePref, select_device};
+use orfeas_ml::sd::pipeline::{
+    DecodeMode, DevicePref, GenerateRequest, Progress, SdModel, decode_latents, generate,
+    select_device,
+};
 use orfeas_ml::sd::taesd::{TinyDecoder, TinyDecoderConfig};
 use orfeas_ml::sd::unet::{AddedCond, UNet, UNetConfig};
 use orfeas_ml::sd::vae::{Vae, VaeConfig};
@@ -65,11 +79,209 @@ fn time_ms(
     Ok(v[v.len() / 2])
 }
 
+/// Peak resident set size so far (`VmHWM`), in MiB; 0 where /proc is absent.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn ms_between(from: Instant, to: Instant) -> f64 {
+    to.saturating_duration_since(from).as_secs_f64() * 1e3
+}
+
+/// The prompt `scripts/bench/sd_diffusers_cpu.py` uses.
+const FOLDER_PROMPT: &str = "a red ceramic mug on a wooden table, studio photo";
+
+/// Max |a − b| over two tensors of the same shape, in f32.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
+    let d = (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?.abs()?;
+    Ok(d.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
+/// One `generate` call, timed by stage from its progress events.
+fn timed_generate(
+    model: &SdModel,
+    req: &GenerateRequest,
+) -> anyhow::Result<(serde_json::Map<String, serde_json::Value>, image::RgbImage)> {
+    let (mut started, mut stepped, mut decoding) = (None, None, None);
+    let t0 = Instant::now();
+    let images = generate(
+        model,
+        req,
+        &mut |p| match p {
+            Progress::Started { .. } => started = Some(Instant::now()),
+            Progress::Step { .. } => stepped = Some(Instant::now()),
+            Progress::Decoding => decoding = Some(Instant::now()),
+        },
+        &AtomicBool::new(false),
+    )?;
+    let end = Instant::now();
+    let (Some(started), Some(stepped), Some(decoding)) = (started, stepped, decoding) else {
+        anyhow::bail!("generate reported no Started/Step/Decoding progress");
+    };
+    let mut stages = serde_json::Map::new();
+    // Encoding the prompt is all that runs before `Started` (plus building the
+    // scheduler and the noise, microseconds); decoding includes the RGB conversion.
+    for (name, ms) in [
+        ("text_encoder", ms_between(t0, started)),
+        ("unet", ms_between(started, stepped)),
+        ("vae_decode", ms_between(decoding, end)),
+        ("e2e", ms_between(t0, end)),
+    ] {
+        stages.insert(name.into(), serde_json::json!((ms * 10.0).round() / 10.0));
+    }
+    let image = images
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("generate returned no image"))?;
+    Ok((stages, image))
+}
+
+/// `ORFEAS_BENCH_FOLDER`: the real pipeline on a diffusers folder, printed in the
+/// same format as `scripts/bench/sd_diffusers_cpu.py run`.
+fn folder_bench(dir: &Path, size: usize) -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    let reference: Option<HashMap<String, Tensor>> = std::env::var_os("ORFEAS_BENCH_REFERENCE")
+        .map(|p| candle_core::safetensors::load(&p, &dev))
+        .transpose()?;
+    let refer = |name: &str| reference.as_ref().and_then(|r| r.get(name));
+    let tiny_dir = std::env::var_os("ORFEAS_BENCH_TAESD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("taesd"));
+    let t = Instant::now();
+    let model = SdModel::load(dir, &dev, DType::F32)?;
+    let tiny = TinyDecoder::load_dir(&tiny_dir, &dev, DType::F32)?;
+    let load_ms = ms_between(t, Instant::now());
+    println!(
+        "ours: candle, {} threads, {:?}, f32, {size}x{size}, 1 step, guidance 0",
+        candle_core::utils::get_num_threads(),
+        model.scheduler_config.default_kind()
+    );
+    println!("ours: load {load_ms:.0} ms");
+
+    let req = GenerateRequest {
+        prompt: FOLDER_PROMPT.into(),
+        negative: String::new(),
+        steps: 1,
+        guidance: 0.0,
+        seed: 0,
+        width: size,
+        height: size,
+        batch: 1,
+        scheduler: None,
+        init_noise: refer("noise").cloned(),
+        decode: DecodeMode::Full,
+        init_image: None,
+        tiny_decoder: None,
+        previews: false,
+    };
+    let mut runs = Vec::new();
+    let mut image = None;
+    for label in ["first", "warm"] {
+        let (mut stages, img) = timed_generate(&model, &req)?;
+        let ms = |k: &str| {
+            stages
+                .get(k)
+                .and_then(serde_json::Value::as_f64)
+                .unwrap_or(0.0)
+        };
+        println!(
+            "ours run {} ({label}): text_encoder {:.0} ms | unet {:.0} ms | vae_decode {:.0} ms | \
+             end-to-end {:.0} ms",
+            runs.len() + 1,
+            ms("text_encoder"),
+            ms("unet"),
+            ms("vae_decode"),
+            ms("e2e")
+        );
+        stages.insert("label".into(), label.into());
+        runs.push(serde_json::Value::Object(stages));
+        image = Some(img);
+    }
+    let rss_pipeline = peak_rss_mib();
+
+    // The latents diffusers' pipeline decoded (UNet space), else seeded noise.
+    let latents = match refer("unet_latents") {
+        Some(l) => l.clone(),
+        None => orfeas_ml::sd::noise::initial_noise(1, 1, (4, size / 8, size / 8), &dev)?,
+    };
+    let t = Instant::now();
+    let vae_out = decode_latents(&model.vae, &latents, DecodeMode::Full)?;
+    let vae_ms = ms_between(t, Instant::now());
+    println!("ours vae_decode alone: {vae_ms:.0} ms");
+    let mut taesd_ms = Vec::new();
+    let mut taesd_out = None;
+    for _ in 0..2 {
+        let t = Instant::now();
+        taesd_out = Some(tiny.decode(&latents)?);
+        taesd_ms.push(ms_between(t, Instant::now()));
+    }
+    println!(
+        "ours taesd_decode: first {:.0} ms, warm {:.0} ms",
+        taesd_ms[0], taesd_ms[1]
+    );
+    let rss = peak_rss_mib();
+    println!(
+        "ours peak RSS: {rss_pipeline:.0} MiB after the pipeline runs, {rss:.0} MiB at the end"
+    );
+
+    let mut diffs = serde_json::Map::new();
+    if let Some(r) = refer("vae_out") {
+        diffs.insert("vae_out".into(), max_abs_diff(&vae_out, r)?.into());
+    }
+    if let (Some(r), Some(ours)) = (refer("taesd_out"), taesd_out.as_ref()) {
+        diffs.insert("taesd_out".into(), max_abs_diff(ours, r)?.into());
+    }
+    if let (Some(r), Some(img)) = (refer("image"), image.as_ref()) {
+        let theirs = r.flatten_all()?.to_vec1::<u8>()?;
+        let ours = img.as_raw();
+        if theirs.len() == ours.len() {
+            let d: Vec<u8> = ours
+                .iter()
+                .zip(&theirs)
+                .map(|(a, b)| a.abs_diff(*b))
+                .collect();
+            let max = d.iter().copied().max().unwrap_or(0);
+            let mean = d.iter().map(|&v| f64::from(v)).sum::<f64>() / d.len().max(1) as f64;
+            diffs.insert("image_max_u8".into(), max.into());
+            diffs.insert("image_mean_u8".into(), ((mean * 1e3).round() / 1e3).into());
+        }
+    }
+    if !diffs.is_empty() {
+        println!(
+            "ours vs diffusers (same noise and latents): max |Δ| {}",
+            serde_json::Value::Object(diffs.clone())
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "impl": "ours", "size": size, "threads": candle_core::utils::get_num_threads(),
+            "prompt": FOLDER_PROMPT, "load_ms": (load_ms * 10.0).round() / 10.0, "runs": runs,
+            "vae_decode_alone_ms": (vae_ms * 10.0).round() / 10.0,
+            "taesd_first_ms": (taesd_ms[0] * 10.0).round() / 10.0,
+            "taesd_warm_ms": (taesd_ms[1] * 10.0).round() / 10.0,
+            "peak_rss_pipeline_mib": rss_pipeline.round(), "peak_rss_mib": rss.round(),
+            "diff_from_diffusers": diffs,
+        })
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let size: usize = std::env::var("ORFEAS_BENCH_SIZE")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(512);
+    if let Some(dir) = std::env::var_os("ORFEAS_BENCH_FOLDER") {
+        return folder_bench(Path::new(&dir), size);
+    }
     let pref: DevicePref = std::env::var("ORFEAS_BENCH_DEVICE")
         .unwrap_or_else(|_| "auto".into())
         .parse()?;

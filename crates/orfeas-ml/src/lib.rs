@@ -6,11 +6,13 @@
 //! - [`image_to_3d`]: the image→3D runner for every method.
 //! - [`models`]: known models, discovery, `list` / `verify` / `download`.
 //! - [`fixture`]: completes the small test fixture kept in git.
+//! - [`kernels`]: CPU kernels (conv, group norm + SiLU, upsampling) the models share.
 
 pub mod birefnet;
 pub mod error;
 pub mod fixture;
 pub mod image_to_3d;
+pub mod kernels;
 pub mod mask_score;
 pub mod models;
 pub mod sd;

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod clip;
 pub mod noise;
 pub mod pipeline;
+pub mod resnet;
 pub mod schedulers;
 pub mod single_file;
 pub mod taesd;

@@ -5,7 +5,9 @@
 //! fixtures) and its attention always upcasts to f32, which costs on GPU.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+
+use crate::kernels;
 
 /// Multi-head attention with `to_q/to_k/to_v` (no bias) and `to_out.0`.
 #[derive(Debug)]
@@ -149,7 +151,7 @@ impl BasicTransformerBlock {
 #[derive(Debug)]
 enum Proj {
     Linear(Linear),
-    Conv(candle_nn::Conv2d),
+    Conv(kernels::Conv2d),
 }
 
 /// Settings shared by every `Transformer2DModel` of one UNet.
@@ -164,7 +166,7 @@ pub struct TransformerSettings {
 /// `Transformer2DModel`: group norm, proj_in, `depth` transformer blocks, proj_out, residual.
 #[derive(Debug)]
 pub struct Transformer2D {
-    norm: GroupNorm,
+    norm: kernels::GroupNorm,
     proj_in: Proj,
     blocks: Vec<BasicTransformerBlock>,
     proj_out: Proj,
@@ -181,7 +183,7 @@ impl Transformer2D {
         if heads == 0 || !channels.is_multiple_of(heads) {
             candle_core::bail!("{channels} channels cannot be split into {heads} attention heads");
         }
-        let norm = candle_nn::group_norm(s.norm_groups, channels, 1e-6, vb.pp("norm"))?;
+        let norm = kernels::GroupNorm::load(s.norm_groups, channels, 1e-6, vb.pp("norm"))?;
         let (proj_in, proj_out) = if s.use_linear_projection {
             (
                 Proj::Linear(candle_nn::linear(channels, channels, vb.pp("proj_in"))?),
@@ -189,19 +191,23 @@ impl Transformer2D {
             )
         } else {
             (
-                Proj::Conv(candle_nn::conv2d(
-                    channels,
-                    channels,
-                    1,
-                    Default::default(),
+                Proj::Conv(kernels::Conv2d::load(
                     vb.pp("proj_in"),
-                )?),
-                Proj::Conv(candle_nn::conv2d(
                     channels,
                     channels,
                     1,
-                    Default::default(),
+                    1,
+                    0,
+                    true,
+                )?),
+                Proj::Conv(kernels::Conv2d::load(
                     vb.pp("proj_out"),
+                    channels,
+                    channels,
+                    1,
+                    1,
+                    0,
+                    true,
                 )?),
             )
         };
@@ -238,10 +244,10 @@ impl Transformer2D {
             tokens = block.forward(&tokens, context)?;
         }
         let to_image = |t: Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous();
-        let out = match &self.proj_out {
-            Proj::Linear(p) => to_image(p.forward(&tokens)?)?,
-            Proj::Conv(p) => p.forward(&to_image(tokens)?)?,
-        };
-        out + residual
+        match &self.proj_out {
+            Proj::Linear(p) => to_image(p.forward(&tokens)?)? + residual,
+            // The residual is the conv's starting value: one pass fewer.
+            Proj::Conv(p) => p.forward_with(&to_image(tokens)?, None, Some(residual)),
+        }
     }
 }

@@ -3,13 +3,14 @@
 use std::path::Path;
 
 use candle_core::{D, DType, Module, Result as CResult, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::VarBuilder;
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
-use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 use serde::Deserialize;
 
 use super::attention::{Transformer2D, TransformerSettings};
+use super::resnet::{ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::error::{Result, SdError};
+use crate::kernels::{Conv2d, GroupNorm};
 
 /// A config value that is either one number for every block or one per block.
 #[derive(Debug, Clone, Deserialize)]
@@ -116,13 +117,8 @@ struct Downsample(Conv2d, usize);
 
 impl Downsample {
     fn load(vb: VarBuilder, ch: usize, padding: usize) -> CResult<Self> {
-        let cfg = Conv2dConfig {
-            stride: 2,
-            padding,
-            ..Default::default()
-        };
         Ok(Self(
-            candle_nn::conv2d(ch, ch, 3, cfg, vb.pp("conv"))?,
+            Conv2d::load(vb.pp("conv"), ch, ch, 3, 2, padding, true)?,
             padding,
         ))
     }
@@ -138,29 +134,13 @@ impl Downsample {
     }
 }
 
-#[derive(Debug)]
-struct Upsample(Conv2d);
-
-impl Upsample {
-    fn load(vb: VarBuilder, ch: usize) -> CResult<Self> {
-        let cfg = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
-        Ok(Self(candle_nn::conv2d(ch, ch, 3, cfg, vb.pp("conv"))?))
-    }
-    fn forward(&self, xs: &Tensor, size: (usize, usize)) -> CResult<Tensor> {
-        self.0.forward(&xs.upsample_nearest2d(size.0, size.1)?)
-    }
-}
-
 /// One down or up block: resnets, optional transformers after each, optional resampler.
 #[derive(Debug)]
 struct Block {
     resnets: Vec<ResnetBlock2D>,
     attentions: Vec<Transformer2D>,
     down: Option<Downsample>,
-    up: Option<Upsample>,
+    up: Option<Upsample2D>,
 }
 
 /// Added conditioning of SDXL (`addition_embed_type: text_time`).
@@ -217,16 +197,13 @@ impl UNet {
             upcast_attention: cfg.upcast_attention.unwrap_or(false),
         };
         let resnet = |vb: VarBuilder, cin: usize, cout: usize| {
-            let rc = ResnetBlock2DConfig {
-                out_channels: Some(cout),
+            let rc = ResnetConfig {
+                out_channels: cout,
                 temb_channels: Some(temb),
                 groups,
-                groups_out: None,
                 eps: cfg.norm_eps,
-                use_in_shortcut: None,
-                output_scale_factor: 1.0,
             };
-            ResnetBlock2D::new(vb, cin, rc)
+            ResnetBlock2D::load(vb, cin, rc)
         };
         let spec = |i: usize| -> Result<(usize, usize)> {
             let heads = cfg
@@ -239,10 +216,6 @@ impl UNet {
                 )
             })?;
             Ok((heads, depth))
-        };
-        let conv3 = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
         };
         let time_proj = Timesteps::new(ch0, cfg.flip_sin_to_cos, cfg.freq_shift);
         let time_embedding = TimestepEmbedding::new(vb.pp("time_embedding"), ch0, temb)?;
@@ -270,7 +243,7 @@ impl UNet {
                 ));
             }
         };
-        let conv_in = candle_nn::conv2d(cfg.in_channels, ch0, 3, conv3, vb.pp("conv_in"))?;
+        let conv_in = Conv2d::load(vb.pp("conv_in"), cfg.in_channels, ch0, 3, 1, 1, true)?;
 
         let mut down = Vec::with_capacity(n);
         let mut out_ch = ch0;
@@ -368,7 +341,7 @@ impl UNet {
                 }
             }
             let up_s = if i + 1 < n {
-                Some(Upsample::load(vbb.pp("upsamplers.0"), out_ch)?)
+                Some(Upsample2D::load(vbb.pp("upsamplers.0"), out_ch)?)
             } else {
                 None
             };
@@ -379,8 +352,8 @@ impl UNet {
                 up: up_s,
             });
         }
-        let norm_out = candle_nn::group_norm(groups, ch0, cfg.norm_eps, vb.pp("conv_norm_out"))?;
-        let conv_out = candle_nn::conv2d(ch0, cfg.out_channels, 3, conv3, vb.pp("conv_out"))?;
+        let norm_out = GroupNorm::load(groups, ch0, cfg.norm_eps, vb.pp("conv_norm_out"))?;
+        let conv_out = Conv2d::load(vb.pp("conv_out"), ch0, cfg.out_channels, 3, 1, 1, true)?;
         Ok(Self {
             time_proj,
             time_embedding,
@@ -477,10 +450,10 @@ impl UNet {
                     Some(s) => (s.dim(2)?, s.dim(3)?),
                     None => (xs.dim(2)? * 2, xs.dim(3)? * 2),
                 };
-                xs = u.forward(&xs, size)?;
+                xs = u.forward(&xs, Some(size))?;
             }
         }
-        let xs = candle_nn::ops::silu(&self.norm_out.forward(&xs)?)?;
+        let xs = self.norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
     }
 }

@@ -10,11 +10,12 @@ use candle_core::{Module, Result as CResult, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
 use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
     DownEncoderBlock2D, DownEncoderBlock2DConfig, UNetMidBlock2D, UNetMidBlock2DConfig,
-    UpDecoderBlock2D, UpDecoderBlock2DConfig,
 };
 use serde::Deserialize;
 
+use super::resnet::{UpDecoderBlock, VaeMidBlock};
 use crate::error::{Result, SdError};
+use crate::kernels;
 
 fn d_three() -> usize {
     3
@@ -78,6 +79,11 @@ fn conv3(cin: usize, cout: usize, vb: VarBuilder) -> CResult<Conv2d> {
     candle_nn::conv2d(cin, cout, 3, cfg, vb)
 }
 
+/// The decoder's 3×3 convs run on the fast CPU kernels.
+fn conv3_fast(cin: usize, cout: usize, vb: VarBuilder) -> CResult<kernels::Conv2d> {
+    kernels::Conv2d::load(vb, cin, cout, 3, 1, 1, true)
+}
+
 fn mid_block(vb: VarBuilder, ch: usize, groups: usize) -> CResult<UNetMidBlock2D> {
     let cfg = UNetMidBlock2DConfig {
         resnet_eps: 1e-6,
@@ -100,11 +106,11 @@ struct Encoder {
 
 #[derive(Debug)]
 struct Decoder {
-    conv_in: Conv2d,
-    mid: UNetMidBlock2D,
-    blocks: Vec<UpDecoderBlock2D>,
-    norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_in: kernels::Conv2d,
+    mid: VaeMidBlock,
+    blocks: Vec<UpDecoderBlock>,
+    norm_out: kernels::GroupNorm,
+    conv_out: kernels::Conv2d,
 }
 
 /// The latent distribution `encode` returns (diffusers' `DiagonalGaussianDistribution`).
@@ -131,7 +137,7 @@ pub struct Vae {
     encoder: Encoder,
     decoder: Decoder,
     quant_conv: Option<Conv2d>,
-    post_quant_conv: Option<Conv2d>,
+    post_quant_conv: Option<kernels::Conv2d>,
     pub config: VaeConfig,
 }
 
@@ -175,27 +181,22 @@ impl Vae {
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
         let mut cin = last;
         for (i, &cout) in rev.iter().enumerate() {
-            let bc = UpDecoderBlock2DConfig {
-                num_layers: cfg.layers_per_block + 1,
-                resnet_eps: 1e-6,
-                resnet_groups: g,
-                add_upsample: i + 1 < rev.len(),
-                ..Default::default()
-            };
-            blocks.push(UpDecoderBlock2D::new(
+            blocks.push(UpDecoderBlock::load(
                 dec.pp("up_blocks").pp(i),
                 cin,
                 cout,
-                bc,
+                cfg.layers_per_block + 1,
+                g,
+                i + 1 < rev.len(),
             )?);
             cin = cout;
         }
         let decoder = Decoder {
-            conv_in: conv3(lc, last, dec.pp("conv_in"))?,
-            mid: mid_block(dec.pp("mid_block"), last, g)?,
+            conv_in: conv3_fast(lc, last, dec.pp("conv_in"))?,
+            mid: VaeMidBlock::load(dec.pp("mid_block"), last, g)?,
             blocks,
-            norm_out: candle_nn::group_norm(g, first, 1e-6, dec.pp("conv_norm_out"))?,
-            conv_out: conv3(first, cfg.out_channels, dec.pp("conv_out"))?,
+            norm_out: kernels::GroupNorm::load(g, first, 1e-6, dec.pp("conv_norm_out"))?,
+            conv_out: conv3_fast(first, cfg.out_channels, dec.pp("conv_out"))?,
         };
         let quant_conv = if cfg.use_quant_conv {
             Some(candle_nn::conv2d(
@@ -209,12 +210,14 @@ impl Vae {
             None
         };
         let post_quant_conv = if cfg.use_post_quant_conv {
-            Some(candle_nn::conv2d(
+            Some(kernels::Conv2d::load(
+                vb.pp("post_quant_conv"),
                 lc,
                 lc,
                 1,
-                Default::default(),
-                vb.pp("post_quant_conv"),
+                1,
+                0,
+                true,
             )?)
         } else {
             None
@@ -266,11 +269,11 @@ impl Vae {
             None => latents.clone(),
         };
         let d = &self.decoder;
-        let mut xs = d.mid.forward(&d.conv_in.forward(&xs)?, None)?;
+        let mut xs = d.mid.forward(&d.conv_in.forward(&xs)?)?;
         for b in &d.blocks {
             xs = b.forward(&xs)?;
         }
-        let xs = candle_nn::ops::silu(&d.norm_out.forward(&xs)?)?;
+        let xs = d.norm_out.forward_silu(&xs)?;
         Ok(d.conv_out.forward(&xs)?)
     }
 

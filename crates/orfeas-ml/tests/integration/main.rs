@@ -8,6 +8,7 @@ mod birefnet_inputs;
 mod birefnet_parity;
 mod birefnet_weights;
 mod common;
+mod kernels;
 mod sd_errors;
 mod sd_full_configs;
 mod sd_img2img;

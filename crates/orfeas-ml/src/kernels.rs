@@ -1,0 +1,676 @@
+//! CPU kernels for the ops that dominate the SD family, TAESD and BiRefNet on
+//! the CPU: convolution, group norm (+ SiLU), nearest 2× upsampling.
+//!
+//! Why not candle's own CPU ops (0.11): its conv2d transposes the whole input
+//! to channels-last on one thread, writes each im2col column with a stride of
+//! the tile width, multiplies tile by tile and scatters the result back to
+//! NCHW one element at a time; its group norm is eight tensor passes, each a
+//! fresh allocation, and SiLU three more. Here:
+//!
+//! - **conv2d** is an im2col-by-tiles GEMM straight into the NCHW output: the
+//!   columns of one tile are filled from NCHW rows (contiguous copies for
+//!   stride 1), the product is written in place (the output's row stride is the
+//!   plane size), bias, a per-batch bias (the UNet's time embedding) and a
+//!   residual are the GEMM's starting value, so `conv(x) + b + temb + skip` is
+//!   one pass. 1×1 convs skip the columns: the input plane is the GEMM operand.
+//!   The GEMM is the `gemm` crate's (candle's own), built with its AVX-512
+//!   kernels (`x86-v4`; chosen at run time, AVX2/FMA or SSE otherwise).
+//! - **group norm** is one statistics pass and one normalise pass per group,
+//!   in parallel over (batch, group), with SiLU fused into the second pass.
+//! - **upsample** copies each row twice, in parallel over planes.
+//!
+//! Every kernel works on contiguous f32 slices and is wrapped by a tensor
+//! function that takes the fast path for f32 on the CPU and hands any other
+//! device or dtype to candle's op (so CUDA and Metal are untouched). Tests in
+//! `tests/integration/kernels.rs` check each against candle's op on random odd
+//! shapes.
+
+use candle_core::{DType, Module, Result, Storage, Tensor};
+use candle_nn::VarBuilder;
+use rayon::prelude::*;
+
+/// Floats in one tile's im2col columns (2 MB): a tile's columns stay in L2
+/// while the GEMM packs them, and the buffer is reused from the heap.
+const COL_BUDGET: usize = 1 << 19;
+
+/// Fewest output pixels in a tile (below this the GEMM's packing dominates).
+const MIN_TILE: usize = 64;
+
+/// Shape of one 2-D convolution: input `(batch, c_in, h, w)`, weight
+/// `(c_out, c_in, k_h, k_w)`, square stride and zero padding, no dilation or groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub k_h: usize,
+    pub k_w: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvShape {
+    /// Output height and width, or `None` when the kernel does not fit the
+    /// padded input (or the stride is 0).
+    pub fn out_hw(&self) -> Option<(usize, usize)> {
+        if self.stride == 0 {
+            return None;
+        }
+        let side = |n: usize, k: usize| {
+            (n + 2 * self.padding)
+                .checked_sub(k)
+                .map(|v| v / self.stride + 1)
+        };
+        Some((side(self.h, self.k_h)?, side(self.w, self.k_w)?))
+    }
+
+    fn k_len(&self) -> usize {
+        self.c_in * self.k_h * self.k_w
+    }
+
+    fn pointwise(&self) -> bool {
+        self.k_h == 1 && self.k_w == 1 && self.stride == 1 && self.padding == 0
+    }
+}
+
+/// What the convolution output starts from before the product is added.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConvInit<'a> {
+    /// Per output channel (`c_out`) or per batch item and channel (`batch · c_out`).
+    pub bias: Option<&'a [f32]>,
+    /// Added to the output element for element (`batch · c_out · out_h · out_w`).
+    pub residual: Option<&'a [f32]>,
+}
+
+/// A raw output pointer shared by the tile tasks: each task writes only its own
+/// columns `[p0, p0 + t)` of every output row, so writes never overlap.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: see the type's comment; the pointer outlives every task (scoped by rayon).
+#[allow(unsafe_code)]
+unsafe impl Send for OutPtr {}
+#[allow(unsafe_code)]
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method, not a field read, so closures capture the whole (Sync) wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `out = init + conv(x, weight)` on contiguous f32 slices (NCHW), see [`ConvShape`].
+///
+/// Errors when a slice length does not match the shape.
+pub fn conv2d_f32(x: &[f32], weight: &[f32], init: ConvInit<'_>, s: ConvShape) -> Result<Vec<f32>> {
+    let Some((oh, ow)) = s.out_hw() else {
+        candle_core::bail!(
+            "conv2d: kernel {}x{} does not fit input {}x{} padded by {}",
+            s.k_h,
+            s.k_w,
+            s.h,
+            s.w,
+            s.padding
+        );
+    };
+    let (p, k) = (oh * ow, s.k_len());
+    if x.len() != s.batch * s.c_in * s.h * s.w || weight.len() != s.c_out * k {
+        candle_core::bail!(
+            "conv2d: input {} / weight {} elements do not match {s:?}",
+            x.len(),
+            weight.len()
+        );
+    }
+    let out_len = s.batch * s.c_out * p;
+    let mut out = match init.residual {
+        Some(r) if r.len() == out_len => r.to_vec(),
+        Some(r) => candle_core::bail!(
+            "conv2d: residual has {} elements, the output {out_len}",
+            r.len()
+        ),
+        None => vec![0f32; out_len],
+    };
+    match init.bias {
+        None => {}
+        Some(b) if b.len() == s.c_out || b.len() == s.batch * s.c_out => {
+            // Row `bi·c_out + co`: per channel that is `b[co]`, per item `b[row]`.
+            out.par_chunks_mut(p).enumerate().for_each(|(row, plane)| {
+                let v = b[row % b.len()];
+                if v != 0.0 {
+                    plane.iter_mut().for_each(|o| *o += v);
+                }
+            });
+        }
+        Some(b) => candle_core::bail!(
+            "conv2d: bias has {} elements, expected {} or {}",
+            b.len(),
+            s.c_out,
+            s.batch * s.c_out
+        ),
+    }
+    if out_len == 0 || k == 0 {
+        return Ok(out);
+    }
+
+    let threads = rayon::current_num_threads().max(1);
+    let tile = if s.pointwise() {
+        // No columns to hold: tiles only split the work.
+        p.div_ceil(4 * threads).max(MIN_TILE * 4).min(p)
+    } else {
+        (COL_BUDGET / k).max(MIN_TILE).min(p)
+    };
+    let tiles_per_item = p.div_ceil(tile);
+    let tasks = s.batch * tiles_per_item;
+    let dst = OutPtr(out.as_mut_ptr());
+    let run = |task: usize, col: &mut Vec<f32>, par: gemm::Parallelism| {
+        let (bi, ti) = (task / tiles_per_item, task % tiles_per_item);
+        let p0 = ti * tile;
+        let t = tile.min(p - p0);
+        let xb = &x[bi * s.c_in * s.h * s.w..(bi + 1) * s.c_in * s.h * s.w];
+        let (rhs, rhs_rs) = if s.pointwise() {
+            (&xb[p0..], p)
+        } else {
+            col.resize(k * t, 0.0);
+            fill_columns(xb, s, (oh, ow), p0, t, col);
+            (&col[..], t)
+        };
+        // SAFETY: `dst` points at `out`, which lives until every task ends; this
+        // task writes rows [0, c_out) × columns [p0, p0 + t) of batch item `bi`'s
+        // (c_out, p) block, disjoint from every other task. `weight` holds
+        // c_out × k floats (checked above), `rhs` k rows of stride `rhs_rs` with at
+        // least `t` valid columns each (the columns, or the input plane from p0).
+        #[allow(unsafe_code)]
+        unsafe {
+            gemm::gemm(
+                s.c_out,
+                t,
+                k,
+                dst.get().add(bi * s.c_out * p + p0),
+                1,
+                p as isize,
+                true,
+                weight.as_ptr(),
+                1,
+                k as isize,
+                rhs.as_ptr(),
+                1,
+                rhs_rs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    };
+    if tasks >= 2 * threads || threads == 1 {
+        (0..tasks)
+            .into_par_iter()
+            .for_each_init(Vec::new, |col, task| {
+                run(task, col, gemm::Parallelism::None);
+            });
+    } else {
+        // Few, wide tiles (small feature maps, many channels): the GEMM splits its rows.
+        let mut col = Vec::new();
+        for task in 0..tasks {
+            run(task, &mut col, gemm::Parallelism::Rayon(threads));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the im2col columns of output pixels `[p0, p0 + t)` into `col`
+/// (`k_len` rows of `t`, row `(ci·k_h + ky)·k_w + kx`, the weight's column order).
+fn fill_columns(
+    xb: &[f32],
+    s: ConvShape,
+    (_oh, ow): (usize, usize),
+    p0: usize,
+    t: usize,
+    col: &mut [f32],
+) {
+    let plane_len = s.h * s.w;
+    let pad = s.padding as isize;
+    for ci in 0..s.c_in {
+        let plane = &xb[ci * plane_len..(ci + 1) * plane_len];
+        for ky in 0..s.k_h {
+            for kx in 0..s.k_w {
+                let r = (ci * s.k_h + ky) * s.k_w + kx;
+                let row = &mut col[r * t..(r + 1) * t];
+                let mut off = 0;
+                while off < t {
+                    let pix = p0 + off;
+                    let (oy, ox0) = (pix / ow, pix % ow);
+                    let n = (ow - ox0).min(t - off);
+                    let seg = &mut row[off..off + n];
+                    off += n;
+                    let iy = (oy * s.stride + ky) as isize - pad;
+                    if iy < 0 || iy >= s.h as isize {
+                        seg.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * s.w..(iy as usize + 1) * s.w];
+                    let ix0 = (ox0 * s.stride + kx) as isize - pad;
+                    if s.stride == 1 {
+                        let n_i = n as isize;
+                        let lo = (-ix0).clamp(0, n_i);
+                        let hi = (s.w as isize - ix0).clamp(lo, n_i);
+                        let (lo, hi) = (lo as usize, hi as usize);
+                        seg[..lo].fill(0.0);
+                        seg[hi..].fill(0.0);
+                        if lo < hi {
+                            let a = (ix0 + lo as isize) as usize;
+                            seg[lo..hi].copy_from_slice(&src[a..a + (hi - lo)]);
+                        }
+                    } else {
+                        for (j, v) in seg.iter_mut().enumerate() {
+                            let ix = ix0 + (j * s.stride) as isize;
+                            *v = if ix >= 0 && ix < s.w as isize {
+                                src[ix as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Group normalisation of `x` (NCHW: `batch · channels · plane` floats, `plane`
+/// the spatial size) with per-channel `gamma`/`beta`, then SiLU when `silu` (the
+/// resnet blocks' `silu(norm(x))`). Statistics in f64 over each (batch, group),
+/// as two passes (mean, then the variance of the centred values) so large
+/// planes lose no precision.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_f32(
+    x: &[f32],
+    channels: usize,
+    plane: usize,
+    groups: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    silu: bool,
+) -> Result<Vec<f32>> {
+    if groups == 0 || channels % groups != 0 || gamma.len() != channels || beta.len() != channels {
+        candle_core::bail!(
+            "group_norm: {channels} channels, {groups} groups, gamma {} / beta {}",
+            gamma.len(),
+            beta.len()
+        );
+    }
+    if channels == 0 || plane == 0 || x.len() % (channels * plane) != 0 {
+        candle_core::bail!(
+            "group_norm: {} elements are not whole items of {channels} channels × {plane}",
+            x.len()
+        );
+    }
+    let cpg = channels / groups;
+    let group_len = cpg * plane;
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(group_len)
+        .zip(x.par_chunks(group_len))
+        .enumerate()
+        .for_each(|(i, (o, xs))| {
+            let g = i % groups;
+            let n = xs.len() as f64;
+            let mean = xs.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let var = xs.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+            let inv = 1.0 / (var + eps).sqrt();
+            for c in 0..cpg {
+                let ch = g * cpg + c;
+                let a = (gamma[ch] as f64 * inv) as f32;
+                let b = (beta[ch] as f64 - mean * gamma[ch] as f64 * inv) as f32;
+                let (src, dst) = (
+                    &xs[c * plane..(c + 1) * plane],
+                    &mut o[c * plane..(c + 1) * plane],
+                );
+                affine_silu(src, dst, a, b, silu);
+            }
+        });
+    Ok(out)
+}
+
+/// `dst = a·src + b`, then SiLU when asked; vectorised for the machine it runs on.
+fn affine_silu(src: &[f32], dst: &mut [f32], a: f32, b: f32, silu: bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            #[allow(unsafe_code)]
+            unsafe {
+                affine_silu_avx512(src, dst, a, b, silu)
+            };
+            return;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            #[allow(unsafe_code)]
+            unsafe {
+                affine_silu_avx2(src, dst, a, b, silu)
+            };
+            return;
+        }
+    }
+    affine_silu_body(src, dst, a, b, silu);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f")]
+unsafe fn affine_silu_avx512(src: &[f32], dst: &mut [f32], a: f32, b: f32, silu: bool) {
+    affine_silu_body(src, dst, a, b, silu);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn affine_silu_avx2(src: &[f32], dst: &mut [f32], a: f32, b: f32, silu: bool) {
+    affine_silu_body(src, dst, a, b, silu);
+}
+
+#[inline(always)]
+fn affine_silu_body(src: &[f32], dst: &mut [f32], a: f32, b: f32, silu: bool) {
+    if silu {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            let y = a * s + b;
+            *d = y / (1.0 + exp_approx(-y));
+        }
+    } else {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = a * s + b;
+        }
+    }
+}
+
+/// `e^x` in branch-free arithmetic the compiler can vectorise: `2^(x·log2 e)`
+/// split into the nearest integer power (built in the exponent bits) and the
+/// degree-6 Taylor polynomial of `2^f` for the rest, `|f| ≤ 1/2` (relative
+/// error about 1e-7). Inputs are clamped to [-87, 88], so the result saturates
+/// instead of overflowing or going subnormal.
+#[inline(always)]
+pub fn exp_approx(x: f32) -> f32 {
+    // ln 2 in two parts (Cody–Waite): n·LN2_HI is exact in f32 for |n| ≤ 128,
+    // so the reduced argument keeps its precision for large |x|.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let f = (x - n * LN2_HI) - n * LN2_LO; // |f| ≤ ln 2 / 2 (plus rounding)
+    let p = 1.0 / 720.0;
+    let p = p * f + 1.0 / 120.0;
+    let p = p * f + 1.0 / 24.0;
+    let p = p * f + 1.0 / 6.0;
+    let p = p * f + 0.5;
+    let p = p * f + 1.0;
+    let p = p * f + 1.0;
+    let bits = ((n as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+/// Nearest-neighbour 2× upsampling of NCHW planes (`planes · h · w` floats).
+pub fn upsample_nearest2x_f32(x: &[f32], h: usize, w: usize) -> Vec<f32> {
+    let plane = h * w;
+    let mut out = vec![0f32; x.len() * 4];
+    if plane == 0 {
+        return out;
+    }
+    out.par_chunks_mut(plane * 4)
+        .zip(x.par_chunks(plane))
+        .for_each(|(o, xs)| {
+            for (y, src) in xs.chunks_exact(w).enumerate() {
+                let (top, bottom) = o[2 * y * 2 * w..(2 * y + 2) * 2 * w].split_at_mut(2 * w);
+                for (pair, &v) in top.chunks_exact_mut(2).zip(src) {
+                    pair[0] = v;
+                    pair[1] = v;
+                }
+                bottom.copy_from_slice(top);
+            }
+        });
+    out
+}
+
+/// True when the fast kernels apply: f32 on the CPU.
+fn fast_path(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// Runs `f` on `t`'s contiguous f32 data (`t` must be an f32 CPU tensor).
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("kernels: expected a CPU tensor");
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("kernels: tensor is not contiguous after contiguous()");
+    };
+    f(&data[start..end])
+}
+
+/// `conv2d(x, weight) + bias (+ residual)`, NCHW, any device: the fast kernel for
+/// f32 on the CPU, candle's op elsewhere. `bias` is `(c_out)` or, per batch
+/// item, `(batch, c_out)`; `residual` has the output's shape.
+pub fn conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let (batch, c_in, h, w) = x.dims4()?;
+    let (c_out, wc, k_h, k_w) = weight.dims4()?;
+    if wc != c_in {
+        candle_core::bail!(
+            "conv2d: weight {:?} does not fit input {:?}",
+            weight.dims(),
+            x.dims()
+        );
+    }
+    let s = ConvShape {
+        batch,
+        c_in,
+        h,
+        w,
+        c_out,
+        k_h,
+        k_w,
+        stride,
+        padding,
+    };
+    let all_fast = fast_path(x)
+        && fast_path(weight)
+        && bias.is_none_or(fast_path)
+        && residual.is_none_or(fast_path);
+    if !all_fast {
+        let mut y = x.conv2d(weight, padding, stride, 1, 1)?;
+        if let Some(b) = bias {
+            let b = match b.rank() {
+                1 => b.reshape((1, c_out, 1, 1))?,
+                _ => b.reshape((batch, c_out, 1, 1))?,
+            };
+            y = y.broadcast_add(&b)?;
+        }
+        if let Some(r) = residual {
+            y = (y + r)?;
+        }
+        return Ok(y);
+    }
+    let Some((oh, ow)) = s.out_hw() else {
+        candle_core::bail!(
+            "conv2d: kernel {k_h}x{k_w} does not fit input {h}x{w} padded by {padding}"
+        );
+    };
+    let out = with_f32(x, |xs| {
+        with_f32(weight, |ws| {
+            let run = |b: Option<&[f32]>, r: Option<&[f32]>| {
+                conv2d_f32(
+                    xs,
+                    ws,
+                    ConvInit {
+                        bias: b,
+                        residual: r,
+                    },
+                    s,
+                )
+            };
+            match (bias, residual) {
+                (None, None) => run(None, None),
+                (Some(b), None) => with_f32(b, |b| run(Some(b), None)),
+                (None, Some(r)) => with_f32(r, |r| run(None, Some(r))),
+                (Some(b), Some(r)) => with_f32(b, |b| with_f32(r, |r| run(Some(b), Some(r)))),
+            }
+        })
+    })?;
+    Tensor::from_vec(out, (batch, c_out, oh, ow), x.device())
+}
+
+/// Nearest 2× upsampling of an NCHW tensor (candle's op off the fast path).
+pub fn upsample_nearest2x(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if !fast_path(x) {
+        return x.upsample_nearest2d(2 * h, 2 * w);
+    }
+    let out = with_f32(x, |xs| Ok(upsample_nearest2x_f32(xs, h, w)))?;
+    Tensor::from_vec(out, (b, c, 2 * h, 2 * w), x.device())
+}
+
+/// A conv layer with diffusers' tensor names (`weight`, `bias`).
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    /// Loads `weight (c_out, c_in, k, k)` and, when `bias`, `bias (c_out)` from `vb`.
+    pub fn load(
+        vb: VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = vb.get((c_out, c_in, k, k), "weight")?;
+        let bias = if bias {
+            Some(vb.get(c_out, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+        })
+    }
+
+    /// `conv(x) + bias + extra_bias + residual`: `extra_bias` is `(batch, c_out)`
+    /// (a per-item shift such as a time embedding), `residual` the output's shape.
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        extra_bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        // One row for the whole batch is a per-channel shift.
+        let extra = match extra_bias {
+            Some(e) if e.rank() == 2 && e.dim(0)? == 1 => Some(e.squeeze(0)?),
+            Some(e) => Some(e.clone()),
+            None => None,
+        };
+        let bias = match (&self.bias, extra) {
+            (Some(b), Some(e)) => Some(e.broadcast_add(b)?),
+            (Some(b), None) => Some(b.clone()),
+            (None, e) => e,
+        };
+        conv2d(
+            x,
+            &self.weight,
+            bias.as_ref(),
+            residual,
+            self.stride,
+            self.padding,
+        )
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, None, None)
+    }
+}
+
+/// Group norm with diffusers' tensor names (`weight`, `bias`); `forward_silu`
+/// fuses the SiLU that follows it in the resnet blocks.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    inner: candle_nn::GroupNorm,
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    channels: usize,
+    eps: f64,
+}
+
+impl GroupNorm {
+    pub fn load(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get(channels, "weight")?;
+        let bias = vb.get(channels, "bias")?;
+        let inner = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, groups, eps)?;
+        Ok(Self {
+            inner,
+            weight,
+            bias,
+            groups,
+            channels,
+            eps,
+        })
+    }
+
+    /// `silu(group_norm(x))`.
+    pub fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, true)
+    }
+
+    fn run(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        if !(fast_path(x) && fast_path(&self.weight) && fast_path(&self.bias))
+            || x.rank() < 2
+            || x.dim(1)? != self.channels
+        {
+            let y = self.inner.forward(x)?;
+            return if silu {
+                candle_nn::ops::silu(&y)
+            } else {
+                Ok(y)
+            };
+        }
+        let plane = x.dims()[2..].iter().product::<usize>();
+        let out = with_f32(x, |xs| {
+            with_f32(&self.weight, |g| {
+                with_f32(&self.bias, |b| {
+                    group_norm_f32(xs, self.channels, plane, self.groups, g, b, self.eps, silu)
+                })
+            })
+        })?;
+        Tensor::from_vec(out, x.shape(), x.device())
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.run(x, false)
+    }
+}

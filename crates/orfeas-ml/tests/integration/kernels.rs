@@ -1,0 +1,341 @@
+//! The CPU kernels against candle's own ops on random inputs of odd shapes:
+//! channel counts that are no multiple of 8, 1×1 / 3×3 / 7×7 kernels, stride 2,
+//! padding, batch 2, per-channel and per-item bias, residuals, and the shapes
+//! that take each of the conv's two parallel plans.
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+use orfeas_ml::kernels::{self, ConvInit, ConvShape};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn random(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// candle's conv (+ bias + residual), the reference.
+fn reference_conv(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Tensor {
+    let mut y = x.conv2d(w, padding, stride, 1, 1).unwrap();
+    if let Some(b) = bias {
+        let (batch, c_out) = (y.dim(0).unwrap(), y.dim(1).unwrap());
+        let b = if b.rank() == 1 {
+            b.reshape((1, c_out, 1, 1)).unwrap()
+        } else {
+            b.reshape((batch, c_out, 1, 1)).unwrap()
+        };
+        y = y.broadcast_add(&b).unwrap();
+    }
+    if let Some(r) = residual {
+        y = (y + r).unwrap();
+    }
+    y
+}
+
+#[derive(Clone, Copy)]
+struct Case {
+    batch: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+}
+
+fn check_conv(c: Case, seed: u64) {
+    let x = random(&[c.batch, c.c_in, c.h, c.w], seed);
+    let w = random(&[c.c_out, c.c_in, c.k, c.k], seed + 1);
+    let bias = random(&[c.c_out], seed + 2);
+    let item_bias = random(&[c.batch, c.c_out], seed + 3);
+    let plain = kernels::conv2d(&x, &w, None, None, c.stride, c.padding).unwrap();
+    let want = reference_conv(&x, &w, None, None, c.stride, c.padding);
+    // Sums of c_in·k² products of values in [-1, 1]: f32 rounding grows with the length.
+    let tol = 1e-5 * (c.c_in * c.k * c.k) as f32;
+    let d = max_abs_diff(&plain, &want);
+    assert!(d < tol, "plain conv, {:?}: max |Δ| {d}", want.dims());
+    let residual = random(want.dims(), seed + 4);
+    for bias in [&bias, &item_bias] {
+        let got =
+            kernels::conv2d(&x, &w, Some(bias), Some(&residual), c.stride, c.padding).unwrap();
+        let want = reference_conv(&x, &w, Some(bias), Some(&residual), c.stride, c.padding);
+        let d = max_abs_diff(&got, &want);
+        assert!(
+            d < tol,
+            "conv with bias {:?} and residual: max |Δ| {d}",
+            bias.dims()
+        );
+    }
+}
+
+#[test]
+fn conv2d_matches_candle_on_odd_shapes() {
+    let cases = [
+        // 3×3 padded, batch 2, channels no multiple of 8, width ≠ height.
+        Case {
+            batch: 2,
+            c_in: 5,
+            h: 13,
+            w: 11,
+            c_out: 7,
+            k: 3,
+            stride: 1,
+            padding: 1,
+        },
+        // 1×1 pointwise (the GEMM reads the input plane directly).
+        Case {
+            batch: 2,
+            c_in: 3,
+            h: 9,
+            w: 10,
+            c_out: 13,
+            k: 1,
+            stride: 1,
+            padding: 0,
+        },
+        // 1×1 with stride 2 (not pointwise: goes through the columns).
+        Case {
+            batch: 1,
+            c_in: 6,
+            h: 9,
+            w: 9,
+            c_out: 5,
+            k: 1,
+            stride: 2,
+            padding: 0,
+        },
+        // 7×7 padded by 3.
+        Case {
+            batch: 2,
+            c_in: 6,
+            h: 16,
+            w: 15,
+            c_out: 9,
+            k: 7,
+            stride: 1,
+            padding: 3,
+        },
+        // Stride 2, padded (the UNet's downsampler) and unpadded.
+        Case {
+            batch: 1,
+            c_in: 10,
+            h: 17,
+            w: 17,
+            c_out: 11,
+            k: 3,
+            stride: 2,
+            padding: 1,
+        },
+        Case {
+            batch: 2,
+            c_in: 4,
+            h: 9,
+            w: 8,
+            c_out: 3,
+            k: 3,
+            stride: 2,
+            padding: 0,
+        },
+        // Many tiles in parallel, tiles that cross output rows.
+        Case {
+            batch: 1,
+            c_in: 64,
+            h: 45,
+            w: 39,
+            c_out: 33,
+            k: 3,
+            stride: 1,
+            padding: 1,
+        },
+        // A small map with many channels: few tiles, the GEMM splits its rows.
+        Case {
+            batch: 1,
+            c_in: 300,
+            h: 5,
+            w: 4,
+            c_out: 70,
+            k: 3,
+            stride: 1,
+            padding: 1,
+        },
+        // Kernel as large as the padded input: one output pixel.
+        Case {
+            batch: 1,
+            c_in: 2,
+            h: 3,
+            w: 3,
+            c_out: 4,
+            k: 5,
+            stride: 1,
+            padding: 1,
+        },
+    ];
+    for (i, c) in cases.into_iter().enumerate() {
+        check_conv(c, 100 * i as u64);
+    }
+}
+
+#[test]
+fn conv2d_off_the_fast_path_is_candles_op() {
+    // f64 is not a fast-path dtype: the same function must still be right.
+    let x = random(&[1, 3, 6, 7], 7).to_dtype(DType::F64).unwrap();
+    let w = random(&[4, 3, 3, 3], 8).to_dtype(DType::F64).unwrap();
+    let b = random(&[4], 9).to_dtype(DType::F64).unwrap();
+    let got = kernels::conv2d(&x, &w, Some(&b), None, 1, 1).unwrap();
+    let want = reference_conv(&x, &w, Some(&b), None, 1, 1);
+    let d = (got - want)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
+    assert!(d.to_scalar::<f64>().unwrap() < 1e-12);
+}
+
+#[test]
+fn conv2d_rejects_shapes_that_do_not_fit() {
+    let s = ConvShape {
+        batch: 1,
+        c_in: 2,
+        h: 3,
+        w: 3,
+        c_out: 2,
+        k_h: 3,
+        k_w: 3,
+        stride: 1,
+        padding: 0,
+    };
+    // Wrong input length.
+    let err = kernels::conv2d_f32(&[0.0; 17], &[0.0; 36], ConvInit::default(), s).unwrap_err();
+    assert!(err.to_string().contains("do not match"), "{err}");
+    // Kernel larger than the padded input.
+    let big = ConvShape {
+        k_h: 5,
+        k_w: 5,
+        ..s
+    };
+    let err = kernels::conv2d_f32(&[0.0; 18], &[0.0; 100], ConvInit::default(), big).unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+    // A bias of the wrong length, a residual of the wrong length.
+    let bias = [0.0; 3];
+    let init = ConvInit {
+        bias: Some(&bias),
+        residual: None,
+    };
+    assert!(kernels::conv2d_f32(&[0.0; 18], &[0.0; 36], init, s).is_err());
+    let residual = [0.0; 5];
+    let init = ConvInit {
+        bias: None,
+        residual: Some(&residual),
+    };
+    assert!(kernels::conv2d_f32(&[0.0; 18], &[0.0; 36], init, s).is_err());
+    // Through the tensor API: a weight whose input channels differ.
+    let x = random(&[1, 3, 5, 5], 1);
+    let w = random(&[2, 4, 3, 3], 2);
+    assert!(kernels::conv2d(&x, &w, None, None, 1, 1).is_err());
+}
+
+fn group_norm_layer(groups: usize, channels: usize, seed: u64) -> kernels::GroupNorm {
+    let mut map = std::collections::HashMap::new();
+    map.insert("weight".to_string(), random(&[channels], seed));
+    map.insert("bias".to_string(), random(&[channels], seed + 1));
+    let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+    kernels::GroupNorm::load(groups, channels, 1e-6, vb).unwrap()
+}
+
+#[test]
+fn group_norm_and_fused_silu_match_candle() {
+    for (i, (shape, groups)) in [
+        (vec![2, 12, 5, 7], 4),
+        (vec![1, 64, 33, 31], 32),
+        (vec![2, 6, 1, 1], 3),
+        (vec![1, 10, 9], 5),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = shape[1];
+        let layer = group_norm_layer(groups, c, 10 * i as u64);
+        // An offset and a scale away from 0/1, so the statistics matter.
+        let x = ((random(&shape, 10 * i as u64 + 5) * 3.0).unwrap() + 0.7).unwrap();
+        let mut map = std::collections::HashMap::new();
+        map.insert("weight".to_string(), random(&[c], 10 * i as u64));
+        map.insert("bias".to_string(), random(&[c], 10 * i as u64 + 1));
+        let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+        let reference = candle_nn::group_norm(groups, c, 1e-6, vb).unwrap();
+        let want = reference.forward(&x).unwrap();
+        let got = layer.forward(&x).unwrap();
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 2e-5, "group norm {shape:?}: max |Δ| {d}");
+        let want = candle_nn::ops::silu(&want).unwrap();
+        let got = layer.forward_silu(&x).unwrap();
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 2e-5, "group norm + silu {shape:?}: max |Δ| {d}");
+    }
+}
+
+#[test]
+fn group_norm_rejects_channels_that_do_not_split() {
+    // 10 channels in 4 groups; 31 elements for 10 channels × 3; a 9-long gamma.
+    assert!(
+        kernels::group_norm_f32(&[0.0; 30], 10, 3, 4, &[1.0; 10], &[0.0; 10], 1e-6, false).is_err()
+    );
+    assert!(
+        kernels::group_norm_f32(&[0.0; 31], 10, 3, 5, &[1.0; 10], &[0.0; 10], 1e-6, false).is_err()
+    );
+    assert!(
+        kernels::group_norm_f32(&[0.0; 30], 10, 3, 5, &[1.0; 9], &[0.0; 10], 1e-6, false).is_err()
+    );
+    assert!(
+        kernels::group_norm_f32(&[0.0; 30], 10, 3, 5, &[1.0; 10], &[0.0; 10], 1e-6, false).is_ok()
+    );
+}
+
+#[test]
+fn upsample_matches_candle() {
+    let x = random(&[2, 3, 5, 7], 3);
+    let got = kernels::upsample_nearest2x(&x).unwrap();
+    let want = x.upsample_nearest2d(10, 14).unwrap();
+    assert_eq!(max_abs_diff(&got, &want), 0.0);
+}
+
+#[test]
+fn exp_approx_is_close_to_exp() {
+    let mut worst = 0f32;
+    let mut x = -80.0f32;
+    while x < 80.0 {
+        let (got, want) = (kernels::exp_approx(x), x.exp());
+        worst = worst.max(((got - want) / want).abs());
+        x += 0.0137;
+    }
+    assert!(worst < 5e-7, "relative error {worst}");
+    // Saturates instead of overflowing.
+    assert!(kernels::exp_approx(1000.0).is_finite());
+    assert!(kernels::exp_approx(-1000.0) >= 0.0);
+}

@@ -75,13 +75,16 @@ impl ConvShape {
     }
 }
 
-/// What the convolution output starts from before the product is added.
+/// What the convolution output starts from before the product is added, and
+/// what follows it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConvInit<'a> {
     /// Per output channel (`c_out`) or per batch item and channel (`batch · c_out`).
     pub bias: Option<&'a [f32]>,
     /// Added to the output element for element (`batch · c_out · out_h · out_w`).
     pub residual: Option<&'a [f32]>,
+    /// `max(0, ·)` on the sum (TAESD's blocks).
+    pub relu: bool,
 }
 
 /// A raw output pointer shared by the tile tasks: each task writes only its own
@@ -218,6 +221,10 @@ pub fn conv2d_f32(x: &[f32], weight: &[f32], init: ConvInit<'_>, s: ConvShape) -
         for task in 0..tasks {
             run(task, &mut col, gemm::Parallelism::Rayon(threads));
         }
+    }
+    if init.relu {
+        out.par_chunks_mut(1 << 14)
+            .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
     }
     Ok(out)
 }
@@ -466,6 +473,19 @@ pub fn conv2d(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    conv2d_act(x, weight, bias, residual, stride, padding, false)
+}
+
+/// [`conv2d`], then ReLU when `relu`.
+pub fn conv2d_act(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    relu: bool,
+) -> Result<Tensor> {
     let (batch, c_in, h, w) = x.dims4()?;
     let (c_out, wc, k_h, k_w) = weight.dims4()?;
     if wc != c_in {
@@ -502,7 +522,7 @@ pub fn conv2d(
         if let Some(r) = residual {
             y = (y + r)?;
         }
-        return Ok(y);
+        return if relu { y.relu() } else { Ok(y) };
     }
     let Some((oh, ow)) = s.out_hw() else {
         candle_core::bail!(
@@ -518,6 +538,7 @@ pub fn conv2d(
                     ConvInit {
                         bias: b,
                         residual: r,
+                        relu,
                     },
                     s,
                 )
@@ -585,6 +606,21 @@ impl Conv2d {
         extra_bias: Option<&Tensor>,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
+        self.forward_fused(x, extra_bias, residual, false)
+    }
+
+    /// `relu(conv(x) + bias + residual)`.
+    pub fn forward_relu(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_fused(x, None, residual, true)
+    }
+
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        extra_bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+        relu: bool,
+    ) -> Result<Tensor> {
         // One row for the whole batch is a per-channel shift.
         let extra = match extra_bias {
             Some(e) if e.rank() == 2 && e.dim(0)? == 1 => Some(e.squeeze(0)?),
@@ -596,13 +632,14 @@ impl Conv2d {
             (Some(b), None) => Some(b.clone()),
             (None, e) => e,
         };
-        conv2d(
+        conv2d_act(
             x,
             &self.weight,
             bias.as_ref(),
             residual,
             self.stride,
             self.padding,
+            relu,
         )
     }
 }

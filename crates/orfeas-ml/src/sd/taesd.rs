@@ -7,10 +7,11 @@
 use std::path::Path;
 
 use candle_core::{Module, Result as CResult, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use crate::error::{Result, SdError};
+use crate::kernels::{self, Conv2d};
 
 fn d_latent() -> usize {
     4
@@ -72,42 +73,32 @@ struct Block {
 
 impl Block {
     fn load(vb: VarBuilder, cin: usize, cout: usize) -> CResult<Self> {
-        let c3 = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
         let conv = vb.pp("conv");
         let skip = if cin == cout {
             None
         } else {
-            Some(candle_nn::conv2d_no_bias(
-                cin,
-                cout,
-                1,
-                Conv2dConfig::default(),
-                vb.pp("skip"),
-            )?)
+            Some(Conv2d::load(vb.pp("skip"), cin, cout, 1, 1, 0, false)?)
         };
         Ok(Self {
             convs: [
-                candle_nn::conv2d(cin, cout, 3, c3, conv.pp(0))?,
-                candle_nn::conv2d(cout, cout, 3, c3, conv.pp(2))?,
-                candle_nn::conv2d(cout, cout, 3, c3, conv.pp(4))?,
+                Conv2d::load(conv.pp(0), cin, cout, 3, 1, 1, true)?,
+                Conv2d::load(conv.pp(2), cout, cout, 3, 1, 1, true)?,
+                Conv2d::load(conv.pp(4), cout, cout, 3, 1, 1, true)?,
             ],
             skip,
         })
     }
 
+    /// `relu(c(relu(b(relu(a(x))))) + skip(x))`, each ReLU fused into its conv.
     fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
         let [a, b, c] = &self.convs;
-        let h = a.forward(xs)?.relu()?;
-        let h = b.forward(&h)?.relu()?;
-        let h = c.forward(&h)?;
+        let h = a.forward_relu(xs, None)?;
+        let h = b.forward_relu(&h, None)?;
         let skip = match &self.skip {
             Some(s) => s.forward(xs)?,
             None => xs.clone(),
         };
-        (h + skip)?.relu()
+        c.forward_relu(&h, Some(&skip))
     }
 }
 
@@ -147,18 +138,16 @@ impl TinyDecoder {
             ));
         }
         let vb = vb.pp("decoder.layers");
-        let c3 = Conv2dConfig {
-            padding: 1,
-            ..Default::default()
-        };
         let mut layers = Vec::new();
         let mut ch = cfg.decoder_block_out_channels[0];
-        layers.push(Layer::Conv(candle_nn::conv2d(
+        layers.push(Layer::Conv(Conv2d::load(
+            vb.pp(0),
             cfg.latent_channels,
             ch,
             3,
-            c3,
-            vb.pp(0),
+            1,
+            1,
+            true,
         )?));
         layers.push(Layer::Relu);
         for (i, (&width, &blocks)) in cfg
@@ -177,9 +166,9 @@ impl TinyDecoder {
             }
             // Only the final conv (to RGB) has a bias.
             let conv = if last {
-                candle_nn::conv2d(ch, cfg.out_channels, 3, c3, vb.pp(layers.len()))?
+                Conv2d::load(vb.pp(layers.len()), ch, cfg.out_channels, 3, 1, 1, true)?
             } else {
-                candle_nn::conv2d_no_bias(ch, ch, 3, c3, vb.pp(layers.len()))?
+                Conv2d::load(vb.pp(layers.len()), ch, ch, 3, 1, 1, false)?
             };
             layers.push(Layer::Conv(conv));
         }
@@ -221,6 +210,7 @@ impl TinyDecoder {
                 Layer::Conv(c) => c.forward(&xs)?,
                 Layer::Relu => xs.relu()?,
                 Layer::Block(b) => b.forward(&xs)?,
+                Layer::Upsample(2) => kernels::upsample_nearest2x(&xs)?,
                 Layer::Upsample(f) => {
                     let (_, _, h, w) = xs.dims4()?;
                     xs.upsample_nearest2d(h * f, w * f)?

@@ -246,13 +246,13 @@ fn conv2d_rejects_shapes_that_do_not_fit() {
     let bias = [0.0; 3];
     let init = ConvInit {
         bias: Some(&bias),
-        residual: None,
+        ..Default::default()
     };
     assert!(kernels::conv2d_f32(&[0.0; 18], &[0.0; 36], init, s).is_err());
     let residual = [0.0; 5];
     let init = ConvInit {
-        bias: None,
         residual: Some(&residual),
+        ..Default::default()
     };
     assert!(kernels::conv2d_f32(&[0.0; 18], &[0.0; 36], init, s).is_err());
     // Through the tensor API: a weight whose input channels differ.

@@ -443,6 +443,186 @@ pub fn upsample_nearest2x_f32(x: &[f32], h: usize, w: usize) -> Vec<f32> {
     out
 }
 
+/// Floats of one attention task's score block (1 MB: stays in L2 between its two GEMMs).
+const SCORE_BUDGET: usize = 1 << 18;
+
+/// Scaled dot-product attention on token-major f32 slices: `q (batch, n_q,
+/// heads·d)`, `k`, `v (batch, n_kv, heads·d)` → `(batch, n_q, heads·d)`, heads
+/// side by side as the projections write them (no transposes).
+///
+/// Flash-style on the CPU: each task takes a block of query rows of one head,
+/// computes their scores against every key (one GEMM reading the strided
+/// head columns directly), takes the row softmax in place and multiplies by V
+/// (a second GEMM writing straight into the output's head columns), then scales
+/// the rows by their normaliser. The full `n_q × n_kv` score matrix is never
+/// materialised (at 4096 tokens and 5 heads it would be 335 MB).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_f32(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    batch: usize,
+    n_q: usize,
+    n_kv: usize,
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+) -> Result<Vec<f32>> {
+    let width = heads * head_dim;
+    if q.len() != batch * n_q * width || k.len() != batch * n_kv * width || v.len() != k.len() {
+        candle_core::bail!(
+            "attention: q {} / k {} / v {} elements do not match batch {batch}, {n_q}/{n_kv} tokens, {heads}×{head_dim}",
+            q.len(),
+            k.len(),
+            v.len()
+        );
+    }
+    let mut out = vec![0f32; q.len()];
+    if out.is_empty() || n_kv == 0 {
+        return Ok(out);
+    }
+    let rows = (SCORE_BUDGET / n_kv).clamp(16, 512).min(n_q);
+    let blocks = n_q.div_ceil(rows);
+    let tasks = batch * heads * blocks;
+    let dst = OutPtr(out.as_mut_ptr());
+    (0..tasks)
+        .into_par_iter()
+        .for_each_init(Vec::new, |scores: &mut Vec<f32>, task| {
+            let (bh, blk) = (task / blocks, task % blocks);
+            let (bi, h) = (bh / heads, bh % heads);
+            let r0 = blk * rows;
+            let nr = rows.min(n_q - r0);
+            scores.resize(nr * n_kv, 0.0);
+            let q_at = (bi * n_q + r0) * width + h * head_dim;
+            let kv_at = bi * n_kv * width + h * head_dim;
+            // SAFETY: q rows r0..r0+nr of head h are `nr` rows of stride `width` with
+            // `head_dim` columns from `q_at`, inside `q` (lengths checked above); K and V
+            // likewise from `kv_at` for `n_kv` rows. The scores buffer holds nr × n_kv.
+            #[allow(unsafe_code)]
+            unsafe {
+                gemm::gemm(
+                    nr,
+                    n_kv,
+                    head_dim,
+                    scores.as_mut_ptr(),
+                    1,
+                    n_kv as isize,
+                    false,
+                    q.as_ptr().add(q_at),
+                    1,
+                    width as isize,
+                    k.as_ptr().add(kv_at),
+                    width as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            let mut inv = vec![0f32; nr];
+            for (row, inv) in scores.chunks_exact_mut(n_kv).zip(inv.iter_mut()) {
+                *inv = 1.0 / softmax_numerators(row);
+            }
+            // SAFETY: this task alone writes output rows r0..r0+nr, columns
+            // h·d..(h+1)·d (tasks differ in batch item, head or row block); `out`
+            // outlives the parallel loop. V as K above.
+            #[allow(unsafe_code)]
+            unsafe {
+                let o = dst.get().add(q_at);
+                gemm::gemm(
+                    nr,
+                    head_dim,
+                    n_kv,
+                    o,
+                    1,
+                    width as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    n_kv as isize,
+                    v.as_ptr().add(kv_at),
+                    1,
+                    width as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                for (r, &inv) in inv.iter().enumerate() {
+                    let row = std::slice::from_raw_parts_mut(o.add(r * width), head_dim);
+                    row.iter_mut().for_each(|x| *x *= inv);
+                }
+            }
+        });
+    Ok(out)
+}
+
+/// Replaces `row` by `exp(row − max)` and returns its sum.
+fn softmax_numerators(row: &mut [f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            #[allow(unsafe_code)]
+            return unsafe { softmax_numerators_avx512(row) };
+        }
+    }
+    softmax_numerators_body(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_numerators_avx512(row: &mut [f32]) -> f32 {
+    softmax_numerators_body(row)
+}
+
+#[inline(always)]
+fn softmax_numerators_body(row: &mut [f32]) -> f32 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    // Eight partial sums, so the reduction vectorises.
+    let mut sums = [0f32; 8];
+    for chunk in row.chunks_mut(8) {
+        for (v, s) in chunk.iter_mut().zip(sums.iter_mut()) {
+            *v = exp_approx(*v - max);
+            *s += *v;
+        }
+    }
+    sums.iter().sum()
+}
+
+/// [`attention_f32`] on tensors: `q (batch, n_q, heads·d)`, `k`/`v (batch, n_kv,
+/// heads·d)`; `None` off the fast path (the caller runs its own attention).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    scale: f64,
+) -> Result<Option<Tensor>> {
+    if !(fast_path(q) && fast_path(k) && fast_path(v)) {
+        return Ok(None);
+    }
+    let (b, n_q, width) = q.dims3()?;
+    let n_kv = k.dim(1)?;
+    if heads == 0 || width % heads != 0 {
+        candle_core::bail!("attention: width {width} does not split into {heads} heads");
+    }
+    let out = with_f32(q, |qs| {
+        with_f32(k, |ks| {
+            with_f32(v, |vs| {
+                attention_f32(qs, ks, vs, b, n_q, n_kv, heads, width / heads, scale as f32)
+            })
+        })
+    })?;
+    Tensor::from_vec(out, (b, n_q, width), q.device()).map(Some)
+}
+
 /// True when the fast kernels apply: f32 on the CPU.
 fn fast_path(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32

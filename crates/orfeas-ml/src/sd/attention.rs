@@ -48,14 +48,23 @@ impl Attention {
         let ctx = context.unwrap_or(xs);
         let ctx_seq = ctx.dim(1)?;
         let scale = (self.head_dim as f64).powf(-0.5);
+        let (q, k, v) = (
+            self.to_q.forward(xs)?,
+            self.to_k.forward(ctx)?,
+            self.to_v.forward(ctx)?,
+        );
+        // f32 on the CPU: the flash-style kernel (no score matrix, no transposes).
+        if let Some(out) = kernels::attention(&q, &k, &v, self.heads, scale)? {
+            return self.to_out.forward(&out);
+        }
         let heads = |t: Tensor, s: usize| {
             t.reshape((b, s, self.heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = heads((self.to_q.forward(xs)? * scale)?, seq)?;
-        let k = heads(self.to_k.forward(ctx)?, ctx_seq)?;
-        let v = heads(self.to_v.forward(ctx)?, ctx_seq)?;
+        let q = heads((q * scale)?, seq)?;
+        let k = heads(k, ctx_seq)?;
+        let v = heads(v, ctx_seq)?;
         let in_dtype = q.dtype();
         let (q, k, v) = if self.upcast && in_dtype != DType::F32 {
             (

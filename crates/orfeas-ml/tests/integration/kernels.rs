@@ -339,3 +339,61 @@ fn exp_approx_is_close_to_exp() {
     assert!(kernels::exp_approx(1000.0).is_finite());
     assert!(kernels::exp_approx(-1000.0) >= 0.0);
 }
+
+/// softmax(q·kᵀ·scale)·v per head, with candle's ops (the reference).
+fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Tensor {
+    let split = |t: &Tensor| {
+        let (b, n, w) = t.dims3().unwrap();
+        t.reshape((b, n, heads, w / heads))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    let (qh, kh, vh) = (split(q), split(k), split(v));
+    let scores = (qh.matmul(&kh.t().unwrap()).unwrap() * scale).unwrap();
+    let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+    let (b, n, w) = q.dims3().unwrap();
+    probs
+        .matmul(&vh)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((b, n, w))
+        .unwrap()
+}
+
+#[test]
+fn attention_matches_candle_on_odd_shapes() {
+    // (batch, n_q, n_kv, heads, head_dim): self-attention, cross-attention with
+    // 77 context tokens, several query blocks per head, one head of odd width.
+    for (i, (b, n_q, n_kv, heads, d)) in [
+        (2, 37, 37, 3, 5),
+        (1, 64, 77, 5, 8),
+        (1, 700, 650, 2, 16),
+        (2, 9, 1, 1, 7),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 1000 + 10 * i as u64;
+        // Spread-out scores, so the softmax is far from uniform.
+        let q = (random(&[b, n_q, heads * d], seed) * 4.0).unwrap();
+        let k = random(&[b, n_kv, heads * d], seed + 1);
+        let v = random(&[b, n_kv, heads * d], seed + 2);
+        let scale = 1.0 / (d as f64).sqrt();
+        let got = kernels::attention(&q, &k, &v, heads, scale)
+            .unwrap()
+            .unwrap();
+        let want = reference_attention(&q, &k, &v, heads, scale);
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 2e-5, "attention {:?}: max |Δ| {d}", want.dims());
+    }
+    // Off the fast path the caller keeps its own attention.
+    let q = random(&[1, 4, 6], 1).to_dtype(DType::F64).unwrap();
+    assert!(kernels::attention(&q, &q, &q, 2, 1.0).unwrap().is_none());
+    // A width that does not split into the heads.
+    let q = random(&[1, 4, 6], 1);
+    assert!(kernels::attention(&q, &q, &q, 4, 1.0).is_err());
+}

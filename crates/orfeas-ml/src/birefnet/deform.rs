@@ -294,8 +294,7 @@ fn deform_row(s: Sample<'_>, g: Geometry, pos: usize, row: &mut [f32]) {
 }
 
 /// A stride-1 `nn.Conv2d` with padding `k / 2` (weight `(O, C, k, k)`, optional
-/// bias): [`conv2d`] for k > 1 on the CPU in f32, candle's conv otherwise (its
-/// 1×1 conv is one matmul already, and GPUs have their own kernels).
+/// bias) on [`crate::kernels::conv2d`] (the shared CPU conv; candle's on GPUs).
 #[derive(Debug, Clone)]
 pub struct SameConv {
     weight: Tensor,
@@ -319,15 +318,7 @@ impl SameConv {
 
 impl Module for SameConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let k = self.weight.dim(2)?;
-        if k > 1 && x.device().is_cpu() && x.dtype() == DType::F32 {
-            return conv2d(x, &self.weight, self.bias.as_ref(), self.padding);
-        }
-        let y = x.conv2d(&self.weight, self.padding, 1, 1, 1)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(y),
-        }
+        crate::kernels::conv2d(x, &self.weight, self.bias.as_ref(), None, 1, self.padding)
     }
 }
 

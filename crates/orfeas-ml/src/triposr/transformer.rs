@@ -72,15 +72,24 @@ impl Attention {
         let (b, seq, _) = xs.dims3()?;
         let ctx = context.unwrap_or(xs);
         let ctx_seq = ctx.dim(1)?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let (q, k, v) = (
+            self.q.forward(xs)?,
+            self.k.forward(ctx)?,
+            self.v.forward(ctx)?,
+        );
+        // f32 on the CPU: the flash-style kernel (no score matrix, no transposes).
+        if let Some(out) = crate::kernels::attention(&q, &k, &v, self.heads, scale)? {
+            return self.out.forward(&out);
+        }
         let split = |t: Tensor, s: usize| {
             t.reshape((b, s, self.heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = split(self.q.forward(xs)?, seq)?;
-        let k = split(self.k.forward(ctx)?, ctx_seq)?;
-        let v = split(self.v.forward(ctx)?, ctx_seq)?;
-        let scale = (self.head_dim as f64).powf(-0.5);
+        let q = split(q, seq)?;
+        let k = split(k, ctx_seq)?;
+        let v = split(v, ctx_seq)?;
         let per_head_bytes = b * seq * ctx_seq * DType::F32.size_in_bytes();
         let group = (MAX_SCORES_BYTES / per_head_bytes.max(1)).clamp(1, self.heads);
         let mut outs = Vec::with_capacity(self.heads.div_ceil(group));

@@ -304,14 +304,18 @@ pub fn group_norm_f32(
     eps: f64,
     silu: bool,
 ) -> Result<Vec<f32>> {
-    if groups == 0 || channels % groups != 0 || gamma.len() != channels || beta.len() != channels {
+    if groups == 0
+        || !channels.is_multiple_of(groups)
+        || gamma.len() != channels
+        || beta.len() != channels
+    {
         candle_core::bail!(
             "group_norm: {channels} channels, {groups} groups, gamma {} / beta {}",
             gamma.len(),
             beta.len()
         );
     }
-    if channels == 0 || plane == 0 || x.len() % (channels * plane) != 0 {
+    if channels == 0 || plane == 0 || !x.len().is_multiple_of(channels * plane) {
         candle_core::bail!(
             "group_norm: {} elements are not whole items of {channels} channels × {plane}",
             x.len()
@@ -591,7 +595,7 @@ pub fn attention(
     }
     let (b, n_q, width) = q.dims3()?;
     let n_kv = k.dim(1)?;
-    if heads == 0 || width % heads != 0 {
+    if heads == 0 || !width.is_multiple_of(heads) {
         candle_core::bail!("attention: width {width} does not split into {heads} heads");
     }
     let out = with_f32(q, |qs| {

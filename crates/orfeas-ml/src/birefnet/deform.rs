@@ -88,33 +88,6 @@ fn deform_conv2d_chunked(
     )
 }
 
-/// A stride-1, dilation-1, zero-padded convolution (`F.conv2d(x, w, b,
-/// padding=padding)`) by the same channels-last parallel im2col and one matmul
-/// per chunk: on the CPU in f32 this is several times quicker than candle's
-/// tiled im2col for BiRefNet's 3×3 and 7×7 convs, whose column writes are
-/// strided. Other devices and dtypes are copied over and back.
-pub fn conv2d(
-    input: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    padding: usize,
-) -> Result<Tensor> {
-    conv2d_chunked(input, weight, bias, padding, MAX_CHUNK_ELEMS)
-}
-
-fn conv2d_chunked(
-    input: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    padding: usize,
-    chunk_elems: usize,
-) -> Result<Tensor> {
-    let g = Geometry::of("conv2d", input, weight, padding)?;
-    im2col_matmul(input, weight, bias, g, chunk_elems, |_, x_hwc, pos, row| {
-        conv_row(x_hwc, g, pos, row);
-    })
-}
-
 fn cpu_f32(t: &Tensor) -> Result<Tensor> {
     t.to_device(&Device::Cpu)?
         .to_dtype(DType::F32)?
@@ -233,22 +206,6 @@ struct Sample<'a> {
     x_hwc: &'a [f32],
     off: &'a [f32],
     msk: &'a [f32],
-}
-
-/// One output position's `k²·C` input values of a plain convolution (zeros in the padding).
-fn conv_row(x_hwc: &[f32], g: Geometry, pos: usize, row: &mut [f32]) {
-    let (y, xo) = (pos / g.wo, pos % g.wo);
-    for (t, dst) in row.chunks_exact_mut(g.c).enumerate() {
-        let (i, j) = (t / g.k, t % g.k);
-        let (Some(yy), Some(xx)) = (
-            (y + i).checked_sub(g.padding).filter(|&v| v < g.h),
-            (xo + j).checked_sub(g.padding).filter(|&v| v < g.w),
-        ) else {
-            continue;
-        };
-        let idx = (yy * g.w + xx) * g.c;
-        dst.copy_from_slice(&x_hwc[idx..idx + g.c]);
-    }
 }
 
 /// One output position's `k²·C` modulated bilinear samples (zeros outside the map).
@@ -537,48 +494,6 @@ mod tests {
             // One big chunk, and chunks of a few positions (edges inside the map).
             check(case, seed as u64, MAX_CHUNK_ELEMS);
             check(case, seed as u64, case.k * case.k * case.dims.1 * 5);
-        }
-    }
-
-    #[test]
-    fn conv2d_matches_candles_conv_on_odd_shapes() {
-        let dev = Device::Cpu;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let cases = [
-            ((1, 5, 7, 11), 3, 3, 1),
-            ((2, 3, 9, 6), 4, 7, 3),
-            ((1, 6, 5, 13), 2, 3, 0),
-        ];
-        for ((b, c, h, w), o, k, padding) in cases {
-            let mut draw = |shape: &[usize]| {
-                let n = shape.iter().product();
-                let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-                Tensor::from_vec(v, shape, &dev).unwrap()
-            };
-            let (x, wt, bias) = (draw(&[b, c, h, w]), draw(&[o, c, k, k]), draw(&[o]));
-            let want = x
-                .conv2d(&wt, padding, 1, 1, 1)
-                .unwrap()
-                .broadcast_add(&bias.reshape((1, o, 1, 1)).unwrap())
-                .unwrap();
-            for chunk_elems in [MAX_CHUNK_ELEMS, k * k * c * 3] {
-                let got = conv2d_chunked(&x, &wt, Some(&bias), padding, chunk_elems).unwrap();
-                assert_eq!(got.dims(), want.dims());
-                let d = (got - &want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(
-                    d < 1e-5,
-                    "k={k} padding={padding}: max |Δ| {d:.2e} from candle's conv2d"
-                );
-            }
         }
     }
 

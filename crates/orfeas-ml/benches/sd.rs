@@ -12,7 +12,8 @@
 //! folder (CPU, f32): `SdModel::load` as `orfeas text-to-image --model-path DIR` does,
 //! then `pipeline::generate` twice (1 step, guidance 0, full VAE decode), split into
 //! text encoder / UNet / VAE decode by its progress events; then the VAE decode alone
-//! and TAESD (`DIR/taesd`, or ORFEAS_BENCH_TAESD) on the same latents; peak RSS.
+//! and TAESD (`DIR/taesd`, or ORFEAS_BENCH_TAESD) on the same latents; peak RSS and
+//! the CPU share (process CPU time ÷ wall time × threads: under 100 % on a busy machine).
 //! ORFEAS_BENCH_REFERENCE: the safetensors `scripts/bench/sd_diffusers_cpu.py run --save`
 //! wrote; ours then starts from its noise, decodes its latents and prints the max
 //! differences from diffusers' outputs. `scripts/bench/sd-cpu-vs-diffusers.sh` runs both.
@@ -91,6 +92,30 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// CPU time of the whole process (all threads, user + system) so far, in ms;
+/// 0 where /proc is absent. /proc counts in clock ticks, 100 per second on Linux.
+fn process_cpu_ms() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the `(comm)`, which may hold spaces: state is field 3,
+            // utime and stime fields 14 and 15.
+            let rest = s.rsplit_once(')')?.1;
+            let mut f = rest.split_whitespace().skip(11);
+            let utime: f64 = f.next()?.parse().ok()?;
+            let stime: f64 = f.next()?.parse().ok()?;
+            Some((utime + stime) * 10.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Process CPU time over wall time × threads since (`t`, `cpu_ms`).
+fn cpu_share(t: Instant, cpu_ms: f64) -> f64 {
+    let wall_ms = ms_between(t, Instant::now()) * candle_core::utils::get_num_threads() as f64;
+    let share = (process_cpu_ms() - cpu_ms) / wall_ms.max(1.0);
+    (share * 1e3).round() / 1e3
+}
+
 fn ms_between(from: Instant, to: Instant) -> f64 {
     to.saturating_duration_since(from).as_secs_f64() * 1e3
 }
@@ -110,7 +135,7 @@ fn timed_generate(
     req: &GenerateRequest,
 ) -> anyhow::Result<(serde_json::Map<String, serde_json::Value>, image::RgbImage)> {
     let (mut started, mut stepped, mut decoding) = (None, None, None);
-    let t0 = Instant::now();
+    let (t0, cpu0) = (Instant::now(), process_cpu_ms());
     let images = generate(
         model,
         req,
@@ -136,6 +161,7 @@ fn timed_generate(
     ] {
         stages.insert(name.into(), serde_json::json!((ms * 10.0).round() / 10.0));
     }
+    stages.insert("cpu_share".into(), cpu_share(t0, cpu0).into());
     let image = images
         .into_iter()
         .next()
@@ -193,12 +219,13 @@ fn folder_bench(dir: &Path, size: usize) -> anyhow::Result<()> {
         };
         println!(
             "ours run {} ({label}): text_encoder {:.0} ms | unet {:.0} ms | vae_decode {:.0} ms | \
-             end-to-end {:.0} ms",
+             end-to-end {:.0} ms | CPU share {:.0}%",
             runs.len() + 1,
             ms("text_encoder"),
             ms("unet"),
             ms("vae_decode"),
-            ms("e2e")
+            ms("e2e"),
+            ms("cpu_share") * 100.0
         );
         stages.insert("label".into(), label.into());
         runs.push(serde_json::Value::Object(stages));
@@ -211,10 +238,14 @@ fn folder_bench(dir: &Path, size: usize) -> anyhow::Result<()> {
         Some(l) => l.clone(),
         None => orfeas_ml::sd::noise::initial_noise(1, 1, (4, size / 8, size / 8), &dev)?,
     };
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), process_cpu_ms());
     let vae_out = decode_latents(&model.vae, &latents, DecodeMode::Full)?;
     let vae_ms = ms_between(t, Instant::now());
-    println!("ours vae_decode alone: {vae_ms:.0} ms");
+    let vae_share = cpu_share(t, cpu);
+    println!(
+        "ours vae_decode alone: {vae_ms:.0} ms | CPU share {:.0}%",
+        vae_share * 100.0
+    );
     let mut taesd_ms = Vec::new();
     let mut taesd_out = None;
     for _ in 0..2 {
@@ -265,6 +296,7 @@ fn folder_bench(dir: &Path, size: usize) -> anyhow::Result<()> {
             "impl": "ours", "size": size, "threads": candle_core::utils::get_num_threads(),
             "prompt": FOLDER_PROMPT, "load_ms": (load_ms * 10.0).round() / 10.0, "runs": runs,
             "vae_decode_alone_ms": (vae_ms * 10.0).round() / 10.0,
+            "vae_decode_alone_cpu_share": vae_share,
             "taesd_first_ms": (taesd_ms[0] * 10.0).round() / 10.0,
             "taesd_warm_ms": (taesd_ms[1] * 10.0).round() / 10.0,
             "peak_rss_pipeline_mib": rss_pipeline.round(), "peak_rss_mib": rss.round(),

@@ -4,7 +4,9 @@
 # weights, the same prompt and the same initial noise. 1 step, guidance 0, f32,
 # full VAE decode; each side times its real pipeline call split into text
 # encoder / UNet / VAE decode (first call and warm call), the VAE decode alone
-# and TAESD on the same latents, and its peak RSS. Ours also prints how far its
+# and TAESD on the same latents, its peak RSS and its CPU share (process CPU time
+# ÷ wall time × threads: under 100 % while other work shares the cores, which
+# makes those numbers slower than the machine can do). Ours also prints how far its
 # outputs are from diffusers'. Ends with a table of both and ours ÷ diffusers.
 #
 #   scripts/bench/sd-cpu-vs-diffusers.sh          # 512², 2 threads
@@ -45,20 +47,23 @@ if [[ ! -f $FOLDER/unet/diffusion_pytorch_model.safetensors ]]; then
     nice -n "$NICE" "$PY" scripts/bench/sd_diffusers_cpu.py make-folder "$FOLDER"
 fi
 
+# Built first so a compile error stops the run before the long diffusers part;
+# built again (a no-op unless the sources changed meanwhile) right before ours runs.
 echo "== ours: build (release)"
 cargo bench -p orfeas-ml --bench sd --no-run
-echo "ours built from $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates/orfeas-ml/src \
-    || echo ' + uncommitted changes in crates/orfeas-ml/src')"
-echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores"
 
 reference=$BENCH_DIR/diffusers-out-$SIZE.safetensors
-echo "== diffusers ($THREADS threads)"
+echo "== diffusers ($THREADS threads; load average $(cut -d' ' -f1-3 /proc/loadavg))"
 nice -n "$NICE" "$PY" scripts/bench/sd_diffusers_cpu.py run "$FOLDER" --size "$SIZE" \
     --threads "$THREADS" --save "$reference" 2>&1 \
     | grep -v -e 'requires torchvision' -e 'it/s]' -e 'safety checker' -e 'torch_dtype' \
     | tee "$BENCH_DIR/diffusers-$SIZE.log"
 
-echo "== ours (candle, release, $THREADS threads)"
+cargo bench --quiet -p orfeas-ml --bench sd --no-run
+echo "== ours (candle, release, $THREADS threads; load average $(cut -d' ' -f1-3 /proc/loadavg)), built from \
+$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates/orfeas-ml/src \
+    || echo ' + uncommitted changes in crates/orfeas-ml/src')"
 RAYON_NUM_THREADS=$THREADS ORFEAS_BENCH_FOLDER=$FOLDER ORFEAS_BENCH_SIZE=$SIZE \
     ORFEAS_BENCH_REFERENCE=$reference \
     nice -n "$NICE" cargo bench -p orfeas-ml --bench sd 2>&1 | tee "$BENCH_DIR/ours-$SIZE.log"
@@ -79,7 +84,8 @@ rows = [("load", "load_ms", "ms")]
 for i, run in enumerate(d["runs"]):
     for stage in ("text_encoder", "unet", "vae_decode", "e2e"):
         rows.append((f"{stage} ({run['label']})", ("runs", i, stage), "ms"))
-rows += [("vae_decode alone", "vae_decode_alone_ms", "ms"), ("taesd_decode (first)", "taesd_first_ms", "ms"),
+    rows.append((f"CPU share ({run['label']})", ("runs", i, "cpu_share"), "%"))
+rows += [("vae_decode alone", "vae_decode_alone_ms", "ms"), ("CPU share (vae alone)", "vae_decode_alone_cpu_share", "%"), ("taesd_decode (first)", "taesd_first_ms", "ms"),
          ("taesd_decode (warm)", "taesd_warm_ms", "ms"),
          ("peak RSS after pipeline", "peak_rss_pipeline_mib", "MiB"), ("peak RSS at end", "peak_rss_mib", "MiB")]
 
@@ -91,6 +97,9 @@ def get(s, key):
 print(f"{'':26} {'diffusers':>12} {'ours':>12} {'ours/diffusers':>15}")
 for name, key, unit in rows:
     a, b = get(d, key), get(o, key)
+    if unit == "%":
+        print(f"{name:26} {a * 100:>9.0f} %  {b * 100:>9.0f} %")
+        continue
     print(f"{name:26} {a:>9.0f} {unit:3}{b:>9.0f} {unit:3}{b / a if a else float('nan'):>14.2f}")
 print("ours vs diffusers outputs, max |Δ|:", o.get("diff_from_diffusers"))
 EOF

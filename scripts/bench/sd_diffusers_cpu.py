@@ -24,7 +24,8 @@ N(0, 0.02) for embeddings, 0 for biases, 1/0 for norm scales/shifts. TAESD
 warm), split into text encoder, UNet and VAE decode by wrapping those three
 modules' calls inside the real `pipe(...)`; then the VAE decode alone and
 TAESD's decode (first and warm) on the latents the pipeline decoded. Peak RSS
-is the process's VmHWM. Prints one line per measurement and a JSON summary
+is the process's VmHWM; CPU share is the process's CPU time over wall time ×
+threads (below 100 % when other work shares the cores). Prints one line per measurement and a JSON summary
 line starting with `{"impl": "diffusers"`.
 """
 
@@ -216,20 +217,24 @@ def run(folder, size, threads, save):
     with torch.inference_mode():
         for label in ("first", "warm"):
             clock.ms = {}
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             image = pipe(PROMPT, num_inference_steps=1, guidance_scale=0.0, height=size, width=size,
                          latents=noise.clone(), output_type="np").images[0]
             e2e = (time.perf_counter() - t) * 1e3
-            r = {"label": label, **{k: round(v, 1) for k, v in clock.ms.items()}, "e2e": round(e2e, 1)}
+            share = (time.process_time() - cpu) * 1e3 / (e2e * threads)
+            r = {"label": label, **{k: round(v, 1) for k, v in clock.ms.items()}, "e2e": round(e2e, 1),
+                 "cpu_share": round(share, 3)}
             runs.append(r)
             print(f"diffusers run {len(runs)} ({label}): text_encoder {r['text_encoder']:.0f} ms | unet "
-                  f"{r['unet']:.0f} ms | vae_decode {r['vae_decode']:.0f} ms | end-to-end {e2e:.0f} ms", flush=True)
+                  f"{r['unet']:.0f} ms | vae_decode {r['vae_decode']:.0f} ms | end-to-end {e2e:.0f} ms | "
+                  f"CPU share {share:.0%}", flush=True)
         rss_pipeline = peak_rss_mib()
         vae_in = clock.last_vae_input
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         vae_out = pipe.vae.decode(vae_in).sample
         vae_ms = (time.perf_counter() - t) * 1e3
-        print(f"diffusers vae_decode alone: {vae_ms:.0f} ms", flush=True)
+        vae_share = (time.process_time() - cpu) * 1e3 / (vae_ms * threads)
+        print(f"diffusers vae_decode alone: {vae_ms:.0f} ms | CPU share {vae_share:.0%}", flush=True)
         unet_latents = vae_in * pipe.vae.config.scaling_factor
         taesd_ms = []
         for _ in range(2):
@@ -251,6 +256,7 @@ def run(folder, size, threads, save):
                       "torch": torch.__version__, "diffusers": diffusers.__version__,
                       "transformers": transformers.__version__, "load_ms": round(load_ms, 1),
                       "runs": runs, "vae_decode_alone_ms": round(vae_ms, 1),
+                      "vae_decode_alone_cpu_share": round(vae_share, 3),
                       "taesd_first_ms": round(taesd_ms[0], 1), "taesd_warm_ms": round(taesd_ms[1], 1),
                       "peak_rss_pipeline_mib": round(rss_pipeline), "peak_rss_mib": round(rss)}), flush=True)
 

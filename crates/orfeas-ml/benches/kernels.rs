@@ -4,7 +4,8 @@
 //! `gemm` call, one thread and all threads).
 //!
 //! `cargo bench -p orfeas-ml --bench kernels` (set RAYON_NUM_THREADS to pin the
-//! thread count). ORFEAS_BENCH_REPEATS (default 3): best of that many runs.
+//! thread count). ORFEAS_BENCH_REPEATS (default 3): best of that many runs;
+//! ORFEAS_BENCH_CANDLE=0 skips candle's side (to profile ours alone).
 
 use std::time::Instant;
 
@@ -28,6 +29,14 @@ fn best_secs(mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(best)
+}
+
+/// Times candle's op too, unless ORFEAS_BENCH_CANDLE=0 (then NaN).
+fn candle_secs(f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    if std::env::var("ORFEAS_BENCH_CANDLE").as_deref() == Ok("0") {
+        return Ok(f64::NAN);
+    }
+    best_secs(f)
 }
 
 fn gemm_gflops(n: usize, threads: usize) -> anyhow::Result<f64> {
@@ -104,7 +113,7 @@ fn main() -> anyhow::Result<()> {
             kernels::conv2d(&x, &w, Some(&b), None, 1, pad)?;
             Ok(())
         })?;
-        let theirs = best_secs(|| {
+        let theirs = candle_secs(|| {
             x.conv2d(&w, pad, 1, 1, 1)?
                 .broadcast_add(&b.reshape((1, cout, 1, 1))?)?;
             Ok(())
@@ -132,7 +141,7 @@ fn main() -> anyhow::Result<()> {
             ours_norm.forward_silu(&x)?;
             Ok(())
         })?;
-        let theirs = best_secs(|| {
+        let theirs = candle_secs(|| {
             candle_nn::ops::silu(&candle_norm.forward(&x)?)?;
             Ok(())
         })?;
@@ -156,7 +165,7 @@ fn main() -> anyhow::Result<()> {
             kernels::attention(&q, &k, &v, heads, scale)?;
             Ok(())
         })?;
-        let theirs = best_secs(|| {
+        let theirs = candle_secs(|| {
             let split = |t: &Tensor, n: usize| -> candle_core::Result<Tensor> {
                 t.reshape((1, n, heads, d))?.transpose(1, 2)?.contiguous()
             };

@@ -535,6 +535,7 @@ pub fn attention_f32(
     heads: usize,
     head_dim: usize,
     scale: f32,
+    exp: SoftmaxExp,
 ) -> Result<Vec<f32>> {
     let width = heads * head_dim;
     if q.len() != batch * n_q * width || k.len() != batch * n_kv * width || v.len() != k.len() {
@@ -592,7 +593,7 @@ pub fn attention_f32(
             }
             let mut inv = vec![0f32; nr];
             for (row, inv) in scores.chunks_exact_mut(n_kv).zip(inv.iter_mut()) {
-                *inv = 1.0 / softmax_numerators(row);
+                *inv = 1.0 / softmax_numerators(row, exp);
             }
             // SAFETY: this task alone writes output rows r0..r0+nr, columns
             // h·d..(h+1)·d (tasks differ in batch item, head or row block); `out`
@@ -630,18 +631,68 @@ pub fn attention_f32(
     Ok(out)
 }
 
-/// Replaces `row` by `exp(row − max)` and returns its sum. The exponential is
-/// the C library's, not [`exp_approx`]: TripoSR's marching-cubes parity test
-/// moves a vertex with the approximation's extra ulp (its densities sit on
-/// the iso-level), and libm costs about 0.3 s of a 512² UNet step.
-fn softmax_numerators(row: &mut [f32]) -> f32 {
+/// Which exponential the attention softmax takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SoftmaxExp {
+    /// [`exp_approx`], vectorised: the SD UNet (its softmax was a tenth of a
+    /// 512² step with libm's scalar `expf`).
+    Fast,
+    /// The C library's `expf`: TripoSR, whose marching-cubes parity test moves
+    /// a vertex with the approximation's extra ulp (its densities sit on the
+    /// iso-level).
+    Libm,
+}
+
+/// Replaces `row` by `exp(row − max)` and returns its sum.
+fn softmax_numerators(row: &mut [f32], exp: SoftmaxExp) -> f32 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f32;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
+    match exp {
+        SoftmaxExp::Libm => {
+            let mut sum = 0f32;
+            for v in row.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            sum
+        }
+        SoftmaxExp::Fast => {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked just above).
+                    #[allow(unsafe_code)]
+                    return unsafe { exp_shifted_sum_avx512(row, max) };
+                }
+            }
+            exp_shifted_sum_body(row, max)
+        }
     }
-    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp_shifted_sum_avx512(row: &mut [f32], max: f32) -> f32 {
+    exp_shifted_sum_body(row, max)
+}
+
+/// `row = exp_approx(row − max)`, returning the sum (16 partial sums, so the
+/// loop vectorises).
+#[inline(always)]
+fn exp_shifted_sum_body(row: &mut [f32], max: f32) -> f32 {
+    let mut sums = [0f32; 16];
+    let mut lanes = row.chunks_exact_mut(16);
+    for c in &mut lanes {
+        for i in 0..16 {
+            c[i] = exp_approx(c[i] - max);
+            sums[i] += c[i];
+        }
+    }
+    for v in lanes.into_remainder() {
+        *v = exp_approx(*v - max);
+        sums[0] += *v;
+    }
+    sums.iter().sum()
 }
 
 /// [`attention_f32`] on tensors: `q (batch, n_q, heads·d)`, `k`/`v (batch, n_kv,
@@ -652,6 +703,7 @@ pub fn attention(
     v: &Tensor,
     heads: usize,
     scale: f64,
+    exp: SoftmaxExp,
 ) -> Result<Option<Tensor>> {
     if !(fast_path(q) && fast_path(k) && fast_path(v)) {
         return Ok(None);
@@ -664,7 +716,18 @@ pub fn attention(
     let out = with_f32(q, |qs| {
         with_f32(k, |ks| {
             with_f32(v, |vs| {
-                attention_f32(qs, ks, vs, b, n_q, n_kv, heads, width / heads, scale as f32)
+                attention_f32(
+                    qs,
+                    ks,
+                    vs,
+                    b,
+                    n_q,
+                    n_kv,
+                    heads,
+                    width / heads,
+                    scale as f32,
+                    exp,
+                )
             })
         })
     })?;

@@ -54,7 +54,14 @@ impl Attention {
             self.to_v.forward(ctx)?,
         );
         // f32 on the CPU: the flash-style kernel (no score matrix, no transposes).
-        if let Some(out) = kernels::attention(&q, &k, &v, self.heads, scale)? {
+        if let Some(out) = kernels::attention(
+            &q,
+            &k,
+            &v,
+            self.heads,
+            scale,
+            crate::kernels::SoftmaxExp::Fast,
+        )? {
             return self.to_out.forward(&out);
         }
         let heads = |t: Tensor, s: usize| {

@@ -79,7 +79,14 @@ impl Attention {
             self.v.forward(ctx)?,
         );
         // f32 on the CPU: the flash-style kernel (no score matrix, no transposes).
-        if let Some(out) = crate::kernels::attention(&q, &k, &v, self.heads, scale)? {
+        if let Some(out) = crate::kernels::attention(
+            &q,
+            &k,
+            &v,
+            self.heads,
+            scale,
+            crate::kernels::SoftmaxExp::Libm,
+        )? {
             return self.out.forward(&out);
         }
         let split = |t: Tensor, s: usize| {

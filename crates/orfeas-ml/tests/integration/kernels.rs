@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use orfeas_ml::kernels::{self, ConvInit, ConvShape};
+use orfeas_ml::kernels::{self, ConvInit, ConvShape, SoftmaxExp};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -383,17 +383,27 @@ fn attention_matches_candle_on_odd_shapes() {
         let k = random(&[b, n_kv, heads * d], seed + 1);
         let v = random(&[b, n_kv, heads * d], seed + 2);
         let scale = 1.0 / (d as f64).sqrt();
-        let got = kernels::attention(&q, &k, &v, heads, scale)
-            .unwrap()
-            .unwrap();
         let want = reference_attention(&q, &k, &v, heads, scale);
-        let d = max_abs_diff(&got, &want);
-        assert!(d < 2e-5, "attention {:?}: max |Δ| {d}", want.dims());
+        for exp in [SoftmaxExp::Fast, SoftmaxExp::Libm] {
+            let got = kernels::attention(&q, &k, &v, heads, scale, exp)
+                .unwrap()
+                .unwrap();
+            let d = max_abs_diff(&got, &want);
+            assert!(
+                d < 2e-5,
+                "attention {:?} ({exp:?}): max |Δ| {d}",
+                want.dims()
+            );
+        }
     }
     // Off the fast path the caller keeps its own attention.
     let q = random(&[1, 4, 6], 1).to_dtype(DType::F64).unwrap();
-    assert!(kernels::attention(&q, &q, &q, 2, 1.0).unwrap().is_none());
+    assert!(
+        kernels::attention(&q, &q, &q, 2, 1.0, SoftmaxExp::Fast)
+            .unwrap()
+            .is_none()
+    );
     // A width that does not split into the heads.
     let q = random(&[1, 4, 6], 1);
-    assert!(kernels::attention(&q, &q, &q, 4, 1.0).is_err());
+    assert!(kernels::attention(&q, &q, &q, 4, 1.0, SoftmaxExp::Fast).is_err());
 }

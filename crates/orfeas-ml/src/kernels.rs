@@ -474,8 +474,12 @@ pub fn exp_approx(x: f32) -> f32 {
     // so the reduced argument keeps its precision for large |x|.
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    // 1.5·2^23: adding it leaves a small integer in the low mantissa bits, so
+    // rounding and the integer exponent need no float→int conversion (whose
+    // saturating `as` does not vectorise).
+    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
     let f = (x - n * LN2_HI) - n * LN2_LO; // |f| ≤ ln 2 / 2 (plus rounding)
     let p = 1.0 / 5040.0;
     let p = p * f + 1.0 / 720.0;
@@ -485,8 +489,9 @@ pub fn exp_approx(x: f32) -> f32 {
     let p = p * f + 0.5;
     let p = p * f + 1.0;
     let p = p * f + 1.0;
-    let bits = ((n as i32 + 127) as u32) << 23;
-    p * f32::from_bits(bits)
+    // n + 127 in [1, 254]: the biased exponent of 2^n.
+    let biased = (n + (127.0 + ROUND)).to_bits() & 0xff;
+    p * f32::from_bits(biased << 23)
 }
 
 /// Nearest-neighbour 2× upsampling of NCHW planes (`planes · h · w` floats).

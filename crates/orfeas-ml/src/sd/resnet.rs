@@ -1,10 +1,10 @@
-//! The resnet block and the VAE decoder's blocks, with diffusers' tensor names,
+//! The resnet block, the resamplers and the VAE's blocks, with diffusers' tensor names,
 //! on the fused CPU kernels of [`crate::kernels`]: `silu(norm(x))` is one pass,
 //! the time embedding joins conv1's bias and the skip joins conv2's output, so a
 //! block is two GEMMs and two norm passes instead of about thirty tensor ops.
 //! On other devices the same blocks run candle's ops.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use candle_transformers::models::stable_diffusion::attention::{
     AttentionBlock, AttentionBlockConfig,
@@ -98,6 +98,89 @@ impl Upsample2D {
             _ => upsample_nearest2x(xs)?,
         };
         self.0.forward(&up)
+    }
+}
+
+/// A stride-2 3×3 conv (`downsamplers.0.conv`); padding 0 means diffusers'
+/// asymmetric pad of one zero row and column at the bottom and right.
+#[derive(Debug)]
+pub struct Downsample2D {
+    conv: Conv2d,
+    padding: usize,
+}
+
+impl Downsample2D {
+    pub fn load(vb: VarBuilder, ch: usize, padding: usize) -> Result<Self> {
+        Ok(Self {
+            conv: Conv2d::load(vb.pp("conv"), ch, ch, 3, 2, padding, true)?,
+            padding,
+        })
+    }
+}
+
+impl Module for Downsample2D {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if self.padding == 0 {
+            let xs = xs
+                .pad_with_zeros(D::Minus1, 0, 1)?
+                .pad_with_zeros(D::Minus2, 0, 1)?;
+            self.conv.forward(&xs)
+        } else {
+            self.conv.forward(xs)
+        }
+    }
+}
+
+/// The VAE encoder's `DownEncoderBlock2D`: resnets then an optional downsampler.
+#[derive(Debug)]
+pub struct DownEncoderBlock {
+    resnets: Vec<ResnetBlock2D>,
+    downsampler: Option<Downsample2D>,
+}
+
+impl DownEncoderBlock {
+    pub fn load(
+        vb: VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        layers: usize,
+        groups: usize,
+        downsample: bool,
+    ) -> Result<Self> {
+        let cfg = ResnetConfig {
+            out_channels: c_out,
+            temb_channels: None,
+            groups,
+            eps: 1e-6,
+        };
+        let resnets = (0..layers)
+            .map(|i| {
+                let cin = if i == 0 { c_in } else { c_out };
+                ResnetBlock2D::load(vb.pp("resnets").pp(i), cin, cfg)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let downsampler = if downsample {
+            Some(Downsample2D::load(vb.pp("downsamplers").pp(0), c_out, 0)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            resnets,
+            downsampler,
+        })
+    }
+}
+
+impl Module for DownEncoderBlock {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut xs = xs.clone();
+        for r in &self.resnets {
+            xs = r.forward(&xs, None)?;
+        }
+        match &self.downsampler {
+            Some(d) => d.forward(&xs),
+            None => Ok(xs),
+        }
     }
 }
 

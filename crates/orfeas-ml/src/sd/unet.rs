@@ -8,7 +8,7 @@ use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbeddin
 use serde::Deserialize;
 
 use super::attention::{Transformer2D, TransformerSettings};
-use super::resnet::{ResnetBlock2D, ResnetConfig, Upsample2D};
+use super::resnet::{Downsample2D, ResnetBlock2D, ResnetConfig, Upsample2D};
 use crate::error::{Result, SdError};
 use crate::kernels::{Conv2d, GroupNorm};
 
@@ -112,34 +112,12 @@ impl UNetConfig {
     }
 }
 
-#[derive(Debug)]
-struct Downsample(Conv2d, usize);
-
-impl Downsample {
-    fn load(vb: VarBuilder, ch: usize, padding: usize) -> CResult<Self> {
-        Ok(Self(
-            Conv2d::load(vb.pp("conv"), ch, ch, 3, 2, padding, true)?,
-            padding,
-        ))
-    }
-    fn forward(&self, xs: &Tensor) -> CResult<Tensor> {
-        if self.1 == 0 {
-            let xs = xs
-                .pad_with_zeros(D::Minus1, 0, 1)?
-                .pad_with_zeros(D::Minus2, 0, 1)?;
-            self.0.forward(&xs)
-        } else {
-            self.0.forward(xs)
-        }
-    }
-}
-
 /// One down or up block: resnets, optional transformers after each, optional resampler.
 #[derive(Debug)]
 struct Block {
     resnets: Vec<ResnetBlock2D>,
     attentions: Vec<Transformer2D>,
-    down: Option<Downsample>,
+    down: Option<Downsample2D>,
     up: Option<Upsample2D>,
 }
 
@@ -278,7 +256,7 @@ impl UNet {
                 }
             }
             let down_s = if i + 1 < n {
-                Some(Downsample::load(
+                Some(Downsample2D::load(
                     vbb.pp("downsamplers.0"),
                     out_ch,
                     cfg.downsample_padding,

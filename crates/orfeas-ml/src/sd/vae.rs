@@ -1,19 +1,17 @@
 //! `AutoencoderKL`: encoder (with the latent distribution exposed) and decoder.
 //!
-//! Built from candle-transformers' public VAE blocks (they match diffusers);
-//! the model wrapper is ours because candle keeps the encoder and the
-//! distribution's mean/std private, which img2img and the parity tests need.
+//! Built from our blocks in [`super::resnet`] (diffusers' tensor names) on the
+//! fused CPU kernels; only the mid block's attention is candle-transformers'.
+//! The encoder and the distribution's mean/std are exposed for img2img and the
+//! parity tests.
 
 use std::path::Path;
 
 use candle_core::{Module, Result as CResult, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    DownEncoderBlock2D, DownEncoderBlock2DConfig, UNetMidBlock2D, UNetMidBlock2DConfig,
-};
+use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use super::resnet::{UpDecoderBlock, VaeMidBlock};
+use super::resnet::{DownEncoderBlock, UpDecoderBlock, VaeMidBlock};
 use crate::error::{Result, SdError};
 use crate::kernels;
 
@@ -71,37 +69,18 @@ impl VaeConfig {
     }
 }
 
-fn conv3(cin: usize, cout: usize, vb: VarBuilder) -> CResult<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: 1,
-        ..Default::default()
-    };
-    candle_nn::conv2d(cin, cout, 3, cfg, vb)
-}
-
-/// The decoder's 3×3 convs run on the fast CPU kernels.
+/// The VAE's 3×3 convs, on the fast CPU kernels.
 fn conv3_fast(cin: usize, cout: usize, vb: VarBuilder) -> CResult<kernels::Conv2d> {
     kernels::Conv2d::load(vb, cin, cout, 3, 1, 1, true)
 }
 
-fn mid_block(vb: VarBuilder, ch: usize, groups: usize) -> CResult<UNetMidBlock2D> {
-    let cfg = UNetMidBlock2DConfig {
-        resnet_eps: 1e-6,
-        output_scale_factor: 1.0,
-        attn_num_head_channels: None,
-        resnet_groups: Some(groups),
-        ..Default::default()
-    };
-    UNetMidBlock2D::new(vb, ch, None, cfg)
-}
-
 #[derive(Debug)]
 struct Encoder {
-    conv_in: Conv2d,
-    blocks: Vec<DownEncoderBlock2D>,
-    mid: UNetMidBlock2D,
-    norm_out: GroupNorm,
-    conv_out: Conv2d,
+    conv_in: kernels::Conv2d,
+    blocks: Vec<DownEncoderBlock>,
+    mid: VaeMidBlock,
+    norm_out: kernels::GroupNorm,
+    conv_out: kernels::Conv2d,
 }
 
 #[derive(Debug)]
@@ -136,7 +115,7 @@ impl LatentDist {
 pub struct Vae {
     encoder: Encoder,
     decoder: Decoder,
-    quant_conv: Option<Conv2d>,
+    quant_conv: Option<kernels::Conv2d>,
     post_quant_conv: Option<kernels::Conv2d>,
     pub config: VaeConfig,
 }
@@ -153,28 +132,22 @@ impl Vae {
         let mut blocks = Vec::new();
         let mut cin = first;
         for (i, &cout) in ch.iter().enumerate() {
-            let bc = DownEncoderBlock2DConfig {
-                num_layers: cfg.layers_per_block,
-                resnet_eps: 1e-6,
-                resnet_groups: g,
-                add_downsample: i + 1 < ch.len(),
-                downsample_padding: 0,
-                ..Default::default()
-            };
-            blocks.push(DownEncoderBlock2D::new(
+            blocks.push(DownEncoderBlock::load(
                 enc.pp("down_blocks").pp(i),
                 cin,
                 cout,
-                bc,
+                cfg.layers_per_block,
+                g,
+                i + 1 < ch.len(),
             )?);
             cin = cout;
         }
         let encoder = Encoder {
-            conv_in: conv3(cfg.in_channels, first, enc.pp("conv_in"))?,
+            conv_in: conv3_fast(cfg.in_channels, first, enc.pp("conv_in"))?,
             blocks,
-            mid: mid_block(enc.pp("mid_block"), last, g)?,
-            norm_out: candle_nn::group_norm(g, last, 1e-6, enc.pp("conv_norm_out"))?,
-            conv_out: conv3(last, 2 * lc, enc.pp("conv_out"))?,
+            mid: VaeMidBlock::load(enc.pp("mid_block"), last, g)?,
+            norm_out: kernels::GroupNorm::load(g, last, 1e-6, enc.pp("conv_norm_out"))?,
+            conv_out: conv3_fast(last, 2 * lc, enc.pp("conv_out"))?,
         };
         let dec = vb.pp("decoder");
         let mut blocks = Vec::new();
@@ -199,12 +172,14 @@ impl Vae {
             conv_out: conv3_fast(first, cfg.out_channels, dec.pp("conv_out"))?,
         };
         let quant_conv = if cfg.use_quant_conv {
-            Some(candle_nn::conv2d(
+            Some(kernels::Conv2d::load(
+                vb.pp("quant_conv"),
                 2 * lc,
                 2 * lc,
                 1,
-                Default::default(),
-                vb.pp("quant_conv"),
+                1,
+                0,
+                true,
             )?)
         } else {
             None
@@ -238,8 +213,8 @@ impl Vae {
         for b in &e.blocks {
             xs = b.forward(&xs)?;
         }
-        let xs = e.mid.forward(&xs, None)?;
-        let xs = candle_nn::ops::silu(&e.norm_out.forward(&xs)?)?;
+        let xs = e.mid.forward(&xs)?;
+        let xs = e.norm_out.forward_silu(&xs)?;
         Ok(e.conv_out.forward(&xs)?)
     }
 

@@ -131,21 +131,36 @@ impl Module for Downsample2D {
     }
 }
 
-/// The VAE encoder's `DownEncoderBlock2D`: resnets then an optional downsampler.
-#[derive(Debug)]
-pub struct DownEncoderBlock {
-    resnets: Vec<ResnetBlock2D>,
-    downsampler: Option<Downsample2D>,
+/// What closes a VAE block: nothing, a downsampler (the encoder's
+/// `DownEncoderBlock2D`) or an upsampler (the decoder's `UpDecoderBlock2D`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    None,
+    Down,
+    Up,
 }
 
-impl DownEncoderBlock {
+#[derive(Debug)]
+enum Resampler {
+    Down(Downsample2D),
+    Up(Upsample2D),
+}
+
+/// A VAE encoder or decoder block: resnets, then its resampler.
+#[derive(Debug)]
+pub struct VaeBlock {
+    resnets: Vec<ResnetBlock2D>,
+    resampler: Option<Resampler>,
+}
+
+impl VaeBlock {
     pub fn load(
         vb: VarBuilder,
         c_in: usize,
         c_out: usize,
         layers: usize,
         groups: usize,
-        downsample: bool,
+        resample: Resample,
     ) -> Result<Self> {
         let cfg = ResnetConfig {
             out_channels: c_out,
@@ -159,76 +174,31 @@ impl DownEncoderBlock {
                 ResnetBlock2D::load(vb.pp("resnets").pp(i), cin, cfg)
             })
             .collect::<Result<Vec<_>>>()?;
-        let downsampler = if downsample {
-            Some(Downsample2D::load(vb.pp("downsamplers").pp(0), c_out, 0)?)
-        } else {
-            None
+        let resampler = match resample {
+            Resample::None => None,
+            Resample::Down => Some(Resampler::Down(Downsample2D::load(
+                vb.pp("downsamplers").pp(0),
+                c_out,
+                0,
+            )?)),
+            Resample::Up => Some(Resampler::Up(Upsample2D::load(
+                vb.pp("upsamplers").pp(0),
+                c_out,
+            )?)),
         };
-        Ok(Self {
-            resnets,
-            downsampler,
-        })
+        Ok(Self { resnets, resampler })
     }
 }
 
-impl Module for DownEncoderBlock {
+impl Module for VaeBlock {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let mut xs = xs.clone();
         for r in &self.resnets {
             xs = r.forward(&xs, None)?;
         }
-        match &self.downsampler {
-            Some(d) => d.forward(&xs),
-            None => Ok(xs),
-        }
-    }
-}
-
-/// The VAE decoder's `UpDecoderBlock2D`: resnets then an optional upsampler.
-#[derive(Debug)]
-pub struct UpDecoderBlock {
-    resnets: Vec<ResnetBlock2D>,
-    upsampler: Option<Upsample2D>,
-}
-
-impl UpDecoderBlock {
-    pub fn load(
-        vb: VarBuilder,
-        c_in: usize,
-        c_out: usize,
-        layers: usize,
-        groups: usize,
-        upsample: bool,
-    ) -> Result<Self> {
-        let cfg = ResnetConfig {
-            out_channels: c_out,
-            temb_channels: None,
-            groups,
-            eps: 1e-6,
-        };
-        let resnets = (0..layers)
-            .map(|i| {
-                let cin = if i == 0 { c_in } else { c_out };
-                ResnetBlock2D::load(vb.pp("resnets").pp(i), cin, cfg)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let upsampler = if upsample {
-            Some(Upsample2D::load(vb.pp("upsamplers").pp(0), c_out)?)
-        } else {
-            None
-        };
-        Ok(Self { resnets, upsampler })
-    }
-}
-
-impl Module for UpDecoderBlock {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = xs.clone();
-        for r in &self.resnets {
-            xs = r.forward(&xs, None)?;
-        }
-        match &self.upsampler {
-            Some(u) => u.forward(&xs, None),
+        match &self.resampler {
+            Some(Resampler::Down(d)) => d.forward(&xs),
+            Some(Resampler::Up(u)) => u.forward(&xs, None),
             None => Ok(xs),
         }
     }

@@ -11,7 +11,7 @@ use candle_core::{Module, Result as CResult, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use super::resnet::{DownEncoderBlock, UpDecoderBlock, VaeMidBlock};
+use super::resnet::{Resample, VaeBlock, VaeMidBlock};
 use crate::error::{Result, SdError};
 use crate::kernels;
 
@@ -77,7 +77,7 @@ fn conv3_fast(cin: usize, cout: usize, vb: VarBuilder) -> CResult<kernels::Conv2
 #[derive(Debug)]
 struct Encoder {
     conv_in: kernels::Conv2d,
-    blocks: Vec<DownEncoderBlock>,
+    blocks: Vec<VaeBlock>,
     mid: VaeMidBlock,
     norm_out: kernels::GroupNorm,
     conv_out: kernels::Conv2d,
@@ -87,7 +87,7 @@ struct Encoder {
 struct Decoder {
     conv_in: kernels::Conv2d,
     mid: VaeMidBlock,
-    blocks: Vec<UpDecoderBlock>,
+    blocks: Vec<VaeBlock>,
     norm_out: kernels::GroupNorm,
     conv_out: kernels::Conv2d,
 }
@@ -132,13 +132,14 @@ impl Vae {
         let mut blocks = Vec::new();
         let mut cin = first;
         for (i, &cout) in ch.iter().enumerate() {
-            blocks.push(DownEncoderBlock::load(
+            let last = i + 1 == ch.len();
+            blocks.push(VaeBlock::load(
                 enc.pp("down_blocks").pp(i),
                 cin,
                 cout,
                 cfg.layers_per_block,
                 g,
-                i + 1 < ch.len(),
+                if last { Resample::None } else { Resample::Down },
             )?);
             cin = cout;
         }
@@ -154,13 +155,14 @@ impl Vae {
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
         let mut cin = last;
         for (i, &cout) in rev.iter().enumerate() {
-            blocks.push(UpDecoderBlock::load(
+            let last = i + 1 == rev.len();
+            blocks.push(VaeBlock::load(
                 dec.pp("up_blocks").pp(i),
                 cin,
                 cout,
                 cfg.layers_per_block + 1,
                 g,
-                i + 1 < rev.len(),
+                if last { Resample::None } else { Resample::Up },
             )?);
             cin = cout;
         }

@@ -100,6 +100,9 @@ fn main() -> anyhow::Result<()> {
         (512, 512, 128, 3, "vae 128² resnet conv"),
         (512, 512, 64, 3, "vae/unet 64² conv"),
         (320, 320, 64, 3, "unet 64² resnet conv"),
+        (640, 640, 32, 3, "unet 32² resnet conv"),
+        (1280, 1280, 16, 3, "unet 16² resnet conv"),
+        (2560, 1280, 16, 3, "unet 16² up-block conv"),
         (1280, 1280, 8, 3, "unet 8² resnet conv"),
         (640, 1280, 16, 1, "unet 16² 1x1 shortcut"),
     ];
@@ -152,6 +155,65 @@ fn main() -> anyhow::Result<()> {
             theirs / ours
         );
     }
+
+    // The UNet transformer's linear layers (candle's `Linear`, on the same GEMM):
+    // tokens × in → out, as at the 64², 32² and 16² levels.
+    for (tokens, d_in, d_out, what) in [
+        (4096, 320, 320, "64² attention projection"),
+        (4096, 320, 2560, "64² GEGLU projection"),
+        (4096, 1280, 320, "64² feed-forward out"),
+        (1024, 640, 5120, "32² GEGLU projection"),
+        (256, 1280, 10240, "16² GEGLU projection"),
+    ] {
+        let x = random(&[1, tokens, d_in])?;
+        let w = (random(&[d_out, d_in])? * 0.02)?;
+        let b = random(&[d_out])?;
+        let lin = candle_nn::Linear::new(w.clone(), Some(b.clone()));
+        let mut map = std::collections::HashMap::new();
+        map.insert("weight".to_string(), w);
+        map.insert("bias".to_string(), b);
+        let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+        let ours_lin = kernels::Linear::load(vb, d_in, d_out, true)?;
+        let flops = 2.0 * (tokens * d_in * d_out) as f64;
+        let ours = best_secs(|| {
+            ours_lin.forward(&x)?;
+            Ok(())
+        })?;
+        let theirs = candle_secs(|| {
+            lin.forward(&x)?;
+            Ok(())
+        })?;
+        println!(
+            "linear {what} ({tokens}×{d_in} → {d_out}): ours {:.1} ms ({:.1} GFLOP/s) | candle {:.1} ms ({:.1} GFLOP/s)",
+            ours * 1e3,
+            flops / ours / 1e9,
+            theirs * 1e3,
+            flops / theirs / 1e9
+        );
+    }
+    // GEGLU's gate (candle's exact-erf GELU and the product) and a LayerNorm at 64².
+    let h = random(&[1, 4096, 2560])?;
+    let ours = best_secs(|| {
+        kernels::geglu(&h)?;
+        Ok(())
+    })?;
+    let theirs = candle_secs(|| {
+        let c = h.chunk(2, 2)?;
+        (&c[0] * c[1].gelu_erf()?)?;
+        Ok(())
+    })?;
+    println!(
+        "geglu gate 4096×1280: ours {:.1} ms | candle {:.1} ms",
+        ours * 1e3,
+        theirs * 1e3
+    );
+    let x = random(&[1, 4096, 320])?;
+    let ln = candle_nn::LayerNorm::new(random(&[320])?, random(&[320])?, 1e-5);
+    let secs = best_secs(|| {
+        ln.forward(&x)?;
+        Ok(())
+    })?;
+    println!("layer norm 4096×320 (candle): {:.1} ms", secs * 1e3);
 
     // The UNet's self-attention at 64² latents (4096 tokens, 5 heads of 64) and
     // its cross-attention (77 context tokens).

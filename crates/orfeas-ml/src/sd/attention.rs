@@ -5,9 +5,9 @@
 //! fixtures) and its attention always upcasts to f32, which costs on GPU.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
-use crate::kernels;
+use crate::kernels::{self, Linear};
 
 /// Multi-head attention with `to_q/to_k/to_v` (no bias) and `to_out.0`.
 #[derive(Debug)]
@@ -33,10 +33,10 @@ impl Attention {
         let inner = heads * head_dim;
         let ctx = context_dim.unwrap_or(query_dim);
         Ok(Self {
-            to_q: candle_nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
-            to_k: candle_nn::linear_no_bias(ctx, inner, vb.pp("to_k"))?,
-            to_v: candle_nn::linear_no_bias(ctx, inner, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(inner, query_dim, vb.pp("to_out.0"))?,
+            to_q: Linear::load(vb.pp("to_q"), query_dim, inner, false)?,
+            to_k: Linear::load(vb.pp("to_k"), ctx, inner, false)?,
+            to_v: Linear::load(vb.pp("to_v"), ctx, inner, false)?,
+            to_out: Linear::load(vb.pp("to_out.0"), inner, query_dim, true)?,
             heads,
             head_dim,
             upcast,
@@ -103,13 +103,17 @@ impl FeedForward {
     fn load(vb: VarBuilder, dim: usize) -> Result<Self> {
         let inner = 4 * dim;
         Ok(Self {
-            proj: candle_nn::linear(dim, inner * 2, vb.pp("net.0.proj"))?,
-            out: candle_nn::linear(inner, dim, vb.pp("net.2"))?,
+            proj: Linear::load(vb.pp("net.0.proj"), dim, inner * 2, true)?,
+            out: Linear::load(vb.pp("net.2"), inner, dim, true)?,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let h = self.proj.forward(xs)?;
+        // f32 on the CPU: one fused, vectorised pass.
+        if let Some(gated) = kernels::geglu(&h)? {
+            return self.out.forward(&gated);
+        }
         let chunks = h.chunk(2, candle_core::D::Minus1)?;
         let (Some(x), Some(gate)) = (chunks.first(), chunks.get(1)) else {
             candle_core::bail!("GEGLU projection did not split in two");
@@ -202,8 +206,8 @@ impl Transformer2D {
         let norm = kernels::GroupNorm::load(s.norm_groups, channels, 1e-6, vb.pp("norm"))?;
         let (proj_in, proj_out) = if s.use_linear_projection {
             (
-                Proj::Linear(candle_nn::linear(channels, channels, vb.pp("proj_in"))?),
-                Proj::Linear(candle_nn::linear(channels, channels, vb.pp("proj_out"))?),
+                Proj::Linear(Linear::load(vb.pp("proj_in"), channels, channels, true)?),
+                Proj::Linear(Linear::load(vb.pp("proj_out"), channels, channels, true)?),
             )
         } else {
             (

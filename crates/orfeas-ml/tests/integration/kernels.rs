@@ -407,3 +407,86 @@ fn attention_matches_candle_on_odd_shapes() {
     let q = random(&[1, 4, 6], 1);
     assert!(kernels::attention(&q, &q, &q, 4, 1.0, SoftmaxExp::Fast).is_err());
 }
+
+#[test]
+fn linear_matches_candle_on_odd_shapes() {
+    // (leading dims, d_in, d_out): many row blocks, few rows with many outputs
+    // (column tiles), widths that are no multiple of 16, a 2-D input.
+    for (i, (lead, d_in, d_out)) in [
+        (vec![1, 1100], 37, 45),
+        (vec![2, 77], 64, 300),
+        (vec![1, 5], 129, 1000),
+        (vec![3], 8, 3),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 2000 + 10 * i as u64;
+        let mut shape = lead.clone();
+        shape.push(d_in);
+        let x = random(&shape, seed);
+        let w = random(&[d_out, d_in], seed + 1);
+        let b = random(&[d_out], seed + 2);
+        for bias in [true, false] {
+            let mut map = std::collections::HashMap::new();
+            map.insert("weight".to_string(), w.clone());
+            if bias {
+                map.insert("bias".to_string(), b.clone());
+            }
+            let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+            let ours = kernels::Linear::load(vb, d_in, d_out, bias).unwrap();
+            let reference = candle_nn::Linear::new(w.clone(), bias.then(|| b.clone()));
+            let got = ours.forward(&x).unwrap();
+            let want = reference.forward(&x).unwrap();
+            let d = max_abs_diff(&got, &want);
+            assert!(
+                d < 1e-5 * d_in as f32,
+                "linear {shape:?} → {d_out} (bias {bias}): max |Δ| {d}"
+            );
+        }
+    }
+    assert!(kernels::linear_f32(&[0.0; 10], 2, 5, &[0.0; 14], 3, None).is_err());
+    assert!(kernels::linear_f32(&[0.0; 10], 2, 5, &[0.0; 15], 3, Some(&[0.0; 2])).is_err());
+}
+
+#[test]
+fn geglu_matches_candles_exact_gelu() {
+    let h = (random(&[2, 7, 2 * 45], 3000) * 4.0).unwrap();
+    let got = kernels::geglu(&h).unwrap().unwrap();
+    let c = h.chunk(2, 2).unwrap();
+    let want = (&c[0] * c[1].gelu_erf().unwrap()).unwrap();
+    let d = max_abs_diff(&got, &want);
+    assert!(d < 2e-6, "geglu: max |Δ| {d}");
+    // erf itself, against libm-quality values over the range that matters.
+    let mut worst = 0f32;
+    let mut x = -6.0f32;
+    while x < 6.0 {
+        let want = erf_reference(x as f64) as f32;
+        worst = worst.max((kernels::erf_approx(x) - want).abs());
+        x += 0.001;
+    }
+    assert!(worst < 5e-7, "erf: max |Δ| {worst}");
+    assert!(kernels::geglu(&random(&[2, 5], 1)).is_err());
+}
+
+/// erf by its Taylor series (|x| < 3) or the continued fraction of erfc, in f64.
+fn erf_reference(x: f64) -> f64 {
+    let a = x.abs();
+    let v = if a < 3.0 {
+        let (mut term, mut sum, mut n) = (a, a, 0.0);
+        while term.abs() > 1e-17 {
+            n += 1.0;
+            term *= -a * a / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        // erfc(a) = e^{-a²}/√π · 1/(a + 1/2/(a + 1/(a + 3/2/(a + …)))).
+        let mut f = a;
+        for k in (1..60).rev() {
+            f = a + (k as f64 / 2.0) / f;
+        }
+        1.0 - (-a * a).exp() / (std::f64::consts::PI.sqrt() * f)
+    };
+    v.copysign(x)
+}

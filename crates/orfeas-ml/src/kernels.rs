@@ -1,5 +1,6 @@
-//! CPU kernels for the ops that dominate the SD family, TAESD and BiRefNet on
-//! the CPU: convolution, group norm (+ SiLU), nearest 2× upsampling.
+//! CPU kernels for the ops that dominate the SD family, TAESD, TripoSR and
+//! BiRefNet on the CPU: convolution, group norm (+ SiLU), attention, linear
+//! layers, GEGLU's gate, nearest 2× upsampling.
 //!
 //! Why not candle's own CPU ops (0.11): its conv2d transposes the whole input
 //! to channels-last on one thread, writes each im2col column with a stride of
@@ -17,6 +18,8 @@
 //!   kernels (`x86-v4`; chosen at run time, AVX2/FMA or SSE otherwise).
 //! - **group norm** is one statistics pass and one normalise pass per group,
 //!   in parallel over (batch, group), with SiLU fused into the second pass.
+//! - **attention** is flash-style (per-head query blocks, no score matrix),
+//!   **linear** layers are row × column GEMM tiles, **GEGLU** one fused pass.
 //! - **upsample** copies each row twice, in parallel over planes.
 //!
 //! Every kernel works on contiguous f32 slices and is wrapped by a tensor
@@ -35,6 +38,45 @@ const COL_BUDGET: usize = 1 << 19;
 
 /// Fewest output pixels in a tile (below this the GEMM's packing dominates).
 const MIN_TILE: usize = 64;
+
+/// Defines `fn $name(args) -> ret` that runs `$body` (an `#[inline(always)]`
+/// function of the same arguments) compiled for AVX-512F when the CPU has it,
+/// else for AVX2 + FMA, else as built (SSE2), so the body's loops vectorise as
+/// wide as the machine allows. Results do not depend on the tier: the bodies
+/// are plain arithmetic and Rust never fuses `a·b + c` on its own.
+macro_rules! widest_simd {
+    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident) => {
+        $(#[$meta])*
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[allow(unsafe_code)]
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[allow(unsafe_code)]
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (checked just above).
+                    #[allow(unsafe_code)]
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                    #[allow(unsafe_code)]
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
 
 /// Shape of one 2-D convolution: input `(batch, c_in, h, w)`, weight
 /// `(c_out, c_in, k_h, k_w)`, square stride and zero padding, no dilation or groups.
@@ -188,7 +230,7 @@ pub fn conv2d_f32(x: &[f32], weight: &[f32], init: ConvInit<'_>, s: ConvShape) -
             (&xb[p0..], p)
         } else {
             col.resize(k * t, 0.0);
-            fill_columns(xb, s, (oh, ow), p0, t, col);
+            fill_columns(xb, s, ow, p0, t, col);
             (&col[..], t)
         };
         // SAFETY: `dst` points at `out`, which lives until every task ends; this
@@ -243,14 +285,7 @@ pub fn conv2d_f32(x: &[f32], weight: &[f32], init: ConvInit<'_>, s: ConvShape) -
 
 /// Writes the im2col columns of output pixels `[p0, p0 + t)` into `col`
 /// (`k_len` rows of `t`, row `(ci·k_h + ky)·k_w + kx`, the weight's column order).
-fn fill_columns(
-    xb: &[f32],
-    s: ConvShape,
-    (_oh, ow): (usize, usize),
-    p0: usize,
-    t: usize,
-    col: &mut [f32],
-) {
+fn fill_columns(xb: &[f32], s: ConvShape, ow: usize, p0: usize, t: usize, col: &mut [f32]) {
     let plane_len = s.h * s.w;
     let pad = s.padding as isize;
     for ci in 0..s.c_in {
@@ -356,27 +391,12 @@ pub fn group_norm_f32(
     Ok(out)
 }
 
-/// Mean and (biased) variance of `xs` in one vectorised pass: sums of
-/// `x − shift` and its square (shifted by the first value, so a large mean
-/// does not cancel the variance away) in 16 f32 lanes per 1024-value block,
-/// gathered in f64.
-fn mean_and_variance(xs: &[f32]) -> (f64, f64) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            #[allow(unsafe_code)]
-            return unsafe { mean_and_variance_avx512(xs) };
-        }
-    }
-    mean_and_variance_body(xs)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-#[target_feature(enable = "avx512f")]
-unsafe fn mean_and_variance_avx512(xs: &[f32]) -> (f64, f64) {
-    mean_and_variance_body(xs)
+widest_simd! {
+    /// Mean and (biased) variance of `xs` in one vectorised pass: sums of
+    /// `x − shift` and its square (shifted by the first value, so a large mean
+    /// does not cancel the variance away) in 16 f32 lanes per 1024-value block,
+    /// gathered in f64.
+    fn mean_and_variance(xs: &[f32]) -> (f64, f64) => mean_and_variance_body
 }
 
 #[inline(always)]
@@ -410,43 +430,10 @@ fn mean_and_variance_body(xs: &[f32]) -> (f64, f64) {
     (shift as f64 + centred_mean, var)
 }
 
-/// `dst = a·src + b`, then SiLU when asked; vectorised for the machine it runs on.
-fn affine_silu(src: &[f32], dst: &mut [f32], a: f32, b: f32, silu: bool) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            #[allow(unsafe_code)]
-            unsafe {
-                affine_silu_avx512(src, dst, a, b, silu)
-            };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            #[allow(unsafe_code)]
-            unsafe {
-                affine_silu_avx2(src, dst, a, b, silu)
-            };
-            return;
-        }
-    }
-    affine_silu_body(src, dst, a, b, silu);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-#[target_feature(enable = "avx512f")]
-unsafe fn affine_silu_avx512(src: &[f32], dst: &mut [f32], a: f32, b: f32, silu: bool) {
-    affine_silu_body(src, dst, a, b, silu);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn affine_silu_avx2(src: &[f32], dst: &mut [f32], a: f32, b: f32, silu: bool) {
-    affine_silu_body(src, dst, a, b, silu);
+widest_simd! {
+    /// `dst = a·src + b`, then SiLU when asked.
+    fn affine_silu(src: &[f32], dst: &mut [f32], a: f32, b: f32, silu: bool)
+        => affine_silu_body
 }
 
 #[inline(always)]
@@ -660,25 +647,12 @@ fn softmax_numerators(row: &mut [f32], exp: SoftmaxExp) -> f32 {
             }
             sum
         }
-        SoftmaxExp::Fast => {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F (checked just above).
-                    #[allow(unsafe_code)]
-                    return unsafe { exp_shifted_sum_avx512(row, max) };
-                }
-            }
-            exp_shifted_sum_body(row, max)
-        }
+        SoftmaxExp::Fast => exp_shifted_sum(row, max),
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-#[target_feature(enable = "avx512f")]
-unsafe fn exp_shifted_sum_avx512(row: &mut [f32], max: f32) -> f32 {
-    exp_shifted_sum_body(row, max)
+widest_simd! {
+    fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 => exp_shifted_sum_body
 }
 
 /// `row = exp_approx(row − max)`, returning the sum (16 partial sums, so the
@@ -855,11 +829,8 @@ impl Module for Linear {
         }
         let rows = x.elem_count() / self.d_in;
         let out = with_f32(x, |xs| {
-            with_f32(w, |ws| match b {
-                Some(b) => with_f32(b, |bs| {
-                    linear_f32(xs, rows, self.d_in, ws, self.d_out, Some(bs))
-                }),
-                None => linear_f32(xs, rows, self.d_in, ws, self.d_out, None),
+            with_f32(w, |ws| {
+                with_opt_f32(b, |bs| linear_f32(xs, rows, self.d_in, ws, self.d_out, bs))
             })
         })?;
         let mut dims = x.dims().to_vec();
@@ -887,26 +858,8 @@ pub fn geglu_f32(h: &[f32], inner: usize) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-fn geglu_row(x: &[f32], gate: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F (checked just above).
-            #[allow(unsafe_code)]
-            unsafe {
-                geglu_row_avx512(x, gate, out)
-            };
-            return;
-        }
-    }
-    geglu_row_body(x, gate, out);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-#[target_feature(enable = "avx512f")]
-unsafe fn geglu_row_avx512(x: &[f32], gate: &[f32], out: &mut [f32]) {
-    geglu_row_body(x, gate, out);
+widest_simd! {
+    fn geglu_row(x: &[f32], gate: &[f32], out: &mut [f32]) => geglu_row_body
 }
 
 #[inline(always)]
@@ -962,6 +915,14 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
         candle_core::bail!("kernels: tensor is not contiguous after contiguous()");
     };
     f(&data[start..end])
+}
+
+/// [`with_f32`] for an optional tensor: `f(None)` when there is none.
+fn with_opt_f32<R>(t: Option<&Tensor>, f: impl FnOnce(Option<&[f32]>) -> Result<R>) -> Result<R> {
+    match t {
+        Some(t) => with_f32(t, |data| f(Some(data))),
+        None => f(None),
+    }
 }
 
 /// `conv2d(x, weight) + bias (+ residual)`, NCHW, any device: the fast kernel for
@@ -1033,24 +994,20 @@ pub fn conv2d_act(
     };
     let out = with_f32(x, |xs| {
         with_f32(weight, |ws| {
-            let run = |b: Option<&[f32]>, r: Option<&[f32]>| {
-                conv2d_f32(
-                    xs,
-                    ws,
-                    ConvInit {
-                        bias: b,
-                        residual: r,
-                        relu,
-                    },
-                    s,
-                )
-            };
-            match (bias, residual) {
-                (None, None) => run(None, None),
-                (Some(b), None) => with_f32(b, |b| run(Some(b), None)),
-                (None, Some(r)) => with_f32(r, |r| run(None, Some(r))),
-                (Some(b), Some(r)) => with_f32(b, |b| with_f32(r, |r| run(Some(b), Some(r)))),
-            }
+            with_opt_f32(bias, |bias| {
+                with_opt_f32(residual, |residual| {
+                    conv2d_f32(
+                        xs,
+                        ws,
+                        ConvInit {
+                            bias,
+                            residual,
+                            relu,
+                        },
+                        s,
+                    )
+                })
+            })
         })
     })?;
     Tensor::from_vec(out, (batch, c_out, oh, ow), x.device())

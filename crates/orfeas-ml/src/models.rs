@@ -521,6 +521,22 @@ pub fn check_safetensors(path: &Path) -> Result<()> {
 /// The tensor names of a safetensors file, after the same checks as
 /// [`check_safetensors`] (reads the header only).
 pub fn safetensors_names(path: &Path) -> Result<Vec<String>> {
+    let (_, header) = read_safetensors_header(path)?;
+    Ok(header.tensors.keys().cloned().collect())
+}
+
+/// A safetensors file's header after [`check_safetensors`]' checks.
+pub(crate) struct SafetensorsHeader {
+    /// Where the tensor data starts: past the length word and the header.
+    pub data_start: u64,
+    /// `name → {dtype, shape, data_offsets}`, without `__metadata__`.
+    pub tensors: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Opens a safetensors file and reads its header: it parses, every tensor has
+/// sound `data_offsets`, and the file is exactly as long as the header says.
+/// The file comes back positioned at the start of the data.
+pub(crate) fn read_safetensors_header(path: &Path) -> Result<(std::fs::File, SafetensorsHeader)> {
     let corrupt = |reason: String| SdError::CorruptWeights {
         path: path.to_path_buf(),
         reason,
@@ -541,16 +557,12 @@ pub fn safetensors_names(path: &Path) -> Result<Vec<String>> {
         .map_err(|e| corrupt(format!("cannot read the header: {e}")))?;
     let json: serde_json::Value =
         serde_json::from_slice(&header).map_err(|e| corrupt(format!("header is not JSON: {e}")))?;
-    let obj = json
-        .as_object()
-        .ok_or_else(|| corrupt("header is not a JSON object".into()))?;
+    let serde_json::Value::Object(mut tensors) = json else {
+        return Err(corrupt("header is not a JSON object".into()));
+    };
+    tensors.remove("__metadata__");
     let mut data_end = 0u64;
-    let mut names = Vec::with_capacity(obj.len());
-    for (name, info) in obj {
-        if name == "__metadata__" {
-            continue;
-        }
-        names.push(name.clone());
+    for (name, info) in &tensors {
         let offs = info
             .get("data_offsets")
             .and_then(|o| o.as_array())
@@ -567,7 +579,14 @@ pub fn safetensors_names(path: &Path) -> Result<Vec<String>> {
             "header describes {expected} bytes but the file has {file_len} (truncated download?)"
         )));
     }
-    Ok(names)
+    let data_start = 8 + header_len;
+    Ok((
+        file,
+        SafetensorsHeader {
+            data_start,
+            tensors,
+        },
+    ))
 }
 
 /// Result of `verify`.

@@ -76,23 +76,13 @@ pub(crate) fn read_safetensors(
     device: &Device,
 ) -> Result<std::collections::HashMap<String, Tensor>> {
     use std::io::{Read, Seek, SeekFrom};
-    crate::models::check_safetensors(path)?;
     let corrupt = |reason: String| SdError::CorruptWeights {
         path: path.to_path_buf(),
         reason,
     };
-    let mut file = std::fs::File::open(path).map_err(|e| SdError::io(path, e))?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)
-        .map_err(|e| SdError::io(path, e))?;
-    let header_len = u64::from_le_bytes(len);
-    let mut header = vec![0u8; usize::try_from(header_len).map_err(|e| corrupt(e.to_string()))?];
-    file.read_exact(&mut header)
-        .map_err(|e| SdError::io(path, e))?;
-    let mut entries: std::collections::HashMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| corrupt(format!("header is not JSON: {e}")))?;
-    entries.remove("__metadata__");
-    let mut entries = entries
+    let (mut file, header) = crate::models::read_safetensors_header(path)?;
+    let mut entries = header
+        .tensors
         .into_iter()
         .map(|(name, v)| {
             serde_json::from_value::<HeaderEntry>(v)
@@ -102,7 +92,7 @@ pub(crate) fn read_safetensors(
         .collect::<Result<Vec<_>>>()?;
     // In file order, so the reads are sequential.
     entries.sort_by_key(|(_, e)| e.data_offsets[0]);
-    let data_start = 8 + header_len;
+    let data_start = header.data_start;
     let mut bytes = Vec::new();
     let mut out = std::collections::HashMap::with_capacity(entries.len());
     for (name, e) in entries {

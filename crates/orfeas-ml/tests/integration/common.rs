@@ -118,6 +118,20 @@ pub fn rel_err(label: &str, a: &Tensor, b: &Tensor) -> f32 {
     rel
 }
 
+/// max |t| in f32 (any float dtype).
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 pub fn assert_close(label: &str, a: &Tensor, b: &Tensor, tol: f32) {
     let rel = rel_err(label, a, b);
     assert!(

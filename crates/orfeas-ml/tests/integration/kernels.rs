@@ -9,6 +9,8 @@ use orfeas_ml::kernels::{self, ConvInit, ConvShape, SoftmaxExp};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::common::max_abs;
+
 fn random(shape: &[usize], seed: u64) -> Tensor {
     let mut rng = StdRng::seed_from_u64(seed);
     let n: usize = shape.iter().product();
@@ -18,16 +20,7 @@ fn random(shape: &[usize], seed: u64) -> Tensor {
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    max_abs(&(a - b).unwrap())
 }
 
 /// candle's conv (+ bias + residual), the reference.
@@ -207,15 +200,7 @@ fn conv2d_off_the_fast_path_is_candles_op() {
     let b = random(&[4], 9).to_dtype(DType::F64).unwrap();
     let got = kernels::conv2d(&x, &w, Some(&b), None, 1, 1).unwrap();
     let want = reference_conv(&x, &w, Some(&b), None, 1, 1);
-    let d = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    assert!(d.to_scalar::<f64>().unwrap() < 1e-12);
+    assert!(max_abs_diff(&got, &want) < 1e-12);
 }
 
 #[test]

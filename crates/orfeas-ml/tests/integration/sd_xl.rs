@@ -11,7 +11,9 @@ use orfeas_ml::sd::schedulers::{self, SchedulerKind};
 use orfeas_ml::sd::unet::AddedCond;
 use orfeas_ml::text_to_image::{self, TextToImageParams};
 
-use crate::common::{assert_close, dev, get, scalar, test_pref, xl_fixture_dir, xl_golden};
+use crate::common::{
+    assert_close, dev, get, max_abs, scalar, test_pref, xl_fixture_dir, xl_golden,
+};
 
 const PROMPT: &str = "a red ceramic teapot, studio lighting";
 const NEGATIVE: &str = "blurry, low quality";
@@ -145,24 +147,14 @@ fn an_empty_negative_prompt_gives_zero_unconditional_embeddings() {
     let uncond_pooled = cond.pooled.as_ref().unwrap().narrow(0, 0, 1).unwrap();
     let golden_zero = get(&g, "negative_zero_prompt_embeds");
     assert_eq!(uncond.dims(), golden_zero.dims());
-    let max = |t: &Tensor| {
-        t.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
-    assert_eq!(max(golden_zero), 0.0, "diffusers' uncond is zeros");
-    assert_eq!(max(&uncond), 0.0);
-    assert_eq!(max(&uncond_pooled), 0.0);
+    assert_eq!(max_abs(golden_zero), 0.0, "diffusers' uncond is zeros");
+    assert_eq!(max_abs(&uncond), 0.0);
+    assert_eq!(max_abs(&uncond_pooled), 0.0);
     // A model that does not ask for zeros encodes the empty text instead.
     let mut m = m;
     m.force_zeros_for_empty_prompt = false;
     let cond = pipeline::encode_prompt(&m, PROMPT, "", true).unwrap();
-    assert!(max(&cond.context.narrow(0, 0, 1).unwrap()) > 0.0);
+    assert!(max_abs(&cond.context.narrow(0, 0, 1).unwrap()) > 0.0);
 }
 
 #[test]

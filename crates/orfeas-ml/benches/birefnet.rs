@@ -23,6 +23,10 @@ use orfeas_ml::birefnet::{BiRefNet, Config, Trace, preprocess};
 use rand::SeedableRng;
 use rand_distr::Distribution;
 
+#[path = "support/proc_status.rs"]
+mod proc_status;
+use proc_status::peak_rss_mib;
+
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -32,18 +36,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/birefnet-tiny")
-}
-
-/// Peak resident set size so far (`VmHWM`), in MiB; 0 where /proc is absent.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// Median milliseconds of `repeats` runs.

@@ -35,6 +35,10 @@ use orfeas_ml::sd::taesd::{TinyDecoder, TinyDecoderConfig};
 use orfeas_ml::sd::unet::{AddedCond, UNet, UNetConfig};
 use orfeas_ml::sd::vae::{Vae, VaeConfig};
 
+#[path = "support/proc_status.rs"]
+mod proc_status;
+use proc_status::peak_rss_mib;
+
 /// The full-size configs beside the tiny fixture (`ORFEAS_ML_FIXTURES` overrides
 /// the fixture folder, for a binary run away from its source tree).
 fn sd_fixture() -> PathBuf {
@@ -78,18 +82,6 @@ fn time_ms(
     }
     v.sort_by(f64::total_cmp);
     Ok(v[v.len() / 2])
-}
-
-/// Peak resident set size so far (`VmHWM`), in MiB; 0 where /proc is absent.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// CPU time of the whole process (all threads, user + system) so far, in ms;

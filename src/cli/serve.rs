@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use orfeas_core::fleet::worker::WorkerConfig;
+use orfeas_core::fleet::{Capability, Fleet, FleetConfig};
 use orfeas_core::history::History;
 use orfeas_core::jobs::{Engine, EngineConfig};
 
@@ -63,6 +65,35 @@ pub struct ServeArgs {
     /// Alertmanager base URL to send firing and resolved alerts to (e.g. http://127.0.0.1:9093).
     #[arg(long)]
     pub alertmanager_url: Option<String>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// Queue mode: share jobs with other nodes through NATS JetStream.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// Run jobs on the fleet: NATS server URLs, e.g. nats://10.0.0.5:4222,nats://10.0.0.6:4222.
+    /// Submissions go to the shared queue; this node also works jobs off it (see --no-work).
+    #[arg(long, env = "ORFEAS_QUEUE", value_name = "URLS")]
+    pub queue: Option<String>,
+    /// Only accept and report jobs; run none here (a front node).
+    #[arg(long, requires = "queue")]
+    pub no_work: bool,
+    /// This node's name in job records and logs (default: host name and process id).
+    #[arg(long, requires = "queue")]
+    pub node_name: Option<String>,
+    /// Copies JetStream keeps of the queue and the job records (3 on a 3-node cluster).
+    #[arg(long, default_value_t = 1, requires = "queue")]
+    pub replicas: usize,
+    /// Jobs the fleet queue holds before submissions get 503 + Retry-After.
+    #[arg(long, default_value_t = 10_000, requires = "queue")]
+    pub fleet_queue_limit: i64,
+    /// Seconds a worker may go silent before its job is given to another worker.
+    #[arg(long, default_value_t = 30.0, requires = "queue")]
+    pub ack_wait_secs: f64,
+    /// Deliveries of one job before the queue gives up on it.
+    #[arg(long, default_value_t = 5, requires = "queue")]
+    pub max_deliver: i64,
 }
 
 pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -93,22 +124,45 @@ pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         alertmanager_url: args.alertmanager_url.clone(),
         ..TelemetryConfig::default()
     })?;
-    let history = Arc::new(
-        History::open(&data_dir.join(orfeas_core::telemetry::HISTORY_DB_FILE))
-            .context("cannot open the history database")?,
-    );
+    let fleet = match &args.fleet.queue {
+        Some(urls) => Some(connect_fleet(&args.fleet, urls)?),
+        None => None,
+    };
+    // In queue mode the fleet's records are the history; this node's engine
+    // only runs the jobs its worker takes.
+    let history = match fleet {
+        Some(_) => None,
+        None => Some(Arc::new(
+            History::open(&data_dir.join(orfeas_core::telemetry::HISTORY_DB_FILE))
+                .context("cannot open the history database")?,
+        )),
+    };
     let engine = Engine::new(
         EngineConfig {
             concurrency: args.concurrency,
             queue_capacity: args.queue_limit.max(1),
             ..EngineConfig::default()
         },
-        Some(history),
+        history,
     )?;
     let kinds =
         orfeas_ml::register_runners(&engine, orfeas_ml::models::SearchRoots::from_env(), None);
     tracing::info!(?kinds, "job runners registered");
     engine.add_observer(Arc::new(telemetry.clone()));
+    let worker = match &fleet {
+        Some(fleet) => {
+            fleet
+                .metrics()
+                .register(telemetry.metrics().registry())
+                .context("cannot register the fleet metrics")?;
+            if args.fleet.no_work {
+                None
+            } else {
+                Some(start_worker(fleet, &engine, args.concurrency, &data_dir)?)
+            }
+        }
+        None => None,
+    };
     let config = ServeConfig {
         bind: args.bind.clone(),
         token: args.token.clone().filter(|t| !t.is_empty()),
@@ -126,16 +180,126 @@ pub(super) fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         }),
         queue_limit: args.queue_limit,
         max_body_bytes: args.max_body_mib.saturating_mul(1024 * 1024),
-        requeue_on_start: !args.no_requeue,
+        requeue_on_start: !args.no_requeue && fleet.is_none(),
         drain_timeout: Duration::from_secs(args.drain_secs),
         cors_origin: args.cors_origin.clone(),
         data_dir: Some(data_dir),
+        fleet: fleet.clone(),
         ..ServeConfig::default()
     };
     eprintln!(
         "ORFEAS Studio serving on http://{} (/health, /metrics, /api/*); Ctrl-C stops",
         args.bind
     );
-    orfeas_core::http::run_server(config, telemetry, engine)?;
+    match worker {
+        None => orfeas_core::http::run_server(config, telemetry, engine)?,
+        Some(worker) => {
+            // As run_server, with the worker stopped first: no new fleet job
+            // starts while running ones get the drain time (unfinished ones go
+            // back to the queue for another worker).
+            let drain = config.drain_timeout;
+            let handle = orfeas_core::http::start(config, telemetry, engine.clone())?;
+            orfeas_core::http::wait_for_signal()?;
+            worker.stop(Duration::from_secs(2));
+            handle.shutdown(drain);
+            let report = engine.shutdown(drain);
+            tracing::info!(
+                cancelled = report.cancelled,
+                "stopped; unfinished fleet jobs go to other workers"
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn connect_fleet(args: &FleetArgs, urls: &str) -> anyhow::Result<Arc<Fleet>> {
+    anyhow::ensure!(
+        args.ack_wait_secs.is_finite() && args.ack_wait_secs >= 1.0,
+        "--ack-wait-secs must be at least 1"
+    );
+    anyhow::ensure!(args.max_deliver >= 1, "--max-deliver must be at least 1");
+    anyhow::ensure!(
+        (1..=5).contains(&args.replicas),
+        "--replicas must be between 1 and 5"
+    );
+    let config = FleetConfig {
+        urls: orfeas_core::fleet::parse_urls(urls)?,
+        node_name: args
+            .node_name
+            .clone()
+            .unwrap_or_else(orfeas_core::fleet::default_node_name),
+        replicas: args.replicas,
+        max_queued: args.fleet_queue_limit.max(1),
+        ack_wait: Duration::from_secs_f64(args.ack_wait_secs),
+        max_deliver: args.max_deliver,
+        ..FleetConfig::default()
+    };
+    let fleet = Fleet::connect(config)?;
+    eprintln!(
+        "fleet node {} on {}",
+        fleet.config().node_name,
+        fleet.config().urls.join(",")
+    );
+    Ok(fleet)
+}
+
+/// Starts pulling the jobs this node's runners can run.
+fn start_worker(
+    fleet: &Arc<Fleet>,
+    engine: &Engine,
+    concurrency: usize,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<orfeas_core::fleet::worker::WorkerHandle> {
+    let capabilities = capabilities(engine);
+    eprintln!(
+        "fleet worker runs: {}",
+        capabilities
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let handle = orfeas_core::fleet::worker::start(
+        Arc::clone(fleet),
+        engine.clone(),
+        WorkerConfig {
+            capabilities,
+            concurrency,
+            scratch_dir: data_dir.join("fleet-jobs"),
+        },
+    )?;
+    Ok(handle)
+}
+
+/// Every (kind, method or model) this node's runners admit right now: the
+/// built-in methods always, learned ones when their weights are installed.
+pub(crate) fn capabilities(engine: &Engine) -> Vec<Capability> {
+    use orfeas_core::jobs::{JobKind, JobSpec};
+    use orfeas_core::request::{
+        ImageTo3dMethod, ImageTo3dRequest, TextToImageJob, TextToImageRequest,
+    };
+    let mut out = Vec::new();
+    for method in ImageTo3dMethod::ALL {
+        let mut request = ImageTo3dRequest::new(
+            "probe.png".into(),
+            "probe.glb".into(),
+            orfeas_core::export::ExportFormat::Glb,
+        );
+        request.method = method;
+        if engine.admit(&JobSpec::from(request)).is_ok() {
+            out.push(Capability::new(JobKind::ImageTo3d, method.as_str()));
+        }
+    }
+    for model in orfeas_ml::models::KNOWN_MODELS {
+        let mut request = TextToImageRequest::new("probe");
+        request.model = model.name.to_owned();
+        let job = TextToImageJob {
+            request,
+            output: "probe.png".into(),
+        };
+        if engine.admit(&JobSpec::from(job)).is_ok() {
+            out.push(Capability::new(JobKind::TextToImage, model.name));
+        }
+    }
+    out
 }

@@ -96,6 +96,9 @@ pub struct ServeConfig {
     pub data_dir: Option<PathBuf>,
     /// The compute device shown by `/health` (`cpu`, `cuda:0`...).
     pub device: String,
+    /// Queue mode: submissions go to the fleet's queue, and job status and
+    /// results come from it (see [`crate::fleet`]); `None` runs jobs here.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 impl Default for ServeConfig {
@@ -122,6 +125,7 @@ impl Default for ServeConfig {
             cors_origin: None,
             data_dir: None,
             device: "cpu".to_owned(),
+            fleet: None,
         }
     }
 }
@@ -150,6 +154,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("cors_origin", &self.cors_origin)
             .field("data_dir", &self.data_dir)
             .field("device", &self.device)
+            .field("fleet", &self.fleet.as_ref().map(|f| &f.config().urls))
             .finish()
     }
 }
@@ -317,6 +322,29 @@ pub fn handle(route: Route, state: &HttpState) -> Reply {
                     .map(|k| k.as_str())
                     .collect();
                 obj.insert("job_kinds".into(), kinds.into());
+                if let Some(fleet) = api.fleet() {
+                    let connected = fleet.connected();
+                    obj.insert(
+                        "queue".into(),
+                        serde_json::json!({
+                            "mode": "fleet",
+                            "node": fleet.config().node_name,
+                            "connected": connected,
+                            "servers": fleet.config().urls,
+                        }),
+                    );
+                    if !connected {
+                        // A load balancer or orchestrator should stop sending work here.
+                        obj.insert("status".into(), "degraded".into());
+                        obj.insert(
+                            "message".into(),
+                            "lost the connection to the NATS queue; this node takes no fleet \
+                             jobs and accepts no submissions until it reconnects"
+                                .into(),
+                        );
+                        return Reply::json(503, &health);
+                    }
+                }
             }
             Reply::json(200, &health)
         }

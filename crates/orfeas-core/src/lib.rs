@@ -2,6 +2,7 @@
 //! weights, so `cargo test -p orfeas-core` builds neither eframe, wgpu nor candle.
 
 pub mod export;
+pub mod fleet;
 pub mod history;
 pub mod http;
 pub mod image_input;

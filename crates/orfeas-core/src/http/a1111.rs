@@ -27,6 +27,14 @@ pub(super) async fn txt2img(
     request: &RequestInfo,
     body: Body,
 ) -> Result<Response, ApiError> {
+    if api.fleet().is_some() {
+        return Err(ApiError::new(
+            501,
+            "not_in_queue_mode",
+            "this node sends jobs to the fleet queue, and the synchronous txt2img call is not \
+             relayed there yet; use POST /api/text-to-image and GET /api/jobs/{id}/result",
+        ));
+    }
     // A1111 takes JSON; clients that send no Content-Type at all are let through.
     if let Some(ct) = request.header("Content-Type")
         && !mime_is(ct, "application/json")

@@ -16,6 +16,7 @@ use super::multipart;
 use super::ratelimit::{Class, RateLimiter};
 use super::validate::{self, ApiError, ImageLimits};
 use super::{HttpState, Reply, RequestInfo, Route, ServeConfig, auth};
+use crate::fleet::{Fleet, FleetError, FleetRecord, Priority};
 use crate::history::{JobRecord, system_time_ms};
 use crate::jobs::{Engine, EngineError, JobId, JobKind, JobSnapshot, JobSpec, JobState};
 
@@ -142,6 +143,7 @@ pub struct Api {
     cors_origin: Option<String>,
     device: String,
     upload_counter: AtomicU64,
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl Api {
@@ -172,6 +174,7 @@ impl Api {
             cors_origin: config.cors_origin.clone(),
             device: config.device.clone(),
             upload_counter: AtomicU64::new(0),
+            fleet: config.fleet.clone(),
         })
     }
 
@@ -181,6 +184,21 @@ impl Api {
 
     pub fn device(&self) -> &str {
         &self.device
+    }
+
+    /// The fleet queue in queue mode.
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
+    }
+
+    /// Queues `spec` on the fleet in queue mode, else on the local engine.
+    fn submit(&self, spec: JobSpec) -> Result<JobId, ApiError> {
+        match &self.fleet {
+            Some(fleet) => fleet
+                .submit(&spec, Priority::Interactive)
+                .map_err(fleet_error),
+            None => self.engine.submit(spec).map_err(engine_error),
+        }
     }
 
     pub(super) fn txt2img_timeout(&self) -> Duration {
@@ -359,7 +377,7 @@ impl Api {
         let stem = self.new_stem("t2i");
         let output = self.data_dir.join(OUTPUTS_DIR).join(format!("{stem}.png"));
         let spec = JobSpec::from(crate::request::TextToImageJob { request, output });
-        self.engine.submit(spec).map_err(engine_error)
+        self.submit(spec)
     }
 
     async fn image_to_3d(
@@ -492,17 +510,17 @@ impl Api {
             request: crate::jobs::JobRequest::ImageTo3d(request),
             label,
         };
-        match self.engine.submit(spec) {
-            Ok(id) => Ok(accepted(id)),
-            Err(e) => {
-                remove_upload(&input);
-                Err(engine_error(e))
-            }
+        let submitted = self.submit(spec);
+        if submitted.is_err() || self.fleet.is_some() {
+            // Refused, or in the fleet's store now: the local copy has done its job.
+            remove_upload(&input);
         }
+        submitted.map(accepted)
     }
 
     pub(super) fn check_queue(&self) -> Result<(), ApiError> {
-        if self.engine.queue_depth() >= self.queue_limit {
+        // In queue mode the fleet's stream limit answers (at the submission).
+        if self.fleet.is_none() && self.engine.queue_depth() >= self.queue_limit {
             return Err(queue_full());
         }
         Ok(())
@@ -543,6 +561,24 @@ impl Api {
             validate::query_int(&params, "offset", (0, 1_000_000_000))?.unwrap_or(0) as usize;
         let kind = validate::query_choice(&params, "kind", &["image_to_3d", "text_to_image"])?
             .and_then(|k| k.parse::<JobKind>().ok());
+        if let Some(fleet) = &self.fleet {
+            let all: Vec<FleetRecord> = fleet
+                .records()
+                .map_err(fleet_error)?
+                .into_iter()
+                .filter(|r| kind.is_none_or(|k| r.kind == k))
+                .collect();
+            let jobs: Vec<Value> = all
+                .iter()
+                .skip(offset)
+                .take(limit)
+                .map(|r| self.fleet_view(r))
+                .collect();
+            return Ok(Reply::json(
+                200,
+                &json!({ "jobs": jobs, "total": all.len(), "limit": limit, "offset": offset }),
+            ));
+        }
         let (jobs, total) = match self.engine.history() {
             Some(history) => {
                 let records = history.list(limit, offset, kind).map_err(internal)?;
@@ -581,6 +617,12 @@ impl Api {
     }
 
     pub(super) fn job_view(&self, id: JobId) -> Result<Option<Value>, ApiError> {
+        if let Some(fleet) = &self.fleet {
+            return Ok(fleet
+                .record(id)
+                .map_err(fleet_error)?
+                .map(|r| self.fleet_view(&r)));
+        }
         if let Some(s) = self.engine.snapshot(id) {
             return Ok(Some(self.snapshot_view(&s)));
         }
@@ -610,6 +652,42 @@ impl Api {
                 .map(|f| json!({ "reason": f.reason, "message": self.redact(&f.message) })),
             files,
         })
+    }
+
+    /// A fleet job as `GET /api/jobs/{id}` shows it, with where it ran.
+    fn fleet_view(&self, r: &FleetRecord) -> Value {
+        let files: Vec<PathBuf> = r.files.iter().map(PathBuf::from).collect();
+        let queue_secs = r
+            .started_at_ms
+            .or(r.finished_at_ms)
+            .map(|t| (t - r.created_at_ms).max(0) as f64 / 1000.0);
+        let mut v = view(ViewParts {
+            id: r.id,
+            kind: r.kind,
+            label: &r.label,
+            state: r.state,
+            progress: json!({ "stage": r.stage, "fraction": r.fraction, "message": r.message }),
+            created_at_ms: r.created_at_ms,
+            started_at_ms: r.started_at_ms,
+            finished_at_ms: r.finished_at_ms,
+            timings: json!({ "queue_secs": queue_secs, "run_secs": r.run_secs, "stages": r.stages }),
+            quality: r.quality,
+            summary: r.summary.clone(),
+            error: r
+                .error
+                .as_ref()
+                .map(|e| json!({ "reason": e.reason, "message": e.message })),
+            files: &files,
+        });
+        v["fleet"] = json!({
+            "priority": r.priority,
+            "method": r.method,
+            "front": r.front,
+            "worker": r.worker,
+            "attempts": r.attempts,
+            "redeliveries": r.redeliveries(),
+        });
+        v
     }
 
     fn record_view(&self, r: &JobRecord) -> Value {
@@ -654,6 +732,25 @@ impl Api {
     }
 
     fn cancel(&self, id: JobId) -> Result<Reply, ApiError> {
+        if let Some(fleet) = &self.fleet {
+            let record = fleet
+                .cancel(id)
+                .map_err(fleet_error)?
+                .ok_or_else(|| no_job(id.0))?;
+            return match record.state {
+                JobState::Cancelled => Ok(Reply::json(200, &self.fleet_view(&record))),
+                JobState::Running => Err(ApiError::new(
+                    409,
+                    "job_running",
+                    "the job is running on a fleet worker and can no longer be cancelled",
+                )),
+                _ => Err(ApiError::new(
+                    409,
+                    "job_finished",
+                    "the job has already finished and cannot be cancelled",
+                )),
+            };
+        }
         if self.engine.cancel(id) {
             let view = self.job_view(id)?.unwrap_or(Value::Null);
             let done = view.get("state").and_then(Value::as_str) == Some("cancelled");
@@ -674,6 +771,9 @@ impl Api {
     fn result(&self, id: JobId, url: &str) -> Result<Reply, ApiError> {
         let params = validate::query(url)?;
         validate::only_known(&params, &["file"])?;
+        if let Some(fleet) = &self.fleet {
+            return self.fleet_result(fleet, id, params.get("file"));
+        }
         let (state, files) = match self.engine.snapshot(id) {
             Some(s) => (s.state, s.output.map(|o| o.files).unwrap_or_default()),
             None => match self.engine.history() {
@@ -735,6 +835,63 @@ impl Api {
                 ),
             )],
             file: Some(file),
+        })
+    }
+}
+
+impl Api {
+    fn fleet_result(
+        &self,
+        fleet: &Fleet,
+        id: JobId,
+        wanted: Option<&String>,
+    ) -> Result<Reply, ApiError> {
+        let record = fleet
+            .record(id)
+            .map_err(fleet_error)?
+            .ok_or_else(|| no_job(id.0))?;
+        if record.state != JobState::Succeeded {
+            return Err(ApiError::new(
+                409,
+                "job_not_succeeded",
+                format!(
+                    "the job is {}; results exist only for succeeded jobs",
+                    record.state
+                ),
+            ));
+        }
+        let not_found = || {
+            ApiError::new(
+                404,
+                "result_not_found",
+                "the job has no such result file; GET /api/jobs/{id} lists its outputs",
+            )
+        };
+        let name = record
+            .files
+            .iter()
+            .find(|f| wanted.is_none_or(|w| *f == w))
+            .ok_or_else(not_found)?;
+        let body = fleet
+            .result_bytes(id, name)
+            .map_err(fleet_error)?
+            .ok_or_else(not_found)?;
+        let ext = Path::new(name)
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        Ok(Reply {
+            status: 200,
+            content_type: content_type_for(&ext),
+            body,
+            extra_headers: vec![(
+                "Content-Disposition",
+                format!(
+                    "attachment; filename=\"{}\"",
+                    name.replace(['"', '\\', '\r', '\n'], "_")
+                ),
+            )],
+            file: None,
         })
     }
 }
@@ -868,6 +1025,25 @@ pub(super) fn internal(err: impl std::fmt::Display) -> ApiError {
         "internal_error",
         "the server could not complete the request; see its log",
     )
+}
+
+pub(super) fn fleet_error(err: FleetError) -> ApiError {
+    match err {
+        FleetError::QueueFull { .. } => queue_full(),
+        FleetError::NotShippable(_) => ApiError::new(422, "not_shippable", err.to_string()),
+        FleetError::Unavailable(_)
+        | FleetError::Unreachable { .. }
+        | FleetError::NoJetStream { .. } => {
+            tracing::warn!("fleet queue: {err}");
+            ApiError::new(
+                503,
+                "queue_unavailable",
+                "the fleet queue cannot be reached; retry shortly",
+            )
+            .retry_after(QUEUE_FULL_RETRY_SECS)
+        }
+        other => internal(other),
+    }
 }
 
 pub(super) fn engine_error(err: EngineError) -> ApiError {

@@ -30,6 +30,9 @@ pub(super) async fn stream(
     id: JobId,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Response, ApiError> {
+    if api.fleet().is_some() {
+        return fleet_stream(api, id, shutdown).await;
+    }
     // Subscribed before the snapshot is taken, so no change falls between
     // the two; a change seen twice (in the snapshot and as an event) only
     // repeats a progress value, which never goes backwards.
@@ -175,6 +178,107 @@ impl JobStream {
             );
         } else {
             self.progress(snapshot.stage, snapshot.fraction, &snapshot.message);
+        }
+    }
+}
+
+/// How often a fleet job's record is read for its event stream.
+const FLEET_POLL: Duration = Duration::from_millis(500);
+
+/// The same events for a fleet job, from its record (which any worker may
+/// change): read every [`FLEET_POLL`], and each change becomes `state`,
+/// `stage` and `progress` events, the end `done`, `failed` or `cancelled`.
+async fn fleet_stream(
+    api: Arc<Api>,
+    id: JobId,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Response, ApiError> {
+    let first = api
+        .blocking(move |api| api.job_view(id))
+        .await?
+        .ok_or_else(|| no_job(id.0))?;
+    let mut poll = FleetPoll {
+        api,
+        id,
+        shutdown,
+        pending: VecDeque::new(),
+        last: Value::Null,
+        done: false,
+    };
+    poll.pending
+        .push_back(Event::default().event("snapshot").data(first.to_string()));
+    poll.compare(first);
+    let body = futures_util::stream::unfold(poll, |mut p| async move {
+        p.next()
+            .await
+            .map(|event| (Ok::<Event, Infallible>(event), p))
+    });
+    Ok(Sse::new(body)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response())
+}
+
+struct FleetPoll {
+    api: Arc<Api>,
+    id: JobId,
+    shutdown: watch::Receiver<bool>,
+    pending: VecDeque<Event>,
+    /// The view last compared (`Null` before the first).
+    last: Value,
+    done: bool,
+}
+
+impl FleetPoll {
+    fn push(&mut self, name: &'static str, data: &Value) {
+        self.pending
+            .push_back(Event::default().event(name).data(data.to_string()));
+    }
+
+    /// Queues the events that lead from the last view to `now`.
+    fn compare(&mut self, now: Value) {
+        let state = now["state"]
+            .as_str()
+            .and_then(|s| s.parse::<JobState>().ok());
+        if let Some(state) = state.filter(|s| s.is_terminal()) {
+            self.push(terminal_name(state), &now);
+            self.done = true;
+            return;
+        }
+        if !self.last.is_null() {
+            if now["state"] != self.last["state"] {
+                self.push("state", &json!({ "state": now["state"] }));
+            }
+            if now["progress"]["stage"] != self.last["progress"]["stage"] {
+                self.push("stage", &json!({ "stage": now["progress"]["stage"] }));
+            }
+            if now["progress"] != self.last["progress"] {
+                let progress = now["progress"].clone();
+                self.push("progress", &progress);
+            }
+        }
+        self.last = now;
+    }
+
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(event);
+            }
+            if self.done {
+                return None;
+            }
+            tokio::select! {
+                () = super::server::stopping(&mut self.shutdown) => return None,
+                () = tokio::time::sleep(FLEET_POLL) => {}
+            }
+            let id = self.id;
+            match self.api.blocking(move |api| api.job_view(id)).await {
+                Ok(Some(now)) => self.compare(now),
+                // The record is gone: nothing more will come.
+                Ok(None) => return None,
+                // The queue is unreachable for now: try again at the next poll.
+                Err(_) => {}
+            }
         }
     }
 }

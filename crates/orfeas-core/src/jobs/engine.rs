@@ -288,6 +288,19 @@ impl Engine {
         self.inner.observers.write().push(observer);
     }
 
+    /// Whether this engine would take `spec` now: a runner is registered for
+    /// its kind and admits it (see [`JobRunner::admit`]). Queues nothing.
+    pub fn admit(&self, spec: &JobSpec) -> Result<(), EngineError> {
+        let runner = self
+            .inner
+            .runners
+            .read()
+            .get(&spec.kind())
+            .cloned()
+            .ok_or(EngineError::NoRunner(spec.kind()))?;
+        runner.admit(spec).map_err(EngineError::Refused)
+    }
+
     /// Queues a job. It is recorded in the history (state `queued`) before
     /// this returns, so an accepted job survives a crash.
     pub fn submit(&self, spec: JobSpec) -> Result<JobId, EngineError> {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages and external checkers the test suite runs against:
-# Xvfb + Mesa lavapipe (UI and renderer tests), Mesa llvmpipe GL via EGL (the
+# Xvfb + Mesa lavapipe (UI and renderer tests), NATS server (fleet tests), Mesa llvmpipe GL via EGL (the
 # downlevel-adapter tests), Prometheus, promtool, Alertmanager, amtool, wrk, and
 # lintian, desktop-file-utils, librsvg2-bin, dpkg-dev for the .deb test, ImageMagick for
 # the GL window screenshot (Debian); a Python venv with trimesh, check-jsonschema and schemathesis (PyPI);
@@ -11,7 +11,7 @@ TOOLS=${ORFEAS_TOOLS:-$HOME/.cache/orfeas-tools}
 mkdir -p "$TOOLS"
 need_apt=()
 for pair in xvfb-run:xvfb promtool:prometheus amtool:prometheus-alertmanager wrk:wrk \
-    pkg-config:pkg-config import:imagemagick; do
+    pkg-config:pkg-config import:imagemagick nats-server:nats-server; do
   command -v "${pair%%:*}" >/dev/null || need_apt+=("${pair#*:}")
 done
 [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ -e /usr/share/vulkan/icd.d/lvp_icd.json ] \

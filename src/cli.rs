@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use orfeas_core::history::History;
 use orfeas_core::jobs::{Engine, JobEventKind};
 
+mod batch;
 mod history;
 mod image_to_3d;
 mod models;
@@ -83,6 +84,9 @@ pub enum Command {
     },
     /// Run headless: the HTTP API and `/metrics` for Prometheus.
     Serve(ServeArgs),
+    /// A folder of pictures as jobs on a fleet (`--queue`), collected into one folder; resumable.
+    #[command(subcommand)]
+    Batch(batch::BatchCommand),
     /// The Prometheus + Alertmanager + Grafana stack for watching studios.
     #[command(subcommand)]
     Monitoring(MonitoringCommand),
@@ -134,6 +138,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Serve(args)) => serve::serve(&args),
+        Some(Command::Batch(command)) => batch::batch(command),
         Some(Command::Monitoring(MonitoringCommand::Export { dir })) => {
             orfeas_core::monitoring::export(&dir).with_context(|| {
                 format!("cannot export the monitoring stack to {}", dir.display())

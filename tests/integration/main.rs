@@ -4,6 +4,7 @@
 mod api_models;
 mod cli;
 mod downlevel;
+mod fleet;
 mod gui;
 mod gui_mask;
 mod gui_metrics;

@@ -3,7 +3,7 @@
 //! A front node (any node started with `--queue`) turns an accepted request
 //! into a [`FleetJob`] message on the work-queue stream [`JOBS_STREAM`], one
 //! subject per priority, job kind and method ([`subject`]), after storing its
-//! input in the object store [`FILES_BUCKET`] and the job's record
+//! input in the file stream [`FILES_STREAM`] ([`files`]) and the job's record
 //! ([`FleetRecord`]) in the key-value bucket [`JOBS_BUCKET`]. Workers pull
 //! from durable consumers that filter the subjects they can run
 //! ([`worker`]), so a worker without a model never sees its jobs. The record
@@ -17,6 +17,7 @@
 //! finish it, and results are written once under the job id, so a
 //! redelivered job never yields two results or two history entries.
 
+pub mod files;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -24,7 +25,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, object_store, stream};
+use async_nats::jetstream::{self, kv, stream};
 use futures_util::StreamExt as _;
 use prometheus::{CounterVec, Gauge, GaugeVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
@@ -37,8 +38,9 @@ pub const JOBS_STREAM: &str = "ORFEAS_JOBS";
 pub const DEAD_STREAM: &str = "ORFEAS_DEAD";
 /// Job records ([`FleetRecord`] as JSON), keyed by job id.
 pub const JOBS_BUCKET: &str = "orfeas_jobs";
-/// Uploaded inputs (`input/{id}`) and results (`result/{id}/{file}`).
-pub const FILES_BUCKET: &str = "orfeas_files";
+pub use files::{FILES_STREAM, FileStore};
+/// How long a JetStream API request may take before it counts as failed.
+const JS_TIMEOUT: Duration = Duration::from_secs(15);
 /// Subject prefix of dead letters (`orfeas.dead.{reason}`).
 pub const DEAD_PREFIX: &str = "orfeas.dead";
 
@@ -306,7 +308,7 @@ pub struct FleetRecord {
     pub fraction: f32,
     #[serde(default)]
     pub message: String,
-    /// Result file names, under `result/{id}/` in [`FILES_BUCKET`].
+    /// Result file names, under `result/{id}/` in [`FILES_STREAM`].
     #[serde(default)]
     pub files: Vec<String>,
     #[serde(default)]
@@ -425,7 +427,7 @@ impl FleetMetrics {
                 &["reason"],
             ),
             connected: vec(
-                |o| Gauge::with_opts(o),
+                Gauge::with_opts,
                 "fleet_connected",
                 "1 while this node is connected to NATS, else 0.",
             ),
@@ -478,7 +480,7 @@ pub struct Fleet {
     client: async_nats::Client,
     js: jetstream::Context,
     records: kv::Store,
-    files: object_store::ObjectStore,
+    files: FileStore,
     config: FleetConfig,
     metrics: FleetMetrics,
 }
@@ -622,10 +624,9 @@ impl Fleet {
             }
         }
         if let Some(bytes) = input {
-            let mut reader = bytes.as_slice();
-            if let Err(e) = self.files.put(input_object(id).as_str(), &mut reader).await {
+            if let Err(e) = self.files.put(&input_object(id), &bytes).await {
                 self.forget(id).await;
-                return Err(unavailable(e));
+                return Err(e);
             }
         }
         let message = FleetJob {
@@ -665,7 +666,7 @@ impl Fleet {
         if let Err(e) = self.records.purge(id.to_string()).await {
             tracing::warn!("cannot remove the record of refused fleet job {id}: {e}");
         }
-        let _ = self.files.delete(input_object(id)).await;
+        let _ = self.files.delete(&input_object(id)).await;
     }
 
     /// The record of job `id`, if the fleet has one.
@@ -699,11 +700,22 @@ impl Fleet {
     /// Every record, newest first.
     pub fn records(&self) -> Result<Vec<FleetRecord>, FleetError> {
         self.block_on(async {
-            let mut keys = self.records.keys().await.map_err(unavailable)?;
+            // The bucket's subjects, from one stream-info request: listing
+            // keys through a consumer costs the cluster a consumer per call.
+            let stream = self
+                .js
+                .get_stream_no_info(format!("KV_{JOBS_BUCKET}"))
+                .await
+                .map_err(unavailable)?;
+            let prefix = format!("$KV.{JOBS_BUCKET}.");
+            let mut subjects = stream
+                .info_with_subjects(format!("{prefix}>"))
+                .await
+                .map_err(unavailable)?;
             let mut ids = Vec::new();
-            while let Some(key) = keys.next().await {
-                let key = key.map_err(unavailable)?;
-                if let Ok(id) = key.parse::<i64>() {
+            while let Some(entry) = subjects.next().await {
+                let (subject, _) = entry.map_err(unavailable)?;
+                if let Some(Ok(id)) = subject.strip_prefix(&prefix).map(str::parse::<i64>) {
                     ids.push(JobId(id));
                 }
             }
@@ -789,18 +801,7 @@ impl Fleet {
 
     /// The bytes of result file `name` of job `id`.
     pub fn result_bytes(&self, id: JobId, name: &str) -> Result<Option<Vec<u8>>, FleetError> {
-        self.block_on(async {
-            let mut object = match self.files.get(result_object(id, name)).await {
-                Ok(o) => o,
-                Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(unavailable(e)),
-            };
-            let mut out = Vec::new();
-            tokio::io::AsyncReadExt::read_to_end(&mut object, &mut out)
-                .await
-                .map_err(unavailable)?;
-            Ok(Some(out))
-        })
+        self.block_on(self.files.get(&result_object(id, name)))
     }
 
     /// Jobs in the stream per priority (waiting or in flight); also sets `fleet_queue_depth`.
@@ -840,7 +841,7 @@ impl Fleet {
         &self.js
     }
 
-    pub(crate) fn files(&self) -> &object_store::ObjectStore {
+    pub(crate) fn files(&self) -> &FileStore {
         &self.files
     }
 }
@@ -859,15 +860,7 @@ impl Ord for Priority {
 
 async fn setup(
     config: &FleetConfig,
-) -> Result<
-    (
-        async_nats::Client,
-        jetstream::Context,
-        kv::Store,
-        object_store::ObjectStore,
-    ),
-    FleetError,
-> {
+) -> Result<(async_nats::Client, jetstream::Context, kv::Store, FileStore), FleetError> {
     let urls = config.urls.join(",");
     let addrs: Vec<async_nats::ServerAddr> = config
         .urls
@@ -900,9 +893,35 @@ async fn setup(
             });
         }
     };
-    let js = jetstream::new(client.clone());
+    // A loaded cluster (a Raft proposal per consumer, CPU-bound jobs beside
+    // it) can take longer than the client's default 5 s to answer.
+    let js = jetstream::ContextBuilder::new()
+        .timeout(JS_TIMEOUT)
+        .build(client.clone());
+    // A cluster that has just started elects its JetStream leader in a few
+    // seconds: until then every request fails, so ask again for a while.
+    let deadline = std::time::Instant::now() + config.connect_timeout * 6;
+    let (records, files) = loop {
+        match prepare(&js, config, &urls).await {
+            Ok(done) => break done,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!("JetStream not ready yet: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    Ok((client, js, records, files))
+}
+
+/// Creates the streams, the bucket and the store where missing.
+async fn prepare(
+    js: &jetstream::Context,
+    config: &FleetConfig,
+    urls: &str,
+) -> Result<(kv::Store, FileStore), FleetError> {
     let no_js = |e: &dyn std::error::Error| FleetError::NoJetStream {
-        urls: urls.clone(),
+        urls: urls.to_owned(),
         reason: error_chain(e),
     };
     let replicas = config.replicas.max(1);
@@ -959,20 +978,10 @@ async fn setup(
             js.get_key_value(JOBS_BUCKET).await.map_err(|e| no_js(&e))?
         }
     };
-    let files = match js.get_object_store(FILES_BUCKET).await {
-        Ok(store) => store,
-        Err(_) => js
-            .create_object_store(object_store::Config {
-                bucket: FILES_BUCKET.to_owned(),
-                description: Some("ORFEAS fleet inputs and results".to_owned()),
-                storage: stream::StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| no_js(&e))?,
-    };
-    Ok((client, js, records, files))
+    let files = FileStore::open(js, replicas)
+        .await
+        .map_err(|e| no_js(e.as_ref()))?;
+    Ok((records, files))
 }
 
 /// Refuses jobs that name files only the submitting machine has.

@@ -6,7 +6,8 @@
 //! A worker asks for one message at a time and only while it has a free slot
 //! (its `--concurrency`), interactive consumers before batch ones. While a
 //! job runs, its message gets an in-progress ack every third of `ack_wait`;
-//! the message is acked only once the result files are in the object store
+//! the message is acked only once the result files are in the fleet's file
+//! stream
 //! and the record is final. A message that cannot be read, or that sits on a
 //! subject its job does not belong to, is published to `orfeas.dead.{reason}`
 //! and terminated: counted, kept for inspection, never retried.
@@ -31,6 +32,8 @@ pub const DEAD_REASONS: [&str; 3] = ["malformed", "wrong_subject", "unknown_job"
 
 /// How long an idle worker waits before asking the queue again.
 const IDLE_POLL: Duration = Duration::from_millis(200);
+/// How long the server keeps one pull request.
+const FETCH_EXPIRES: Duration = Duration::from_secs(2);
 /// How often queue and consumer gauges are refreshed.
 const STATS_EVERY: Duration = Duration::from_secs(5);
 /// Progress reaches the job record at most this often.
@@ -91,7 +94,18 @@ pub fn start(
         path: config.scratch_dir.display().to_string(),
         reason: e.to_string(),
     })?;
-    let consumers = fleet.block_on(consumers(&fleet, &config.capabilities))?;
+    // A cluster that is still electing leaders refuses for a few seconds: ask again.
+    let deadline = Instant::now() + fleet.config().connect_timeout * 6;
+    let consumers = loop {
+        match fleet.block_on(consumers(&fleet, &config.capabilities)) {
+            Ok(consumers) => break consumers,
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!("the fleet's consumers are not ready yet ({e}); retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let (stop, stopped) = watch::channel(false);
     let (done_tx, done) = std::sync::mpsc::sync_channel(1);
     let worker = Arc::new(Worker {
@@ -316,11 +330,31 @@ impl Worker {
                 return;
             }
         }
+        tracing::info!(job = %job.id, delivery, consumer = %source.name, "fleet job taken");
         let folder = self
             .config
             .scratch_dir
             .join(format!("job-{}-{delivery}", job.id));
-        let outcome = self.run(&job, &folder, &message).await;
+        // In-progress acks for as long as this delivery is busy (fetching the
+        // input, running, storing the result), so JetStream does not hand the
+        // job to a second worker while this one still works on it.
+        let outcome = {
+            let run = self.run(&job, &folder);
+            tokio::pin!(run);
+            let every = (self.fleet.config().ack_wait / 3).max(Duration::from_millis(200));
+            let mut heartbeat = tokio::time::interval(every);
+            heartbeat.tick().await;
+            loop {
+                tokio::select! {
+                    outcome = &mut run => break outcome,
+                    _ = heartbeat.tick() => {
+                        if let Err(e) = message.ack_with(AckKind::Progress).await {
+                            tracing::debug!(job = %job.id, "in-progress ack failed: {e}");
+                        }
+                    }
+                }
+            }
+        };
         if let Err(e) = std::fs::remove_dir_all(&folder)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -328,6 +362,7 @@ impl Worker {
         }
         match outcome {
             Ok(outcome) => {
+                tracing::info!(job = %job.id, outcome, "fleet job done");
                 self.count(kind, outcome);
                 if let Err(e) = message.double_ack().await {
                     tracing::warn!(job = %job.id, "the ack of a finished job was lost ({e}); a redelivery will find it finished");
@@ -354,12 +389,7 @@ impl Worker {
 
     /// Fetches the input, runs the job locally, stores the result and
     /// finishes the record. `Ok(outcome)` once the record is final.
-    async fn run(
-        &self,
-        job: &FleetJob,
-        folder: &Path,
-        message: &Message,
-    ) -> Result<&'static str, Retry> {
+    async fn run(&self, job: &FleetJob, folder: &Path) -> Result<&'static str, Retry> {
         let spec = self.localise(job, folder).await?;
         let mut events = self.engine.subscribe();
         let local = match self.engine.submit(spec) {
@@ -373,37 +403,35 @@ impl Worker {
             }
             Err(e) => return Err(Retry(e.to_string())),
         };
-        let heartbeat_every = (self.fleet.config().ack_wait / 3).max(Duration::from_millis(200));
-        let mut heartbeat = tokio::time::interval(heartbeat_every);
-        heartbeat.tick().await;
         let mut last_progress = Instant::now() - PROGRESS_EVERY;
         loop {
-            tokio::select! {
-                _ = heartbeat.tick() => {
-                    if let Err(e) = message.ack_with(AckKind::Progress).await {
-                        tracing::debug!(job = %job.id, "in-progress ack failed: {e}");
+            match events.recv().await {
+                Ok(event) if event.id == local => {
+                    if event.event.is_terminal() {
+                        break;
+                    }
+                    if let JobEventKind::Progress {
+                        stage,
+                        fraction,
+                        message: text,
+                    } = event.event
+                        && last_progress.elapsed() >= PROGRESS_EVERY
+                    {
+                        last_progress = Instant::now();
+                        self.progress(job.id, stage, fraction, text).await;
                     }
                 }
-                received = events.recv() => match received {
-                    Ok(event) if event.id == local => {
-                        if event.event.is_terminal() {
-                            break;
-                        }
-                        if let JobEventKind::Progress { stage, fraction, message: text } = event.event
-                            && last_progress.elapsed() >= PROGRESS_EVERY
-                        {
-                            last_progress = Instant::now();
-                            self.progress(job.id, stage, fraction, text).await;
-                        }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if self
+                        .engine
+                        .snapshot(local)
+                        .is_none_or(|s| s.state.is_terminal())
+                    {
+                        break;
                     }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        if self.engine.snapshot(local).is_none_or(|s| s.state.is_terminal()) {
-                            break;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                },
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             }
         }
         let Some(snapshot) = self.engine.snapshot(local) else {
@@ -476,16 +504,13 @@ impl Worker {
         match &mut spec.request {
             JobRequest::ImageTo3d(r) => {
                 let input = folder.join(file_name(&r.input, "input.png"));
-                let mut object = self
+                let bytes = self
                     .fleet
                     .files()
-                    .get(input_object(job.id))
+                    .get(&input_object(job.id))
                     .await
-                    .map_err(|e| Retry(format!("cannot fetch the input: {}", error_chain(&e))))?;
-                let mut bytes = Vec::new();
-                tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
-                    .await
-                    .map_err(|e| Retry(format!("cannot fetch the input: {e}")))?;
+                    .map_err(|e| Retry(format!("cannot fetch the input: {e}")))?
+                    .ok_or_else(|| Retry("its input is not in the fleet's files yet".to_owned()))?;
                 tokio::fs::write(&input, &bytes)
                     .await
                     .map_err(|e| Retry(format!("cannot write the input: {e}")))?;
@@ -506,23 +531,17 @@ impl Worker {
                 continue;
             };
             let object = result_object(id, &name);
-            if self.fleet.files().info(&object).await.is_ok() {
+            if self.fleet.files().exists(&object).await.unwrap_or(false) {
                 continue;
             }
             let bytes = tokio::fs::read(path)
                 .await
                 .map_err(|e| Retry(format!("cannot read the result {name}: {e}")))?;
-            let mut reader = bytes.as_slice();
             self.fleet
                 .files()
-                .put(object.as_str(), &mut reader)
+                .put(&object, &bytes)
                 .await
-                .map_err(|e| {
-                    Retry(format!(
-                        "cannot store the result {name}: {}",
-                        error_chain(&e)
-                    ))
-                })?;
+                .map_err(|e| Retry(format!("cannot store the result {name}: {e}")))?;
         }
         Ok(())
     }
@@ -628,17 +647,26 @@ struct Retry(String);
 
 /// The next message of `consumer`, without waiting when there is none.
 async fn next_message(consumer: &PullConsumer) -> Result<Option<Message>, String> {
-    let mut batch = consumer
-        .fetch()
-        .max_messages(1)
-        .messages()
+    // A pull request's answer can be lost (a cluster that has not yet learned
+    // of the reply subscription): the server forgets the request after
+    // `expires`, and this side stops waiting soon after.
+    let fetch = async {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(FETCH_EXPIRES)
+            .messages()
+            .await
+            .map_err(|e| error_chain(&e))?;
+        match batch.next().await {
+            Some(Ok(message)) => Ok(Some(message)),
+            Some(Err(e)) => Err(error_chain(&*e)),
+            None => Ok(None),
+        }
+    };
+    tokio::time::timeout(FETCH_EXPIRES * 2, fetch)
         .await
-        .map_err(|e| error_chain(&e))?;
-    match batch.next().await {
-        Some(Ok(message)) => Ok(Some(message)),
-        Some(Err(e)) => Err(error_chain(&*e)),
-        None => Ok(None),
-    }
+        .unwrap_or_else(|_| Err("no answer to the pull request".to_owned()))
 }
 
 /// Refreshes the queue-depth and consumer gauges until `stopped`.

@@ -134,6 +134,29 @@ pub fn dashboard() -> Value {
         }
         y += (in_row.len() as u32).div_ceil(per_line) * h;
     }
+    // The fleet's row: queue, throughput per worker, lag, redeliveries.
+    out.push(json!({
+        "type": "row",
+        "id": id,
+        "title": "Fleet",
+        "collapsed": false,
+        "panels": [],
+        "gridPos": { "x": 0, "y": y, "w": 24, "h": 1 },
+    }));
+    id += 1;
+    y += 1;
+    for (i, p) in super::fleet::panels().iter().enumerate() {
+        let (w, h) = (12, 8);
+        out.push(panel_json(
+            p,
+            id,
+            (i as u32 % 2) * w,
+            y + (i as u32 / 2) * h,
+            w,
+            h,
+        ));
+        id += 1;
+    }
     json!({
         "uid": "orfeas-studio",
         "title": "ORFEAS Studio",
@@ -164,7 +187,7 @@ pub fn dashboard_json() -> String {
     s
 }
 
-/// `(panel title, PromQL)` of every dashboard query.
+/// `(panel title, PromQL)` of every dashboard query of the studio rows.
 pub fn dashboard_targets() -> Vec<(String, String)> {
     panels()
         .iter()

@@ -19,4 +19,5 @@ mod import;
 mod jobs;
 mod marching_cubes;
 mod monitoring;
+mod monitoring_fleet;
 mod telemetry;

@@ -31,7 +31,7 @@ fn committed_monitoring_folder_equals_what_the_code_generates() {
         .map(|e| e.unwrap().file_name())
         .collect();
     names.sort();
-    assert_eq!(names.len(), 9);
+    assert_eq!(names.len(), 14);
     for name in names {
         let want = std::fs::read_to_string(tmp.path().join(&name)).unwrap();
         let have = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
@@ -125,7 +125,7 @@ fn compose_file_fits_the_compose_spec_and_its_bind_mounts_exist() {
 }
 
 /// Metric names a PromQL expression selects (identifiers right before `{`).
-fn selected_metrics(promql: &str) -> BTreeSet<String> {
+pub(crate) fn selected_metrics(promql: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let bytes = promql.as_bytes();
     for (i, _) in promql.match_indices('{') {
@@ -144,7 +144,7 @@ fn selected_metrics(promql: &str) -> BTreeSet<String> {
     out
 }
 
-fn grafana_macros(promql: &str) -> String {
+pub(crate) fn grafana_macros(promql: &str) -> String {
     promql
         .replace("$__rate_interval", "1m")
         .replace("$__range", "5m")
@@ -190,7 +190,8 @@ fn dashboard_fits_grafanas_schema_and_every_query_parses_and_names_scraped_metri
             "Requests",
             "Generation",
             "Resources",
-            "Business"
+            "Business",
+            "Fleet"
         ]
     );
     let types: BTreeSet<&str> = json["panels"]
@@ -250,7 +251,7 @@ fn dashboard_fits_grafanas_schema_and_every_query_parses_and_names_scraped_metri
 }
 
 /// A webhook receiver: collects the bodies Alertmanager posts.
-fn webhook() -> (SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
+pub(crate) fn webhook() -> (SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
@@ -286,7 +287,7 @@ fn webhook() -> (SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
     (addr, got)
 }
 
-fn alert_state(prom: SocketAddr, name: &str) -> Option<String> {
+pub(crate) fn alert_state(prom: SocketAddr, name: &str) -> Option<String> {
     let r = support::get(prom, "/api/v1/alerts");
     let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
     v["data"]["alerts"]

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Fleet throughput on one machine: a single-node NATS JetStream (Debian's
+# nats-server), one front (`orfeas serve --queue … --no-work`) and 1, 2, then
+# 3 workers (`--concurrency 1` each). For each worker count it submits JOBS
+# image→3D jobs (the example photo, QUALITY) through the front, waits until
+# all are finished and prints jobs/s. Then it times ONE job end to end (POST
+# to finished, polled every 20 ms) through the queue with one worker and on a
+# plain local `orfeas serve`, and prints the difference: the queue path's
+# added latency.
+#
+# usage: scripts/bench/fleet-throughput.sh [ORFEAS_BINARY] [JOBS] [QUALITY]
+#        (defaults: target/release/orfeas, 24, standard)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bin=${1:-target/release/orfeas}
+jobs=${2:-24}
+quality=${3:-standard}
+png=assets/examples/object.png
+command -v nats-server >/dev/null || { echo "nats-server missing: eval \"\$(scripts/install-tools.sh)\"" >&2; exit 1; }
+[ -x "$bin" ] || { echo "no orfeas binary at $bin: cargo build --release, or pass its path" >&2; exit 1; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+wait_health() {
+  for _ in $(seq 600); do curl -fs "$1/health" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "$1 never answered" >&2; exit 1
+}
+# start_serve NAME [ARGS…]: starts a node, prints its base URL on fd 3.
+start_serve() {
+  local name=$1; shift
+  local port; port=$(free_port)
+  ORFEAS_DATA_DIR="$work/data-$name" ORFEAS_LOG=warn "$bin" serve --bind "127.0.0.1:$port" \
+    --no-rate-limit "$@" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  echo "http://127.0.0.1:$port"
+}
+submit() { curl -fs -X POST -H 'Content-Type: image/png' --data-binary "@$png" \
+  "$1/api/image-to-3d?quality=$quality" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'; }
+# finished BASE IDS…: 0 when every job is no longer queued or running.
+finished() {
+  local base=$1; shift
+  curl -fs "$base/api/jobs?limit=500" | python3 -c '
+import json, sys
+want = set(sys.argv[1:])
+jobs = {str(j["id"]): j["state"] for j in json.load(sys.stdin)["jobs"]}
+done = [i for i in want if jobs.get(i) not in (None, "queued", "running")]
+bad = [i for i in done if jobs[i] != "succeeded"]
+if bad: sys.exit("failed: " + " ".join(bad))
+sys.exit(0 if len(done) == len(want) else 1)' "$@"
+}
+wait_done() { local base=$1; shift; until finished "$base" "$@"; do sleep 0.02; done; }
+
+nats_port=$(free_port)
+nats-server -js -p "$nats_port" -sd "$work/js" >"$work/nats.log" 2>&1 &
+pids+=($!)
+queue="nats://127.0.0.1:$nats_port"
+sleep 1
+front=$(start_serve front --queue "$queue" --no-work --node-name front)
+wait_health "$front"
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs)"
+echo "binary: $bin; $jobs image→3D jobs at quality $quality per run"
+workers=()
+for n in 1 2 3; do
+  w=$(start_serve "w$n" --queue "$queue" --node-name "w$n" --concurrency 1)
+  wait_health "$w"
+  workers+=("$w")
+  ids=()
+  t0=$(now)
+  for _ in $(seq "$jobs"); do ids+=("$(submit "$front")"); done
+  wait_done "$front" "${ids[@]}"
+  t1=$(now)
+  python3 -c "import sys; n,j,t=int(sys.argv[1]),int(sys.argv[2]),float(sys.argv[3]); print(f'{n} worker(s): {j} jobs in {t:.1f} s = {j/t:.2f} jobs/s')" \
+    "$n" "$jobs" "$(echo "$t1 - $t0" | bc -l)"
+done
+# One worker left for the latency run.
+for p in "${pids[@]: -2}"; do kill "$p"; done
+sleep 2
+
+one_job() {
+  local base=$1 t0 t1 id
+  t0=$(now); id=$(submit "$base"); wait_done "$base" "$id"; t1=$(now)
+  echo "$t1 - $t0" | bc -l
+}
+one_job "$front" >/dev/null # warm
+fleet_s=$(one_job "$front")
+local_base=$(start_serve local)
+wait_health "$local_base"
+one_job "$local_base" >/dev/null # warm
+local_s=$(one_job "$local_base")
+python3 -c "import sys; f,l=float(sys.argv[1]),float(sys.argv[2]); print(f'one job: queue {f*1000:.0f} ms, local serve {l*1000:.0f} ms, added by the queue {(f-l)*1000:.0f} ms')" \
+  "$fleet_s" "$local_s"

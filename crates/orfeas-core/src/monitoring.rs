@@ -337,6 +337,25 @@ in files (`auth_password_file`, `api_url_file`) mounted into the container,
 never into this file. The studio itself can also post its in-app alerts to
 Alertmanager (Settings → Alertmanager URL, `http://localhost:9093`).
 
+## A fleet of workers (`orfeas serve --queue`)
+
+The fleet variant watches many workers sharing one NATS JetStream queue
+(see `docs/fleet.md`): list them in `fleet-workers.yml`, then
+
+```sh
+GRAFANA_ADMIN_PASSWORD='choose-one' docker compose -f docker-compose-fleet.yml up -d
+```
+
+| file | what |
+| --- | --- |
+| docker-compose-fleet.yml | Prometheus replicas a (:9090) and b (:9091), Alertmanagers 1 (:9093) and 2 (:9094) in one cluster, Grafana (:3001) |
+| prometheus-fleet-a.yml, prometheus-fleet-b.yml | each replica: a `replica` external label, dropped from alerts so the Alertmanager cluster sees one alert and notifies once |
+| fleet-workers.yml | the workers (file-based service discovery); a `worker` label each |
+| prometheus-fleet-rules.yml | FleetWorkerDown, FleetQueueStuck, FleetDeadLetters |
+
+The dashboard's Fleet row shows queue depth, jobs/s per worker, consumer lag,
+redeliveries and dead letters.
+
 ## Troubleshooting
 
 - **Target down (`ApplicationDown`)**: on Linux, a studio bound to 127.0.0.1 is

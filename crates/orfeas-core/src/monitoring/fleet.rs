@@ -139,8 +139,9 @@ pub fn rules() -> Vec<FleetRule> {
         },
         FleetRule {
             name: "FleetQueueStuck",
-            // Work waits the whole window and the backlog grows: no worker keeps up.
-            expr: r#"min_over_time((max by (consumer) (fleet_consumer_pending{job="orfeas"}))[10m:1m]) > 0 and delta((max by (consumer) (fleet_consumer_pending{job="orfeas"}))[10m:1m]) > 0"#,
+            // Work waited through the whole 10 minutes (a full window of
+            // samples, never empty) and the backlog grew: no worker keeps up.
+            expr: r#"min_over_time((max by (consumer) (fleet_consumer_pending{job="orfeas"}))[10m:1m]) > 0 and delta((max by (consumer) (fleet_consumer_pending{job="orfeas"}))[10m:1m]) > 0 and count_over_time((max by (consumer) (fleet_consumer_pending{job="orfeas"}))[10m:1m]) >= 10"#,
             for_secs: 0,
             severity: "warning",
             summary: "The fleet queue is stuck",

@@ -303,6 +303,8 @@ fn two_prometheus_replicas_and_two_clustered_alertmanagers_notify_the_webhook_on
         "the webhook was notified {} times: {got:#?}",
         got.len()
     );
+    // One alert in it: the replicas' copies were one alert to the cluster.
+    assert_eq!(got[0]["alerts"].as_array().unwrap().len(), 1, "{got:#?}");
     let alert = &got[0]["alerts"][0];
     assert_eq!(alert["labels"]["worker"], "ghost", "{alert}");
     assert!(alert["labels"].get("replica").is_none(), "{alert}");

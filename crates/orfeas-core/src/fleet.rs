@@ -623,11 +623,11 @@ impl Fleet {
                 Err(e) => return Err(unavailable(e)),
             }
         }
-        if let Some(bytes) = input {
-            if let Err(e) = self.files.put(&input_object(id), &bytes).await {
-                self.forget(id).await;
-                return Err(e);
-            }
+        if let Some(bytes) = input
+            && let Err(e) = self.files.put(&input_object(id), &bytes).await
+        {
+            self.forget(id).await;
+            return Err(e);
         }
         let message = FleetJob {
             id,

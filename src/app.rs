@@ -191,6 +191,9 @@ pub struct StudioApp {
     telemetry: Result<Telemetry, String>,
     /// The Alertmanager URL telemetry was started with (changes apply at the next start).
     alertmanager_in_use: Option<String>,
+    /// The fleet jobs go to and its URLs (`Ok(None)`: this machine), or why
+    /// it could not be reached. Kept for the connection's lifetime.
+    fleet: Result<Option<(Arc<orfeas_core::fleet::Fleet>, String)>, String>,
     endpoint: Endpoint,
     /// The Viewer tab's mesh and camera (runtime only: meshes are reopened, not saved).
     viewer: ViewerState,
@@ -202,6 +205,34 @@ pub struct StudioApp {
     previews: std::collections::HashMap<JobKey, StepPreview>,
     /// The Create tab's mask of the selected picture (runtime only).
     mask: mask::MaskEditor,
+}
+
+/// The fleet the settings ask for, connected; `Ok(None)` when jobs run here.
+/// A fleet that cannot be reached leaves the studio working locally.
+fn connect_fleet(
+    settings: &state::Settings,
+) -> Result<Option<(Arc<orfeas_core::fleet::Fleet>, String)>, String> {
+    use orfeas_core::fleet::{Fleet, FleetConfig, default_node_name, parse_urls};
+    if settings.run_on != state::RunOn::Fleet {
+        return Ok(None);
+    }
+    let connect = || -> anyhow::Result<Arc<Fleet>> {
+        let urls = parse_urls(&settings.fleet_url)?;
+        Ok(Fleet::connect(FleetConfig {
+            urls,
+            node_name: format!("studio-{}", default_node_name()),
+            connect_timeout: std::time::Duration::from_secs(3),
+            ..FleetConfig::default()
+        })?)
+    };
+    connect()
+        .map(|fleet| {
+            let urls = fleet.config().urls.join(",");
+            Some((fleet, urls))
+        })
+        .map_err(|e| {
+            format!("{e:#}. Jobs run on this machine; fix the fleet URL in Settings and restart.")
+        })
 }
 
 impl StudioApp {
@@ -233,10 +264,17 @@ impl StudioApp {
                 PathBuf::from("orfeas-data")
             }),
         };
+        let fleet = connect_fleet(&saved.settings);
+        if let Err(err) = &fleet {
+            toasts.error(err.clone());
+        }
         let repaint_ctx = ctx.clone();
-        let backend = Backend::start(&data_dir, saved.settings.concurrency, move || {
-            repaint_ctx.request_repaint()
-        })
+        let backend = Backend::start(
+            &data_dir,
+            saved.settings.concurrency,
+            fleet.as_ref().ok().and_then(Option::as_ref).map(|(f, _)| f),
+            move || repaint_ctx.request_repaint(),
+        )
         .map_err(|e| format!("{e:#}"));
         if let Err(err) = &backend {
             toasts.error(err.clone());
@@ -290,6 +328,7 @@ impl StudioApp {
             applied_theme: None,
             telemetry,
             alertmanager_in_use,
+            fleet,
             endpoint: Endpoint {
                 started_with: None,
                 handle: None,
@@ -1216,6 +1255,11 @@ impl eframe::App for StudioApp {
             endpoint_addr: self.endpoint.handle.as_ref().map(ServerHandle::addr),
             endpoint_error: self.endpoint.error.as_deref(),
             alertmanager_in_use: self.alertmanager_in_use.as_deref(),
+            fleet_in_use: match &self.fleet {
+                Ok(Some((_, urls))) => Ok(Some(urls.as_str())),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e.as_str()),
+            },
         })
         .with_models(self.models.view())
         .with_previews(&self.previews)

@@ -211,6 +211,25 @@ fn ensure_png(output: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// With `--queue URLS`, makes `engine` run its jobs on that fleet; the
+/// connection lives as long as the returned handle.
+fn use_fleet(
+    engine: &orfeas_core::jobs::Engine,
+    queue: Option<&str>,
+) -> anyhow::Result<Option<std::sync::Arc<orfeas_core::fleet::Fleet>>> {
+    use orfeas_core::fleet::{Fleet, FleetConfig, Priority, default_node_name, parse_urls};
+    let Some(urls) = queue else {
+        return Ok(None);
+    };
+    let fleet = Fleet::connect(FleetConfig {
+        urls: parse_urls(urls)?,
+        node_name: format!("cli-{}", default_node_name()),
+        ..FleetConfig::default()
+    })?;
+    orfeas_core::fleet::relay::register_relay(engine, &fleet, Priority::Interactive);
+    Ok(Some(fleet))
+}
+
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }

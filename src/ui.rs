@@ -62,6 +62,8 @@ pub struct Monitoring<'a> {
     pub endpoint_error: Option<&'a str>,
     /// The Alertmanager URL of the running telemetry (`None`: not sending).
     pub alertmanager_in_use: Option<&'a str>,
+    /// The fleet URLs jobs go to (`Ok(None)`: this machine), or why the fleet was not reached.
+    pub fleet_in_use: Result<Option<&'a str>, &'a str>,
 }
 
 impl Default for Monitoring<'_> {
@@ -71,6 +73,7 @@ impl Default for Monitoring<'_> {
             endpoint_addr: None,
             endpoint_error: None,
             alertmanager_in_use: None,
+            fleet_in_use: Ok(None),
         }
     }
 }

@@ -5,8 +5,8 @@
 # image→3D jobs (the example photo, QUALITY) through the front, waits until
 # all are finished and prints jobs/s. Then it times ONE job end to end (POST
 # to finished, polled every 20 ms) through the queue with one worker and on a
-# plain local `orfeas serve`, and prints the difference: the queue path's
-# added latency.
+# plain local `orfeas serve` (median of 7 each), and prints the difference:
+# the queue path's added latency.
 #
 # usage: scripts/bench/fleet-throughput.sh [ORFEAS_BINARY] [JOBS] [QUALITY]
 #        (defaults: target/release/orfeas, 24, standard)
@@ -45,19 +45,30 @@ start_serve() {
 }
 submit() { curl -fs -X POST -H 'Content-Type: image/png' --data-binary "@$png" \
   "$1/api/image-to-3d?quality=$quality" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'; }
-# finished BASE IDS…: 0 when every job is no longer queued or running.
+# finished BASE IDS…: 0 when every job has finished, 1 while some run, 2 when one failed.
 finished() {
   local base=$1; shift
-  curl -fs "$base/api/jobs?limit=500" | python3 -c '
+  curl -fs "$base/api/jobs?limit=200" | python3 -c '
 import json, sys
 want = set(sys.argv[1:])
 jobs = {str(j["id"]): j["state"] for j in json.load(sys.stdin)["jobs"]}
 done = [i for i in want if jobs.get(i) not in (None, "queued", "running")]
 bad = [i for i in done if jobs[i] != "succeeded"]
-if bad: sys.exit("failed: " + " ".join(bad))
+if bad:
+    print("failed: " + " ".join(bad), file=sys.stderr)
+    sys.exit(2)
 sys.exit(0 if len(done) == len(want) else 1)' "$@"
 }
-wait_done() { local base=$1; shift; until finished "$base" "$@"; do sleep 0.02; done; }
+# wait_done BASE IDS…: until every job finished; stops the script when one failed.
+wait_done() {
+  local base=$1 rc; shift
+  while true; do
+    rc=0; finished "$base" "$@" 2>/dev/null || rc=$?
+    [ "$rc" = 0 ] && return 0
+    [ "$rc" = 2 ] && { echo "a job failed; see $work/*.log" >&2; exit 1; }
+    sleep 0.02
+  done
+}
 
 nats_port=$(free_port)
 nats-server -js -p "$nats_port" -sd "$work/js" >"$work/nats.log" 2>&1 &
@@ -91,11 +102,16 @@ one_job() {
   t0=$(now); id=$(submit "$base"); wait_done "$base" "$id"; t1=$(now)
   echo "$t1 - $t0" | bc -l
 }
-one_job "$front" >/dev/null # warm
-fleet_s=$(one_job "$front")
+# median_of BASE N: the median of N one-job latencies (after one warm-up job).
+median_of() {
+  local base=$1 n=$2 times=()
+  one_job "$base" >/dev/null
+  for _ in $(seq "$n"); do times+=("$(one_job "$base")"); done
+  printf '%s\n' "${times[@]}" | sort -g | sed -n "$(( (n + 1) / 2 ))p"
+}
+fleet_s=$(median_of "$front" 7)
 local_base=$(start_serve local)
 wait_health "$local_base"
-one_job "$local_base" >/dev/null # warm
-local_s=$(one_job "$local_base")
-python3 -c "import sys; f,l=float(sys.argv[1]),float(sys.argv[2]); print(f'one job: queue {f*1000:.0f} ms, local serve {l*1000:.0f} ms, added by the queue {(f-l)*1000:.0f} ms')" \
+local_s=$(median_of "$local_base" 7)
+python3 -c "import sys; f,l=float(sys.argv[1]),float(sys.argv[2]); print(f'one job, median of 7: queue {f*1000:.0f} ms, local serve {l*1000:.0f} ms, added by the queue {(f-l)*1000:.0f} ms')" \
   "$fleet_s" "$local_s"

@@ -74,9 +74,12 @@ impl JobObserver for UiObserver {
 impl Backend {
     /// Opens the history in `data_dir`, starts the engine with the image→3D runner and
     /// the history thread.
+    /// With `fleet`, every job goes to the fleet queue instead (the job list,
+    /// history and Gallery work the same).
     pub fn start(
         data_dir: &Path,
         concurrency: usize,
+        fleet: Option<&Arc<orfeas_core::fleet::Fleet>>,
         repaint: impl Fn() + Send + Sync + Clone + 'static,
     ) -> anyhow::Result<Self> {
         let history_path = data_dir.join(HISTORY_FILE_NAME);
@@ -113,6 +116,13 @@ impl Backend {
                 },
             )),
         );
+        if let Some(fleet) = fleet {
+            orfeas_core::fleet::relay::register_relay(
+                &engine,
+                fleet,
+                orfeas_core::fleet::Priority::Interactive,
+            );
+        }
         let dirty = Arc::new(AtomicBool::new(true));
         engine.add_observer(Arc::new(UiObserver {
             dirty: dirty.clone(),

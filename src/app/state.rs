@@ -65,6 +65,27 @@ impl ThemeChoice {
     }
 }
 
+/// Where the studio runs its jobs (Settings → Run jobs on).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunOn {
+    /// The local engine, on this computer's CPU or GPU.
+    #[default]
+    ThisMachine,
+    /// The fleet queue at `Settings::fleet_url` (`orfeas serve --queue` workers).
+    Fleet,
+}
+
+impl RunOn {
+    pub const ALL: [RunOn; 2] = [RunOn::ThisMachine, RunOn::Fleet];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RunOn::ThisMachine => "This machine",
+            RunOn::Fleet => "Fleet",
+        }
+    }
+}
+
 /// Image→3D quality preset as saved in settings. Kept separate from the core enum so the
 /// saved format does not change when the engine's types do.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -420,6 +441,10 @@ pub struct Settings {
     /// Alertmanager base URL (`http://host:9093`); empty = do not send alerts.
     /// Read when telemetry starts, i.e. at the next app start.
     pub alertmanager_url: String,
+    /// Run jobs here or on the fleet; read at the app's start.
+    pub run_on: RunOn,
+    /// The fleet's NATS URLs (`nats://host:4222`, comma-separated).
+    pub fleet_url: String,
 }
 
 impl Default for Settings {
@@ -434,6 +459,8 @@ impl Default for Settings {
             metrics_port: 5000,
             api_token: String::new(),
             alertmanager_url: String::new(),
+            run_on: RunOn::ThisMachine,
+            fleet_url: String::new(),
         }
     }
 }

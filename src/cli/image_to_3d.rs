@@ -127,6 +127,10 @@ pub struct ImageTo3dArgs {
     /// instead of the registry's `triposr`.
     #[arg(long, value_name = "DIR")]
     pub model_path: Option<PathBuf>,
+    /// Run the job on a fleet instead of here: its NATS URLs (nats://HOST:4222,…;
+    /// the workers run `orfeas serve --queue`). The mesh still lands at --output.
+    #[arg(long, value_name = "URLS")]
+    pub queue: Option<String>,
 }
 
 pub(super) fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
@@ -200,6 +204,7 @@ pub(super) fn image_to_3d(args: ImageTo3dArgs) -> anyhow::Result<ExitCode> {
         Some(history),
     )?;
     orfeas_ml::register_runners(&engine, orfeas_ml::models::SearchRoots::from_env(), None);
+    let _fleet = super::use_fleet(&engine, args.queue.as_deref())?;
     let (id, outcome, elapsed_ms) = run_job(&engine, spec)?;
     Ok(report_job(id, outcome, |output| {
         let s = &output.summary;

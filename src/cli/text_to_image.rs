@@ -79,6 +79,10 @@ pub struct TextToImageArgs {
     /// (adds its words to the prompt and the negative prompt; default none).
     #[arg(long)]
     pub style: Option<String>,
+    /// Run the job on a fleet instead of here: its NATS URLs (nats://HOST:4222,…;
+    /// the workers run `orfeas serve --queue`). The PNG still lands at --output.
+    #[arg(long, value_name = "URLS")]
+    pub queue: Option<String>,
 }
 
 /// The one conversion from the command line to a request: the PNG's request
@@ -186,6 +190,7 @@ pub(super) fn text_to_image(args: TextToImageArgs) -> anyhow::Result<ExitCode> {
         Some(history),
     )?;
     orfeas_ml::register_runners(&engine, orfeas_ml::models::SearchRoots::from_env(), None);
+    let _fleet = super::use_fleet(&engine, args.queue.as_deref())?;
     let (id, outcome, elapsed_ms) = run_job(&engine, JobSpec::from(job))?;
     Ok(report_job(id, outcome, |output| {
         for file in &output.files {

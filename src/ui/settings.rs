@@ -3,7 +3,7 @@
 use egui::RichText;
 
 use crate::app::state::{
-    Command, FormatChoice, QualityChoice, Settings, ThemeChoice, new_api_token,
+    Command, FormatChoice, QualityChoice, RunOn, Settings, ThemeChoice, new_api_token,
 };
 use crate::ui::theme::{self, space};
 use crate::ui::{StudioCtx, hint_ui, section_heading_ui};
@@ -77,6 +77,9 @@ pub fn settings_tab_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
                 ui.label("Data folder");
                 ui.label(RichText::new(ctx.data_dir.display().to_string()).monospace());
                 ui.end_row();
+
+                run_on_ui(ctx, ui, &mut s);
+                ui.end_row();
             });
         ui.add_space(space::SM);
         hint_ui(
@@ -92,6 +95,44 @@ pub fn settings_tab_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
     if s != ctx.saved.settings {
         ctx.send(Command::SetSettings(s));
     }
+}
+
+/// "Run jobs on: this machine | fleet", the fleet's URL and what is in use.
+fn run_on_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui, s: &mut Settings) {
+    ui.label("Run jobs on");
+    ui.vertical(|ui| {
+        ui.horizontal(|ui| {
+            for r in RunOn::ALL {
+                ui.selectable_value(&mut s.run_on, r, r.label());
+            }
+        });
+        if s.run_on == RunOn::Fleet {
+            ui.horizontal(|ui| {
+                let label = ui.label("NATS URL");
+                ui.add(
+                    egui::TextEdit::singleline(&mut s.fleet_url)
+                        .hint_text("nats://10.0.0.5:4222")
+                        .desired_width(320.0),
+                )
+                .labelled_by(label.id);
+            });
+        }
+        let saved = &ctx.saved.settings;
+        let changed = s.run_on != saved.run_on
+            || (s.run_on == RunOn::Fleet && s.fleet_url.trim() != saved.fleet_url.trim());
+        match (&ctx.monitoring.fleet_in_use, changed) {
+            (_, true) => hint_ui(ui, "Saved; applied at the next start of the app."),
+            (Ok(Some(urls)), false) => hint_ui(
+                ui,
+                &format!("Jobs go to the fleet at {urls} (workers: `orfeas serve --queue`)."),
+            ),
+            (Ok(None), false) => hint_ui(ui, "Jobs run on this computer."),
+            (Err(err), false) => {
+                let p = theme::palette(ui.ctx());
+                ui.add(egui::Label::new(RichText::new(*err).color(p.danger)).wrap());
+            }
+        }
+    });
 }
 
 /// Version, commit, compiled-in GPU features and model licences: the same as

@@ -811,3 +811,126 @@ fn a_folder_goes_through_the_fleet_as_a_batch_and_the_same_command_resumes_it() 
     assert!(err.contains("delete it to start the batch afresh"), "{err}");
     assert_glb(&out.join("a.glb"));
 }
+
+/// The studio with `run_on: Fleet` at `url`, in `data`.
+fn fleet_studio(data: &Path, url: &str) -> egui_kittest::Harness<'static, orfeas::app::StudioApp> {
+    use orfeas::app::state::{RunOn, SavedState, Settings};
+    let saved = SavedState {
+        settings: Settings {
+            run_on: RunOn::Fleet,
+            fleet_url: url.to_owned(),
+            ..Settings::default()
+        },
+        ..SavedState::default()
+    };
+    let mut storage = crate::gui::MemStorage::default();
+    eframe::set_value(&mut storage, SavedState::STORAGE_KEY, &saved);
+    crate::gui::harness(data, Some(&storage))
+}
+
+#[test]
+fn the_studio_and_the_cli_run_jobs_on_the_fleet_when_asked_and_here_when_it_is_unreachable() {
+    use egui::accesskit::Role;
+    use egui_kittest::kittest::Queryable as _;
+    use orfeas::app::job_views::JobPhase;
+    let Some(nats) = nats_server() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let models = dir.join("models");
+    install_tiny_sd(&models);
+    let (_nats, ports) = start_cluster(&nats, dir, 1);
+    wait_jetstream(&ports);
+    let queue = urls(&ports);
+    let mut worker = start_node(dir, "w", &queue, &models, &["--concurrency", "1"]);
+    worker.wait_ready();
+    let processed =
+        |base: &str| metric_sum(base, "fleet_jobs_processed_total", "outcome=\"succeeded\"");
+    let picture = dir.join("disc.png");
+    crate::gui::write_disc_png(&picture);
+
+    // The studio set to the fleet: a dropped picture runs on the worker and
+    // lands in the studio's own outputs, job list and Gallery as usual.
+    let data = dir.join("studio");
+    let mut h = fleet_studio(&data, &queue);
+    crate::gui::drop_file(&mut h, &picture);
+    crate::gui::step_until(&mut h, "the fleet job to finish", |h| {
+        h.state().jobs().iter().any(|j| j.phase.is_finished())
+    });
+    let job = h.state().jobs()[0].clone();
+    assert_eq!(job.phase, JobPhase::Succeeded, "{:?}", job.error);
+    let glb = job.outputs.first().unwrap();
+    assert!(glb.starts_with(data.join("outputs")), "{}", glb.display());
+    assert_glb(glb);
+    assert_eq!(
+        processed(&worker.base),
+        1.0,
+        "the worker ran the studio's job"
+    );
+    h.get_by_role_and_label(Role::Button, "Settings").click();
+    crate::gui::step_until(&mut h, "the fleet line in Settings", |h| {
+        h.query_by_label_contains("Jobs go to the fleet at nats://127.0.0.1")
+            .is_some()
+    });
+    drop(h);
+
+    // The command line with --queue: the same, the files where -o says.
+    let out = dir.join("cli.glb");
+    let run = Command::new(env!("CARGO_BIN_EXE_orfeas"))
+        .args(["image-to-3d"])
+        .arg(&picture)
+        .arg("-o")
+        .arg(&out)
+        .args(["--quality", "draft", "--queue", &queue])
+        .env("ORFEAS_DATA_DIR", dir.join("data-cli"))
+        .env("ORFEAS_MODELS", dir.join("no-models"))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_glb(&out);
+    let png = dir.join("cli.png");
+    let run = Command::new(env!("CARGO_BIN_EXE_orfeas"))
+        .args(["text-to-image", "a red ceramic teapot", "-o"])
+        .arg(&png)
+        .args([
+            "--size", "64x64", "--steps", "1", "--seed", "7", "--queue", &queue,
+        ])
+        .env("ORFEAS_DATA_DIR", dir.join("data-cli"))
+        .env("ORFEAS_MODELS", dir.join("no-models"))
+        .env("HF_HUB_CACHE", dir.join("no-hf-cache"))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let image = image::open(&png).unwrap();
+    assert_eq!((image.width(), image.height()), (64, 64));
+    assert_eq!(processed(&worker.base), 3.0, "the worker ran both CLI jobs");
+
+    // A fleet that does not answer: the studio says so in Settings and runs here.
+    let dead = format!("nats://127.0.0.1:{}", free_port());
+    let data = dir.join("studio-offline");
+    let mut h = fleet_studio(&data, &dead);
+    h.get_by_role_and_label(Role::Button, "Settings").click();
+    crate::gui::step_until(&mut h, "the unreachable fleet in Settings", |h| {
+        h.query_by_label_contains("cannot reach the NATS server")
+            .is_some()
+    });
+    crate::gui::drop_file(&mut h, &picture);
+    crate::gui::step_until(&mut h, "the local job to finish", |h| {
+        h.state().jobs().iter().any(|j| j.phase.is_finished())
+    });
+    assert_eq!(h.state().jobs()[0].phase, JobPhase::Succeeded);
+    assert_eq!(
+        processed(&worker.base),
+        3.0,
+        "the offline studio's job ran here"
+    );
+}

@@ -18,6 +18,7 @@
 //! redelivered job never yields two results or two history entries.
 
 pub mod files;
+pub mod relay;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -233,7 +234,7 @@ pub enum FleetError {
     BadUrl { url: String },
     #[error(
         "cannot reach the NATS server at {urls}: {reason}; check the address and that \
-         nats-server runs with JetStream (-js), or start without --queue to run jobs on this machine"
+         nats-server runs with JetStream (-js), or start without --queue (in the studio: Settings, Run jobs on, This machine) to run jobs on this machine"
     )]
     Unreachable { urls: String, reason: String },
     #[error(

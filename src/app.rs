@@ -152,6 +152,7 @@ fn force_backend(
 enum PendingDialog {
     OpenImage(mpsc::Receiver<Option<PathBuf>>),
     OutputFolder(mpsc::Receiver<Option<PathBuf>>),
+    BatchFolder(mpsc::Receiver<Option<PathBuf>>),
     OpenMesh(mpsc::Receiver<Option<PathBuf>>),
     ModelFolder(mpsc::Receiver<Option<PathBuf>>),
     InitImage(mpsc::Receiver<Option<PathBuf>>),
@@ -167,6 +168,7 @@ enum PendingDialog {
 enum DialogKind {
     OpenImage,
     OutputFolder,
+    BatchFolder,
     OpenMesh,
     ModelFolder,
     ModelCheckpoint,
@@ -205,6 +207,33 @@ pub struct StudioApp {
     previews: std::collections::HashMap<JobKey, StepPreview>,
     /// The Create tab's mask of the selected picture (runtime only).
     mask: mask::MaskEditor,
+    /// The last folder queued with "Open folder as batch".
+    batch: Option<BatchRun>,
+}
+
+/// A folder queued as one batch.
+struct BatchRun {
+    name: String,
+    keys: Vec<JobKey>,
+}
+
+/// The pictures of `folder`, sorted by name.
+fn pictures_in(folder: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(folder)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                matches!(
+                    e.to_ascii_lowercase().as_str(),
+                    "png" | "jpg" | "jpeg" | "webp"
+                )
+            })
+        })
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
 /// The fleet the settings ask for, connected; `Ok(None)` when jobs run here.
@@ -216,14 +245,13 @@ fn connect_fleet(
     if settings.run_on != state::RunOn::Fleet {
         return Ok(None);
     }
-    let connect = || -> anyhow::Result<Arc<Fleet>> {
-        let urls = parse_urls(&settings.fleet_url)?;
-        Ok(Fleet::connect(FleetConfig {
-            urls,
+    let connect = || -> Result<Arc<Fleet>, orfeas_core::fleet::FleetError> {
+        Fleet::connect(FleetConfig {
+            urls: parse_urls(&settings.fleet_url)?,
             node_name: format!("studio-{}", default_node_name()),
             connect_timeout: std::time::Duration::from_secs(3),
             ..FleetConfig::default()
-        })?)
+        })
     };
     connect()
         .map(|fleet| {
@@ -231,7 +259,14 @@ fn connect_fleet(
             Some((fleet, urls))
         })
         .map_err(|e| {
-            format!("{e:#}. Jobs run on this machine; fix the fleet URL in Settings and restart.")
+            let why = match e {
+                orfeas_core::fleet::FleetError::Unreachable { urls, reason } => format!(
+                    "Cannot reach the fleet at {urls} ({reason}); check the URL and that \
+                     nats-server runs with -js"
+                ),
+                other => other.to_string(),
+            };
+            format!("{why}. Jobs run on this machine until the fleet answers at the next start.")
         })
 }
 
@@ -346,6 +381,7 @@ impl StudioApp {
             },
             previews: Default::default(),
             mask: mask_editor,
+            batch: None,
         };
         app.apply(Command::RefreshGallery);
         // The Create tab marks models that are not installed; the Models tab lists them.
@@ -542,6 +578,8 @@ impl StudioApp {
             }
             Command::OpenFileDialog => self.open_dialog(DialogKind::OpenImage),
             Command::PickOutputFolder => self.open_dialog(DialogKind::OutputFolder),
+            Command::PickBatchFolder => self.open_dialog(DialogKind::BatchFolder),
+            Command::GenerateFolder(folder) => self.generate_folder(&folder),
             Command::OpenMeshDialog => self.open_dialog(DialogKind::OpenMesh),
             Command::OpenInViewer {
                 path,
@@ -855,6 +893,60 @@ impl StudioApp {
         self.saved.tab = Tab::Create;
     }
 
+    /// Queues every picture of `folder` (not its subfolders) with the current
+    /// parameters; the Gallery shows one progress bar for them.
+    fn generate_folder(&mut self, folder: &Path) {
+        let pictures = match pictures_in(folder) {
+            Ok(p) if !p.is_empty() => p,
+            Ok(_) => {
+                self.toasts.error(format!(
+                    "{} holds no pictures (PNG, JPEG or WebP)",
+                    folder.display()
+                ));
+                return;
+            }
+            Err(e) => {
+                self.toasts
+                    .error(format!("cannot read the folder {}: {e}", folder.display()));
+                return;
+            }
+        };
+        let backend = match &self.backend {
+            Ok(b) => b,
+            Err(e) => {
+                self.toasts.error(e.clone());
+                return;
+            }
+        };
+        let output_dir = self.output_dir();
+        let mut keys = Vec::new();
+        for input in &pictures {
+            match backend.submit(input, &self.saved.params, &output_dir) {
+                Ok(key) => keys.push(key),
+                Err(e) => self.toasts.error(format!("{}: {e:#}", input.display())),
+            }
+        }
+        let name = folder.file_name().map_or_else(
+            || folder.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        self.toasts
+            .success(format!("{} pictures from {name} queued", keys.len()));
+        self.batch = Some(BatchRun { name, keys });
+        self.saved.tab = Tab::Gallery;
+    }
+
+    /// The folder batch's progress: (name, finished, total), while one is shown.
+    pub fn batch_progress(&self) -> Option<(String, usize, usize)> {
+        let batch = self.batch.as_ref()?;
+        let finished = self
+            .jobs
+            .iter()
+            .filter(|j| batch.keys.contains(&j.key) && j.phase.is_finished())
+            .count();
+        Some((batch.name.clone(), finished, batch.keys.len()))
+    }
+
     fn open_dialog(&mut self, kind: DialogKind) {
         if self.dialog.is_some() {
             return; // one native dialog at a time
@@ -866,6 +958,9 @@ impl StudioApp {
                 let picked = match kind {
                     DialogKind::OutputFolder => rfd::FileDialog::new()
                         .set_title("Choose the output folder")
+                        .pick_folder(),
+                    DialogKind::BatchFolder => rfd::FileDialog::new()
+                        .set_title("Choose a folder of pictures to turn into models")
                         .pick_folder(),
                     DialogKind::InitImage => rfd::FileDialog::new()
                         .set_title("Choose the picture to start from")
@@ -893,6 +988,7 @@ impl StudioApp {
             Ok(_) => {
                 self.dialog = Some(match kind {
                     DialogKind::OutputFolder => PendingDialog::OutputFolder(rx),
+                    DialogKind::BatchFolder => PendingDialog::BatchFolder(rx),
                     DialogKind::OpenImage => PendingDialog::OpenImage(rx),
                     DialogKind::InitImage => PendingDialog::InitImage(rx),
                     DialogKind::OpenMesh => PendingDialog::OpenMesh(rx),
@@ -990,6 +1086,7 @@ impl StudioApp {
             Some(
                 PendingDialog::OpenImage(rx)
                 | PendingDialog::OutputFolder(rx)
+                | PendingDialog::BatchFolder(rx)
                 | PendingDialog::OpenMesh(rx)
                 | PendingDialog::ModelFolder(rx)
                 | PendingDialog::InitImage(rx),
@@ -1011,6 +1108,7 @@ impl StudioApp {
                 settings.output_dir = Some(path);
                 Some(Command::SetSettings(settings))
             }
+            Some(PendingDialog::BatchFolder(_)) => Some(Command::GenerateFolder(path)),
             Some(PendingDialog::OpenMesh(_)) => Some(Command::OpenInViewer {
                 path,
                 quality_score: None,
@@ -1263,7 +1361,8 @@ impl eframe::App for StudioApp {
         })
         .with_models(self.models.view())
         .with_previews(&self.previews)
-        .with_mask(&self.mask);
+        .with_mask(&self.mask)
+        .with_batch(self.batch_progress());
         top_bar_ui(&studio, ui);
         crate::ui::alerts::firing_banner_ui(&studio, ui);
         let mut viewer_command = None;

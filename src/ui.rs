@@ -49,6 +49,8 @@ pub struct StudioCtx<'a> {
     pub previews: Option<&'a std::collections::HashMap<crate::app::state::JobKey, StepPreview>>,
     /// The Create tab's mask of the selected picture (absent in panels built without it).
     pub mask: Option<&'a crate::app::mask::MaskEditor>,
+    /// The folder batch in progress: (folder name, finished, total).
+    pub batch: Option<(String, usize, usize)>,
     commands: RefCell<Vec<Command>>,
 }
 
@@ -103,12 +105,18 @@ impl<'a> StudioCtx<'a> {
             models: None,
             previews: None,
             mask: None,
+            batch: None,
             commands: RefCell::new(Vec::new()),
         }
     }
 
     pub fn with_monitoring(mut self, monitoring: Monitoring<'a>) -> Self {
         self.monitoring = monitoring;
+        self
+    }
+
+    pub fn with_batch(mut self, batch: Option<(String, usize, usize)>) -> Self {
+        self.batch = batch;
         self
     }
 

@@ -22,6 +22,8 @@ use crate::app::state::{CreateParams, FormatChoice, JobKey};
 /// How many history entries the Gallery shows.
 const GALLERY_LIMIT: usize = 200;
 const WORKER_QUEUE: usize = 16;
+/// Jobs the studio keeps in the fleet at once when it runs jobs there.
+const FLEET_IN_FLIGHT: usize = 32;
 
 /// What background work reports to the app.
 #[derive(Debug)]
@@ -89,9 +91,14 @@ impl Backend {
                 history_path.display()
             )
         })?);
+        // On the fleet a job here only waits for a worker: let many wait at once.
+        let concurrency = match fleet {
+            Some(_) => concurrency.max(FLEET_IN_FLIGHT),
+            None => concurrency.max(1),
+        };
         let engine = Engine::new(
             EngineConfig {
-                concurrency: concurrency.max(1),
+                concurrency,
                 ..EngineConfig::default()
             },
             Some(history.clone()),

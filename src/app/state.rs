@@ -544,6 +544,10 @@ pub enum Command {
     OpenFolder(PathBuf),
     /// Show the native folder picker for the output folder.
     PickOutputFolder,
+    /// Show the native folder picker for a folder of pictures to run as a batch.
+    PickBatchFolder,
+    /// Queue an image→3D job for every picture in this folder (one progress bar for all).
+    GenerateFolder(PathBuf),
     /// Re-run a history entry with its own parameters but another output format.
     ExportAs {
         record: JobKey,

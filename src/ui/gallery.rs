@@ -21,8 +21,25 @@ pub fn gallery_tab_ui(ctx: &StudioCtx<'_>, ui: &mut egui::Ui) {
             if ui.button("Open output folder").clicked() {
                 ctx.send(Command::OpenFolder(ctx.output_dir.to_path_buf()));
             }
+            if ui
+                .button("Open folder as batch…")
+                .on_hover_text(
+                    "Turn every picture in a folder into a model with the Create tab's settings \
+                     (on the fleet when Settings says so)",
+                )
+                .clicked()
+            {
+                ctx.send(Command::PickBatchFolder);
+            }
         });
     });
+    if let Some((name, finished, total)) = &ctx.batch {
+        let fraction = *finished as f32 / (*total).max(1) as f32;
+        ui.add(
+            egui::ProgressBar::new(fraction)
+                .text(format!("Batch {name}: {finished} of {total} finished")),
+        );
+    }
     if !ctx.gallery.loaded {
         ui.spinner();
         return;

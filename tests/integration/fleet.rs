@@ -868,6 +868,27 @@ fn the_studio_and_the_cli_run_jobs_on_the_fleet_when_asked_and_here_when_it_is_u
         1.0,
         "the worker ran the studio's job"
     );
+
+    // Gallery → Open folder as batch: every picture of the folder, one progress bar.
+    let folder = dir.join("props");
+    std::fs::create_dir_all(&folder).unwrap();
+    for name in ["one.png", "two.png", "three.png"] {
+        std::fs::copy(&picture, folder.join(name)).unwrap();
+    }
+    std::fs::write(folder.join("readme.txt"), "not a picture").unwrap();
+    h.state_mut()
+        .apply(orfeas::app::state::Command::GenerateFolder(folder.clone()));
+    crate::gui::step_until(&mut h, "the batch's progress bar to fill", |h| {
+        h.query_by_label_contains("Batch props: 3 of 3 finished")
+            .is_some()
+    });
+    let jobs = h.state().jobs();
+    assert_eq!(jobs.len(), 4, "one job per picture, the text file skipped");
+    assert!(
+        jobs.iter().all(|j| j.phase == JobPhase::Succeeded),
+        "{jobs:?}"
+    );
+    assert_eq!(processed(&worker.base), 4.0, "the batch ran on the fleet");
     h.get_by_role_and_label(Role::Button, "Settings").click();
     crate::gui::step_until(&mut h, "the fleet line in Settings", |h| {
         h.query_by_label_contains("Jobs go to the fleet at nats://127.0.0.1")
@@ -912,7 +933,7 @@ fn the_studio_and_the_cli_run_jobs_on_the_fleet_when_asked_and_here_when_it_is_u
     );
     let image = image::open(&png).unwrap();
     assert_eq!((image.width(), image.height()), (64, 64));
-    assert_eq!(processed(&worker.base), 3.0, "the worker ran both CLI jobs");
+    assert_eq!(processed(&worker.base), 6.0, "the worker ran both CLI jobs");
 
     // A fleet that does not answer: the studio says so in Settings and runs here.
     let dead = format!("nats://127.0.0.1:{}", free_port());
@@ -920,7 +941,7 @@ fn the_studio_and_the_cli_run_jobs_on_the_fleet_when_asked_and_here_when_it_is_u
     let mut h = fleet_studio(&data, &dead);
     h.get_by_role_and_label(Role::Button, "Settings").click();
     crate::gui::step_until(&mut h, "the unreachable fleet in Settings", |h| {
-        h.query_by_label_contains("cannot reach the NATS server")
+        h.query_by_label_contains("Cannot reach the fleet at nats://127.0.0.1")
             .is_some()
     });
     crate::gui::drop_file(&mut h, &picture);
@@ -930,7 +951,7 @@ fn the_studio_and_the_cli_run_jobs_on_the_fleet_when_asked_and_here_when_it_is_u
     assert_eq!(h.state().jobs()[0].phase, JobPhase::Succeeded);
     assert_eq!(
         processed(&worker.base),
-        3.0,
+        6.0,
         "the offline studio's job ran here"
     );
 }

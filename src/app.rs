@@ -217,25 +217,6 @@ struct BatchRun {
     keys: Vec<JobKey>,
 }
 
-/// The pictures of `folder`, sorted by name.
-fn pictures_in(folder: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(folder)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                matches!(
-                    e.to_ascii_lowercase().as_str(),
-                    "png" | "jpg" | "jpeg" | "webp"
-                )
-            })
-        })
-        .collect();
-    out.sort();
-    Ok(out)
-}
-
 /// The fleet the settings ask for, connected; `Ok(None)` when jobs run here.
 /// A fleet that cannot be reached leaves the studio working locally.
 fn connect_fleet(
@@ -896,7 +877,7 @@ impl StudioApp {
     /// Queues every picture of `folder` (not its subfolders) with the current
     /// parameters; the Gallery shows one progress bar for them.
     fn generate_folder(&mut self, folder: &Path) {
-        let pictures = match pictures_in(folder) {
+        let pictures = match orfeas_core::image_input::pictures_in(folder) {
             Ok(p) if !p.is_empty() => p,
             Ok(_) => {
                 self.toasts.error(format!(
@@ -964,11 +945,11 @@ impl StudioApp {
                         .pick_folder(),
                     DialogKind::InitImage => rfd::FileDialog::new()
                         .set_title("Choose the picture to start from")
-                        .add_filter("Images", &["png", "jpg", "jpeg", "webp"])
+                        .add_filter("Images", &orfeas_core::image_input::PICTURE_EXTENSIONS)
                         .pick_file(),
                     DialogKind::OpenImage => rfd::FileDialog::new()
                         .set_title("Open an image")
-                        .add_filter("Images", &["png", "jpg", "jpeg", "webp"])
+                        .add_filter("Images", &orfeas_core::image_input::PICTURE_EXTENSIONS)
                         .pick_file(),
                     DialogKind::OpenMesh => rfd::FileDialog::new()
                         .set_title("Open a 3D model")

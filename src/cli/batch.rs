@@ -84,24 +84,10 @@ fn save_manifest(path: &Path, manifest: &Manifest) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The pictures of `dir`, sorted by name.
+/// The pictures of `dir`, sorted by name; at least one.
 fn pictures(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir)
+    let out = orfeas_core::image_input::pictures_in(dir)
         .with_context(|| format!("cannot read the folder {}", dir.display()))?;
-    let mut out: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                matches!(
-                    e.to_ascii_lowercase().as_str(),
-                    "png" | "jpg" | "jpeg" | "webp"
-                )
-            })
-        })
-        .collect();
-    out.sort();
     anyhow::ensure!(
         !out.is_empty(),
         "{} holds no pictures (PNG, JPEG or WebP)",

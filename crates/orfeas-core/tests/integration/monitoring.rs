@@ -94,9 +94,19 @@ fn compose_file_fits_the_compose_spec_and_its_bind_mounts_exist() {
     };
     let dir = tempfile::tempdir().unwrap();
     monitoring::export(dir.path()).unwrap();
-    let compose = dir.path().join("docker-compose-monitoring.yml");
+    let (text, mounts) = check_compose(&check, &dir.path().join("docker-compose-monitoring.yml"));
+    assert!(mounts.len() >= 7, "{mounts:?}");
+    for port in ["\"3001:3000\"", "\"9090:9090\"", "\"9093:9093\""] {
+        assert!(text.contains(port), "{port}");
+    }
+    assert!(text.contains("--storage.tsdb.retention.time=30d"));
+}
+
+/// Checks a compose file against the Compose spec and that every file it
+/// bind-mounts (`- ./NAME:…`) sits next to it; its text and those mounts.
+pub(crate) fn check_compose(check: &PathBuf, compose: &Path) -> (String, Vec<String>) {
     let (ok, out) = support::run(
-        &check,
+        check,
         &[
             "--builtin-schema",
             "vendor.compose-spec",
@@ -105,23 +115,21 @@ fn compose_file_fits_the_compose_spec_and_its_bind_mounts_exist() {
         None,
     );
     assert!(ok, "{out}");
-    let text = std::fs::read_to_string(&compose).unwrap();
-    let mounts: Vec<&str> = text
+    let text = std::fs::read_to_string(compose).unwrap();
+    let dir = compose.parent().unwrap();
+    let mounts: Vec<String> = text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- ./"))
-        .map(|l| l.split(':').next().unwrap())
+        .map(|l| l.split(':').next().unwrap().to_owned())
         .collect();
-    assert!(mounts.len() >= 7, "{mounts:?}");
-    for m in mounts {
+    for m in &mounts {
+        // `./` alone mounts the whole exported folder.
         assert!(
-            dir.path().join(m).is_file(),
+            m.is_empty() || dir.join(m).is_file(),
             "bind-mounted {m} is not exported"
         );
     }
-    for port in ["\"3001:3000\"", "\"9090:9090\"", "\"9093:9093\""] {
-        assert!(text.contains(port), "{port}");
-    }
-    assert!(text.contains("--storage.tsdb.retention.time=30d"));
+    (text, mounts)
 }
 
 /// Metric names a PromQL expression selects (identifiers right before `{`).

@@ -43,25 +43,7 @@ fn the_fleet_stack_passes_promtool_amtool_and_the_compose_spec() {
     let (ok, out) = support::run(&amtool, &["check-config", am.to_str().unwrap()], None);
     assert!(ok, "{out}");
 
-    let compose = dir.path().join(fleet::COMPOSE_FILE);
-    let (ok, out) = support::run(
-        &check,
-        &[
-            "--builtin-schema",
-            "vendor.compose-spec",
-            compose.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(ok, "{out}");
-    let text = std::fs::read_to_string(&compose).unwrap();
-    for line in text.lines().filter_map(|l| l.trim().strip_prefix("- ./")) {
-        let mounted = line.split(':').next().unwrap();
-        assert!(
-            mounted.is_empty() || dir.path().join(mounted).is_file(),
-            "bind-mounted {mounted} is not exported"
-        );
-    }
+    let (text, _) = crate::monitoring::check_compose(&check, &dir.path().join(fleet::COMPOSE_FILE));
     // Each Alertmanager names the other as its peer.
     assert!(
         text.contains("--cluster.peer=alertmanager-2:9094"),

@@ -902,7 +902,7 @@ impl StudioApp {
         let output_dir = self.output_dir();
         let mut keys = Vec::new();
         for input in &pictures {
-            match backend.submit(input, &self.saved.params, &output_dir) {
+            match backend.submit_batch(input, &self.saved.params, &output_dir) {
                 Ok(key) => keys.push(key),
                 Err(e) => self.toasts.error(format!("{}: {e:#}", input.display())),
             }

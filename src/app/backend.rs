@@ -204,6 +204,18 @@ impl Backend {
         self.submit_params(job, output_dir)
     }
 
+    /// [`Self::submit`] for one picture of a folder batch (behind interactive
+    /// jobs on the fleet).
+    pub fn submit_batch(
+        &self,
+        input: &Path,
+        params: &CreateParams,
+        output_dir: &Path,
+    ) -> anyhow::Result<JobKey> {
+        let job = requests::request_from_create(input, params, output_dir);
+        self.submit_params_as(job, output_dir, true)
+    }
+
     /// Step previews that arrived since the last call.
     pub fn take_previews(&self) -> Vec<(JobKey, RawPreview)> {
         self.previews.lock().drain().collect()
@@ -242,10 +254,15 @@ impl Backend {
         self.submit_params(job, output_dir)
     }
 
-    fn submit_params(
+    fn submit_params(&self, job: ImageTo3dJobParams, output_dir: &Path) -> anyhow::Result<JobKey> {
+        self.submit_params_as(job, output_dir, false)
+    }
+
+    fn submit_params_as(
         &self,
         mut job: ImageTo3dJobParams,
         output_dir: &Path,
+        batch: bool,
     ) -> anyhow::Result<JobKey> {
         create_output_dir(output_dir)?;
         let stem = job
@@ -255,7 +272,10 @@ impl Backend {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "model".to_owned());
         job.output = unique_path(output_dir, &stem, job.format.extension());
-        self.queue(JobSpec::from(job))
+        self.queue(JobSpec {
+            batch,
+            ..JobSpec::from(job)
+        })
     }
 
     fn queue(&self, spec: JobSpec) -> anyhow::Result<JobKey> {

@@ -889,6 +889,17 @@ fn the_studio_and_the_cli_run_jobs_on_the_fleet_when_asked_and_here_when_it_is_u
         "{jobs:?}"
     );
     assert_eq!(processed(&worker.base), 4.0, "the batch ran on the fleet");
+    let records = get_json(&format!("{}/api/jobs?limit=200", worker.base));
+    let batch = records["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["fleet"]["priority"] == "batch")
+        .count();
+    assert_eq!(
+        batch, 3,
+        "the folder's jobs wait behind interactive ones: {records}"
+    );
     h.get_by_role_and_label(Role::Button, "Settings").click();
     crate::gui::step_until(&mut h, "the fleet line in Settings", |h| {
         h.query_by_label_contains("Jobs go to the fleet at nats://127.0.0.1")

@@ -143,6 +143,10 @@ pub struct JobSpec {
     pub request: JobRequest,
     /// Short human text for lists: a file name or a prompt excerpt.
     pub label: String,
+    /// One of many submitted together (a folder batch): on the fleet it waits
+    /// behind interactive jobs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
 }
 
 impl JobSpec {
@@ -151,6 +155,7 @@ impl JobSpec {
         JobSpec {
             label: request.label(),
             request,
+            batch: false,
         }
     }
 

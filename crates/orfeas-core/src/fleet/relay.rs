@@ -61,10 +61,12 @@ impl JobRunner for FleetRelay {
 
     fn run(&self, spec: &JobSpec, ctx: &JobContext) -> Result<JobOutput, JobFailure> {
         ctx.progress("queue", 0.0, "waiting in the fleet queue");
-        let id = self
-            .fleet
-            .submit(spec, self.priority)
-            .map_err(|e| failure(&e))?;
+        let priority = if spec.batch {
+            Priority::Batch
+        } else {
+            self.priority
+        };
+        let id = self.fleet.submit(spec, priority).map_err(|e| failure(&e))?;
         let mut last = (String::new(), -1.0_f32);
         let record = loop {
             if ctx.is_cancelled() {

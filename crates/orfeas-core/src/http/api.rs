@@ -509,6 +509,7 @@ impl Api {
         let spec = JobSpec {
             request: crate::jobs::JobRequest::ImageTo3d(request),
             label,
+            batch: false,
         };
         let submitted = self.submit(spec);
         if submitted.is_err() || self.fleet.is_some() {

@@ -400,6 +400,7 @@ impl Engine {
             let spec = JobSpec {
                 request,
                 label: record.label,
+                batch: false,
             };
             inner.enqueue(
                 &mut table,

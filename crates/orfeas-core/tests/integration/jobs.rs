@@ -28,6 +28,7 @@ fn spec(label: &str, control: &str) -> JobSpec {
     JobSpec {
         request: JobRequest::ImageTo3d(request),
         label: label.to_owned(),
+        batch: false,
     }
 }
 

@@ -793,6 +793,7 @@ fn job_engine_events_update_generation_metrics_and_active_jobs() {
                         ),
                     ),
                     label: label.into(),
+                    batch: false,
                 })
                 .unwrap(),
         );

@@ -4,7 +4,7 @@
 # 3 workers (`--concurrency 1` each). For each worker count it submits JOBS
 # image→3D jobs (the example photo, QUALITY) through the front, waits until
 # all are finished and prints jobs/s. Then it times ONE job end to end (POST
-# to finished, polled every 20 ms) through the queue with one worker and on a
+# to finished, polled every 10 ms) through the queue with one worker and on a
 # plain local `orfeas serve` (median of 7 each), and prints the difference:
 # the queue path's added latency.
 #
@@ -22,7 +22,8 @@ command -v nats-server >/dev/null || { echo "nats-server missing: eval \"\$(scri
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Nodes started in command substitutions leave their pid in $work/*.pid.
+  for p in "${pids[@]}" $(cat "$work"/*.pid 2>/dev/null); do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -34,13 +35,13 @@ wait_health() {
   for _ in $(seq 600); do curl -fs "$1/health" >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "$1 never answered" >&2; exit 1
 }
-# start_serve NAME [ARGS…]: starts a node, prints its base URL on fd 3.
+# start_serve NAME [ARGS…]: starts a node, prints its base URL (its pid goes to $work/NAME.pid).
 start_serve() {
   local name=$1; shift
   local port; port=$(free_port)
   ORFEAS_DATA_DIR="$work/data-$name" ORFEAS_LOG=warn "$bin" serve --bind "127.0.0.1:$port" \
     --no-rate-limit "$@" >"$work/$name.log" 2>&1 &
-  pids+=($!)
+  echo $! >"$work/$name.pid"
   echo "http://127.0.0.1:$port"
 }
 submit() { curl -fs -X POST -H 'Content-Type: image/png' --data-binary "@$png" \
@@ -59,14 +60,28 @@ if bad:
     sys.exit(2)
 sys.exit(0 if len(done) == len(want) else 1)' "$@"
 }
-# wait_done BASE IDS…: until every job finished; stops the script when one failed.
+# wait_done BASE IDS…: until every job finished (the list, every 0.25 s: a
+# fleet node reads each record to list them, so polling it harder would take
+# CPU from the workers); stops the script when one failed.
 wait_done() {
   local base=$1 rc; shift
   while true; do
     rc=0; finished "$base" "$@" 2>/dev/null || rc=$?
     [ "$rc" = 0 ] && return 0
     [ "$rc" = 2 ] && { echo "a job failed; see $work/*.log" >&2; exit 1; }
-    sleep 0.02
+    sleep 0.25
+  done
+}
+# wait_one BASE ID: until that job finished, asking for it alone every 10 ms.
+wait_one() {
+  local state
+  while true; do
+    state=$(curl -fs "$1/api/jobs/$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])' 2>/dev/null || true)
+    case "$state" in
+      succeeded) return 0 ;;
+      failed|cancelled|interrupted) echo "job $2 $state; see $work/*.log" >&2; exit 1 ;;
+    esac
+    sleep 0.01
   done
 }
 
@@ -85,21 +100,22 @@ for n in 1 2 3; do
   w=$(start_serve "w$n" --queue "$queue" --node-name "w$n" --concurrency 1)
   wait_health "$w"
   workers+=("$w")
-  ids=()
   t0=$(now)
+  ids=()
   for _ in $(seq "$jobs"); do ids+=("$(submit "$front")"); done
+  ts=$(now)
   wait_done "$front" "${ids[@]}"
   t1=$(now)
-  python3 -c "import sys; n,j,t=int(sys.argv[1]),int(sys.argv[2]),float(sys.argv[3]); print(f'{n} worker(s): {j} jobs in {t:.1f} s = {j/t:.2f} jobs/s')" \
-    "$n" "$jobs" "$(echo "$t1 - $t0" | bc -l)"
+  python3 -c "import sys; n,j,t,s=int(sys.argv[1]),int(sys.argv[2]),float(sys.argv[3]),float(sys.argv[4]); print(f'{n} worker(s): {j} jobs in {t:.1f} s = {j/t:.2f} jobs/s (all submitted after {s:.1f} s)')" \
+    "$n" "$jobs" "$(echo "$t1 - $t0" | bc -l)" "$(echo "$ts - $t0" | bc -l)"
 done
 # One worker left for the latency run.
-for p in "${pids[@]: -2}"; do kill "$p"; done
+kill "$(cat "$work/w2.pid")" "$(cat "$work/w3.pid")"
 sleep 2
 
 one_job() {
   local base=$1 t0 t1 id
-  t0=$(now); id=$(submit "$base"); wait_done "$base" "$id"; t1=$(now)
+  t0=$(now); id=$(submit "$base"); wait_one "$base" "$id"; t1=$(now)
   echo "$t1 - $t0" | bc -l
 }
 # median_of BASE N: the median of N one-job latencies (after one warm-up job).

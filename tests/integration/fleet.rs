@@ -596,6 +596,18 @@ fn a_three_node_fleet_runs_every_job_exactly_once_through_a_killed_worker_and_a_
         !redelivered_from_w1.is_empty(),
         "the job w1 was killed in must show a redelivery to another worker"
     );
+    // Its events, from both fronts (neither ran it): the snapshot, then done.
+    for front in [&f1, &f2] {
+        let (status, body) = get(&format!(
+            "{front}/api/jobs/{}/events",
+            redelivered_from_w1[0]
+        ));
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(status, 200, "{text}");
+        let snapshot = text.find("event: snapshot").expect(&text);
+        let done = text.find("event: done").expect(&text);
+        assert!(snapshot < done, "{text}");
+    }
     // Exactly once: the survivors' successes plus what w1 finished before it died.
     let succeeded =
         |base: &str| metric_sum(base, "fleet_jobs_processed_total", "outcome=\"succeeded\"");

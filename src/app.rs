@@ -222,16 +222,14 @@ struct BatchRun {
 fn connect_fleet(
     settings: &state::Settings,
 ) -> Result<Option<(Arc<orfeas_core::fleet::Fleet>, String)>, String> {
-    use orfeas_core::fleet::{Fleet, FleetConfig, default_node_name, parse_urls};
+    use orfeas_core::fleet::{Fleet, FleetConfig};
     if settings.run_on != state::RunOn::Fleet {
         return Ok(None);
     }
     let connect = || -> Result<Arc<Fleet>, orfeas_core::fleet::FleetError> {
         Fleet::connect(FleetConfig {
-            urls: parse_urls(&settings.fleet_url)?,
-            node_name: format!("studio-{}", default_node_name()),
             connect_timeout: std::time::Duration::from_secs(3),
-            ..FleetConfig::default()
+            ..FleetConfig::client(&settings.fleet_url, "studio")?
         })
     };
     connect()

@@ -217,16 +217,12 @@ fn use_fleet(
     engine: &orfeas_core::jobs::Engine,
     queue: Option<&str>,
 ) -> anyhow::Result<Option<std::sync::Arc<orfeas_core::fleet::Fleet>>> {
-    use orfeas_core::fleet::{Fleet, FleetConfig, Priority, default_node_name, parse_urls};
+    use orfeas_core::fleet::{Fleet, FleetConfig};
     let Some(urls) = queue else {
         return Ok(None);
     };
-    let fleet = Fleet::connect(FleetConfig {
-        urls: parse_urls(urls)?,
-        node_name: format!("cli-{}", default_node_name()),
-        ..FleetConfig::default()
-    })?;
-    orfeas_core::fleet::relay::register_relay(engine, &fleet, Priority::Interactive);
+    let fleet = Fleet::connect(FleetConfig::client(urls, "cli")?)?;
+    orfeas_core::fleet::relay::register_relay(engine, &fleet);
     Ok(Some(fleet))
 }
 

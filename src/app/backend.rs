@@ -124,11 +124,7 @@ impl Backend {
             )),
         );
         if let Some(fleet) = fleet {
-            orfeas_core::fleet::relay::register_relay(
-                &engine,
-                fleet,
-                orfeas_core::fleet::Priority::Interactive,
-            );
+            orfeas_core::fleet::relay::register_relay(&engine, fleet);
         }
         let dirty = Arc::new(AtomicBool::new(true));
         engine.add_observer(Arc::new(UiObserver {

@@ -138,11 +138,7 @@ fn image_to_3d(args: &BatchImageTo3dArgs) -> anyhow::Result<ExitCode> {
         Method::Triposr => ImageTo3dMethod::TripoSr,
     };
 
-    let fleet = Fleet::connect(FleetConfig {
-        urls: orfeas_core::fleet::parse_urls(&args.queue)?,
-        node_name: format!("batch-{}", orfeas_core::fleet::default_node_name()),
-        ..FleetConfig::default()
-    })?;
+    let fleet = Fleet::connect(FleetConfig::client(&args.queue, "batch")?)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);
@@ -299,19 +295,8 @@ fn image_to_3d(args: &BatchImageTo3dArgs) -> anyhow::Result<ExitCode> {
 /// Writes the job's result into `output` (atomically); files beside the mesh
 /// (an OBJ's material) keep their names.
 fn collect(fleet: &Fleet, id: JobId, files: &[String], output: &Path) -> anyhow::Result<()> {
-    let out_dir = output.parent().unwrap_or(Path::new("."));
-    for (i, file) in files.iter().enumerate() {
-        let bytes = fleet.result_bytes(id, file)?.with_context(|| {
-            format!("job {id} finished but its file {file} is not in the fleet")
-        })?;
-        let target = if i == 0 {
-            output.to_path_buf()
-        } else {
-            out_dir.join(file)
-        };
-        orfeas_core::paths::write_bytes_atomic(&target, &bytes)?;
-    }
-    anyhow::ensure!(!files.is_empty(), "job {id} finished without a file");
+    let written = fleet.save_results(id, files, output)?;
+    anyhow::ensure!(!written.is_empty(), "job {id} finished without a file");
     Ok(())
 }
 

@@ -185,6 +185,18 @@ impl Default for FleetConfig {
 }
 
 /// `host-pid`, unique among the nodes of one machine.
+impl FleetConfig {
+    /// A node that only submits and follows jobs (the studio, the CLI):
+    /// the fleet at `urls`, named `{role}-{host}-{pid}`.
+    pub fn client(urls: &str, role: &str) -> Result<FleetConfig, FleetError> {
+        Ok(FleetConfig {
+            urls: parse_urls(urls)?,
+            node_name: format!("{role}-{}", default_node_name()),
+            ..FleetConfig::default()
+        })
+    }
+}
+
 pub fn default_node_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
@@ -234,7 +246,7 @@ pub enum FleetError {
     BadUrl { url: String },
     #[error(
         "cannot reach the NATS server at {urls}: {reason}; check the address and that \
-         nats-server runs with JetStream (-js), or start without --queue (in the studio: Settings, Run jobs on, This machine) to run jobs on this machine"
+         nats-server runs with JetStream (-js), or start without --queue to run jobs on this machine"
     )]
     Unreachable { urls: String, reason: String },
     #[error(
@@ -250,6 +262,8 @@ pub enum FleetError {
     NotShippable(String),
     #[error("cannot read the job's input {path}: {reason}")]
     Input { path: String, reason: String },
+    #[error("cannot save the result {path}: {reason}")]
+    Output { path: String, reason: String },
     #[error("the job record of {id} is unreadable: {reason}")]
     BadRecord { id: i64, reason: String },
 }
@@ -805,6 +819,38 @@ impl Fleet {
         self.block_on(self.files.get(&result_object(id, name)))
     }
 
+    /// Writes job `id`'s result files atomically: the first at `output`, the
+    /// rest (an OBJ's material and texture) beside it under their own names.
+    /// Returns the paths written (none when the job has no file).
+    pub fn save_results(
+        &self,
+        id: JobId,
+        files: &[String],
+        output: &std::path::Path,
+    ) -> Result<Vec<std::path::PathBuf>, FleetError> {
+        let dir = output.parent().unwrap_or(std::path::Path::new("."));
+        let mut written = Vec::with_capacity(files.len());
+        for (i, name) in files.iter().enumerate() {
+            let target = if i == 0 {
+                output.to_path_buf()
+            } else {
+                dir.join(name)
+            };
+            let cannot = |reason: String| FleetError::Output {
+                path: target.display().to_string(),
+                reason,
+            };
+            let bytes = self.result_bytes(id, name)?.ok_or_else(|| {
+                cannot(format!(
+                    "job {id} finished but its file {name} is not in the fleet"
+                ))
+            })?;
+            crate::paths::write_bytes_atomic(&target, &bytes).map_err(|e| cannot(e.to_string()))?;
+            written.push(target);
+        }
+        Ok(written)
+    }
+
     /// Jobs in the stream per priority (waiting or in flight); also sets `fleet_queue_depth`.
     pub fn queue_depth(&self) -> Result<BTreeMap<Priority, u64>, FleetError> {
         self.block_on(self.queue_depth_async())
@@ -899,20 +945,32 @@ async fn setup(
     let js = jetstream::ContextBuilder::new()
         .timeout(JS_TIMEOUT)
         .build(client.clone());
-    // A cluster that has just started elects its JetStream leader in a few
-    // seconds: until then every request fails, so ask again for a while.
+    let (records, files) = settle(config, "JetStream", || prepare(&js, config, &urls)).await?;
+    Ok((client, js, records, files))
+}
+
+/// Runs `attempt` until it succeeds or six connect timeouts have passed: a
+/// cluster that has just started (or lost a node) refuses requests for a few
+/// seconds while it elects its leaders.
+pub(crate) async fn settle<T, Fut>(
+    config: &FleetConfig,
+    what: &str,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, FleetError>
+where
+    Fut: std::future::Future<Output = Result<T, FleetError>>,
+{
     let deadline = std::time::Instant::now() + config.connect_timeout * 6;
-    let (records, files) = loop {
-        match prepare(&js, config, &urls).await {
-            Ok(done) => break done,
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(done),
             Err(e) if std::time::Instant::now() < deadline => {
-                tracing::debug!("JetStream not ready yet: {e}");
+                tracing::info!("{what} not ready yet ({e}); retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => return Err(e),
         }
-    };
-    Ok((client, js, records, files))
+    }
 }
 
 /// Creates the streams, the bucket and the store where missing.

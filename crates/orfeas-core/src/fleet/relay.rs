@@ -6,7 +6,7 @@
 //! engine (the studio's Create tab, its job list, the Gallery and the history,
 //! `orfeas image-to-3d --queue`) runs on the fleet unchanged.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,15 +17,15 @@ use crate::telemetry::metrics::FAILURE_REASONS;
 /// How often the remote record is read while the job runs.
 const POLL: Duration = Duration::from_millis(250);
 
-/// Hands jobs to the fleet (see the module doc).
+/// Hands jobs to the fleet (see the module doc): a batch job
+/// ([`JobSpec::batch`]) at batch priority, any other at interactive.
 pub struct FleetRelay {
     fleet: Arc<Fleet>,
-    priority: Priority,
 }
 
 impl FleetRelay {
-    pub fn new(fleet: Arc<Fleet>, priority: Priority) -> FleetRelay {
-        FleetRelay { fleet, priority }
+    pub fn new(fleet: Arc<Fleet>) -> FleetRelay {
+        FleetRelay { fleet }
     }
 }
 
@@ -33,6 +33,7 @@ impl FleetRelay {
 fn failure(e: &FleetError) -> JobFailure {
     let reason = match e {
         FleetError::NotShippable(_) | FleetError::Input { .. } => "invalid_input",
+        FleetError::Output { .. } => "io",
         _ => "other",
     };
     JobFailure::new(reason, e.to_string())
@@ -64,7 +65,7 @@ impl JobRunner for FleetRelay {
         let priority = if spec.batch {
             Priority::Batch
         } else {
-            self.priority
+            Priority::Interactive
         };
         let id = self.fleet.submit(spec, priority).map_err(|e| failure(&e))?;
         let mut last = (String::new(), -1.0_f32);
@@ -89,7 +90,7 @@ impl JobRunner for FleetRelay {
                         }
                         _ => ("queue".to_owned(), "waiting in the fleet queue".to_owned()),
                     };
-                    if (stage.clone(), record.fraction) != last {
+                    if stage != last.0 || record.fraction != last.1 {
                         ctx.progress(&stage, record.fraction, &message);
                         last = (stage, record.fraction);
                     }
@@ -107,7 +108,16 @@ impl JobRunner for FleetRelay {
         };
         match record.state {
             JobState::Succeeded => {
-                let files = self.collect(id, &record.files, output_path(spec))?;
+                let files = self
+                    .fleet
+                    .save_results(id, &record.files, output_path(spec))
+                    .map_err(|e| failure(&e))?;
+                if files.is_empty() {
+                    return Err(JobFailure::new(
+                        "other",
+                        format!("job {id} finished on the fleet without a file"),
+                    ));
+                }
                 Ok(JobOutput {
                     files,
                     quality: record.quality,
@@ -126,50 +136,9 @@ impl JobRunner for FleetRelay {
     }
 }
 
-impl FleetRelay {
-    /// Writes the result files: the first at `output`, the rest beside it.
-    fn collect(
-        &self,
-        id: crate::jobs::JobId,
-        files: &[String],
-        output: &Path,
-    ) -> Result<Vec<PathBuf>, JobFailure> {
-        let dir = output.parent().unwrap_or(Path::new("."));
-        let mut written = Vec::new();
-        for (i, name) in files.iter().enumerate() {
-            let bytes = self
-                .fleet
-                .result_bytes(id, name)
-                .map_err(|e| failure(&e))?
-                .ok_or_else(|| {
-                    JobFailure::new(
-                        "io",
-                        format!("job {id} finished but its file {name} is not in the fleet"),
-                    )
-                })?;
-            let target = if i == 0 {
-                output.to_path_buf()
-            } else {
-                dir.join(name)
-            };
-            crate::paths::write_bytes_atomic(&target, &bytes).map_err(|e| {
-                JobFailure::new("io", format!("cannot write {}: {e}", target.display()))
-            })?;
-            written.push(target);
-        }
-        if written.is_empty() {
-            return Err(JobFailure::new(
-                "other",
-                format!("job {id} finished on the fleet without a file"),
-            ));
-        }
-        Ok(written)
-    }
-}
-
 /// Makes `engine` run every job kind on the fleet (replacing its local runners).
-pub fn register_relay(engine: &crate::jobs::Engine, fleet: &Arc<Fleet>, priority: Priority) {
+pub fn register_relay(engine: &crate::jobs::Engine, fleet: &Arc<Fleet>) {
     for kind in crate::jobs::JobKind::ALL {
-        engine.register(kind, Arc::new(FleetRelay::new(Arc::clone(fleet), priority)));
+        engine.register(kind, Arc::new(FleetRelay::new(Arc::clone(fleet))));
     }
 }

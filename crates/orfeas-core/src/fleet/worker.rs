@@ -94,18 +94,11 @@ pub fn start(
         path: config.scratch_dir.display().to_string(),
         reason: e.to_string(),
     })?;
-    // A cluster that is still electing leaders refuses for a few seconds: ask again.
-    let deadline = Instant::now() + fleet.config().connect_timeout * 6;
-    let consumers = loop {
-        match fleet.block_on(consumers(&fleet, &config.capabilities)) {
-            Ok(consumers) => break consumers,
-            Err(e) if Instant::now() < deadline => {
-                tracing::info!("the fleet's consumers are not ready yet ({e}); retrying");
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(e) => return Err(e),
-        }
-    };
+    let consumers = fleet.block_on(super::settle(
+        fleet.config(),
+        "the fleet's consumers",
+        || consumers(&fleet, &config.capabilities),
+    ))?;
     let (stop, stopped) = watch::channel(false);
     let (done_tx, done) = std::sync::mpsc::sync_channel(1);
     let worker = Arc::new(Worker {

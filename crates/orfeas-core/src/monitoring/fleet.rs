@@ -1,4 +1,5 @@
-//! The fleet variant of the stack (`orfeas monitoring export DIR --fleet`):
+//! The fleet variant of the stack (`orfeas monitoring export DIR` writes it
+//! next to the single-studio files):
 //! two Prometheus replicas that find every worker through file-based service
 //! discovery, both alerting a two-node Alertmanager cluster that
 //! deduplicates, the fleet alert rules and the dashboard's Fleet row.
@@ -11,7 +12,8 @@
 
 use std::fmt::Write as _;
 
-use super::{GENERATED, JOB, yaml_quote};
+use super::{GENERATED, JOB};
+use crate::telemetry::alerts::{push_rule, yaml_str};
 
 /// Worker targets for file-based service discovery (re-read without a restart).
 pub const WORKERS_FILE: &str = "fleet-workers.yml";
@@ -96,11 +98,11 @@ scrape_configs:
 "#,
         si = o.scrape_interval_secs,
         ei = o.evaluation_interval_secs,
-        replica = yaml_quote(&o.replica),
+        replica = yaml_str(&o.replica),
         ams = o
             .alertmanagers
             .iter()
-            .map(|a| yaml_quote(a))
+            .map(|a| yaml_str(a))
             .collect::<Vec<_>>()
             .join(", "),
     );
@@ -165,20 +167,14 @@ pub fn rules_yaml(for_override_secs: Option<u32>, annotations: bool) -> String {
     let mut out = String::from(GENERATED);
     out.push_str("groups:\n  - name: orfeas-fleet\n    rules:\n");
     for r in rules() {
-        let for_secs = for_override_secs.map_or(r.for_secs, |o| o.min(r.for_secs));
-        let _ = writeln!(out, "      - alert: {}", r.name);
-        let _ = writeln!(out, "        expr: {}", yaml_quote(r.expr));
-        let _ = writeln!(
-            out,
-            "        for: {}",
-            crate::telemetry::alerts::prom_duration(for_secs)
+        push_rule(
+            &mut out,
+            r.name,
+            r.expr,
+            for_override_secs.map_or(r.for_secs, |o| o.min(r.for_secs)),
+            r.severity,
+            annotations.then_some((r.summary, r.description)),
         );
-        let _ = writeln!(out, "        labels:\n          severity: {}", r.severity);
-        if annotations {
-            let _ = writeln!(out, "        annotations:");
-            let _ = writeln!(out, "          summary: {}", yaml_quote(r.summary));
-            let _ = writeln!(out, "          description: {}", yaml_quote(r.description));
-        }
     }
     out
 }

@@ -329,7 +329,7 @@ pub fn prom_duration(secs: u32) -> String {
     }
 }
 
-fn yaml_str(s: &str) -> String {
+pub(crate) fn yaml_str(s: &str) -> String {
     // A JSON string is a valid YAML double-quoted scalar.
     serde_json::Value::String(s.to_owned()).to_string()
 }
@@ -349,25 +349,36 @@ pub fn rules_yaml(
     out.push_str("# Do not edit: change the definitions in code and re-export.\n");
     out.push_str("groups:\n  - name: orfeas\n    rules:\n");
     for r in rules {
-        let _ = writeln!(out, "      - alert: {}", r.name);
-        let _ = writeln!(out, "        expr: {}", yaml_str(&r.promql()));
-        let _ = writeln!(
-            out,
-            "        for: {}",
-            prom_duration(for_override_secs.unwrap_or(r.for_secs))
+        push_rule(
+            &mut out,
+            r.name,
+            &r.promql(),
+            for_override_secs.unwrap_or(r.for_secs),
+            r.severity.as_str(),
+            annotations.then_some((r.summary, r.description)),
         );
-        let _ = writeln!(
-            out,
-            "        labels:\n          severity: {}",
-            r.severity.as_str()
-        );
-        if annotations {
-            let _ = writeln!(out, "        annotations:");
-            let _ = writeln!(out, "          summary: {}", yaml_str(r.summary));
-            let _ = writeln!(out, "          description: {}", yaml_str(r.description));
-        }
     }
     out
+}
+
+/// One alerting rule as an item of a rule group's `rules:` list.
+pub(crate) fn push_rule(
+    out: &mut String,
+    name: &str,
+    expr: &str,
+    for_secs: u32,
+    severity: &str,
+    annotations: Option<(&str, &str)>,
+) {
+    let _ = writeln!(out, "      - alert: {name}");
+    let _ = writeln!(out, "        expr: {}", yaml_str(expr));
+    let _ = writeln!(out, "        for: {}", prom_duration(for_secs));
+    let _ = writeln!(out, "        labels:\n          severity: {severity}");
+    if let Some((summary, description)) = annotations {
+        let _ = writeln!(out, "        annotations:");
+        let _ = writeln!(out, "          summary: {}", yaml_str(summary));
+        let _ = writeln!(out, "          description: {}", yaml_str(description));
+    }
 }
 
 /// The rules file Prometheus loads (`orfeas monitoring rules` prints it).

@@ -190,6 +190,7 @@ fn compare(reference: &std::path::Path, x: &Tensor, logits: &Tensor) -> anyhow::
 }
 
 fn main() -> anyhow::Result<()> {
+    orfeas_ml::memory::keep_freed_memory();
     let repeats: usize = env_or("ORFEAS_BENCH_REPEATS", 5);
     let image = image::open(fixture().join("golden/input.png"))?;
     let tiny = BiRefNet::from_dir(&fixture(), DType::F32, &Device::Cpu)?;

@@ -6,7 +6,8 @@
 //! (comma list of sd-turbo, sd-1.5, sdxl-turbo; default the first two), ORFEAS_BENCH_WEIGHTS
 //! (zeros|random; default zeros on CPU, random on GPU), ORFEAS_BENCH_DEVICE
 //! (auto|cpu|cuda), ORFEAS_BENCH_REPEATS (default 1 on CPU, 5 on GPU),
-//! ORFEAS_ML_FIXTURES (the sd-tiny fixture folder holding `full-configs/`).
+//! ORFEAS_ML_FIXTURES (the sd-tiny fixture folder holding `full-configs/`),
+//! ORFEAS_BENCH_SKIP_TILED (set: no tiled VAE decode).
 //!
 //! ORFEAS_BENCH_FOLDER=DIR instead runs the real text→image pipeline on a diffusers
 //! folder (CPU, f32): `SdModel::load` as `orfeas text-to-image --model-path DIR` does,
@@ -299,6 +300,7 @@ fn folder_bench(dir: &Path, size: usize) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    orfeas_ml::memory::keep_freed_memory();
     let size: usize = std::env::var("ORFEAS_BENCH_SIZE")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -407,10 +409,14 @@ fn main() -> anyhow::Result<()> {
         })?;
         println!("{name}: vae_decode {vae_ms:.0} ms");
         let tile = (lat / 2).max(16);
-        let tiled_ms = time_ms(&dev, repeats, || {
-            vae.decode_tiled(&latents, tile, tile / 4)?;
-            Ok(())
-        })?;
+        let tiled_ms = if std::env::var_os("ORFEAS_BENCH_SKIP_TILED").is_some() {
+            f64::NAN
+        } else {
+            time_ms(&dev, repeats, || {
+                vae.decode_tiled(&latents, tile, tile / 4)?;
+                Ok(())
+            })?
+        };
         println!("{name}: vae_decode_tiled {tiled_ms:.0} ms");
         let tiny_ms = time_ms(&dev, repeats, || {
             tiny.decode(&latents)?;

@@ -228,6 +228,7 @@ fn stages(
 }
 
 fn main() -> anyhow::Result<()> {
+    orfeas_ml::memory::keep_freed_memory();
     let pref: DevicePref = std::env::var("ORFEAS_BENCH_DEVICE")
         .unwrap_or_else(|_| "auto".into())
         .parse()?;

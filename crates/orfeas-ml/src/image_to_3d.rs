@@ -153,10 +153,13 @@ impl JobRunner for ImageTo3dRunner {
 
     fn run(&self, spec: &JobSpec, ctx: &JobContext) -> Result<JobOutput, JobFailure> {
         let request = image_to_3d_request(spec)?;
-        match request.method {
+        let output = match request.method {
             ImageTo3dMethod::Inflate => self.run_inflate(request, ctx),
             ImageTo3dMethod::TripoSr => self.run_triposr(request, ctx),
-        }
+        };
+        // The job's activations are freed; loaded models stay.
+        crate::memory::release_freed_memory();
+        output
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`image_to_3d`]: the image→3D runner for every method.
 //! - [`models`]: known models, discovery, `list` / `verify` / `download`.
 //! - [`fixture`]: completes the small test fixture kept in git.
+//! - [`memory`]: keeps freed activations in the heap for reuse (`main` opts in).
 //! - [`kernels`]: CPU kernels (conv, group norm + SiLU, upsampling) the models share.
 
 pub mod birefnet;
@@ -14,6 +15,7 @@ pub mod fixture;
 pub mod image_to_3d;
 pub mod kernels;
 pub mod mask_score;
+pub mod memory;
 pub mod models;
 pub mod sd;
 pub mod text_to_image;

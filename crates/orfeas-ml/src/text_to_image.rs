@@ -794,8 +794,10 @@ impl orfeas_core::jobs::JobRunner for TextToImageRunner {
         ctx.progress("load", 0.0, "");
         let images = self
             .engine
-            .run(&params, device, &mut on_progress, &cancelled)
-            .map_err(|e| job_failure(&e))?;
+            .run(&params, device, &mut on_progress, &cancelled);
+        // The step's activations are freed; the loaded model stays.
+        crate::memory::release_freed_memory();
+        let images = images.map_err(|e| job_failure(&e))?;
         ctx.check_cancelled()?;
         let mut files = Vec::new();
         for (i, img) in images.iter().enumerate() {

@@ -8,10 +8,11 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use crate::error::{Result, SdError};
+use crate::kernels::Linear;
 
 /// `hidden_act` of the checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -155,15 +156,15 @@ impl ClipTextModel {
                 Ok(Layer {
                     ln1: candle_nn::layer_norm(h, cfg.layer_norm_eps, l.pp("layer_norm1"))?,
                     attn: Attention {
-                        q: candle_nn::linear(h, h, a.pp("q_proj"))?,
-                        k: candle_nn::linear(h, h, a.pp("k_proj"))?,
-                        v: candle_nn::linear(h, h, a.pp("v_proj"))?,
-                        out: candle_nn::linear(h, h, a.pp("out_proj"))?,
+                        q: Linear::load(a.pp("q_proj"), h, h, true)?,
+                        k: Linear::load(a.pp("k_proj"), h, h, true)?,
+                        v: Linear::load(a.pp("v_proj"), h, h, true)?,
+                        out: Linear::load(a.pp("out_proj"), h, h, true)?,
                         heads: cfg.num_attention_heads,
                     },
                     ln2: candle_nn::layer_norm(h, cfg.layer_norm_eps, l.pp("layer_norm2"))?,
-                    fc1: candle_nn::linear(h, cfg.intermediate_size, l.pp("mlp.fc1"))?,
-                    fc2: candle_nn::linear(cfg.intermediate_size, h, l.pp("mlp.fc2"))?,
+                    fc1: Linear::load(l.pp("mlp.fc1"), h, cfg.intermediate_size, true)?,
+                    fc2: Linear::load(l.pp("mlp.fc2"), cfg.intermediate_size, h, true)?,
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -171,7 +172,7 @@ impl ClipTextModel {
             candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("final_layer_norm"))?;
         let text_projection = match cfg.projection_dim {
             Some(p) if root.contains_tensor("text_projection.weight") => {
-                Some(candle_nn::linear_no_bias(h, p, root.pp("text_projection"))?)
+                Some(Linear::load(root.pp("text_projection"), h, p, false)?)
             }
             _ => None,
         };

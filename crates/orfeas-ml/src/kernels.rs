@@ -717,39 +717,70 @@ pub fn attention(
 /// with the number of row blocks, the GEMM's efficiency falls below ~64 rows).
 const LINEAR_ROW_BLOCK: usize = 512;
 
-/// `y = x·wᵀ + bias` on contiguous f32 slices: `x (rows, d_in)`, `w (d_out,
-/// d_in)` as a `Linear` stores it, `bias (d_out)`; `y (rows, d_out)`.
+/// Where element (row, column) of a matrix operand lives in its slice:
+/// `row · rs + column · cs`. Row-major `(rows, cols)` is `{ rs: cols, cs: 1 }`;
+/// a channel-major NCHW item read as (pixel, channel) is `{ rs: 1, cs: h·w }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatLayout {
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl MatLayout {
+    /// Row-major with `cols` columns.
+    pub fn rows(cols: usize) -> Self {
+        Self { rs: cols, cs: 1 }
+    }
+
+    /// Whether a `rows × cols` matrix in this layout fits in `len` elements.
+    fn fits(self, rows: usize, cols: usize, len: usize) -> bool {
+        rows == 0
+            || cols == 0
+            || (rows - 1)
+                .checked_mul(self.rs)
+                .zip((cols - 1).checked_mul(self.cs))
+                .and_then(|(a, b)| a.checked_add(b))
+                .is_some_and(|last| last < len)
+    }
+}
+
+/// `out (+)= x·wᵀ`: `x (rows, d_in)` and `out (rows, d_out)` in any
+/// [`MatLayout`], `w (d_out, d_in)` row-major as a `Linear` stores it. With
+/// `read_out`, `out` holds the starting values (bias, residual) and the product
+/// is added to them; without, it is overwritten.
 ///
 /// Tiled over rows and output columns into at least four tasks per thread,
 /// each a single-threaded GEMM: the `gemm` crate's own threading gained
 /// nothing over one thread on these shapes (4096×320 → 2560: 155 GFLOP/s on
 /// one thread, 153 on two), while independent tiles use both cores. A task
 /// packs only its column slice of the weight, so the weight is packed once per
-/// row block. The bias is the GEMM's starting value.
-pub fn linear_f32(
+/// row block.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_into_f32(
     x: &[f32],
+    x_at: MatLayout,
     rows: usize,
     d_in: usize,
     w: &[f32],
     d_out: usize,
-    bias: Option<&[f32]>,
-) -> Result<Vec<f32>> {
-    if x.len() != rows * d_in || w.len() != d_out * d_in || bias.is_some_and(|b| b.len() != d_out) {
+    out: &mut [f32],
+    out_at: MatLayout,
+    read_out: bool,
+) -> Result<()> {
+    if !x_at.fits(rows, d_in, x.len())
+        || w.len() != d_out * d_in
+        || !out_at.fits(rows, d_out, out.len())
+    {
         candle_core::bail!(
-            "linear: x {} / w {} / bias {:?} elements do not match {rows}×{d_in} → {d_out}",
+            "linear: x {} / w {} / out {} elements do not hold {rows}×{d_in} → {d_out} \
+             ({x_at:?} → {out_at:?})",
             x.len(),
             w.len(),
-            bias.map(<[f32]>::len)
+            out.len()
         );
     }
-    let mut out = vec![0f32; rows * d_out];
-    if out.is_empty() {
-        return Ok(out);
-    }
-    if let Some(b) = bias {
-        // Written, never read first (see conv2d_f32).
-        out.par_chunks_mut(d_out)
-            .for_each(|row| row.copy_from_slice(b));
+    if rows == 0 || d_out == 0 {
+        return Ok(());
     }
     let threads = rayon::current_num_threads().max(1);
     let row_blocks = rows.div_ceil(LINEAR_ROW_BLOCK);
@@ -760,30 +791,29 @@ pub fn linear_f32(
     let col_block = d_out.div_ceil(col_blocks).div_ceil(16) * 16;
     let col_blocks = d_out.div_ceil(col_block);
     let dst = OutPtr(out.as_mut_ptr());
-    let read_dst = bias.is_some();
     (0..row_blocks * col_blocks)
         .into_par_iter()
         .for_each(|task| {
             let (rb, cb) = (task / col_blocks, task % col_blocks);
             let (r0, c0) = (rb * row_block, cb * col_block);
             let (m, n) = (row_block.min(rows - r0), col_block.min(d_out - c0));
-            // SAFETY: this task alone writes rows r0..r0+m, columns c0..c0+n of `out`
-            // (rows × d_out, alive for the whole loop); x holds rows × d_in and w
-            // d_out × d_in floats (checked above), so rows r0.. of x and rows c0.. of
-            // w (read as wᵀ: row stride 1, column stride d_in) are in bounds.
+            // SAFETY: this task alone writes rows r0..r0+m, columns c0..c0+n of
+            // `out` (alive for the whole loop); every element of x, w and out the
+            // GEMM touches is inside its slice (`fits` and the length check above);
+            // w's rows c0.. are read as wᵀ (row stride 1, column stride d_in).
             #[allow(unsafe_code)]
             unsafe {
                 gemm::gemm(
                     m,
                     n,
                     d_in,
-                    dst.get().add(r0 * d_out + c0),
-                    1,
-                    d_out as isize,
-                    read_dst,
-                    x.as_ptr().add(r0 * d_in),
-                    1,
-                    d_in as isize,
+                    dst.get().add(r0 * out_at.rs + c0 * out_at.cs),
+                    out_at.cs as isize,
+                    out_at.rs as isize,
+                    read_out,
+                    x.as_ptr().add(r0 * x_at.rs),
+                    x_at.cs as isize,
+                    x_at.rs as isize,
                     w.as_ptr().add(c0 * d_in),
                     d_in as isize,
                     1,
@@ -796,6 +826,79 @@ pub fn linear_f32(
                 );
             }
         });
+    Ok(())
+}
+
+/// `y = x·wᵀ + bias` on contiguous row-major f32 slices: `x (rows, d_in)`,
+/// `w (d_out, d_in)`, `bias (d_out)`; `y (rows, d_out)`. See [`linear_into_f32`];
+/// the bias is the GEMM's starting value.
+pub fn linear_f32(
+    x: &[f32],
+    rows: usize,
+    d_in: usize,
+    w: &[f32],
+    d_out: usize,
+    bias: Option<&[f32]>,
+) -> Result<Vec<f32>> {
+    linear_start_f32(x, rows, d_in, w, d_out, bias, None)
+}
+
+/// [`linear_f32`] plus `residual (rows, d_out)`, also the starting value.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_start_f32(
+    x: &[f32],
+    rows: usize,
+    d_in: usize,
+    w: &[f32],
+    d_out: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> Result<Vec<f32>> {
+    if x.len() != rows * d_in
+        || bias.is_some_and(|b| b.len() != d_out)
+        || residual.is_some_and(|r| r.len() != rows * d_out)
+    {
+        candle_core::bail!(
+            "linear: x {} / bias {:?} / residual {:?} elements do not match {rows}×{d_in} → {d_out}",
+            x.len(),
+            bias.map(<[f32]>::len),
+            residual.map(<[f32]>::len)
+        );
+    }
+    let mut out = vec![0f32; rows * d_out];
+    if out.is_empty() {
+        return Ok(out);
+    }
+    // Written, never read first (see conv2d_f32).
+    match (bias, residual) {
+        (None, None) => {}
+        _ => out
+            .par_chunks_mut(d_out)
+            .enumerate()
+            .for_each(|(r, row)| match (bias, residual) {
+                (Some(b), Some(res)) => {
+                    let res = &res[r * d_out..(r + 1) * d_out];
+                    row.iter_mut()
+                        .zip(b.iter().zip(res))
+                        .for_each(|(o, (&b, &x))| *o = x + b);
+                }
+                (Some(b), None) => row.copy_from_slice(b),
+                (None, Some(res)) => row.copy_from_slice(&res[r * d_out..(r + 1) * d_out]),
+                (None, None) => {}
+            }),
+    }
+    let read_out = bias.is_some() || residual.is_some();
+    linear_into_f32(
+        x,
+        MatLayout::rows(d_in),
+        rows,
+        d_in,
+        w,
+        d_out,
+        &mut out,
+        MatLayout::rows(d_out),
+        read_out,
+    )?;
     Ok(out)
 }
 
@@ -817,16 +920,148 @@ impl Linear {
         };
         Ok(Self { inner, d_in, d_out })
     }
+
+    /// Whether our kernels take `x` (last dimension `d_in`) and this layer's weights.
+    fn fast(&self, x: &Tensor) -> bool {
+        fast_path(x)
+            && fast_path(self.inner.weight())
+            && self.inner.bias().is_none_or(fast_path)
+            && x.rank() > 0
+            && x.dims().last() == Some(&self.d_in)
+    }
+
+    /// `forward(x) + residual` with the residual (the output's shape) as the
+    /// GEMM's starting value: the transformer blocks' skip, one pass fewer.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = self.d_out;
+        }
+        if !self.fast(x) || !fast_path(residual) || residual.dims() != dims.as_slice() {
+            return self.inner.forward(x)? + residual;
+        }
+        let rows = x.elem_count() / self.d_in;
+        let (w, b) = (self.inner.weight(), self.inner.bias());
+        let out = with_f32(x, |xs| {
+            with_f32(w, |ws| {
+                with_opt_f32(b, |bs| {
+                    with_f32(residual, |rs| {
+                        linear_start_f32(xs, rows, self.d_in, ws, self.d_out, bs, Some(rs))
+                    })
+                })
+            })
+        })?;
+        Tensor::from_vec(out, dims, x.device())
+    }
+
+    /// `x (b, d_in, h, w)` read as tokens `(b, h·w, d_in)` → `(b, h·w, d_out)`,
+    /// straight from the channel-major layout (no transposed copy).
+    pub fn forward_from_nchw(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let tokens = |x: &Tensor| x.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
+        if !fast_path(x) || c != self.d_in || !self.fast(&tokens(x)?) {
+            return self.inner.forward(&tokens(x)?);
+        }
+        let (wt, bias) = (self.inner.weight(), self.inner.bias());
+        let (plane, d_out) = (h * w, self.d_out);
+        let mut out = vec![0f32; b * plane * d_out];
+        if let Some(bias) = bias {
+            with_f32(bias, |bs| {
+                out.par_chunks_mut(d_out)
+                    .for_each(|row| row.copy_from_slice(bs));
+                Ok(())
+            })?;
+        }
+        with_f32(x, |xs| {
+            with_f32(wt, |ws| {
+                for (item, o) in xs
+                    .chunks_exact((c * plane).max(1))
+                    .zip(out.chunks_exact_mut((plane * d_out).max(1)))
+                {
+                    linear_into_f32(
+                        item,
+                        MatLayout { rs: 1, cs: plane },
+                        plane,
+                        c,
+                        ws,
+                        d_out,
+                        o,
+                        MatLayout::rows(d_out),
+                        bias.is_some(),
+                    )?;
+                }
+                Ok(())
+            })
+        })?;
+        Tensor::from_vec(out, (b, plane, d_out), x.device())
+    }
+
+    /// Tokens `(b, h·w, d_in)` → `(b, d_out, h, w)` plus `residual (b, d_out, h,
+    /// w)`, written straight into the channel-major layout with the residual
+    /// and bias as the starting value (no transposed copy, no separate add).
+    pub fn forward_to_nchw(&self, tokens: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = residual.dims4()?;
+        let fallback = || {
+            self.inner
+                .forward(tokens)?
+                .reshape((b, h, w, c))?
+                .permute((0, 3, 1, 2))?
+                .contiguous()?
+                + residual
+        };
+        if !self.fast(tokens)
+            || !fast_path(residual)
+            || c != self.d_out
+            || tokens.dims() != [b, h * w, self.d_in]
+        {
+            return fallback();
+        }
+        let (wt, bias) = (self.inner.weight(), self.inner.bias());
+        let plane = h * w;
+        let mut out = vec![0f32; b * c * plane];
+        with_f32(residual, |rs| {
+            with_opt_f32(bias, |bs| {
+                out.par_chunks_mut(plane.max(1))
+                    .zip(rs.par_chunks(plane.max(1)))
+                    .enumerate()
+                    .for_each(|(row, (o, r))| {
+                        let v = bs.map_or(0.0, |b| b[row % c]);
+                        o.iter_mut().zip(r).for_each(|(o, &r)| *o = r + v);
+                    });
+                Ok(())
+            })
+        })?;
+        with_f32(tokens, |ts| {
+            with_f32(wt, |ws| {
+                for (item, o) in ts
+                    .chunks_exact((plane * self.d_in).max(1))
+                    .zip(out.chunks_exact_mut((c * plane).max(1)))
+                {
+                    linear_into_f32(
+                        item,
+                        MatLayout::rows(self.d_in),
+                        plane,
+                        self.d_in,
+                        ws,
+                        c,
+                        o,
+                        MatLayout { rs: 1, cs: plane },
+                        true,
+                    )?;
+                }
+                Ok(())
+            })
+        })?;
+        Tensor::from_vec(out, (b, c, h, w), residual.device())
+    }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.inner.weight();
-        let b = self.inner.bias();
-        let fast = fast_path(x) && fast_path(w) && b.is_none_or(fast_path);
-        if !fast || x.rank() == 0 || x.dim(x.rank() - 1)? != self.d_in {
+        if !self.fast(x) {
             return self.inner.forward(x);
         }
+        let (w, b) = (self.inner.weight(), self.inner.bias());
         let rows = x.elem_count() / self.d_in;
         let out = with_f32(x, |xs| {
             with_f32(w, |ws| {
@@ -867,6 +1102,37 @@ fn geglu_row_body(x: &[f32], gate: &[f32], out: &mut [f32]) {
     for ((o, &x), &g) in out.iter_mut().zip(x).zip(gate) {
         *o = x * 0.5 * g * (1.0 + erf_approx(g * std::f32::consts::FRAC_1_SQRT_2));
     }
+}
+
+/// The exact (erf) GELU `x · Φ(x)` on a contiguous f32 slice, in parallel
+/// chunks and vectorised ([`erf_approx`]): candle's `gelu_erf` is a scalar
+/// libm-style erf per element (the CLIP text encoder's MLPs).
+pub fn gelu_erf_f32(x: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(1 << 14)
+        .zip(x.par_chunks(1 << 14))
+        .for_each(|(o, x)| gelu_row(x, o));
+    out
+}
+
+widest_simd! {
+    fn gelu_row(x: &[f32], out: &mut [f32]) => gelu_row_body
+}
+
+#[inline(always)]
+fn gelu_row_body(x: &[f32], out: &mut [f32]) {
+    for (o, &x) in out.iter_mut().zip(x) {
+        *o = x * 0.5 * (1.0 + erf_approx(x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+/// [`gelu_erf_f32`] on a tensor of any shape; `None` off the fast path.
+pub fn gelu_erf(x: &Tensor) -> Result<Option<Tensor>> {
+    if !fast_path(x) {
+        return Ok(None);
+    }
+    let out = with_f32(x, |xs| Ok(gelu_erf_f32(xs)))?;
+    Tensor::from_vec(out, x.dims(), x.device()).map(Some)
 }
 
 /// `erf(x)` by Abramowitz & Stegun 7.1.26 (absolute error 1.5e-7, under 5e-7 in f32) with

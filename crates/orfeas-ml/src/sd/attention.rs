@@ -43,7 +43,14 @@ impl Attention {
         })
     }
 
-    pub fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+    /// `residual + attention(xs, context)`: the residual is the output
+    /// projection's starting value on the CPU.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        context: Option<&Tensor>,
+        residual: &Tensor,
+    ) -> Result<Tensor> {
         let (b, seq, _) = xs.dims3()?;
         let ctx = context.unwrap_or(xs);
         let ctx_seq = ctx.dim(1)?;
@@ -62,7 +69,7 @@ impl Attention {
             scale,
             crate::kernels::SoftmaxExp::Fast,
         )? {
-            return self.to_out.forward(&out);
+            return self.to_out.forward_residual(&out, residual);
         }
         let heads = |t: Tensor, s: usize| {
             t.reshape((b, s, self.heads, self.head_dim))?
@@ -88,7 +95,7 @@ impl Attention {
             .to_dtype(in_dtype)?
             .transpose(1, 2)?
             .reshape((b, seq, self.heads * self.head_dim))?;
-        self.to_out.forward(&out)
+        self.to_out.forward(&out)? + residual
     }
 }
 
@@ -108,17 +115,18 @@ impl FeedForward {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    /// `residual + feed_forward(xs)`.
+    fn forward(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let h = self.proj.forward(xs)?;
         // f32 on the CPU: one fused, vectorised pass.
         if let Some(gated) = kernels::geglu(&h)? {
-            return self.out.forward(&gated);
+            return self.out.forward_residual(&gated, residual);
         }
         let chunks = h.chunk(2, candle_core::D::Minus1)?;
         let (Some(x), Some(gate)) = (chunks.first(), chunks.get(1)) else {
             candle_core::bail!("GEGLU projection did not split in two");
         };
-        self.out.forward(&(x * gate.gelu_erf()?)?)
+        self.out.forward(&(x * gate.gelu_erf()?)?)? + residual
     }
 }
 
@@ -159,12 +167,11 @@ impl BasicTransformerBlock {
     }
 
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
-        let xs = (self
+        let xs = self.attn1.forward(&self.norm1.forward(xs)?, None, xs)?;
+        let xs = self
             .attn2
-            .forward(&self.norm2.forward(&xs)?, Some(context))?
-            + xs)?;
-        self.ff.forward(&self.norm3.forward(&xs)?)? + xs
+            .forward(&self.norm2.forward(&xs)?, Some(context), &xs)?;
+        self.ff.forward(&self.norm3.forward(&xs)?, &xs)
     }
 }
 
@@ -257,7 +264,8 @@ impl Transformer2D {
         let xs = self.norm.forward(xs)?;
         let to_tokens = |t: Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
         let mut tokens = match &self.proj_in {
-            Proj::Linear(p) => p.forward(&to_tokens(xs)?)?,
+            // Read straight from the channel-major map on the CPU.
+            Proj::Linear(p) => p.forward_from_nchw(&xs)?,
             Proj::Conv(p) => to_tokens(p.forward(&xs)?)?,
         };
         for block in &self.blocks {
@@ -265,7 +273,8 @@ impl Transformer2D {
         }
         let to_image = |t: Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous();
         match &self.proj_out {
-            Proj::Linear(p) => to_image(p.forward(&tokens)?)? + residual,
+            // Written straight into the channel-major map, the residual its starting value.
+            Proj::Linear(p) => p.forward_to_nchw(&tokens, residual),
             // The residual is the conv's starting value: one pass fewer.
             Proj::Conv(p) => p.forward_with(&to_image(tokens)?, None, Some(residual)),
         }

@@ -31,7 +31,10 @@ pub enum Activation {
 impl Activation {
     fn apply(self, xs: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Self::Gelu => xs.gelu_erf(),
+            Self::Gelu => match crate::kernels::gelu_erf(xs)? {
+                Some(out) => Ok(out),
+                None => xs.gelu_erf(),
+            },
             Self::QuickGelu => xs * candle_nn::ops::sigmoid(&(xs * 1.702f64)?)?,
             Self::GeluTanh => xs.gelu(),
         }

@@ -435,6 +435,99 @@ fn linear_matches_candle_on_odd_shapes() {
 }
 
 #[test]
+fn linear_with_a_residual_and_from_and_to_channel_major_maps_matches_candle() {
+    // (batch, d_in, d_out, h, w): odd channel counts, more pixels than one row
+    // block (512), one pixel, batch 2.
+    for (i, (b, d_in, d_out, h, w)) in [
+        (2usize, 13usize, 13usize, 23usize, 25usize),
+        (1, 40, 40, 1, 1),
+        (1, 7, 7, 31, 17),
+        (2, 24, 24, 3, 5),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 2500 + 10 * i as u64;
+        let wt = random(&[d_out, d_in], seed);
+        let bias = random(&[d_out], seed + 1);
+        for with_bias in [true, false] {
+            let mut map = std::collections::HashMap::new();
+            map.insert("weight".to_string(), wt.clone());
+            if with_bias {
+                map.insert("bias".to_string(), bias.clone());
+            }
+            let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+            let ours = kernels::Linear::load(vb, d_in, d_out, with_bias).unwrap();
+            let reference = candle_nn::Linear::new(wt.clone(), with_bias.then(|| bias.clone()));
+            let tol = 1e-5 * d_in as f32;
+            let what = format!("b {b}, {d_in}→{d_out}, {h}×{w}, bias {with_bias}");
+
+            // Tokens plus a residual of the output's shape.
+            let tokens = random(&[b, h * w, d_in], seed + 2);
+            let residual = random(&[b, h * w, d_out], seed + 3);
+            let got = ours.forward_residual(&tokens, &residual).unwrap();
+            let want = (reference.forward(&tokens).unwrap() + &residual).unwrap();
+            let d = max_abs_diff(&got, &want);
+            assert!(d < tol, "forward_residual {what}: max |Δ| {d}");
+
+            // A channel-major map read as tokens.
+            let map_in = random(&[b, d_in, h, w], seed + 4);
+            let as_tokens = map_in
+                .permute((0, 2, 3, 1))
+                .unwrap()
+                .reshape((b, h * w, d_in))
+                .unwrap();
+            let got = ours.forward_from_nchw(&map_in).unwrap();
+            let want = reference.forward(&as_tokens).unwrap();
+            let d = max_abs_diff(&got, &want);
+            assert!(d < tol, "forward_from_nchw {what}: max |Δ| {d}");
+
+            // Tokens written into a channel-major map plus its residual.
+            let skip = random(&[b, d_out, h, w], seed + 5);
+            let got = ours.forward_to_nchw(&tokens, &skip).unwrap();
+            let want = (reference
+                .forward(&tokens)
+                .unwrap()
+                .reshape((b, h, w, d_out))
+                .unwrap()
+                .permute((0, 3, 1, 2))
+                .unwrap()
+                + &skip)
+                .unwrap();
+            let d = max_abs_diff(&got, &want);
+            assert!(d < tol, "forward_to_nchw {what}: max |Δ| {d}");
+        }
+    }
+    // A residual of the wrong shape falls back to candle, which refuses it.
+    let vb = VarBuilder::from_tensors(
+        [("weight".to_string(), random(&[4, 3], 1))]
+            .into_iter()
+            .collect(),
+        DType::F32,
+        &Device::Cpu,
+    );
+    let ours = kernels::Linear::load(vb, 3, 4, false).unwrap();
+    assert!(
+        ours.forward_residual(&random(&[2, 3], 2), &random(&[2, 5], 3))
+            .is_err()
+    );
+    // A strided layout that does not fit its slice is refused, not read out of bounds.
+    let mut out = vec![0f32; 6];
+    let bad = kernels::linear_into_f32(
+        &[0.0; 6],
+        kernels::MatLayout { rs: 1, cs: 4 },
+        3,
+        2,
+        &[0.0; 4],
+        2,
+        &mut out,
+        kernels::MatLayout::rows(2),
+        false,
+    );
+    assert!(bad.is_err());
+}
+
+#[test]
 fn geglu_matches_candles_exact_gelu() {
     let h = (random(&[2, 7, 2 * 45], 3000) * 4.0).unwrap();
     let got = kernels::geglu(&h).unwrap().unwrap();
@@ -452,6 +545,32 @@ fn geglu_matches_candles_exact_gelu() {
     }
     assert!(worst < 5e-7, "erf: max |Δ| {worst}");
     assert!(kernels::geglu(&random(&[2, 5], 1)).is_err());
+}
+
+#[test]
+fn gelu_matches_candles_exact_gelu_on_odd_lengths() {
+    // Lengths around the parallel chunk (2^14) and the SIMD width, values over ±8.
+    for (n, seed) in [
+        (1usize, 1u64),
+        (15, 2),
+        (17, 3),
+        (77 * 4096 + 5, 4),
+        ((1 << 14) + 3, 5),
+    ] {
+        let x = (random(&[n], seed) * 4.0).unwrap();
+        let got = kernels::gelu_erf(&x).unwrap().unwrap();
+        let want = x.gelu_erf().unwrap();
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 2e-6, "gelu over {n} values: max |Δ| {d}");
+    }
+    let x = random(&[3, 5, 7], 6);
+    assert_eq!(kernels::gelu_erf(&x).unwrap().unwrap().dims(), &[3, 5, 7]);
+    // Off the fast path (f64) it declines, and the caller falls back to candle.
+    assert!(
+        kernels::gelu_erf(&x.to_dtype(candle_core::DType::F64).unwrap())
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// erf by its Taylor series (|x| < 3) or the continued fraction of erfc, in f64.

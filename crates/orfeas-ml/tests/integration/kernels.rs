@@ -393,6 +393,21 @@ fn attention_matches_candle_on_odd_shapes() {
     assert!(kernels::attention(&q, &q, &q, 4, 1.0, SoftmaxExp::Fast).is_err());
 }
 
+/// Our `Linear` and candle's over the same weight (`w (d_out, d_in)`) and,
+/// when `with_bias`, the same bias.
+fn linear_pair(w: &Tensor, bias: &Tensor, with_bias: bool) -> (kernels::Linear, candle_nn::Linear) {
+    let (d_out, d_in) = w.dims2().unwrap();
+    let mut map = std::collections::HashMap::new();
+    map.insert("weight".to_string(), w.clone());
+    if with_bias {
+        map.insert("bias".to_string(), bias.clone());
+    }
+    let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+    let ours = kernels::Linear::load(vb, d_in, d_out, with_bias).unwrap();
+    let reference = candle_nn::Linear::new(w.clone(), with_bias.then(|| bias.clone()));
+    (ours, reference)
+}
+
 #[test]
 fn linear_matches_candle_on_odd_shapes() {
     // (leading dims, d_in, d_out): many row blocks, few rows with many outputs
@@ -413,14 +428,7 @@ fn linear_matches_candle_on_odd_shapes() {
         let w = random(&[d_out, d_in], seed + 1);
         let b = random(&[d_out], seed + 2);
         for bias in [true, false] {
-            let mut map = std::collections::HashMap::new();
-            map.insert("weight".to_string(), w.clone());
-            if bias {
-                map.insert("bias".to_string(), b.clone());
-            }
-            let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
-            let ours = kernels::Linear::load(vb, d_in, d_out, bias).unwrap();
-            let reference = candle_nn::Linear::new(w.clone(), bias.then(|| b.clone()));
+            let (ours, reference) = linear_pair(&w, &b, bias);
             let got = ours.forward(&x).unwrap();
             let want = reference.forward(&x).unwrap();
             let d = max_abs_diff(&got, &want);
@@ -436,13 +444,13 @@ fn linear_matches_candle_on_odd_shapes() {
 
 #[test]
 fn linear_with_a_residual_and_from_and_to_channel_major_maps_matches_candle() {
-    // (batch, d_in, d_out, h, w): odd channel counts, more pixels than one row
-    // block (512), one pixel, batch 2.
+    // (batch, d_in, d_out, h, w): odd channel counts, widths in and out that
+    // differ, more pixels than one row block (512), one pixel, batch 2.
     for (i, (b, d_in, d_out, h, w)) in [
-        (2usize, 13usize, 13usize, 23usize, 25usize),
+        (2usize, 13usize, 21usize, 23usize, 25usize),
         (1, 40, 40, 1, 1),
-        (1, 7, 7, 31, 17),
-        (2, 24, 24, 3, 5),
+        (1, 7, 5, 31, 17),
+        (2, 24, 17, 3, 5),
     ]
     .into_iter()
     .enumerate()
@@ -451,14 +459,7 @@ fn linear_with_a_residual_and_from_and_to_channel_major_maps_matches_candle() {
         let wt = random(&[d_out, d_in], seed);
         let bias = random(&[d_out], seed + 1);
         for with_bias in [true, false] {
-            let mut map = std::collections::HashMap::new();
-            map.insert("weight".to_string(), wt.clone());
-            if with_bias {
-                map.insert("bias".to_string(), bias.clone());
-            }
-            let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
-            let ours = kernels::Linear::load(vb, d_in, d_out, with_bias).unwrap();
-            let reference = candle_nn::Linear::new(wt.clone(), with_bias.then(|| bias.clone()));
+            let (ours, reference) = linear_pair(&wt, &bias, with_bias);
             let tol = 1e-5 * d_in as f32;
             let what = format!("b {b}, {d_in}→{d_out}, {h}×{w}, bias {with_bias}");
 

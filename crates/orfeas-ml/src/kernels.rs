@@ -512,7 +512,8 @@ const SCORE_BUDGET: usize = 1 << 18;
 ///
 /// Flash-style on the CPU: each task takes a block of query rows of one head,
 /// computes their scores against every key (one GEMM reading the strided
-/// head columns directly), takes the row softmax in place and multiplies by V
+/// head columns directly, writing the block column-major so the softmax runs
+/// across query rows in SIMD lanes), takes the row softmax in place and multiplies by V
 /// (a second GEMM writing straight into the output's head columns), then scales
 /// the rows by their normaliser. The full `n_q × n_kv` score matrix is never
 /// materialised (at 4096 tokens and 5 heads it would be 335 MB).
@@ -548,17 +549,21 @@ pub fn attention_f32(
     let dst = OutPtr(out.as_mut_ptr());
     (0..tasks)
         .into_par_iter()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, task| {
+        .for_each_init(Vec::new, |buf: &mut Vec<f32>, task| {
             let (bh, blk) = (task / blocks, task % blocks);
             let (bi, h) = (bh / heads, bh % heads);
             let r0 = blk * rows;
             let nr = rows.min(n_q - r0);
-            scores.resize(nr * n_kv, 0.0);
+            // Scores column-major (query row fastest): the softmax then runs across
+            // rows in SIMD lanes, and P is a column-major GEMM operand.
+            buf.resize(nr * n_kv + 2 * nr, 0.0);
+            let (scores, stats) = buf.split_at_mut(nr * n_kv);
+            let (max, sum) = stats.split_at_mut(nr);
             let q_at = (bi * n_q + r0) * width + h * head_dim;
             let kv_at = bi * n_kv * width + h * head_dim;
             // SAFETY: q rows r0..r0+nr of head h are `nr` rows of stride `width` with
             // `head_dim` columns from `q_at`, inside `q` (lengths checked above); K and V
-            // likewise from `kv_at` for `n_kv` rows. The scores buffer holds nr × n_kv.
+            // likewise from `kv_at` for `n_kv` rows. `scores` holds nr × n_kv.
             #[allow(unsafe_code)]
             unsafe {
                 gemm::gemm(
@@ -566,8 +571,8 @@ pub fn attention_f32(
                     n_kv,
                     head_dim,
                     scores.as_mut_ptr(),
+                    nr as isize,
                     1,
-                    n_kv as isize,
                     false,
                     q.as_ptr().add(q_at),
                     1,
@@ -583,13 +588,11 @@ pub fn attention_f32(
                     gemm::Parallelism::None,
                 );
             }
-            let mut inv = vec![0f32; nr];
-            for (row, inv) in scores.chunks_exact_mut(n_kv).zip(inv.iter_mut()) {
-                *inv = 1.0 / softmax_numerators(row, exp);
-            }
+            softmax_columns(scores, nr, max, sum, exp);
             // SAFETY: this task alone writes output rows r0..r0+nr, columns
             // h·d..(h+1)·d (tasks differ in batch item, head or row block); `out`
-            // outlives the parallel loop. V as K above.
+            // outlives the parallel loop. V as K above; P is `scores` (nr × n_kv,
+            // column-major).
             #[allow(unsafe_code)]
             unsafe {
                 let o = dst.get().add(q_at);
@@ -602,8 +605,8 @@ pub fn attention_f32(
                     width as isize,
                     false,
                     scores.as_ptr(),
+                    nr as isize,
                     1,
-                    n_kv as isize,
                     v.as_ptr().add(kv_at),
                     1,
                     width as isize,
@@ -614,13 +617,71 @@ pub fn attention_f32(
                     false,
                     gemm::Parallelism::None,
                 );
-                for (r, &inv) in inv.iter().enumerate() {
+                for (r, &total) in sum.iter().enumerate() {
+                    let inv = 1.0 / total;
                     let row = std::slice::from_raw_parts_mut(o.add(r * width), head_dim);
                     row.iter_mut().for_each(|x| *x *= inv);
                 }
             }
         });
     Ok(out)
+}
+
+/// Row softmax numerators of a column-major `rows × cols` score block (`scores[j·rows
+/// + i]`): each row's maximum into `max`, `exp(s − max)` in place, each row's sum into
+/// `sum` (summed in column order). Every step runs across rows, in SIMD lanes.
+fn softmax_columns(
+    scores: &mut [f32],
+    rows: usize,
+    max: &mut [f32],
+    sum: &mut [f32],
+    exp: SoftmaxExp,
+) {
+    max.fill(f32::NEG_INFINITY);
+    sum.fill(0.0);
+    if rows == 0 {
+        return;
+    }
+    column_max(scores, max);
+    match exp {
+        SoftmaxExp::Fast => exp_columns(scores, max, sum),
+        SoftmaxExp::Libm => {
+            for col in scores.chunks_exact_mut(rows) {
+                for ((v, &m), s) in col.iter_mut().zip(max.iter()).zip(sum.iter_mut()) {
+                    *v = (*v - m).exp();
+                    *s += *v;
+                }
+            }
+        }
+    }
+}
+
+widest_simd! {
+    fn column_max(scores: &[f32], max: &mut [f32]) => column_max_body
+}
+
+#[inline(always)]
+fn column_max_body(scores: &[f32], max: &mut [f32]) {
+    for col in scores.chunks_exact(max.len()) {
+        for (m, &v) in max.iter_mut().zip(col) {
+            // Not f32::max: its NaN rule keeps the loop from vectorising.
+            *m = if v > *m { v } else { *m };
+        }
+    }
+}
+
+widest_simd! {
+    fn exp_columns(scores: &mut [f32], max: &[f32], sum: &mut [f32]) => exp_columns_body
+}
+
+#[inline(always)]
+fn exp_columns_body(scores: &mut [f32], max: &[f32], sum: &mut [f32]) {
+    for col in scores.chunks_exact_mut(max.len()) {
+        for ((v, &m), s) in col.iter_mut().zip(max).zip(sum.iter_mut()) {
+            *v = exp_approx(*v - m);
+            *s += *v;
+        }
+    }
 }
 
 /// Which exponential the attention softmax takes.
@@ -633,45 +694,6 @@ pub enum SoftmaxExp {
     /// a vertex with the approximation's extra ulp (its densities sit on the
     /// iso-level).
     Libm,
-}
-
-/// Replaces `row` by `exp(row − max)` and returns its sum.
-fn softmax_numerators(row: &mut [f32], exp: SoftmaxExp) -> f32 {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    match exp {
-        SoftmaxExp::Libm => {
-            let mut sum = 0f32;
-            for v in row.iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
-            sum
-        }
-        SoftmaxExp::Fast => exp_shifted_sum(row, max),
-    }
-}
-
-widest_simd! {
-    fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 => exp_shifted_sum_body
-}
-
-/// `row = exp_approx(row − max)`, returning the sum (16 partial sums, so the
-/// loop vectorises).
-#[inline(always)]
-fn exp_shifted_sum_body(row: &mut [f32], max: f32) -> f32 {
-    let mut sums = [0f32; 16];
-    let mut lanes = row.chunks_exact_mut(16);
-    for c in &mut lanes {
-        for i in 0..16 {
-            c[i] = exp_approx(c[i] - max);
-            sums[i] += c[i];
-        }
-    }
-    for v in lanes.into_remainder() {
-        *v = exp_approx(*v - max);
-        sums[0] += *v;
-    }
-    sums.iter().sum()
 }
 
 /// [`attention_f32`] on tensors: `q (batch, n_q, heads·d)`, `k`/`v (batch, n_kv,

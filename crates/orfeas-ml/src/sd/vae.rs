@@ -213,7 +213,7 @@ impl Vae {
         let e = &self.encoder;
         let mut xs = e.conv_in.forward(image)?;
         for b in &e.blocks {
-            xs = b.forward(&xs)?;
+            xs = b.forward_owned(xs)?;
         }
         let xs = e.mid.forward(&xs)?;
         let xs = e.norm_out.forward_silu(&xs)?;
@@ -248,10 +248,11 @@ impl Vae {
         let d = &self.decoder;
         let mut xs = d.mid.forward(&d.conv_in.forward(&xs)?)?;
         for b in &d.blocks {
-            xs = b.forward(&xs)?;
+            xs = b.forward_owned(xs)?;
         }
-        let xs = d.norm_out.forward_silu(&xs)?;
-        Ok(d.conv_out.forward(&xs)?)
+        let normed = d.norm_out.forward_silu(&xs)?;
+        drop(xs);
+        Ok(d.conv_out.forward(&normed)?)
     }
 
     /// Decodes in overlapping latent tiles blended linearly across the overlap,

@@ -146,6 +146,67 @@ impl OutPtr {
     }
 }
 
+/// Writes a GEMM's starting values into `out`, planes of `plane` floats (NCHW,
+/// one plane per batch item and channel): plane `i` gets `bias[i % bias.len()]`
+/// (per channel, or per item and channel) plus, with `residual` (`out`'s shape),
+/// that plane of it. Written, never read first: reading a fresh calloc'd page maps
+/// the shared zero page, and the write after it is a copy-on-write fault with a TLB
+/// shootdown on every core (a fifth of a 512² VAE conv's time went there). Returns
+/// whether anything was written (the GEMM then adds to `out`).
+fn start_planes(
+    out: &mut [f32],
+    plane: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> bool {
+    if bias.is_none() && residual.is_none() {
+        return false;
+    }
+    out.par_chunks_mut(plane.max(1))
+        .enumerate()
+        .for_each(|(i, o)| {
+            let v = bias.map_or(0.0, |b| b[i % b.len()]);
+            match residual {
+                Some(r) => {
+                    let src = &r[i * plane..(i + 1) * plane];
+                    o.iter_mut().zip(src).for_each(|(o, &x)| *o = x + v);
+                }
+                None => o.fill(v),
+            }
+        });
+    true
+}
+
+/// Writes a GEMM's starting values into a row-major `out` of rows of `width`:
+/// each row gets `bias (width)` plus, with `residual` (`out`'s shape), that row of
+/// it. Written, never read first (see [`start_planes`]). Returns whether anything
+/// was written.
+fn start_rows(
+    out: &mut [f32],
+    width: usize,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> bool {
+    if bias.is_none() && residual.is_none() {
+        return false;
+    }
+    out.par_chunks_mut(width.max(1))
+        .enumerate()
+        .for_each(|(i, row)| {
+            let res = residual.map(|r| &r[i * width..(i + 1) * width]);
+            match (bias, res) {
+                (Some(b), Some(r)) => row
+                    .iter_mut()
+                    .zip(b.iter().zip(r))
+                    .for_each(|(o, (&b, &x))| *o = x + b),
+                (Some(b), None) => row.copy_from_slice(b),
+                (None, Some(r)) => row.copy_from_slice(r),
+                (None, None) => {}
+            }
+        });
+    true
+}
+
 /// `out = init + conv(x, weight)` on contiguous f32 slices (NCHW), see [`ConvShape`].
 ///
 /// Errors when a slice length does not match the shape.
@@ -188,25 +249,9 @@ pub fn conv2d_f32(x: &[f32], weight: &[f32], init: ConvInit<'_>, s: ConvShape) -
             s.batch * s.c_out
         );
     }
-    // calloc'd and untouched: the starting values are written, never read
-    // first. Reading a fresh page maps the shared zero page, and the write
-    // after it is a copy-on-write fault with a TLB shootdown on every core
-    // (a fifth of a 512² VAE conv's time went there).
+    // calloc'd and untouched: the starting values are written, never read first.
     let mut out = vec![0f32; out_len];
-    let read_dst = init.residual.is_some() || init.bias.is_some();
-    if read_dst {
-        out.par_chunks_mut(p).enumerate().for_each(|(row, plane)| {
-            // Row `bi·c_out + co`: per channel that is `b[co]`, per item `b[row]`.
-            let v = init.bias.map_or(0.0, |b| b[row % b.len()]);
-            match init.residual {
-                Some(r) => {
-                    let src = &r[row * p..(row + 1) * p];
-                    plane.iter_mut().zip(src).for_each(|(o, &x)| *o = x + v);
-                }
-                None => plane.fill(v),
-            }
-        });
-    }
+    let read_dst = start_planes(&mut out, p, init.bias, init.residual);
     if out_len == 0 || k == 0 {
         return Ok(out);
     }
@@ -645,14 +690,7 @@ fn softmax_columns(
     column_max(scores, max);
     match exp {
         SoftmaxExp::Fast => exp_columns(scores, max, sum),
-        SoftmaxExp::Libm => {
-            for col in scores.chunks_exact_mut(rows) {
-                for ((v, &m), s) in col.iter_mut().zip(max.iter()).zip(sum.iter_mut()) {
-                    *v = (*v - m).exp();
-                    *s += *v;
-                }
-            }
-        }
+        SoftmaxExp::Libm => exp_columns_with(scores, max, sum, f32::exp),
     }
 }
 
@@ -676,9 +714,15 @@ widest_simd! {
 
 #[inline(always)]
 fn exp_columns_body(scores: &mut [f32], max: &[f32], sum: &mut [f32]) {
+    exp_columns_with(scores, max, sum, exp_approx);
+}
+
+/// `exp(s − max)` in place over a column-major block, each row's sum into `sum`.
+#[inline(always)]
+fn exp_columns_with(scores: &mut [f32], max: &[f32], sum: &mut [f32], exp: impl Fn(f32) -> f32) {
     for col in scores.chunks_exact_mut(max.len()) {
         for ((v, &m), s) in col.iter_mut().zip(max).zip(sum.iter_mut()) {
-            *v = exp_approx(*v - m);
+            *v = exp(*v - m);
             *s += *v;
         }
     }
@@ -883,23 +927,11 @@ pub fn linear_into_f32(
     Ok(())
 }
 
-/// `y = x·wᵀ + bias` on contiguous row-major f32 slices: `x (rows, d_in)`,
-/// `w (d_out, d_in)`, `bias (d_out)`; `y (rows, d_out)`. See [`linear_into_f32`];
-/// the bias is the GEMM's starting value.
-pub fn linear_f32(
-    x: &[f32],
-    rows: usize,
-    d_in: usize,
-    w: &[f32],
-    d_out: usize,
-    bias: Option<&[f32]>,
-) -> Result<Vec<f32>> {
-    linear_start_f32(x, rows, d_in, w, d_out, bias, None)
-}
-
-/// [`linear_f32`] plus `residual (rows, d_out)`, also the starting value.
+/// `y = x·wᵀ + bias + residual` on contiguous row-major f32 slices: `x (rows,
+/// d_in)`, `w (d_out, d_in)`, `bias (d_out)`, `residual` and `y (rows, d_out)`.
+/// See [`linear_into_f32`]; bias and residual are the GEMM's starting value.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_start_f32(
+pub fn linear_f32(
     x: &[f32],
     rows: usize,
     d_in: usize,
@@ -923,25 +955,7 @@ pub fn linear_start_f32(
     if out.is_empty() {
         return Ok(out);
     }
-    // Written, never read first (see conv2d_f32).
-    match (bias, residual) {
-        (None, None) => {}
-        _ => out
-            .par_chunks_mut(d_out)
-            .enumerate()
-            .for_each(|(r, row)| match (bias, residual) {
-                (Some(b), Some(res)) => {
-                    let res = &res[r * d_out..(r + 1) * d_out];
-                    row.iter_mut()
-                        .zip(b.iter().zip(res))
-                        .for_each(|(o, (&b, &x))| *o = x + b);
-                }
-                (Some(b), None) => row.copy_from_slice(b),
-                (None, Some(res)) => row.copy_from_slice(&res[r * d_out..(r + 1) * d_out]),
-                (None, None) => {}
-            }),
-    }
-    let read_out = bias.is_some() || residual.is_some();
+    let read_out = start_rows(&mut out, d_out, bias, residual);
     linear_into_f32(
         x,
         MatLayout::rows(d_in),
@@ -975,32 +989,44 @@ impl Linear {
         Ok(Self { inner, d_in, d_out })
     }
 
+    /// Whether our kernels take this layer's weights (f32 on the CPU).
+    fn fast_weights(&self) -> bool {
+        fast_path(self.inner.weight()) && self.inner.bias().is_none_or(fast_path)
+    }
+
     /// Whether our kernels take `x` (last dimension `d_in`) and this layer's weights.
     fn fast(&self, x: &Tensor) -> bool {
-        fast_path(x)
-            && fast_path(self.inner.weight())
-            && self.inner.bias().is_none_or(fast_path)
-            && x.rank() > 0
-            && x.dims().last() == Some(&self.d_in)
+        fast_path(x) && self.fast_weights() && x.dims().last() == Some(&self.d_in)
     }
 
     /// `forward(x) + residual` with the residual (the output's shape) as the
     /// GEMM's starting value: the transformer blocks' skip, one pass fewer.
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.forward_start(x, Some(residual))
+    }
+
+    /// `forward(x)`, plus `residual` when given, on our kernel when `x`, the
+    /// weights and the residual (the output's shape) are f32 on the CPU.
+    fn forward_start(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
         let mut dims = x.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = self.d_out;
         }
-        if !self.fast(x) || !fast_path(residual) || residual.dims() != dims.as_slice() {
-            return self.inner.forward(x)? + residual;
+        let residual_fits = residual.is_none_or(|r| fast_path(r) && r.dims() == dims.as_slice());
+        if !self.fast(x) || !residual_fits {
+            let y = self.inner.forward(x)?;
+            return match residual {
+                Some(r) => y + r,
+                None => Ok(y),
+            };
         }
         let rows = x.elem_count() / self.d_in;
         let (w, b) = (self.inner.weight(), self.inner.bias());
         let out = with_f32(x, |xs| {
             with_f32(w, |ws| {
                 with_opt_f32(b, |bs| {
-                    with_f32(residual, |rs| {
-                        linear_start_f32(xs, rows, self.d_in, ws, self.d_out, bs, Some(rs))
+                    with_opt_f32(residual, |rs| {
+                        linear_f32(xs, rows, self.d_in, ws, self.d_out, bs, rs)
                     })
                 })
             })
@@ -1013,19 +1039,13 @@ impl Linear {
     pub fn forward_from_nchw(&self, x: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
         let tokens = |x: &Tensor| x.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
-        if !fast_path(x) || c != self.d_in || !self.fast(&tokens(x)?) {
+        if !fast_path(x) || c != self.d_in || !self.fast_weights() {
             return self.inner.forward(&tokens(x)?);
         }
         let (wt, bias) = (self.inner.weight(), self.inner.bias());
         let (plane, d_out) = (h * w, self.d_out);
         let mut out = vec![0f32; b * plane * d_out];
-        if let Some(bias) = bias {
-            with_f32(bias, |bs| {
-                out.par_chunks_mut(d_out)
-                    .for_each(|row| row.copy_from_slice(bs));
-                Ok(())
-            })?;
-        }
+        let read_out = with_opt_f32(bias, |bs| Ok(start_rows(&mut out, d_out, bs, None)))?;
         with_f32(x, |xs| {
             with_f32(wt, |ws| {
                 for (item, o) in xs
@@ -1041,7 +1061,7 @@ impl Linear {
                         d_out,
                         o,
                         MatLayout::rows(d_out),
-                        bias.is_some(),
+                        read_out,
                     )?;
                 }
                 Ok(())
@@ -1074,16 +1094,7 @@ impl Linear {
         let plane = h * w;
         let mut out = vec![0f32; b * c * plane];
         with_f32(residual, |rs| {
-            with_opt_f32(bias, |bs| {
-                out.par_chunks_mut(plane.max(1))
-                    .zip(rs.par_chunks(plane.max(1)))
-                    .enumerate()
-                    .for_each(|(row, (o, r))| {
-                        let v = bs.map_or(0.0, |b| b[row % c]);
-                        o.iter_mut().zip(r).for_each(|(o, &r)| *o = r + v);
-                    });
-                Ok(())
-            })
+            with_opt_f32(bias, |bs| Ok(start_planes(&mut out, plane, bs, Some(rs))))
         })?;
         with_f32(tokens, |ts| {
             with_f32(wt, |ws| {
@@ -1112,21 +1123,7 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if !self.fast(x) {
-            return self.inner.forward(x);
-        }
-        let (w, b) = (self.inner.weight(), self.inner.bias());
-        let rows = x.elem_count() / self.d_in;
-        let out = with_f32(x, |xs| {
-            with_f32(w, |ws| {
-                with_opt_f32(b, |bs| linear_f32(xs, rows, self.d_in, ws, self.d_out, bs))
-            })
-        })?;
-        let mut dims = x.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = self.d_out;
-        }
-        Tensor::from_vec(out, dims, x.device())
+        self.forward_start(x, None)
     }
 }
 
@@ -1154,8 +1151,14 @@ widest_simd! {
 #[inline(always)]
 fn geglu_row_body(x: &[f32], gate: &[f32], out: &mut [f32]) {
     for ((o, &x), &g) in out.iter_mut().zip(x).zip(gate) {
-        *o = x * 0.5 * g * (1.0 + erf_approx(g * std::f32::consts::FRAC_1_SQRT_2));
+        *o = x * gelu_exact(g);
     }
+}
+
+/// The exact GELU `g · Φ(g)` with [`erf_approx`], branch-free so loops over it vectorise.
+#[inline(always)]
+fn gelu_exact(g: f32) -> f32 {
+    g * 0.5 * (1.0 + erf_approx(g * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// The exact (erf) GELU `x · Φ(x)` on a contiguous f32 slice, in parallel
@@ -1176,7 +1179,7 @@ widest_simd! {
 #[inline(always)]
 fn gelu_row_body(x: &[f32], out: &mut [f32]) {
     for (o, &x) in out.iter_mut().zip(x) {
-        *o = x * 0.5 * (1.0 + erf_approx(x * std::f32::consts::FRAC_1_SQRT_2));
+        *o = gelu_exact(x);
     }
 }
 

@@ -438,8 +438,8 @@ fn linear_matches_candle_on_odd_shapes() {
             );
         }
     }
-    assert!(kernels::linear_f32(&[0.0; 10], 2, 5, &[0.0; 14], 3, None).is_err());
-    assert!(kernels::linear_f32(&[0.0; 10], 2, 5, &[0.0; 15], 3, Some(&[0.0; 2])).is_err());
+    assert!(kernels::linear_f32(&[0.0; 10], 2, 5, &[0.0; 14], 3, None, None).is_err());
+    assert!(kernels::linear_f32(&[0.0; 10], 2, 5, &[0.0; 15], 3, Some(&[0.0; 2]), None).is_err());
 }
 
 #[test]

@@ -101,8 +101,10 @@ impl Drop for Proc {
     }
 }
 
-/// A JetStream cluster of `n` nodes on loopback.
-fn start_cluster(nats: &Path, dir: &Path, n: usize) -> (Vec<Proc>, Vec<u16>) {
+/// A JetStream cluster of `n` nodes on loopback, once every node answers
+/// JetStream requests: its processes, their client ports and the `--queue`
+/// URL list naming them all.
+fn start_cluster(nats: &Path, dir: &Path, n: usize) -> (Vec<Proc>, Vec<u16>, String) {
     let client: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let cluster: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let routes = cluster
@@ -124,7 +126,9 @@ fn start_cluster(nats: &Path, dir: &Path, n: usize) -> (Vec<Proc>, Vec<u16>) {
             Proc::spawn(&format!("nats-{i}"), cmd, dir)
         })
         .collect();
-    (nodes, client)
+    wait_jetstream(&client);
+    let queue = urls(&client);
+    (nodes, client, queue)
 }
 
 fn urls(ports: &[u16]) -> String {
@@ -422,9 +426,7 @@ fn a_three_node_fleet_runs_every_job_exactly_once_through_a_killed_worker_and_a_
     let no_models = dir.join("no-models");
     std::fs::create_dir_all(&no_models).unwrap();
 
-    let (mut cluster, ports) = start_cluster(&nats, dir, 3);
-    wait_jetstream(&ports);
-    let queue = urls(&ports);
+    let (mut cluster, ports, queue) = start_cluster(&nats, dir, 3);
     let fleet_args = [
         "--replicas",
         "3",
@@ -661,12 +663,11 @@ fn the_fleet_refuses_clearly_a_dead_queue_a_full_queue_and_a_lost_connection() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nats://HOST:PORT"));
 
     // A front with no workers and room for two jobs: the third gets 503 + Retry-After.
-    let (mut cluster, ports) = start_cluster(&nats, dir, 1);
-    wait_jetstream(&ports);
+    let (mut cluster, _, queue) = start_cluster(&nats, dir, 1);
     let mut front = start_node(
         dir,
         "front",
-        &urls(&ports),
+        &queue,
         &models,
         &["--no-work", "--fleet-queue-limit", "2"],
     );
@@ -759,9 +760,7 @@ fn a_folder_goes_through_the_fleet_as_a_batch_and_the_same_command_resumes_it() 
     }
     std::fs::write(pictures.join("notes.txt"), "not a picture").unwrap();
     let out = dir.join("meshes");
-    let (_nats, ports) = start_cluster(&nats, dir, 1);
-    wait_jetstream(&ports);
-    let queue = urls(&ports);
+    let (_nats, _, queue) = start_cluster(&nats, dir, 1);
 
     // No worker yet: the batch queues all three and is stopped with Ctrl-C while they wait.
     let first = batch_command(dir, &pictures, &out, &queue)
@@ -852,9 +851,7 @@ fn the_studio_and_the_cli_run_jobs_on_the_fleet_when_asked_and_here_when_it_is_u
     let dir = dir.path();
     let models = dir.join("models");
     install_tiny_sd(&models);
-    let (_nats, ports) = start_cluster(&nats, dir, 1);
-    wait_jetstream(&ports);
-    let queue = urls(&ports);
+    let (_nats, _, queue) = start_cluster(&nats, dir, 1);
     let mut worker = start_node(dir, "w", &queue, &models, &["--concurrency", "1"]);
     worker.wait_ready();
     let processed =

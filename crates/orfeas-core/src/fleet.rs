@@ -184,7 +184,6 @@ impl Default for FleetConfig {
     }
 }
 
-/// `host-pid`, unique among the nodes of one machine.
 impl FleetConfig {
     /// A node that only submits and follows jobs (the studio, the CLI):
     /// the fleet at `urls`, named `{role}-{host}-{pid}`.
@@ -197,6 +196,7 @@ impl FleetConfig {
     }
 }
 
+/// `host-pid`, unique among the nodes of one machine.
 pub fn default_node_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()

@@ -116,15 +116,48 @@ fn main() -> anyhow::Result<()> {
             kernels::conv2d(&x, &w, Some(&b), None, 1, pad)?;
             Ok(())
         })?;
+        // The same conv on each inner loop (`ConvPath::Auto` above picks one).
+        let (xs, ws, bs) = (
+            x.flatten_all()?.to_vec1::<f32>()?,
+            w.flatten_all()?.to_vec1::<f32>()?,
+            b.to_vec1::<f32>()?,
+        );
+        let shape = kernels::ConvShape {
+            batch: 1,
+            c_in: cin,
+            h: side,
+            w: side,
+            c_out: cout,
+            k_h: k,
+            k_w: k,
+            stride: 1,
+            padding: pad,
+        };
+        let init = kernels::ConvInit {
+            bias: Some(&bs),
+            ..Default::default()
+        };
+        let via = |path| {
+            best_secs(|| {
+                kernels::conv2d_f32_via(&xs, &ws, init, shape, path)?;
+                Ok(())
+            })
+        };
+        let (general, packed) = (
+            via(kernels::ConvPath::General)?,
+            via(kernels::ConvPath::Packed)?,
+        );
         let theirs = candle_secs(|| {
             x.conv2d(&w, pad, 1, 1, 1)?
                 .broadcast_add(&b.reshape((1, cout, 1, 1))?)?;
             Ok(())
         })?;
         println!(
-            "conv {what} ({cin}→{cout}, {side}², {k}×{k}): ours {:.0} ms ({:.1} GFLOP/s) | candle {:.0} ms ({:.1} GFLOP/s) | ×{:.2}",
+            "conv {what} ({cin}→{cout}, {side}², {k}×{k}): ours {:.0} ms ({:.1} GFLOP/s; general {:.1}, packed {:.1}) | candle {:.0} ms ({:.1} GFLOP/s) | ×{:.2}",
             ours * 1e3,
             flops / ours / 1e9,
+            flops / general / 1e9,
+            flops / packed / 1e9,
             theirs * 1e3,
             flops / theirs / 1e9,
             theirs / ours

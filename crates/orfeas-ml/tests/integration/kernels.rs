@@ -192,6 +192,69 @@ fn conv2d_matches_candle_on_odd_shapes() {
     }
 }
 
+/// Both inner loops of `conv2d_f32_via` on the 3×3 / stride 1 / padding 1 shapes
+/// the packed micro-kernel takes (output width a multiple of 32): input channels
+/// over one channel block and not a multiple of it, output channels that leave a
+/// partial block of 12, one-row and one-column-of-tiles maps, batch 2 with a
+/// per-item bias, a residual and ReLU; and a width of 33, which it must leave to
+/// the general path. (On a CPU without AVX-512F both calls run the general path.)
+#[test]
+fn conv2d_paths_match_candle_on_3x3_shapes() {
+    use kernels::ConvPath;
+    // (batch, c_in, h, w, c_out)
+    let shapes = [
+        (2, 37, 7, 32, 13),
+        (1, 5, 33, 64, 25),
+        (1, 70, 3, 96, 12),
+        (2, 3, 1, 32, 1),
+        (1, 33, 4, 33, 14),
+    ];
+    for (i, (batch, c_in, h, w, c_out)) in shapes.into_iter().enumerate() {
+        let seed = 1000 + 10 * i as u64;
+        let x = random(&[batch, c_in, h, w], seed);
+        let wt = random(&[c_out, c_in, 3, 3], seed + 1);
+        let bias = random(&[batch, c_out], seed + 2);
+        let residual = random(&[batch, c_out, h, w], seed + 3);
+        let want = reference_conv(&x, &wt, Some(&bias), Some(&residual), 1, 1);
+        let want_relu = want.relu().unwrap();
+        let want_plain = reference_conv(&x, &wt, None, None, 1, 1);
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (xs, ws, bs, rs) = (flat(&x), flat(&wt), flat(&bias), flat(&residual));
+        let s = ConvShape {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            k_h: 3,
+            k_w: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let tol = 1e-5 * (c_in * 9) as f32;
+        for path in [ConvPath::General, ConvPath::Packed, ConvPath::Auto] {
+            for (relu, init_bias, want) in [
+                (false, true, &want),
+                (true, true, &want_relu),
+                (false, false, &want_plain),
+            ] {
+                let init = ConvInit {
+                    bias: init_bias.then_some(&bs[..]),
+                    residual: init_bias.then_some(&rs[..]),
+                    relu,
+                };
+                let got = kernels::conv2d_f32_via(&xs, &ws, init, s, path).unwrap();
+                let got = Tensor::from_vec(got, want.dims(), &Device::Cpu).unwrap();
+                let d = max_abs_diff(&got, want);
+                assert!(
+                    d < tol,
+                    "{path:?}, {s:?}, relu {relu}, bias {init_bias}: max |Δ| {d}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn conv2d_off_the_fast_path_is_candles_op() {
     // f64 is not a fast-path dtype: the same function must still be right.

@@ -139,7 +139,7 @@ fn main() -> anyhow::Result<()> {
         };
         let via = |path| {
             best_secs(|| {
-                kernels::conv2d_f32_via(&xs, &ws, init, shape, path)?;
+                kernels::conv2d_f32_via(&xs, &ws, init, Default::default(), shape, path)?;
                 Ok(())
             })
         };

@@ -131,6 +131,81 @@ pub struct ConvInit<'a> {
     pub relu: bool,
 }
 
+/// How a convolution reads its input (as stored, by default): through one
+/// affine map per batch item and input channel (a group norm's, see
+/// [`group_norm_affine_f32`]) and SiLU, and/or upsampled nearest 2×. The packed
+/// kernel applies it as it copies input rows, so the mapped input never exists
+/// as a whole (at the VAE's 512² level that is 128-256 MB neither written nor
+/// faulted in); the general path writes the mapped input out first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InputMap<'a> {
+    /// `(a, b)` per batch item and input channel: the channel reads as `a·x + b`.
+    pub affine: Option<&'a [(f32, f32)]>,
+    /// SiLU after the affine map.
+    pub silu: bool,
+    /// The stored input has half the convolution's height and width (the
+    /// [`ConvShape`]'s `h` and `w`, which must be even) and reads upsampled 2×.
+    pub upsample: bool,
+}
+
+impl InputMap<'_> {
+    fn is_identity(&self) -> bool {
+        self.affine.is_none() && !self.silu && !self.upsample
+    }
+
+    /// Height and width of the stored input of a convolution over `h × w`.
+    fn stored_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        if self.upsample {
+            (h / 2, w / 2)
+        } else {
+            (h, w)
+        }
+    }
+
+    /// Writes one mapped input row into `dst` (the convolution's width) from the
+    /// stored row `src` of input plane `index` (batch item · `c_in` + channel).
+    fn row(&self, index: usize, src: &[f32], dst: &mut [f32]) {
+        let ab = self.affine.map(|c| c[index]);
+        let map = |src: &[f32], dst: &mut [f32]| match (ab, self.silu) {
+            (None, false) => dst.copy_from_slice(src),
+            (ab, silu) => {
+                let (a, b) = ab.unwrap_or((1.0, 0.0));
+                affine_silu(src, dst, a, b, silu);
+            }
+        };
+        if !self.upsample {
+            map(src, dst);
+            return;
+        }
+        // Mapped into the upper half, then spread from the left: pair j is written
+        // only after value j (at half + j ≥ 2j + 1 for j < half) has been read.
+        let half = src.len();
+        map(src, &mut dst[half..2 * half]);
+        for j in 0..half {
+            let v = dst[half + j];
+            dst[2 * j] = v;
+            dst[2 * j + 1] = v;
+        }
+    }
+
+    /// The mapped input as a whole (`batch · c_in` planes of `h × w`), for the
+    /// general path.
+    fn apply(&self, x: &[f32], s: &ConvShape) -> Vec<f32> {
+        let (sh, sw) = self.stored_hw(s.h, s.w);
+        let mut out = vec![0f32; s.batch * s.c_in * s.h * s.w];
+        out.par_chunks_mut(s.h * s.w)
+            .enumerate()
+            .for_each(|(index, plane)| {
+                let stored = &x[index * sh * sw..(index + 1) * sh * sw];
+                for (y, row) in plane.chunks_exact_mut(s.w).enumerate() {
+                    let sy = if self.upsample { y / 2 } else { y };
+                    self.row(index, &stored[sy * sw..(sy + 1) * sw], row);
+                }
+            });
+        out
+    }
+}
+
 /// A raw output pointer shared by the tile tasks: each task writes only its own
 /// columns `[p0, p0 + t)` of every output row, so writes never overlap.
 #[derive(Clone, Copy)]
@@ -233,14 +308,18 @@ pub const PACKED_MIN_PIXELS: usize = 4096;
 ///
 /// Errors when a slice length does not match the shape.
 pub fn conv2d_f32(x: &[f32], weight: &[f32], init: ConvInit<'_>, s: ConvShape) -> Result<Vec<f32>> {
-    conv2d_f32_via(x, weight, init, s, ConvPath::Auto)
+    conv2d_f32_via(x, weight, init, InputMap::default(), s, ConvPath::Auto)
 }
 
-/// [`conv2d_f32`] on the given [`ConvPath`] (the tests run both on the same shapes).
+/// `out = init + conv(map(x), weight)` on the given [`ConvPath`] (the tests run
+/// each on the same shapes); `x` is stored as `map` says ([`InputMap::upsample`]).
+///
+/// Errors when a slice length does not match the shape.
 pub fn conv2d_f32_via(
     x: &[f32],
     weight: &[f32],
     init: ConvInit<'_>,
+    map: InputMap<'_>,
     s: ConvShape,
     path: ConvPath,
 ) -> Result<Vec<f32>> {
@@ -255,11 +334,34 @@ pub fn conv2d_f32_via(
         );
     };
     let (p, k) = (oh * ow, s.k_len());
-    if x.len() != s.batch * s.c_in * s.h * s.w || weight.len() != s.c_out * k {
+    let (sh, sw) = map.stored_hw(s.h, s.w);
+    if map.upsample && (s.h % 2 != 0 || s.w % 2 != 0) {
         candle_core::bail!(
-            "conv2d: input {} / weight {} elements do not match {s:?}",
+            "conv2d: an upsampled input needs an even size, not {}x{}",
+            s.h,
+            s.w
+        );
+    }
+    if x.len() != s.batch * s.c_in * sh * sw || weight.len() != s.c_out * k {
+        candle_core::bail!(
+            "conv2d: input {} / weight {} elements do not match {s:?}{}",
             x.len(),
-            weight.len()
+            weight.len(),
+            if map.upsample {
+                " upsampled from half the size"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(a) = map.affine
+        && a.len() != s.batch * s.c_in
+    {
+        candle_core::bail!(
+            "conv2d: {} input maps for {} items of {} channels",
+            a.len(),
+            s.batch,
+            s.c_in
         );
     }
     let out_len = s.batch * s.c_out * p;
@@ -297,12 +399,19 @@ pub fn conv2d_f32_via(
             ConvPath::Packed => true,
         };
     if packed {
-        packed::conv3x3(x, weight, &mut out, read_dst, s);
+        packed::conv3x3(x, weight, &mut out, read_dst, map, s);
         if init.relu {
             relu_in_place(&mut out);
         }
         return Ok(out);
     }
+    let mapped;
+    let x = if map.is_identity() {
+        x
+    } else {
+        mapped = map.apply(x, &s);
+        &mapped[..]
+    };
 
     let threads = rayon::current_num_threads().max(1);
     let tile = if s.pointwise() {
@@ -461,6 +570,30 @@ pub fn group_norm_f32(
     eps: f64,
     silu: bool,
 ) -> Result<Vec<f32>> {
+    let coefficients = group_norm_affine_f32(x, channels, plane, groups, gamma, beta, eps)?;
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(plane)
+        .zip(x.par_chunks(plane))
+        .zip(coefficients.par_iter())
+        .for_each(|((o, xs), &(a, b))| affine_silu(xs, o, a, b, silu));
+    Ok(out)
+}
+
+/// [`group_norm_f32`] as one affine map per batch item and channel, `(a, b)`:
+/// the norm of that channel's plane is `a·x + b` (what a convolution can apply
+/// as it reads its input, see [`InputMap`]).
+///
+/// Errors when the channels do not split into the groups, `gamma`/`beta` are
+/// not one per channel, or `x` is not whole items of `channels × plane`.
+pub fn group_norm_affine_f32(
+    x: &[f32],
+    channels: usize,
+    plane: usize,
+    groups: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+) -> Result<Vec<(f32, f32)>> {
     if groups == 0
         || !channels.is_multiple_of(groups)
         || gamma.len() != channels
@@ -478,28 +611,37 @@ pub fn group_norm_f32(
             x.len()
         );
     }
+    Ok(group_norm_coefficients(
+        x, channels, plane, groups, gamma, beta, eps,
+    ))
+}
+
+/// A group norm as one affine map per batch item and channel: `(a, b)` with
+/// `norm(x) = a·x + b` on that channel's plane, `a = γ/σ`, `b = β − μ·γ/σ` over
+/// its group's statistics (one pass per (item, group), in parallel). The shapes
+/// are the caller's to check (see [`group_norm_affine_f32`]).
+fn group_norm_coefficients(
+    x: &[f32],
+    channels: usize,
+    plane: usize,
+    groups: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+) -> Vec<(f32, f32)> {
     let cpg = channels / groups;
-    let group_len = cpg * plane;
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(group_len)
-        .zip(x.par_chunks(group_len))
+    x.par_chunks(cpg * plane)
         .enumerate()
-        .for_each(|(i, (o, xs))| {
+        .flat_map_iter(|(i, xs)| {
             let g = i % groups;
             let (mean, var) = mean_and_variance(xs);
             let inv = 1.0 / (var + eps).sqrt();
-            for c in 0..cpg {
-                let ch = g * cpg + c;
-                let a = (gamma[ch] as f64 * inv) as f32;
-                let b = (beta[ch] as f64 - mean * gamma[ch] as f64 * inv) as f32;
-                let (src, dst) = (
-                    &xs[c * plane..(c + 1) * plane],
-                    &mut o[c * plane..(c + 1) * plane],
-                );
-                affine_silu(src, dst, a, b, silu);
-            }
-        });
-    Ok(out)
+            (g * cpg..(g + 1) * cpg).map(move |ch| {
+                let a = gamma[ch] as f64 * inv;
+                (a as f32, (beta[ch] as f64 - mean * a) as f32)
+            })
+        })
+        .collect()
 }
 
 widest_simd! {
@@ -1338,7 +1480,30 @@ pub fn conv2d_act(
     padding: usize,
     relu: bool,
 ) -> Result<Tensor> {
+    conv2d_mapped(
+        x,
+        weight,
+        bias,
+        residual,
+        (stride, padding),
+        relu,
+        InputMap::default(),
+    )
+}
+
+/// [`conv2d_act`] of `map(x)`. A map other than the identity needs every tensor
+/// on the fast path (f32 on the CPU).
+fn conv2d_mapped(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    (stride, padding): (usize, usize),
+    relu: bool,
+    map: InputMap<'_>,
+) -> Result<Tensor> {
     let (batch, c_in, h, w) = x.dims4()?;
+    let (h, w) = if map.upsample { (2 * h, 2 * w) } else { (h, w) };
     let (c_out, wc, k_h, k_w) = weight.dims4()?;
     if wc != c_in {
         candle_core::bail!(
@@ -1363,6 +1528,9 @@ pub fn conv2d_act(
         && bias.is_none_or(fast_path)
         && residual.is_none_or(fast_path);
     if !all_fast {
+        if !map.is_identity() {
+            candle_core::bail!("conv2d: an input map needs f32 CPU tensors");
+        }
         let mut y = x.conv2d(weight, padding, stride, 1, 1)?;
         if let Some(b) = bias {
             let b = match b.rank() {
@@ -1385,7 +1553,7 @@ pub fn conv2d_act(
         with_f32(weight, |ws| {
             with_opt_f32(bias, |bias| {
                 with_opt_f32(residual, |residual| {
-                    conv2d_f32(
+                    conv2d_f32_via(
                         xs,
                         ws,
                         ConvInit {
@@ -1393,7 +1561,9 @@ pub fn conv2d_act(
                             residual,
                             relu,
                         },
+                        map,
                         s,
+                        ConvPath::Auto,
                     )
                 })
             })
@@ -1462,12 +1632,59 @@ impl Conv2d {
         self.forward_fused(x, None, residual, true)
     }
 
+    /// `conv(silu(norm(x))) + bias + extra_bias + residual` ([`Self::forward_with`]
+    /// of [`GroupNorm::forward_silu`]); on the fast path the norm and SiLU are
+    /// applied as the convolution reads its input.
+    pub fn forward_norm_silu(
+        &self,
+        x: &Tensor,
+        norm: &GroupNorm,
+        extra_bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        match norm.affine(x)? {
+            Some(affine) => {
+                let map = InputMap {
+                    affine: Some(&affine),
+                    silu: true,
+                    upsample: false,
+                };
+                self.forward_mapped(x, extra_bias, residual, false, map)
+            }
+            None => self.forward_with(&norm.forward_silu(x)?, extra_bias, residual),
+        }
+    }
+
+    /// `conv(upsample_nearest2x(x)) + bias`; on the fast path the upsampling is
+    /// read on the fly.
+    pub fn forward_upsampled(&self, x: &Tensor) -> Result<Tensor> {
+        if !fast_path(x) {
+            return self.forward(&upsample_nearest2x(x)?);
+        }
+        let map = InputMap {
+            upsample: true,
+            ..Default::default()
+        };
+        self.forward_mapped(x, None, None, false, map)
+    }
+
     fn forward_fused(
         &self,
         x: &Tensor,
         extra_bias: Option<&Tensor>,
         residual: Option<&Tensor>,
         relu: bool,
+    ) -> Result<Tensor> {
+        self.forward_mapped(x, extra_bias, residual, relu, InputMap::default())
+    }
+
+    fn forward_mapped(
+        &self,
+        x: &Tensor,
+        extra_bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+        relu: bool,
+        map: InputMap<'_>,
     ) -> Result<Tensor> {
         // One row for the whole batch is a per-channel shift.
         let extra = match extra_bias {
@@ -1480,14 +1697,14 @@ impl Conv2d {
             (Some(b), None) => Some(b.clone()),
             (None, e) => e,
         };
-        conv2d_act(
+        conv2d_mapped(
             x,
             &self.weight,
             bias.as_ref(),
             residual,
-            self.stride,
-            self.padding,
+            (self.stride, self.padding),
             relu,
+            map,
         )
     }
 }
@@ -1530,11 +1747,34 @@ impl GroupNorm {
         self.run(x, true)
     }
 
+    /// The norm as one `(a, b)` per batch item and channel
+    /// ([`group_norm_affine_f32`]), or `None` off the fast path.
+    pub fn affine(&self, x: &Tensor) -> Result<Option<Vec<(f32, f32)>>> {
+        if !self.fuses(x)? {
+            return Ok(None);
+        }
+        let plane = x.dims()[2..].iter().product::<usize>();
+        with_f32(x, |xs| {
+            with_f32(&self.weight, |g| {
+                with_f32(&self.bias, |b| {
+                    group_norm_affine_f32(xs, self.channels, plane, self.groups, g, b, self.eps)
+                })
+            })
+        })
+        .map(Some)
+    }
+
+    /// Whether `x` takes the fast kernels (else candle's ops run).
+    fn fuses(&self, x: &Tensor) -> Result<bool> {
+        Ok(fast_path(x)
+            && fast_path(&self.weight)
+            && fast_path(&self.bias)
+            && x.rank() >= 2
+            && x.dim(1)? == self.channels)
+    }
+
     fn run(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
-        if !(fast_path(x) && fast_path(&self.weight) && fast_path(&self.bias))
-            || x.rank() < 2
-            || x.dim(1)? != self.channels
-        {
+        if !self.fuses(x)? {
             let y = self.inner.forward(x)?;
             return if silu {
                 candle_nn::ops::silu(&y)

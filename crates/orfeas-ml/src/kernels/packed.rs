@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::{ConvShape, OutPtr};
+use super::{ConvShape, InputMap, OutPtr};
 
 /// Output channels per micro-tile.
 const MR: usize = 12;
@@ -86,7 +86,14 @@ fn pack_weight(w: &[f32], c_out: usize, k: usize) -> Vec<f32> {
 /// - It accumulates its rows for every output channel in a block of its own
 ///   (rows `rows · w` floats apart) and writes them to `out` once at the end, for
 ///   the same reason.
-pub(super) fn conv3x3(x: &[f32], weight: &[f32], out: &mut [f32], read_dst: bool, s: ConvShape) {
+pub(super) fn conv3x3(
+    x: &[f32],
+    weight: &[f32],
+    out: &mut [f32],
+    read_dst: bool,
+    map: InputMap<'_>,
+    s: ConvShape,
+) {
     let (h, w) = (s.h, s.w);
     let (k, plane) = (s.k_len(), h * w);
     let a = pack_weight(weight, s.c_out, k);
@@ -97,7 +104,8 @@ pub(super) fn conv3x3(x: &[f32], weight: &[f32], out: &mut [f32], read_dst: bool
         .max(1)
         .min((s.batch * h / (4 * threads)).max(1));
     let tasks_per_item = h.div_ceil(rows);
-    let in_len = s.c_in * plane;
+    let (sh, sw) = map.stored_hw(h, w);
+    let in_len = s.c_in * sh * sw;
     let stride = w + 2;
     let dst = OutPtr(out.as_mut_ptr());
     (0..s.batch * tasks_per_item).into_par_iter().for_each_init(
@@ -132,7 +140,7 @@ pub(super) fn conv3x3(x: &[f32], weight: &[f32], out: &mut [f32], read_dst: bool
                     &a[(block * k + ci0 * 9) * MR..(block * k + (ci0 + ci_n) * 9) * MR]
                 };
                 for r in 0..n_rows {
-                    fill_window(xb, (h, w), ci0, ci_n, oy0 + r, window);
+                    fill_window(xb, s, map, bi * s.c_in + ci0, ci_n, oy0 + r, window);
                     for ox0 in (0..w).step_by(NR) {
                         for block in 0..blocks {
                             let c = &mut acc[block * MR * width + r * w + ox0..]
@@ -168,24 +176,34 @@ pub(super) fn conv3x3(x: &[f32], weight: &[f32], out: &mut [f32], read_dst: bool
     );
 }
 
-/// Copies input rows `oy − 1, oy, oy + 1` of channels `[ci0, ci0 + ci_n)` into
-/// `window` (rows of `w + 2`: channel-major, then row), with a zero at each end
-/// and zero rows outside the map.
+/// Copies input rows `oy − 1, oy, oy + 1` of `ci_n` input channels, read
+/// through `map`, into `window` (rows of `w + 2`: channel-major, then row), with
+/// a zero at each end and zero rows outside the map. `xb` is the batch item's
+/// stored input and `first` the first channel's plane index in the batch
+/// (item · c_in + channel, which picks its affine map).
 fn fill_window(
     xb: &[f32],
-    (h, w): (usize, usize),
-    ci0: usize,
+    s: ConvShape,
+    map: InputMap<'_>,
+    first: usize,
     ci_n: usize,
     oy: usize,
     window: &mut [f32],
 ) {
-    let stride = w + 2;
-    for (i, dst) in window.chunks_exact_mut(stride).take(ci_n * 3).enumerate() {
+    let (h, w) = (s.h, s.w);
+    let (sh, sw) = map.stored_hw(h, w);
+    let ci0 = first % s.c_in;
+    for (i, dst) in window.chunks_exact_mut(w + 2).take(ci_n * 3).enumerate() {
         let (ci, ky) = (ci0 + i / 3, i % 3);
         match (oy + ky).checked_sub(1).filter(|&iy| iy < h) {
             Some(iy) => {
+                let sy = if map.upsample { iy / 2 } else { iy };
                 dst[0] = 0.0;
-                dst[1..=w].copy_from_slice(&xb[(ci * h + iy) * w..][..w]);
+                map.row(
+                    first + i / 3,
+                    &xb[(ci * sh + sy) * sw..][..sw],
+                    &mut dst[1..=w],
+                );
                 dst[w + 1] = 0.0;
             }
             None => dst.fill(0.0),

@@ -205,12 +205,17 @@ impl TinyDecoder {
         let latents = (latents / self.config.scaling_factor)?;
         // Soft clamp of the latents to (-3, 3).
         let mut xs = ((latents / 3.0)?.tanh()? * 3.0)?;
-        for layer in &self.layers {
+        let mut layers = self.layers.iter().peekable();
+        while let Some(layer) = layers.next() {
             xs = match layer {
                 Layer::Conv(c) => c.forward(&xs)?,
                 Layer::Relu => xs.relu()?,
                 Layer::Block(b) => b.forward(&xs)?,
-                Layer::Upsample(2) => kernels::upsample_nearest2x(&xs)?,
+                // The conv after a 2× upsampling reads it on the fly.
+                Layer::Upsample(2) => match layers.next_if(|l| matches!(l, Layer::Conv(_))) {
+                    Some(Layer::Conv(c)) => c.forward_upsampled(&xs)?,
+                    _ => kernels::upsample_nearest2x(&xs)?,
+                },
                 Layer::Upsample(f) => {
                     let (_, _, h, w) = xs.dims4()?;
                     xs.upsample_nearest2d(h * f, w * f)?

@@ -431,7 +431,7 @@ impl UNet {
                 xs = u.forward(&xs, Some(size))?;
             }
         }
-        let xs = self.norm_out.forward_silu(&xs)?;
-        self.conv_out.forward(&xs)
+        self.conv_out
+            .forward_norm_silu(&xs, &self.norm_out, None, None)
     }
 }

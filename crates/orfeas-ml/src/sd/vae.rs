@@ -216,8 +216,7 @@ impl Vae {
             xs = b.forward_owned(xs)?;
         }
         let xs = e.mid.forward(&xs)?;
-        let xs = e.norm_out.forward_silu(&xs)?;
-        Ok(e.conv_out.forward(&xs)?)
+        Ok(e.conv_out.forward_norm_silu(&xs, &e.norm_out, None, None)?)
     }
 
     /// Encodes an image in [-1, 1], NCHW, into its latent distribution (unscaled).
@@ -250,9 +249,7 @@ impl Vae {
         for b in &d.blocks {
             xs = b.forward_owned(xs)?;
         }
-        let normed = d.norm_out.forward_silu(&xs)?;
-        drop(xs);
-        Ok(d.conv_out.forward(&normed)?)
+        Ok(d.conv_out.forward_norm_silu(&xs, &d.norm_out, None, None)?)
     }
 
     /// Decodes in overlapping latent tiles blended linearly across the overlap,

@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use orfeas_ml::kernels::{self, ConvInit, ConvShape, SoftmaxExp};
+use orfeas_ml::kernels::{self, ConvInit, ConvShape, InputMap, SoftmaxExp};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -243,7 +243,8 @@ fn conv2d_paths_match_candle_on_3x3_shapes() {
                     residual: init_bias.then_some(&rs[..]),
                     relu,
                 };
-                let got = kernels::conv2d_f32_via(&xs, &ws, init, s, path).unwrap();
+                let got =
+                    kernels::conv2d_f32_via(&xs, &ws, init, InputMap::default(), s, path).unwrap();
                 let got = Tensor::from_vec(got, want.dims(), &Device::Cpu).unwrap();
                 let d = max_abs_diff(&got, want);
                 assert!(
@@ -251,6 +252,143 @@ fn conv2d_paths_match_candle_on_3x3_shapes() {
                     "{path:?}, {s:?}, relu {relu}, bias {init_bias}: max |Δ| {d}"
                 );
             }
+        }
+    }
+}
+
+/// A convolution reading its input through a group norm + SiLU or a nearest 2×
+/// upsampling (`InputMap`), on both inner loops and through `Conv2d`'s tensor
+/// methods, against candle's norm / upsample followed by candle's conv. Shapes:
+/// batch 2 with different statistics per item, channels over one block and not
+/// a multiple of 8, a 64×64 map (the size `ConvPath::Auto` takes the packed
+/// kernel at) and a 7×9 one it cannot. A map of the wrong length and an odd
+/// upsampled size are refused.
+#[test]
+fn conv2d_reads_through_a_norm_or_an_upsampling_like_candle() {
+    use kernels::ConvPath;
+    let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for (i, (batch, c_in, h, w, c_out)) in [(2, 36, 64, 64, 13), (1, 8, 7, 9, 5)]
+        .into_iter()
+        .enumerate()
+    {
+        let seed = 2000 + 10 * i as u64;
+        // Item 1 shifted and scaled: its group statistics differ from item 0's.
+        let x = random(&[batch, c_in, h, w], seed);
+        let scale = Tensor::from_vec(
+            vec![1.0f32, 3.0][..batch].to_vec(),
+            (batch, 1, 1, 1),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let x = (x.broadcast_mul(&scale).unwrap() + 0.5).unwrap();
+        let wt = random(&[c_out, c_in, 3, 3], seed + 1);
+        let bias = random(&[c_out], seed + 2);
+        let residual = random(&[batch, c_out, h, w], seed + 3);
+        let norm = group_norm_layer(4, c_in, seed + 4);
+        let mut map = std::collections::HashMap::new();
+        map.insert("weight".to_string(), wt.clone());
+        map.insert("bias".to_string(), bias.clone());
+        let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+        let conv = kernels::Conv2d::load(vb, c_in, c_out, 3, 1, 1, true).unwrap();
+        let tol = 1e-5 * (c_in * 9) as f32;
+
+        // Norm + SiLU: candle's group norm (the same weights), SiLU, conv.
+        let mut nmap = std::collections::HashMap::new();
+        nmap.insert("weight".to_string(), random(&[c_in], seed + 4));
+        nmap.insert("bias".to_string(), random(&[c_in], seed + 5));
+        let candle_norm = candle_nn::group_norm(
+            4,
+            c_in,
+            1e-6,
+            VarBuilder::from_tensors(nmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let normed = candle_nn::ops::silu(&candle_norm.forward(&x).unwrap()).unwrap();
+        let want = reference_conv(&normed, &wt, Some(&bias), Some(&residual), 1, 1);
+        let got = conv
+            .forward_norm_silu(&x, &norm, None, Some(&residual))
+            .unwrap();
+        let d = max_abs_diff(&got, &want);
+        assert!(
+            d < tol,
+            "Conv2d::forward_norm_silu, {:?}: max |Δ| {d}",
+            x.dims()
+        );
+        let (xs, ws, bs, rs) = (flat(&x), flat(&wt), flat(&bias), flat(&residual));
+        let affine = norm
+            .affine(&x)
+            .unwrap()
+            .expect("an f32 CPU input takes the fast path");
+        let s = ConvShape {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            k_h: 3,
+            k_w: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let init = ConvInit {
+            bias: Some(&bs),
+            residual: Some(&rs),
+            relu: false,
+        };
+        let norm_map = InputMap {
+            affine: Some(&affine),
+            silu: true,
+            upsample: false,
+        };
+        for path in [ConvPath::General, ConvPath::Packed] {
+            let got = kernels::conv2d_f32_via(&xs, &ws, init, norm_map, s, path).unwrap();
+            let got = Tensor::from_vec(got, want.dims(), &Device::Cpu).unwrap();
+            let d = max_abs_diff(&got, &want);
+            assert!(d < tol, "norm map, {path:?}, {s:?}: max |Δ| {d}");
+        }
+        let short = InputMap {
+            affine: Some(&affine[1..]),
+            ..norm_map
+        };
+        let err = kernels::conv2d_f32_via(&xs, &ws, init, short, s, ConvPath::Auto).unwrap_err();
+        assert!(err.to_string().contains("input maps"), "{err}");
+
+        // Upsampling: x is the stored half-size map of a conv over h × w.
+        if h % 2 == 1 {
+            let up = InputMap {
+                upsample: true,
+                ..Default::default()
+            };
+            let err = kernels::conv2d_f32_via(&xs, &ws, ConvInit::default(), up, s, ConvPath::Auto)
+                .unwrap_err();
+            assert!(err.to_string().contains("even size"), "{err}");
+            continue;
+        }
+        let half = random(&[batch, c_in, h / 2, w / 2], seed + 6);
+        let want = reference_conv(
+            &half.upsample_nearest2d(h, w).unwrap(),
+            &wt,
+            Some(&bias),
+            None,
+            1,
+            1,
+        );
+        let got = conv.forward_upsampled(&half).unwrap();
+        let d = max_abs_diff(&got, &want);
+        assert!(d < tol, "Conv2d::forward_upsampled: max |Δ| {d}");
+        let up_map = InputMap {
+            upsample: true,
+            ..Default::default()
+        };
+        let init = ConvInit {
+            bias: Some(&bs),
+            ..Default::default()
+        };
+        for path in [ConvPath::General, ConvPath::Packed] {
+            let got = kernels::conv2d_f32_via(&flat(&half), &ws, init, up_map, s, path).unwrap();
+            let got = Tensor::from_vec(got, want.dims(), &Device::Cpu).unwrap();
+            let d = max_abs_diff(&got, &want);
+            assert!(d < tol, "upsample map, {path:?}: max |Δ| {d}");
         }
     }
 }

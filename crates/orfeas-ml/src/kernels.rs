@@ -335,7 +335,7 @@ pub fn conv2d_f32_via(
     };
     let (p, k) = (oh * ow, s.k_len());
     let (sh, sw) = map.stored_hw(s.h, s.w);
-    if map.upsample && (s.h % 2 != 0 || s.w % 2 != 0) {
+    if map.upsample && (!s.h.is_multiple_of(2) || !s.w.is_multiple_of(2)) {
         candle_core::bail!(
             "conv2d: an upsampled input needs an even size, not {}x{}",
             s.h,

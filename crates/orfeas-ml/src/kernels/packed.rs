@@ -27,7 +27,7 @@ pub(super) const NR: usize = 32;
 /// for one group of `MR` output channels are `CB · 9 · MR` floats (13.5 KB).
 const CB: usize = 32;
 /// Output pixels one task aims at (whole rows).
-const TASK_PIXELS: usize = 512;
+const TASK_PIXELS: usize = 2048;
 
 /// Whether the packed kernel computes this convolution: 3×3, stride 1,
 /// padding 1, an output width that is a multiple of [`NR`].
@@ -78,11 +78,13 @@ fn pack_weight(w: &[f32], c_out: usize, k: usize) -> Vec<f32> {
 ///
 /// A task owns a few whole output rows, and works through them one block of
 /// [`CB`] input channels at a time:
-/// - For each output row it copies the three input rows under it, of each of the
-///   block's channels, into a scratch of rows `w + 2` floats long with the zero
-///   padding in place (a zero row above or below the map). The planes themselves
-///   are a power-of-two apart (1 MB at 512²), so the same pixels of every channel
-///   share one cache set, and reading them there sent most reloads to L3.
+/// - It copies the input rows under its output rows (one more above and below),
+///   of each of the block's channels and read through `map`, into a scratch of
+///   rows `w + 2` floats long with the zero padding in place (zero rows above or
+///   below the map): each input row is mapped once per task, not once for each
+///   of the three output rows that read it. The planes themselves are a
+///   power-of-two apart (1 MB at 512²), so the same pixels of every channel share
+///   one cache set, and reading them there sent most reloads to L3.
 /// - It accumulates its rows for every output channel in a block of its own
 ///   (rows `rows · w` floats apart) and writes them to `out` once at the end, for
 ///   the same reason.
@@ -132,31 +134,35 @@ pub(super) fn conv3x3(
                     }
                 }
             }
-            window.resize(CB * 3 * stride, 0.0);
+            // Per channel: input rows oy0 − 1 ..= oy0 + n_rows.
+            let channel_stride = (n_rows + 2) * stride;
+            window.resize(CB * channel_stride, 0.0);
             for ci0 in (0..s.c_in).step_by(CB) {
                 let ci_n = CB.min(s.c_in - ci0);
                 let load = read_dst || ci0 > 0;
                 let a_ci = |block: usize| {
                     &a[(block * k + ci0 * 9) * MR..(block * k + (ci0 + ci_n) * 9) * MR]
                 };
+                fill_window(xb, s, map, (bi * s.c_in + ci0, ci_n), (oy0, n_rows), window);
                 for r in 0..n_rows {
-                    fill_window(xb, s, map, bi * s.c_in + ci0, ci_n, oy0 + r, window);
                     for ox0 in (0..w).step_by(NR) {
                         for block in 0..blocks {
                             let c = &mut acc[block * MR * width + r * w + ox0..]
                                 [..(MR - 1) * width + NR];
-                            let taps = &window[ox0..(ci_n * 3 - 1) * stride + ox0 + NR + 2];
-                            // SAFETY: `a_ci` holds ci_n·9·MR floats, `taps` ci_n·3 rows
-                            // `stride` apart of at least NR + 2 floats, `c` MR rows of NR
-                            // floats `width` apart; the CPU has AVX-512F (the caller's
-                            // precondition).
+                            let start = r * stride + ox0;
+                            let taps = &window
+                                [start..start + (ci_n - 1) * channel_stride + 2 * stride + NR + 2];
+                            // SAFETY: `a_ci` holds ci_n·9·MR floats, `taps` ci_n channels
+                            // `channel_stride` apart of 3 rows `stride` apart of at least
+                            // NR + 2 floats, `c` MR rows of NR floats `width` apart; the
+                            // CPU has AVX-512F (the caller's precondition).
                             #[allow(unsafe_code)]
                             unsafe {
                                 micro_kernel(
-                                    ci_n * 3,
+                                    ci_n,
                                     a_ci(block).as_ptr(),
                                     taps.as_ptr(),
-                                    stride,
+                                    (stride, channel_stride),
                                     c.as_mut_ptr(),
                                     width,
                                     load,
@@ -176,7 +182,7 @@ pub(super) fn conv3x3(
     );
 }
 
-/// Copies input rows `oy − 1, oy, oy + 1` of `ci_n` input channels, read
+/// Copies input rows `oy0 − 1 ..= oy0 + n_rows` of `ci_n` input channels, read
 /// through `map`, into `window` (rows of `w + 2`: channel-major, then row), with
 /// a zero at each end and zero rows outside the map. `xb` is the batch item's
 /// stored input and `first` the first channel's plane index in the batch
@@ -185,22 +191,23 @@ fn fill_window(
     xb: &[f32],
     s: ConvShape,
     map: InputMap<'_>,
-    first: usize,
-    ci_n: usize,
-    oy: usize,
+    (first, ci_n): (usize, usize),
+    (oy0, n_rows): (usize, usize),
     window: &mut [f32],
 ) {
     let (h, w) = (s.h, s.w);
     let (sh, sw) = map.stored_hw(h, w);
     let ci0 = first % s.c_in;
-    for (i, dst) in window.chunks_exact_mut(w + 2).take(ci_n * 3).enumerate() {
-        let (ci, ky) = (ci0 + i / 3, i % 3);
-        match (oy + ky).checked_sub(1).filter(|&iy| iy < h) {
+    let per_channel = n_rows + 2;
+    let rows = window.chunks_exact_mut(w + 2).take(ci_n * per_channel);
+    for (i, dst) in rows.enumerate() {
+        let (ci, dy) = (ci0 + i / per_channel, i % per_channel);
+        match (oy0 + dy).checked_sub(1).filter(|&iy| iy < h) {
             Some(iy) => {
                 let sy = if map.upsample { iy / 2 } else { iy };
                 dst[0] = 0.0;
                 map.row(
-                    first + i / 3,
+                    first + i / per_channel,
                     &xb[(ci * sh + sy) * sw..][..sw],
                     &mut dst[1..=w],
                 );
@@ -217,7 +224,7 @@ unsafe fn micro_kernel(
     _: usize,
     _: *const f32,
     _: *const f32,
-    _: usize,
+    _: (usize, usize),
     _: *mut f32,
     _: usize,
     _: bool,
@@ -225,24 +232,25 @@ unsafe fn micro_kernel(
     unreachable!("the packed convolution runs only where `available()` (x86_64 with AVX-512F)");
 }
 
-/// `c[MR × NR] = (load ? c : 0) + a ⊛ taps`: `taps` is `rows` padded input rows
-/// (`stride` apart; per input channel its rows `oy − 1, oy, oy + 1`, each from
-/// the column left of the tile's first pixel), `a` per row and horizontal tap a
-/// group of `MR` weights; `c` has `MR` rows `ldc` apart. 24 accumulators, two
-/// vector loads and twelve broadcasts per 24 FMAs.
+/// `c[MR × NR] = (load ? c : 0) + a ⊛ taps`: `taps` holds, for each of
+/// `channels` input channels (`channel_stride` apart), its padded input rows
+/// `oy − 1, oy, oy + 1` (`stride` apart), each from the column left of the
+/// tile's first pixel; `a` per channel, row and horizontal tap a group of `MR`
+/// weights; `c` has `MR` rows `ldc` apart. 24 accumulators, two vector loads and
+/// twelve broadcasts per 24 FMAs.
 ///
 /// # Safety
-/// The CPU has AVX-512F; `a` holds `rows · 3 · MR` floats, `taps` `rows` rows of
-/// at least `NR + 2` floats `stride` apart; `c` has `MR` rows of at least `NR`
-/// floats, `ldc` apart, that nothing else touches.
+/// The CPU has AVX-512F; `a` holds `channels · 9 · MR` floats, `taps` those
+/// rows of at least `NR + 2` floats; `c` has `MR` rows of at least `NR` floats,
+/// `ldc` apart, that nothing else touches.
 #[allow(unsafe_code)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn micro_kernel(
-    rows: usize,
+    channels: usize,
     a: *const f32,
     taps: *const f32,
-    stride: usize,
+    (stride, channel_stride): (usize, usize),
     c: *mut f32,
     ldc: usize,
     load: bool,
@@ -263,20 +271,22 @@ unsafe fn micro_kernel(
             }
         }
         let mut a = a;
-        for t in 0..rows {
-            let src = taps.add(t * stride);
-            for kx in 0..3 {
-                let mut bv = [_mm512_setzero_ps(); V];
-                for (v, lane) in bv.iter_mut().enumerate() {
-                    *lane = _mm512_loadu_ps(src.add(kx + v * 16));
-                }
-                for (r, row) in acc.iter_mut().enumerate() {
-                    let ar = _mm512_set1_ps(*a.add(r));
-                    for (lane, &bv) in row.iter_mut().zip(&bv) {
-                        *lane = _mm512_fmadd_ps(ar, bv, *lane);
+        for ci in 0..channels {
+            for ky in 0..3 {
+                let src = taps.add(ci * channel_stride + ky * stride);
+                for kx in 0..3 {
+                    let mut bv = [_mm512_setzero_ps(); V];
+                    for (v, lane) in bv.iter_mut().enumerate() {
+                        *lane = _mm512_loadu_ps(src.add(kx + v * 16));
                     }
+                    for (r, row) in acc.iter_mut().enumerate() {
+                        let ar = _mm512_set1_ps(*a.add(r));
+                        for (lane, &bv) in row.iter_mut().zip(&bv) {
+                            *lane = _mm512_fmadd_ps(ar, bv, *lane);
+                        }
+                    }
+                    a = a.add(MR);
                 }
-                a = a.add(MR);
             }
         }
         for (r, row) in acc.iter().enumerate() {

@@ -30,6 +30,8 @@
 
 use candle_core::{DType, Module, Result, Storage, Tensor};
 use candle_nn::VarBuilder;
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 mod packed;
@@ -170,7 +172,9 @@ impl InputMap<'_> {
             (None, false) => dst.copy_from_slice(src),
             (ab, silu) => {
                 let (a, b) = ab.unwrap_or((1.0, 0.0));
-                affine_silu(src, dst, a, b, silu);
+                // SAFETY: affine_silu writes only initialised values.
+                #[allow(unsafe_code)]
+                affine_silu(src, unsafe { as_uninit(dst) }, a, b, silu);
             }
         };
         if !self.upsample {
@@ -223,6 +227,35 @@ impl OutPtr {
     }
 }
 
+/// `n` floats, every one written by `fill`, which gets them uninitialised: not
+/// zeroed first. calloc zeroes a heap chunk glibc hands out again with one
+/// single-threaded memset (and with [`crate::memory::keep_freed_memory`] every
+/// chunk of a warm run is such a one): for a VAE conv's 128-256 MB output that was
+/// 5-8 % of the conv's time, with the other thread idle.
+///
+/// # Safety
+/// `fill` must write every element of the slice it is given.
+#[allow(unsafe_code)]
+unsafe fn written_by(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    fill(&mut v.spare_capacity_mut()[..n]);
+    // SAFETY: `fill` wrote all `n` elements (the caller's contract).
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// Initialised floats viewed as possibly-uninitialised ones, for the kernels that
+/// write both kinds of output.
+///
+/// # Safety
+/// Only initialised values may be written through the view.
+#[allow(unsafe_code)]
+unsafe fn as_uninit(xs: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: MaybeUninit<f32> has f32's layout; the caller writes only
+    // initialised values, so `xs` stays initialised.
+    unsafe { &mut *(xs as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
 /// Writes a GEMM's starting values into `out`, planes of `plane` floats (NCHW,
 /// one plane per batch item and channel): plane `i` gets `bias[i % bias.len()]`
 /// (per channel, or per item and channel) plus, with `residual` (`out`'s shape),
@@ -231,7 +264,7 @@ impl OutPtr {
 /// shootdown on every core (a fifth of a 512² VAE conv's time went there). Returns
 /// whether anything was written (the GEMM then adds to `out`).
 fn start_planes(
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     plane: usize,
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
@@ -246,9 +279,11 @@ fn start_planes(
             match residual {
                 Some(r) => {
                     let src = &r[i * plane..(i + 1) * plane];
-                    o.iter_mut().zip(src).for_each(|(o, &x)| *o = x + v);
+                    o.iter_mut().zip(src).for_each(|(o, &x)| {
+                        o.write(x + v);
+                    });
                 }
-                None => o.fill(v),
+                None => o.fill(MaybeUninit::new(v)),
             }
         });
     true
@@ -384,11 +419,39 @@ pub fn conv2d_f32_via(
             s.batch * s.c_out
         );
     }
-    // calloc'd and untouched: the starting values are written, never read first.
-    let mut out = vec![0f32; out_len];
-    let read_dst = start_planes(&mut out, p, init.bias, init.residual);
-    if out_len == 0 || k == 0 {
-        return Ok(out);
+    // SAFETY: `conv_into` writes every element of `out` (see its comment).
+    #[allow(unsafe_code)]
+    let mut out =
+        unsafe { written_by(out_len, |out| conv_into(x, weight, init, map, s, path, out)) };
+    if init.relu {
+        relu_in_place(&mut out);
+    }
+    Ok(out)
+}
+
+/// The body of [`conv2d_f32_via`] (shapes checked) into an uninitialised `out`,
+/// every element of which it writes: the starting values when there are any, and
+/// the product over them (or over nothing, the GEMM then not reading `out`), or
+/// zeros when the product is empty.
+fn conv_into(
+    x: &[f32],
+    weight: &[f32],
+    init: ConvInit<'_>,
+    map: InputMap<'_>,
+    s: ConvShape,
+    path: ConvPath,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let Some((oh, ow)) = s.out_hw() else {
+        unreachable!("conv2d_f32_via checked the shape");
+    };
+    let (p, k) = (oh * ow, s.k_len());
+    let read_dst = start_planes(out, p, init.bias, init.residual);
+    if out.is_empty() || k == 0 {
+        if !read_dst {
+            out.fill(MaybeUninit::new(0.0));
+        }
+        return;
     }
 
     let packed = packed::available()
@@ -399,11 +462,8 @@ pub fn conv2d_f32_via(
             ConvPath::Packed => true,
         };
     if packed {
-        packed::conv3x3(x, weight, &mut out, read_dst, map, s);
-        if init.relu {
-            relu_in_place(&mut out);
-        }
-        return Ok(out);
+        packed::conv3x3(x, weight, out, read_dst, map, s);
+        return;
     }
     let mapped;
     let x = if map.is_identity() {
@@ -422,7 +482,7 @@ pub fn conv2d_f32_via(
     };
     let tiles_per_item = p.div_ceil(tile);
     let tasks = s.batch * tiles_per_item;
-    let dst = OutPtr(out.as_mut_ptr());
+    let dst = OutPtr(out.as_mut_ptr().cast());
     let run = |task: usize, col: &mut Vec<f32>, par: gemm::Parallelism| {
         let (bi, ti) = (task / tiles_per_item, task % tiles_per_item);
         let p0 = ti * tile;
@@ -478,10 +538,6 @@ pub fn conv2d_f32_via(
             run(task, &mut col, gemm::Parallelism::Rayon(threads));
         }
     }
-    if init.relu {
-        relu_in_place(&mut out);
-    }
-    Ok(out)
 }
 
 fn relu_in_place(out: &mut [f32]) {
@@ -571,11 +627,17 @@ pub fn group_norm_f32(
     silu: bool,
 ) -> Result<Vec<f32>> {
     let coefficients = group_norm_affine_f32(x, channels, plane, groups, gamma, beta, eps)?;
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(plane)
-        .zip(x.par_chunks(plane))
-        .zip(coefficients.par_iter())
-        .for_each(|((o, xs), &(a, b))| affine_silu(xs, o, a, b, silu));
+    // SAFETY: the planes cover `out` (x.len() is whole planes, checked above), and
+    // affine_silu writes every element of each.
+    #[allow(unsafe_code)]
+    let out = unsafe {
+        written_by(x.len(), |out| {
+            out.par_chunks_mut(plane)
+                .zip(x.par_chunks(plane))
+                .zip(coefficients.par_iter())
+                .for_each(|((o, xs), &(a, b))| affine_silu(xs, o, a, b, silu));
+        })
+    };
     Ok(out)
 }
 
@@ -685,20 +747,20 @@ fn mean_and_variance_body(xs: &[f32]) -> (f64, f64) {
 
 widest_simd! {
     /// `dst = a·src + b`, then SiLU when asked.
-    fn affine_silu(src: &[f32], dst: &mut [f32], a: f32, b: f32, silu: bool)
+    fn affine_silu(src: &[f32], dst: &mut [MaybeUninit<f32>], a: f32, b: f32, silu: bool)
         => affine_silu_body
 }
 
 #[inline(always)]
-fn affine_silu_body(src: &[f32], dst: &mut [f32], a: f32, b: f32, silu: bool) {
+fn affine_silu_body(src: &[f32], dst: &mut [MaybeUninit<f32>], a: f32, b: f32, silu: bool) {
     if silu {
         for (d, &s) in dst.iter_mut().zip(src) {
             let y = a * s + b;
-            *d = y / (1.0 + exp_approx(-y));
+            d.write(y / (1.0 + exp_approx(-y)));
         }
     } else {
         for (d, &s) in dst.iter_mut().zip(src) {
-            *d = a * s + b;
+            d.write(a * s + b);
         }
     }
 }
@@ -734,26 +796,35 @@ pub fn exp_approx(x: f32) -> f32 {
     p * f32::from_bits(biased << 23)
 }
 
-/// Nearest-neighbour 2× upsampling of NCHW planes (`planes · h · w` floats).
+/// Nearest-neighbour 2× upsampling of NCHW planes (`planes · h · w` floats; a
+/// partial plane at the end is left out).
 pub fn upsample_nearest2x_f32(x: &[f32], h: usize, w: usize) -> Vec<f32> {
     let plane = h * w;
-    let mut out = vec![0f32; x.len() * 4];
     if plane == 0 {
-        return out;
+        return vec![0f32; x.len() * 4];
     }
-    out.par_chunks_mut(plane * 4)
-        .zip(x.par_chunks(plane))
-        .for_each(|(o, xs)| {
-            for (y, src) in xs.chunks_exact(w).enumerate() {
-                let (top, bottom) = o[2 * y * 2 * w..(2 * y + 2) * 2 * w].split_at_mut(2 * w);
-                for (pair, &v) in top.chunks_exact_mut(2).zip(src) {
-                    pair[0] = v;
-                    pair[1] = v;
-                }
-                bottom.copy_from_slice(top);
-            }
-        });
-    out
+    // Whole planes only (a partial one at the end, a caller's shape error, is left out).
+    let x = &x[..x.len() / plane * plane];
+    // SAFETY: each output plane's rows are written in pairs, left and right copies
+    // of every input value, and the output is whole planes.
+    #[allow(unsafe_code)]
+    unsafe {
+        written_by(x.len() * 4, |out| {
+            out.par_chunks_mut(plane * 4)
+                .zip(x.par_chunks(plane))
+                .for_each(|(o, xs)| {
+                    for (y, src) in xs.chunks_exact(w).enumerate() {
+                        let (top, bottom) =
+                            o[2 * y * 2 * w..(2 * y + 2) * 2 * w].split_at_mut(2 * w);
+                        for (pair, &v) in top.chunks_exact_mut(2).zip(src) {
+                            pair[0].write(v);
+                            pair[1].write(v);
+                        }
+                        bottom.copy_from_slice(top);
+                    }
+                });
+        })
+    }
 }
 
 /// Floats of one attention task's score block (1 MB: stays in L2 between its two GEMMs).
@@ -1302,7 +1373,10 @@ impl Linear {
         let plane = h * w;
         let mut out = vec![0f32; b * c * plane];
         with_f32(residual, |rs| {
-            with_opt_f32(bias, |bs| Ok(start_planes(&mut out, plane, bs, Some(rs))))
+            // SAFETY: start_planes writes only initialised values.
+            #[allow(unsafe_code)]
+            let view = unsafe { as_uninit(&mut out) };
+            with_opt_f32(bias, |bs| Ok(start_planes(view, plane, bs, Some(rs))))
         })?;
         with_f32(tokens, |ts| {
             with_f32(wt, |ws| {

@@ -14,6 +14,8 @@
 //! Only compiled in on x86_64 and only taken when the CPU has AVX-512F
 //! ([`available`]); everywhere else the general path runs.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::{ConvShape, InputMap, OutPtr};
@@ -91,7 +93,7 @@ fn pack_weight(w: &[f32], c_out: usize, k: usize) -> Vec<f32> {
 pub(super) fn conv3x3(
     x: &[f32],
     weight: &[f32],
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     read_dst: bool,
     map: InputMap<'_>,
     s: ConvShape,
@@ -109,7 +111,7 @@ pub(super) fn conv3x3(
     let (sh, sw) = map.stored_hw(h, w);
     let in_len = s.c_in * sh * sw;
     let stride = w + 2;
-    let dst = OutPtr(out.as_mut_ptr());
+    let dst = OutPtr(out.as_mut_ptr().cast());
     (0..s.batch * tasks_per_item).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new()),
         |(acc, window): &mut (Vec<f32>, Vec<f32>), task| {

@@ -256,6 +256,14 @@ unsafe fn as_uninit(xs: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     unsafe { &mut *(xs as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
+/// `dst = src` into possibly-uninitialised floats (the lengths must match).
+fn write_copy(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    assert_eq!(dst.len(), src.len(), "write_copy: lengths differ");
+    dst.iter_mut().zip(src).for_each(|(d, &v)| {
+        d.write(v);
+    });
+}
+
 /// Writes a GEMM's starting values into `out`, planes of `plane` floats (NCHW,
 /// one plane per batch item and channel): plane `i` gets `bias[i % bias.len()]`
 /// (per channel, or per item and channel) plus, with `residual` (`out`'s shape),
@@ -294,7 +302,7 @@ fn start_planes(
 /// it. Written, never read first (see [`start_planes`]). Returns whether anything
 /// was written.
 fn start_rows(
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     width: usize,
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
@@ -307,12 +315,15 @@ fn start_rows(
         .for_each(|(i, row)| {
             let res = residual.map(|r| &r[i * width..(i + 1) * width]);
             match (bias, res) {
-                (Some(b), Some(r)) => row
-                    .iter_mut()
-                    .zip(b.iter().zip(r))
-                    .for_each(|(o, (&b, &x))| *o = x + b),
-                (Some(b), None) => row.copy_from_slice(b),
-                (None, Some(r)) => row.copy_from_slice(r),
+                (Some(b), Some(r)) => {
+                    row.iter_mut()
+                        .zip(b.iter().zip(r))
+                        .for_each(|(o, (&b, &x))| {
+                            o.write(x + b);
+                        })
+                }
+                (Some(b), None) => write_copy(row, b),
+                (None, Some(r)) => write_copy(row, r),
                 (None, None) => {}
             }
         });
@@ -1128,8 +1139,30 @@ pub fn linear_into_f32(
             out.len()
         );
     }
+    // SAFETY: the product writes only initialised values.
+    #[allow(unsafe_code)]
+    let out = unsafe { as_uninit(out) };
+    linear_into(x, x_at, rows, d_in, w, d_out, out, out_at, read_out);
+    Ok(())
+}
+
+/// The body of [`linear_into_f32`] (shapes checked) into a possibly
+/// uninitialised `out`: without `read_out` it writes every element of the
+/// `rows × d_out` block `out_at` lays out, reading none.
+#[allow(clippy::too_many_arguments)]
+fn linear_into(
+    x: &[f32],
+    x_at: MatLayout,
+    rows: usize,
+    d_in: usize,
+    w: &[f32],
+    d_out: usize,
+    out: &mut [MaybeUninit<f32>],
+    out_at: MatLayout,
+    read_out: bool,
+) {
     if rows == 0 || d_out == 0 {
-        return Ok(());
+        return;
     }
     let threads = rayon::current_num_threads().max(1);
     let row_blocks = rows.div_ceil(LINEAR_ROW_BLOCK);
@@ -1139,7 +1172,7 @@ pub fn linear_into_f32(
         .clamp(1, d_out.div_ceil(16));
     let col_block = d_out.div_ceil(col_blocks).div_ceil(16) * 16;
     let col_blocks = d_out.div_ceil(col_block);
-    let dst = OutPtr(out.as_mut_ptr());
+    let dst = OutPtr(out.as_mut_ptr().cast());
     // Few rows with a row-major output: the GEMM would transpose the problem and
     // repack its weight slice for every call (45 % of CLIP's 77-token time); into a
     // column-major tile it reads the weight rows as they are, and the tile is added
@@ -1203,7 +1236,6 @@ pub fn linear_into_f32(
             }
         },
     );
-    Ok(())
 }
 
 /// `y = x·wᵀ + bias + residual` on contiguous row-major f32 slices: `x (rows,
@@ -1230,22 +1262,19 @@ pub fn linear_f32(
             residual.map(<[f32]>::len)
         );
     }
-    let mut out = vec![0f32; rows * d_out];
-    if out.is_empty() {
-        return Ok(out);
+    if w.len() != d_out * d_in {
+        candle_core::bail!("linear: w has {} elements, not {d_out}×{d_in}", w.len());
     }
-    let read_out = start_rows(&mut out, d_out, bias, residual);
-    linear_into_f32(
-        x,
-        MatLayout::rows(d_in),
-        rows,
-        d_in,
-        w,
-        d_out,
-        &mut out,
-        MatLayout::rows(d_out),
-        read_out,
-    )?;
+    // SAFETY: the starting values or, without them, the product write every
+    // element (shapes checked above).
+    #[allow(unsafe_code)]
+    let out = unsafe {
+        written_by(rows * d_out, |out| {
+            let read_out = start_rows(out, d_out, bias, residual);
+            let (x_at, out_at) = (MatLayout::rows(d_in), MatLayout::rows(d_out));
+            linear_into(x, x_at, rows, d_in, w, d_out, out, out_at, read_out);
+        })
+    };
     Ok(out)
 }
 
@@ -1323,27 +1352,29 @@ impl Linear {
         }
         let (wt, bias) = (self.inner.weight(), self.inner.bias());
         let (plane, d_out) = (h * w, self.d_out);
-        let mut out = vec![0f32; b * plane * d_out];
-        let read_out = with_opt_f32(bias, |bs| Ok(start_rows(&mut out, d_out, bs, None)))?;
-        with_f32(x, |xs| {
+        let out = with_f32(x, |xs| {
             with_f32(wt, |ws| {
-                for (item, o) in xs
-                    .chunks_exact((c * plane).max(1))
-                    .zip(out.chunks_exact_mut((plane * d_out).max(1)))
-                {
-                    linear_into_f32(
-                        item,
-                        MatLayout { rs: 1, cs: plane },
-                        plane,
-                        c,
-                        ws,
-                        d_out,
-                        o,
-                        MatLayout::rows(d_out),
-                        read_out,
-                    )?;
-                }
-                Ok(())
+                with_opt_f32(bias, |bs| {
+                    if ws.len() != d_out * c || bs.is_some_and(|b| b.len() != d_out) {
+                        candle_core::bail!("linear: weights do not hold {c} → {d_out}");
+                    }
+                    // SAFETY: per item, the bias rows or, without a bias, the product
+                    // write every element (x is b items of c × plane, checked above).
+                    #[allow(unsafe_code)]
+                    let out = unsafe {
+                        written_by(b * plane * d_out, |out| {
+                            let read_out = start_rows(out, d_out, bs, None);
+                            let items = xs.chunks_exact((c * plane).max(1));
+                            for (item, o) in items.zip(out.chunks_exact_mut((plane * d_out).max(1)))
+                            {
+                                let (x_at, out_at) =
+                                    (MatLayout { rs: 1, cs: plane }, MatLayout::rows(d_out));
+                                linear_into(item, x_at, plane, c, ws, d_out, o, out_at, read_out);
+                            }
+                        })
+                    };
+                    Ok(out)
+                })
             })
         })?;
         Tensor::from_vec(out, (b, plane, d_out), x.device())
@@ -1371,12 +1402,21 @@ impl Linear {
         }
         let (wt, bias) = (self.inner.weight(), self.inner.bias());
         let plane = h * w;
-        let mut out = vec![0f32; b * c * plane];
-        with_f32(residual, |rs| {
-            // SAFETY: start_planes writes only initialised values.
-            #[allow(unsafe_code)]
-            let view = unsafe { as_uninit(&mut out) };
-            with_opt_f32(bias, |bs| Ok(start_planes(view, plane, bs, Some(rs))))
+        let mut out = with_f32(residual, |rs| {
+            with_opt_f32(bias, |bs| {
+                if bs.is_some_and(|b| b.len() != c) || rs.len() != b * c * plane {
+                    candle_core::bail!("linear: bias or residual does not fit {c} channels");
+                }
+                // SAFETY: with a residual of the output's size (checked above),
+                // start_planes writes every element.
+                #[allow(unsafe_code)]
+                let out = unsafe {
+                    written_by(b * c * plane, |out| {
+                        start_planes(out, plane, bs, Some(rs));
+                    })
+                };
+                Ok(out)
+            })
         })?;
         with_f32(tokens, |ts| {
             with_f32(wt, |ws| {

@@ -369,6 +369,48 @@ pub fn conv2d_f32_via(
     s: ConvShape,
     path: ConvPath,
 ) -> Result<Vec<f32>> {
+    let out_len = check_conv(x, weight, init, map, s)?;
+    // SAFETY: `conv_into` writes every element of `out` (see its comment).
+    #[allow(unsafe_code)]
+    let mut out =
+        unsafe { written_by(out_len, |out| conv_into(x, weight, init, map, s, path, out)) };
+    if init.relu {
+        relu_in_place(&mut out);
+    }
+    Ok(out)
+}
+
+/// `out += conv(map(x), weight)` into an output that already holds its starting
+/// values (`batch · c_out · out_h · out_w` floats), e.g. a shortcut's: no fresh
+/// map, no pass writing the starting values.
+///
+/// Errors when a slice length does not match the shape.
+pub fn conv2d_f32_add(
+    x: &[f32],
+    weight: &[f32],
+    map: InputMap<'_>,
+    s: ConvShape,
+    out: &mut [f32],
+) -> Result<()> {
+    let out_len = check_conv(x, weight, ConvInit::default(), map, s)?;
+    if out.len() != out_len {
+        candle_core::bail!("conv2d: output has {} elements, not {out_len}", out.len());
+    }
+    // SAFETY: the product writes only initialised values.
+    #[allow(unsafe_code)]
+    let out = unsafe { as_uninit(out) };
+    conv_product(x, weight, map, s, ConvPath::Auto, out, true);
+    Ok(())
+}
+
+/// Checks the slices of a convolution against its shape; returns the output's length.
+fn check_conv(
+    x: &[f32],
+    weight: &[f32],
+    init: ConvInit<'_>,
+    map: InputMap<'_>,
+    s: ConvShape,
+) -> Result<usize> {
     let Some((oh, ow)) = s.out_hw() else {
         candle_core::bail!(
             "conv2d: kernel {}x{} does not fit input {}x{} padded by {}",
@@ -430,14 +472,7 @@ pub fn conv2d_f32_via(
             s.batch * s.c_out
         );
     }
-    // SAFETY: `conv_into` writes every element of `out` (see its comment).
-    #[allow(unsafe_code)]
-    let mut out =
-        unsafe { written_by(out_len, |out| conv_into(x, weight, init, map, s, path, out)) };
-    if init.relu {
-        relu_in_place(&mut out);
-    }
-    Ok(out)
+    Ok(out_len)
 }
 
 /// The body of [`conv2d_f32_via`] (shapes checked) into an uninitialised `out`,
@@ -456,8 +491,25 @@ fn conv_into(
     let Some((oh, ow)) = s.out_hw() else {
         unreachable!("conv2d_f32_via checked the shape");
     };
+    let read_dst = start_planes(out, oh * ow, init.bias, init.residual);
+    conv_product(x, weight, map, s, path, out, read_dst);
+}
+
+/// `out (+)= conv(map(x), weight)`, shapes checked: with `read_dst` `out` holds
+/// the starting values, without it every element is written and none read.
+fn conv_product(
+    x: &[f32],
+    weight: &[f32],
+    map: InputMap<'_>,
+    s: ConvShape,
+    path: ConvPath,
+    out: &mut [MaybeUninit<f32>],
+    read_dst: bool,
+) {
+    let Some((oh, ow)) = s.out_hw() else {
+        unreachable!("the caller checked the shape");
+    };
     let (p, k) = (oh * ow, s.k_len());
-    let read_dst = start_planes(out, p, init.bias, init.residual);
     if out.is_empty() || k == 0 {
         if !read_dst {
             out.fill(MaybeUninit::new(0.0));
@@ -1767,6 +1819,111 @@ impl Conv2d {
             }
             None => self.forward_with(&norm.forward_silu(x)?, extra_bias, residual),
         }
+    }
+
+    /// A resnet block's tail, `shortcut(skip) + conv(silu(norm(x))) + bias`, with
+    /// `shortcut` a 1×1 conv or (`None`) the identity. On the fast path the
+    /// shortcut's output (its bias and this conv's summed into it), or the skip's
+    /// copy plus this bias, is the very buffer this conv adds into: one map fewer
+    /// alive at once and no pass writing the starting values.
+    pub fn forward_norm_silu_onto(
+        &self,
+        x: &Tensor,
+        norm: &GroupNorm,
+        skip: &Tensor,
+        shortcut: Option<&Conv2d>,
+    ) -> Result<Tensor> {
+        let fast = |c: &Conv2d| fast_path(&c.weight) && c.bias.as_ref().is_none_or(fast_path);
+        let affine = match norm.affine(x)? {
+            Some(a) if fast(self) && shortcut.is_none_or(fast) && fast_path(skip) => a,
+            _ => {
+                let skip = match shortcut {
+                    Some(c) => c.forward(skip)?,
+                    None => skip.clone(),
+                };
+                return self.forward_norm_silu(x, norm, None, Some(&skip));
+            }
+        };
+        let (batch, c_in, h, w) = x.dims4()?;
+        let (c_out, _, k_h, k_w) = self.weight.dims4()?;
+        let s = ConvShape {
+            batch,
+            c_in,
+            h,
+            w,
+            c_out,
+            k_h,
+            k_w,
+            stride: self.stride,
+            padding: self.padding,
+        };
+        let Some((oh, ow)) = s.out_hw() else {
+            candle_core::bail!("conv2d: kernel {k_h}x{k_w} does not fit input {h}x{w}");
+        };
+        let bias = match (shortcut.and_then(|c| c.bias.as_ref()), &self.bias) {
+            (Some(a), Some(b)) => Some((a + b)?),
+            (a, b) => a.or(b.as_ref()).cloned(),
+        };
+        let out_len = batch * c_out * oh * ow;
+        let mut buffer = with_f32(skip, |sk| {
+            with_opt_f32(bias.as_ref(), |bs| match shortcut {
+                Some(c) => {
+                    let (sb, sc_in, sh, sw) = skip.dims4()?;
+                    let (sc_out, _, sk_h, sk_w) = c.weight.dims4()?;
+                    let shape = ConvShape {
+                        batch: sb,
+                        c_in: sc_in,
+                        h: sh,
+                        w: sw,
+                        c_out: sc_out,
+                        k_h: sk_h,
+                        k_w: sk_w,
+                        stride: c.stride,
+                        padding: c.padding,
+                    };
+                    let init = ConvInit {
+                        bias: bs,
+                        ..Default::default()
+                    };
+                    let start = with_f32(&c.weight, |cw| conv2d_f32(sk, cw, init, shape))?;
+                    if start.len() != out_len {
+                        candle_core::bail!(
+                            "resnet: shortcut output {} elements, the conv's {out_len}",
+                            start.len()
+                        );
+                    }
+                    Ok(start)
+                }
+                None => {
+                    if sk.len() != out_len || bs.is_some_and(|b| b.len() != c_out) {
+                        candle_core::bail!(
+                            "resnet: skip {:?} does not fit the output ({batch}, {c_out}, {oh}, {ow})",
+                            skip.dims()
+                        );
+                    }
+                    // SAFETY: with a residual of the output's size (checked just
+                    // above), start_planes writes every element.
+                    #[allow(unsafe_code)]
+                    let start = unsafe {
+                        written_by(out_len, |o| {
+                            start_planes(o, oh * ow, bs, Some(sk));
+                        })
+                    };
+                    Ok(start)
+                }
+            })
+        })?;
+        let map = InputMap {
+            affine: Some(&affine),
+            silu: true,
+            upsample: false,
+        };
+        with_f32(x, |xs| {
+            with_f32(&self.weight, |ws| {
+                conv2d_f32_add(xs, ws, map, s, &mut buffer)
+            })
+        })?;
+        Tensor::from_vec(buffer, (batch, c_out, oh, ow), x.device())
     }
 
     /// `conv(upsample_nearest2x(x)) + bias`; on the fast path the upsampling is

@@ -67,7 +67,8 @@ impl ResnetBlock2D {
     ///
     /// Each conv applies its norm and SiLU as it reads its input (on the CPU fast
     /// path), so neither normalised map is ever written: at the VAE's 512² level
-    /// that is 128-256 MB per norm neither written nor faulted in.
+    /// that is 128-256 MB per norm neither written nor faulted in. conv2 adds into
+    /// the shortcut's output (or the skip's copy), not into a fresh map.
     pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         let shift = match (temb, &self.time_emb_proj) {
             (Some(t), Some(proj)) => Some(proj.forward(&candle_nn::ops::silu(t)?)?),
@@ -76,12 +77,8 @@ impl ResnetBlock2D {
         let h = self
             .conv1
             .forward_norm_silu(xs, &self.norm1, shift.as_ref(), None)?;
-        let shortcut = match &self.conv_shortcut {
-            Some(c) => c.forward(xs)?,
-            None => xs.clone(),
-        };
         self.conv2
-            .forward_norm_silu(&h, &self.norm2, None, Some(&shortcut))
+            .forward_norm_silu_onto(&h, &self.norm2, xs, self.conv_shortcut.as_ref())
     }
 }
 

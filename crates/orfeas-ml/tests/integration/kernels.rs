@@ -393,6 +393,68 @@ fn conv2d_reads_through_a_norm_or_an_upsampling_like_candle() {
     }
 }
 
+fn conv_layer(c_in: usize, c_out: usize, k: usize, seed: u64) -> (kernels::Conv2d, Tensor, Tensor) {
+    let (w, b) = (
+        random(&[c_out, c_in, k, k], seed),
+        random(&[c_out], seed + 1),
+    );
+    let mut map = std::collections::HashMap::new();
+    map.insert("weight".to_string(), w.clone());
+    map.insert("bias".to_string(), b.clone());
+    let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+    let conv = kernels::Conv2d::load(vb, c_in, c_out, k, 1, k / 2, true).unwrap();
+    (conv, w, b)
+}
+
+/// A resnet tail, `shortcut(skip) + conv(silu(norm(x))) + bias`, with a 1×1
+/// shortcut and with the identity, against candle's ops: batch 2, channels not
+/// a multiple of 8, a map the packed kernel takes (64×64) and one it does not;
+/// and a skip that does not fit is refused.
+#[test]
+fn conv_onto_a_shortcut_matches_candle() {
+    for (i, (batch, c_skip, c_out, h, w)) in
+        [(2, 20, 13, 64, 64), (1, 13, 13, 64, 64), (2, 6, 9, 5, 7)]
+            .into_iter()
+            .enumerate()
+    {
+        let seed = 3000 + 10 * i as u64;
+        let x = random(&[batch, c_out, h, w], seed);
+        let skip = random(&[batch, c_skip, h, w], seed + 1);
+        let norm = group_norm_layer(c_out.min(13), c_out, seed + 2);
+        let mut nmap = std::collections::HashMap::new();
+        nmap.insert("weight".to_string(), random(&[c_out], seed + 2));
+        nmap.insert("bias".to_string(), random(&[c_out], seed + 3));
+        let vb = VarBuilder::from_tensors(nmap, DType::F32, &Device::Cpu);
+        let candle_norm = candle_nn::group_norm(c_out.min(13), c_out, 1e-6, vb).unwrap();
+        let (conv, wt, bias) = conv_layer(c_out, c_out, 3, seed + 4);
+        let shortcut = (c_skip != c_out).then(|| conv_layer(c_skip, c_out, 1, seed + 6));
+        let start = match &shortcut {
+            Some((_, sw, sb)) => reference_conv(&skip, sw, Some(sb), None, 1, 0),
+            None => skip.clone(),
+        };
+        let normed = candle_nn::ops::silu(&candle_norm.forward(&x).unwrap()).unwrap();
+        let want = reference_conv(&normed, &wt, Some(&bias), Some(&start), 1, 1);
+        let got = conv
+            .forward_norm_silu_onto(&x, &norm, &skip, shortcut.as_ref().map(|s| &s.0))
+            .unwrap();
+        let d = max_abs_diff(&got, &want);
+        let tol = 1e-5 * (c_out * 9 + c_skip) as f32;
+        assert!(
+            d < tol,
+            "{:?} onto skip {:?}: max |Δ| {d}",
+            x.dims(),
+            skip.dims()
+        );
+    }
+    let (conv, _, _) = conv_layer(4, 4, 3, 1);
+    let norm = group_norm_layer(2, 4, 2);
+    let x = random(&[1, 4, 6, 6], 3);
+    let err = conv
+        .forward_norm_silu_onto(&x, &norm, &random(&[1, 4, 5, 6], 4), None)
+        .unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+}
+
 #[test]
 fn conv2d_off_the_fast_path_is_candles_op() {
     // f64 is not a fast-path dtype: the same function must still be right.

@@ -8,7 +8,12 @@
 //! NCHW one element at a time; its group norm is eight tensor passes, each a
 //! fresh allocation, and SiLU three more. Here:
 //!
-//! - **conv2d** is an im2col-by-tiles GEMM straight into the NCHW output: the
+//! - **3×3 convs** (stride 1, padding 1, on AVX-512 CPUs, maps of 64² and more) run
+//!   on our own micro-kernel (`kernels/packed.rs`): the weight packed once per call, the taps
+//!   read from a padded copy of the input rows, which can be read through a group
+//!   norm + SiLU or a nearest 2× upsampling on the way ([`InputMap`]), so those maps
+//!   are never written out.
+//! - **conv2d** otherwise is an im2col-by-tiles GEMM straight into the NCHW output: the
 //!   columns of one tile are filled from NCHW rows (contiguous copies for
 //!   stride 1), the product is written in place (the output's row stride is the
 //!   plane size), bias, a per-batch bias (the UNet's time embedding) and a

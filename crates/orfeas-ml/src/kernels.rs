@@ -103,6 +103,38 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
+    /// The shape of convolving `x (batch, c_in, h, w)` (read `upsampled` 2× when
+    /// asked) with `weight (c_out, c_in, k_h, k_w)`; errors when the weight's input
+    /// channels differ from `x`'s.
+    fn of(
+        x: &Tensor,
+        weight: &Tensor,
+        (stride, padding): (usize, usize),
+        upsampled: bool,
+    ) -> Result<Self> {
+        let (batch, c_in, h, w) = x.dims4()?;
+        let (c_out, wc, k_h, k_w) = weight.dims4()?;
+        if wc != c_in {
+            candle_core::bail!(
+                "conv2d: weight {:?} does not fit input {:?}",
+                weight.dims(),
+                x.dims()
+            );
+        }
+        let up = if upsampled { 2 } else { 1 };
+        Ok(Self {
+            batch,
+            c_in,
+            h: up * h,
+            w: up * w,
+            c_out,
+            k_h,
+            k_w,
+            stride,
+            padding,
+        })
+    }
+
     /// Output height and width, or `None` when the kernel does not fit the
     /// padded input (or the stride is 0).
     pub fn out_hw(&self) -> Option<(usize, usize)> {
@@ -1675,27 +1707,16 @@ fn conv2d_mapped(
     relu: bool,
     map: InputMap<'_>,
 ) -> Result<Tensor> {
-    let (batch, c_in, h, w) = x.dims4()?;
-    let (h, w) = if map.upsample { (2 * h, 2 * w) } else { (h, w) };
-    let (c_out, wc, k_h, k_w) = weight.dims4()?;
-    if wc != c_in {
-        candle_core::bail!(
-            "conv2d: weight {:?} does not fit input {:?}",
-            weight.dims(),
-            x.dims()
-        );
-    }
-    let s = ConvShape {
+    let s = ConvShape::of(x, weight, (stride, padding), map.upsample)?;
+    let ConvShape {
         batch,
-        c_in,
-        h,
-        w,
         c_out,
         k_h,
         k_w,
-        stride,
-        padding,
-    };
+        h,
+        w,
+        ..
+    } = s;
     let all_fast = fast_path(x)
         && fast_path(weight)
         && bias.is_none_or(fast_path)
@@ -1851,19 +1872,16 @@ impl Conv2d {
                 return self.forward_norm_silu(x, norm, None, Some(&skip));
             }
         };
-        let (batch, c_in, h, w) = x.dims4()?;
-        let (c_out, _, k_h, k_w) = self.weight.dims4()?;
-        let s = ConvShape {
+        let s = ConvShape::of(x, &self.weight, (self.stride, self.padding), false)?;
+        let ConvShape {
             batch,
-            c_in,
-            h,
-            w,
             c_out,
             k_h,
             k_w,
-            stride: self.stride,
-            padding: self.padding,
-        };
+            h,
+            w,
+            ..
+        } = s;
         let Some((oh, ow)) = s.out_hw() else {
             candle_core::bail!("conv2d: kernel {k_h}x{k_w} does not fit input {h}x{w}");
         };
@@ -1875,19 +1893,7 @@ impl Conv2d {
         let mut buffer = with_f32(skip, |sk| {
             with_opt_f32(bias.as_ref(), |bs| match shortcut {
                 Some(c) => {
-                    let (sb, sc_in, sh, sw) = skip.dims4()?;
-                    let (sc_out, _, sk_h, sk_w) = c.weight.dims4()?;
-                    let shape = ConvShape {
-                        batch: sb,
-                        c_in: sc_in,
-                        h: sh,
-                        w: sw,
-                        c_out: sc_out,
-                        k_h: sk_h,
-                        k_w: sk_w,
-                        stride: c.stride,
-                        padding: c.padding,
-                    };
+                    let shape = ConvShape::of(skip, &c.weight, (c.stride, c.padding), false)?;
                     let init = ConvInit {
                         bias: bs,
                         ..Default::default()

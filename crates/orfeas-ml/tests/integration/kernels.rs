@@ -192,6 +192,21 @@ fn conv2d_matches_candle_on_odd_shapes() {
     }
 }
 
+/// A 3×3, stride 1, padding 1 convolution's shape.
+fn same_3x3(batch: usize, c_in: usize, h: usize, w: usize, c_out: usize) -> ConvShape {
+    ConvShape {
+        batch,
+        c_in,
+        h,
+        w,
+        c_out,
+        k_h: 3,
+        k_w: 3,
+        stride: 1,
+        padding: 1,
+    }
+}
+
 /// Both inner loops of `conv2d_f32_via` on the 3×3 / stride 1 / padding 1 shapes
 /// the packed micro-kernel takes (output width a multiple of 32): input channels
 /// over one channel block and not a multiple of it, output channels that leave a
@@ -220,17 +235,7 @@ fn conv2d_paths_match_candle_on_3x3_shapes() {
         let want_plain = reference_conv(&x, &wt, None, None, 1, 1);
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let (xs, ws, bs, rs) = (flat(&x), flat(&wt), flat(&bias), flat(&residual));
-        let s = ConvShape {
-            batch,
-            c_in,
-            h,
-            w,
-            c_out,
-            k_h: 3,
-            k_w: 3,
-            stride: 1,
-            padding: 1,
-        };
+        let s = same_3x3(batch, c_in, h, w, c_out);
         let tol = 1e-5 * (c_in * 9) as f32;
         for path in [ConvPath::General, ConvPath::Packed, ConvPath::Auto] {
             for (relu, init_bias, want) in [
@@ -319,17 +324,7 @@ fn conv2d_reads_through_a_norm_or_an_upsampling_like_candle() {
             .affine(&x)
             .unwrap()
             .expect("an f32 CPU input takes the fast path");
-        let s = ConvShape {
-            batch,
-            c_in,
-            h,
-            w,
-            c_out,
-            k_h: 3,
-            k_w: 3,
-            stride: 1,
-            padding: 1,
-        };
+        let s = same_3x3(batch, c_in, h, w, c_out);
         let init = ConvInit {
             bias: Some(&bs),
             residual: Some(&rs),

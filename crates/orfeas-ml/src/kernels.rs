@@ -149,6 +149,22 @@ impl ConvShape {
         Some((side(self.h, self.k_h)?, side(self.w, self.k_w)?))
     }
 
+    /// [`Self::out_hw`], or an error that says the kernel does not fit.
+    fn checked_out_hw(&self) -> Result<(usize, usize)> {
+        match self.out_hw() {
+            Some(hw) => Ok(hw),
+            None => candle_core::bail!(
+                "conv2d: kernel {}x{} does not fit input {}x{} padded by {} (stride {})",
+                self.k_h,
+                self.k_w,
+                self.h,
+                self.w,
+                self.padding,
+                self.stride
+            ),
+        }
+    }
+
     fn k_len(&self) -> usize {
         self.c_in * self.k_h * self.k_w
     }
@@ -448,16 +464,7 @@ fn check_conv(
     map: InputMap<'_>,
     s: ConvShape,
 ) -> Result<usize> {
-    let Some((oh, ow)) = s.out_hw() else {
-        candle_core::bail!(
-            "conv2d: kernel {}x{} does not fit input {}x{} padded by {}",
-            s.k_h,
-            s.k_w,
-            s.h,
-            s.w,
-            s.padding
-        );
-    };
+    let (oh, ow) = s.checked_out_hw()?;
     let (p, k) = (oh * ow, s.k_len());
     let (sh, sw) = map.stored_hw(s.h, s.w);
     if map.upsample && (!s.h.is_multiple_of(2) || !s.w.is_multiple_of(2)) {
@@ -727,7 +734,8 @@ pub fn group_norm_f32(
     silu: bool,
 ) -> Result<Vec<f32>> {
     let coefficients = group_norm_affine_f32(x, channels, plane, groups, gamma, beta, eps)?;
-    // SAFETY: the planes cover `out` (x.len() is whole planes, checked above), and
+    // SAFETY: the planes cover `out` (x.len() is whole planes: group_norm_affine_f32
+    // checked it), and
     // affine_silu writes every element of each.
     #[allow(unsafe_code)]
     let out = unsafe {
@@ -1708,15 +1716,7 @@ fn conv2d_mapped(
     map: InputMap<'_>,
 ) -> Result<Tensor> {
     let s = ConvShape::of(x, weight, (stride, padding), map.upsample)?;
-    let ConvShape {
-        batch,
-        c_out,
-        k_h,
-        k_w,
-        h,
-        w,
-        ..
-    } = s;
+    let (batch, c_out) = (s.batch, s.c_out);
     let all_fast = fast_path(x)
         && fast_path(weight)
         && bias.is_none_or(fast_path)
@@ -1738,11 +1738,7 @@ fn conv2d_mapped(
         }
         return if relu { y.relu() } else { Ok(y) };
     }
-    let Some((oh, ow)) = s.out_hw() else {
-        candle_core::bail!(
-            "conv2d: kernel {k_h}x{k_w} does not fit input {h}x{w} padded by {padding}"
-        );
-    };
+    let (oh, ow) = s.checked_out_hw()?;
     let out = with_f32(x, |xs| {
         with_f32(weight, |ws| {
             with_opt_f32(bias, |bias| {
@@ -1873,18 +1869,8 @@ impl Conv2d {
             }
         };
         let s = ConvShape::of(x, &self.weight, (self.stride, self.padding), false)?;
-        let ConvShape {
-            batch,
-            c_out,
-            k_h,
-            k_w,
-            h,
-            w,
-            ..
-        } = s;
-        let Some((oh, ow)) = s.out_hw() else {
-            candle_core::bail!("conv2d: kernel {k_h}x{k_w} does not fit input {h}x{w}");
-        };
+        let (batch, c_out) = (s.batch, s.c_out);
+        let (oh, ow) = s.checked_out_hw()?;
         let bias = match (shortcut.and_then(|c| c.bias.as_ref()), &self.bias) {
             (Some(a), Some(b)) => Some((a + b)?),
             (a, b) => a.or(b.as_ref()).cloned(),

@@ -203,7 +203,16 @@ pub struct InputMap<'a> {
     pub upsample: bool,
 }
 
-impl InputMap<'_> {
+impl<'a> InputMap<'a> {
+    /// A group norm's affine map (see [`group_norm_affine_f32`]), then SiLU.
+    pub fn norm_silu(affine: &'a [(f32, f32)]) -> Self {
+        Self {
+            affine: Some(affine),
+            silu: true,
+            upsample: false,
+        }
+    }
+
     fn is_identity(&self) -> bool {
         self.affine.is_none() && !self.silu && !self.upsample
     }
@@ -309,14 +318,6 @@ unsafe fn as_uninit(xs: &mut [f32]) -> &mut [MaybeUninit<f32>] {
     unsafe { &mut *(xs as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
-/// `dst = src` into possibly-uninitialised floats (the lengths must match).
-fn write_copy(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
-    assert_eq!(dst.len(), src.len(), "write_copy: lengths differ");
-    dst.iter_mut().zip(src).for_each(|(d, &v)| {
-        d.write(v);
-    });
-}
-
 /// Writes a GEMM's starting values into `out`, planes of `plane` floats (NCHW,
 /// one plane per batch item and channel): plane `i` gets `bias[i % bias.len()]`
 /// (per channel, or per item and channel) plus, with `residual` (`out`'s shape),
@@ -375,8 +376,12 @@ fn start_rows(
                             o.write(x + b);
                         })
                 }
-                (Some(b), None) => write_copy(row, b),
-                (None, Some(r)) => write_copy(row, r),
+                (Some(b), None) => {
+                    row.write_copy_of_slice(b);
+                }
+                (None, Some(r)) => {
+                    row.write_copy_of_slice(r);
+                }
                 (None, None) => {}
             }
         });
@@ -735,8 +740,7 @@ pub fn group_norm_f32(
 ) -> Result<Vec<f32>> {
     let coefficients = group_norm_affine_f32(x, channels, plane, groups, gamma, beta, eps)?;
     // SAFETY: the planes cover `out` (x.len() is whole planes: group_norm_affine_f32
-    // checked it), and
-    // affine_silu writes every element of each.
+    // checked it), and affine_silu writes every element of each.
     #[allow(unsafe_code)]
     let out = unsafe {
         written_by(x.len(), |out| {
@@ -781,26 +785,10 @@ pub fn group_norm_affine_f32(
             x.len()
         );
     }
-    Ok(group_norm_coefficients(
-        x, channels, plane, groups, gamma, beta, eps,
-    ))
-}
-
-/// A group norm as one affine map per batch item and channel: `(a, b)` with
-/// `norm(x) = a·x + b` on that channel's plane, `a = γ/σ`, `b = β − μ·γ/σ` over
-/// its group's statistics (one pass per (item, group), in parallel). The shapes
-/// are the caller's to check (see [`group_norm_affine_f32`]).
-fn group_norm_coefficients(
-    x: &[f32],
-    channels: usize,
-    plane: usize,
-    groups: usize,
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f64,
-) -> Vec<(f32, f32)> {
+    // One statistics pass per (item, group), in parallel: a = γ/σ, b = β − μ·γ/σ.
     let cpg = channels / groups;
-    x.par_chunks(cpg * plane)
+    let coefficients = x
+        .par_chunks(cpg * plane)
         .enumerate()
         .flat_map_iter(|(i, xs)| {
             let g = i % groups;
@@ -811,7 +799,8 @@ fn group_norm_coefficients(
                 (a as f32, (beta[ch] as f64 - mean * a) as f32)
             })
         })
-        .collect()
+        .collect();
+    Ok(coefficients)
 }
 
 widest_simd! {
@@ -1814,12 +1803,12 @@ impl Conv2d {
         extra_bias: Option<&Tensor>,
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
-        self.forward_fused(x, extra_bias, residual, false)
+        self.forward_mapped(x, extra_bias, residual, false, InputMap::default())
     }
 
     /// `relu(conv(x) + bias + residual)`.
     pub fn forward_relu(&self, x: &Tensor, residual: Option<&Tensor>) -> Result<Tensor> {
-        self.forward_fused(x, None, residual, true)
+        self.forward_mapped(x, None, residual, true, InputMap::default())
     }
 
     /// `conv(silu(norm(x))) + bias + extra_bias + residual` ([`Self::forward_with`]
@@ -1834,12 +1823,7 @@ impl Conv2d {
     ) -> Result<Tensor> {
         match norm.affine(x)? {
             Some(affine) => {
-                let map = InputMap {
-                    affine: Some(&affine),
-                    silu: true,
-                    upsample: false,
-                };
-                self.forward_mapped(x, extra_bias, residual, false, map)
+                self.forward_mapped(x, extra_bias, residual, false, InputMap::norm_silu(&affine))
             }
             None => self.forward_with(&norm.forward_silu(x)?, extra_bias, residual),
         }
@@ -1912,11 +1896,7 @@ impl Conv2d {
                 }
             })
         })?;
-        let map = InputMap {
-            affine: Some(&affine),
-            silu: true,
-            upsample: false,
-        };
+        let map = InputMap::norm_silu(&affine);
         with_f32(x, |xs| {
             with_f32(&self.weight, |ws| {
                 conv2d_f32_add(xs, ws, map, s, &mut buffer)
@@ -1936,16 +1916,6 @@ impl Conv2d {
             ..Default::default()
         };
         self.forward_mapped(x, None, None, false, map)
-    }
-
-    fn forward_fused(
-        &self,
-        x: &Tensor,
-        extra_bias: Option<&Tensor>,
-        residual: Option<&Tensor>,
-        relu: bool,
-    ) -> Result<Tensor> {
-        self.forward_mapped(x, extra_bias, residual, relu, InputMap::default())
     }
 
     fn forward_mapped(

@@ -1,15 +1,14 @@
-//! Convolution on our own AVX-512 micro-kernel, for the large feature maps that
-//! carry most of a VAE decode's and a UNet's FLOPs.
+//! 3×3 convolutions (stride 1, padding 1) on our own AVX-512 micro-kernel, for
+//! the large feature maps that carry most of a VAE decode's and a UNet's FLOPs.
 //!
 //! The `gemm` crate behind [`super::conv2d_f32`]'s general path packs both
 //! operands on every call: the weight (`c_out × k`, up to 9.4 MB for the VAE's
 //! 512-channel convs) once per im2col tile of a few hundred pixels, and the tile's
 //! columns after we have just written them. Here the weight is packed once per
-//! call into blocks of [`MR`] output channels (`[block][k][MR]`), and the im2col
-//! columns are written straight into the micro-kernel's layout: panels of [`NR`]
-//! output pixels, `[panel][k][NR]`, one depth block of [`KC`] rows at a time. A
-//! panel's block (24 KB) stays in L1 while the weight's blocks stream past it
-//! from L2, and the `MR × NR` accumulators live in 24 of the 32 zmm registers.
+//! call into blocks of [`MR`] output channels (`[block][k][MR]`), there is no
+//! im2col: an `MR × NR` micro-tile (24 of the 32 zmm registers) reads its nine
+//! taps straight from padded copies of the input rows under it ([`conv3x3`] says
+//! why copies), optionally through an [`InputMap`].
 //!
 //! Only compiled in on x86_64 and only taken when the CPU has AVX-512F
 //! ([`available`]); everywhere else the general path runs.
@@ -23,7 +22,7 @@ use super::{ConvShape, InputMap, OutPtr};
 /// Output channels per micro-tile.
 const MR: usize = 12;
 /// Output pixels per micro-tile (two 16-lane vectors): one row's segment.
-pub(super) const NR: usize = 32;
+const NR: usize = 32;
 /// Input channels per block: a tile reads 3 rows of `NR + 2` floats of each
 /// (13 KB, in L1 while every weight block passes over it), the block's weights
 /// for one group of `MR` output channels are `CB · 9 · MR` floats (13.5 KB).
@@ -52,25 +51,31 @@ pub(super) fn available() -> bool {
 /// The weight (`c_out` rows of `k`) in blocks of [`MR`] rows, each block `k`
 /// groups of `MR` (one per im2col row), rows past `c_out` zero.
 fn pack_weight(w: &[f32], c_out: usize, k: usize) -> Vec<f32> {
-    let mut packed = vec![0f32; c_out.div_ceil(MR) * k * MR];
-    packed
-        .par_chunks_mut(k * MR)
-        .enumerate()
-        .for_each(|(block, dst)| {
-            for r in 0..MR {
-                let co = block * MR + r;
-                if co < c_out {
-                    let src = &w[co * k..(co + 1) * k];
-                    for (d, &v) in dst.chunks_exact_mut(MR).zip(src) {
-                        d[r] = v;
+    // SAFETY: every block's k groups get all MR rows written, a weight row or zeros.
+    #[allow(unsafe_code)]
+    unsafe {
+        super::written_by(c_out.div_ceil(MR) * k * MR, |packed| {
+            packed
+                .par_chunks_mut(k * MR)
+                .enumerate()
+                .for_each(|(block, dst)| {
+                    for r in 0..MR {
+                        let co = block * MR + r;
+                        let groups = dst.chunks_exact_mut(MR);
+                        if co < c_out {
+                            let src = &w[co * k..(co + 1) * k];
+                            for (d, &v) in groups.zip(src) {
+                                d[r].write(v);
+                            }
+                        } else {
+                            groups.for_each(|d| {
+                                d[r].write(0.0);
+                            });
+                        }
                     }
-                } else {
-                    // Written, not left to calloc (see `start_planes`).
-                    dst.chunks_exact_mut(MR).for_each(|d| d[r] = 0.0);
-                }
-            }
-        });
-    packed
+                })
+        })
+    }
 }
 
 /// `out += conv(x, weight)` for a 3×3, stride 1, padding 1 convolution whose

@@ -330,11 +330,7 @@ fn conv2d_reads_through_a_norm_or_an_upsampling_like_candle() {
             residual: Some(&rs),
             relu: false,
         };
-        let norm_map = InputMap {
-            affine: Some(&affine),
-            silu: true,
-            upsample: false,
-        };
+        let norm_map = InputMap::norm_silu(&affine);
         for path in [ConvPath::General, ConvPath::Packed] {
             let got = kernels::conv2d_f32_via(&xs, &ws, init, norm_map, s, path).unwrap();
             let got = Tensor::from_vec(got, want.dims(), &Device::Cpu).unwrap();

@@ -4,8 +4,13 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+/// Large blocks on transparent huge pages (`orfeas_ml::memory`).
+#[global_allocator]
+static HEAP: orfeas_ml::memory::HugePageHeap = orfeas_ml::memory::HugePageHeap;
+
 fn main() -> ExitCode {
     orfeas_ml::memory::keep_freed_memory();
+    orfeas_ml::memory::huge_pages_from_env();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ORFEAS_LOG")

@@ -24,6 +24,7 @@ use rand::SeedableRng;
 use rand_distr::Distribution;
 
 #[path = "support/proc_status.rs"]
+#[allow(dead_code)] // minor_faults is for the SD bench
 mod proc_status;
 use proc_status::peak_rss_mib;
 
@@ -189,8 +190,13 @@ fn compare(reference: &std::path::Path, x: &Tensor, logits: &Tensor) -> anyhow::
     Ok(())
 }
 
+/// Large blocks on transparent huge pages (`orfeas_ml::memory`).
+#[global_allocator]
+static HEAP: orfeas_ml::memory::HugePageHeap = orfeas_ml::memory::HugePageHeap;
+
 fn main() -> anyhow::Result<()> {
     orfeas_ml::memory::keep_freed_memory();
+    orfeas_ml::memory::huge_pages_from_env();
     let repeats: usize = env_or("ORFEAS_BENCH_REPEATS", 5);
     let image = image::open(fixture().join("golden/input.png"))?;
     let tiny = BiRefNet::from_dir(&fixture(), DType::F32, &Device::Cpu)?;

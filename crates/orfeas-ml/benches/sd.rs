@@ -38,7 +38,7 @@ use orfeas_ml::sd::vae::{Vae, VaeConfig};
 
 #[path = "support/proc_status.rs"]
 mod proc_status;
-use proc_status::peak_rss_mib;
+use proc_status::{minor_faults, peak_rss_mib};
 
 /// The full-size configs beside the tiny fixture (`ORFEAS_ML_FIXTURES` overrides
 /// the fixture folder, for a binary run away from its source tree).
@@ -127,20 +127,24 @@ fn timed_generate(
     model: &SdModel,
     req: &GenerateRequest,
 ) -> anyhow::Result<(serde_json::Map<String, serde_json::Value>, image::RgbImage)> {
+    // Each progress event's time and the process's page faults so far.
+    let mark = || (Instant::now(), minor_faults());
     let (mut started, mut stepped, mut decoding) = (None, None, None);
-    let (t0, cpu0) = (Instant::now(), process_cpu_ms());
+    let (t0, cpu0, faults0) = (Instant::now(), process_cpu_ms(), minor_faults());
     let images = generate(
         model,
         req,
         &mut |p| match p {
-            Progress::Started { .. } => started = Some(Instant::now()),
-            Progress::Step { .. } => stepped = Some(Instant::now()),
-            Progress::Decoding => decoding = Some(Instant::now()),
+            Progress::Started { .. } => started = Some(mark()),
+            Progress::Step { .. } => stepped = Some(mark()),
+            Progress::Decoding => decoding = Some(mark()),
         },
         &AtomicBool::new(false),
     )?;
-    let end = Instant::now();
-    let (Some(started), Some(stepped), Some(decoding)) = (started, stepped, decoding) else {
+    let (end, faults_end) = mark();
+    let (Some((started, f_started)), Some((stepped, f_stepped)), Some((decoding, f_decoding))) =
+        (started, stepped, decoding)
+    else {
         anyhow::bail!("generate reported no Started/Step/Decoding progress");
     };
     let mut stages = serde_json::Map::new();
@@ -155,6 +159,15 @@ fn timed_generate(
         stages.insert(name.into(), serde_json::json!((ms * 10.0).round() / 10.0));
     }
     stages.insert("cpu_share".into(), cpu_share(t0, cpu0).into());
+    // Pages first touched in each stage (4 KiB each): the first call grows the
+    // heap, a warm call should reuse it.
+    for (name, faults) in [
+        ("text_encoder_faults", f_started - faults0),
+        ("unet_faults", f_stepped - f_started),
+        ("vae_decode_faults", faults_end - f_decoding),
+    ] {
+        stages.insert(name.into(), faults.into());
+    }
     let image = images
         .into_iter()
         .next()
@@ -212,13 +225,17 @@ fn folder_bench(dir: &Path, size: usize) -> anyhow::Result<()> {
         };
         println!(
             "ours run {} ({label}): text_encoder {:.0} ms | unet {:.0} ms | vae_decode {:.0} ms | \
-             end-to-end {:.0} ms | CPU share {:.0}%",
+             end-to-end {:.0} ms | CPU share {:.0}% | page faults: text_encoder {:.0}, \
+             unet {:.0}, vae_decode {:.0}",
             runs.len() + 1,
             ms("text_encoder"),
             ms("unet"),
             ms("vae_decode"),
             ms("e2e"),
-            ms("cpu_share") * 100.0
+            ms("cpu_share") * 100.0,
+            ms("text_encoder_faults"),
+            ms("unet_faults"),
+            ms("vae_decode_faults"),
         );
         stages.insert("label".into(), label.into());
         runs.push(serde_json::Value::Object(stages));
@@ -299,8 +316,13 @@ fn folder_bench(dir: &Path, size: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Large blocks on transparent huge pages (`orfeas_ml::memory`).
+#[global_allocator]
+static HEAP: orfeas_ml::memory::HugePageHeap = orfeas_ml::memory::HugePageHeap;
+
 fn main() -> anyhow::Result<()> {
     orfeas_ml::memory::keep_freed_memory();
+    orfeas_ml::memory::huge_pages_from_env();
     let size: usize = std::env::var("ORFEAS_BENCH_SIZE")
         .ok()
         .and_then(|s| s.parse().ok())

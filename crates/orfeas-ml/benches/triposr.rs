@@ -227,8 +227,13 @@ fn stages(
     Ok(codes)
 }
 
+/// Large blocks on transparent huge pages (`orfeas_ml::memory`).
+#[global_allocator]
+static HEAP: orfeas_ml::memory::HugePageHeap = orfeas_ml::memory::HugePageHeap;
+
 fn main() -> anyhow::Result<()> {
     orfeas_ml::memory::keep_freed_memory();
+    orfeas_ml::memory::huge_pages_from_env();
     let pref: DevicePref = std::env::var("ORFEAS_BENCH_DEVICE")
         .unwrap_or_else(|_| "auto".into())
         .parse()?;

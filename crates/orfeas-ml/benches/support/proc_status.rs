@@ -12,3 +12,18 @@ pub fn peak_rss_mib() -> f64 {
         })
         .map_or(0.0, |kib| kib / 1024.0)
 }
+
+/// Minor page faults of this process so far (`/proc/self/stat`'s `minflt`): each
+/// is a page the kernel had to map in, mostly fresh heap it had to zero; 0 where
+/// /proc is absent.
+pub fn minor_faults() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name: state is field 3,
+            // minflt field 10.
+            let rest = &s[s.rfind(')')? + 1..];
+            rest.split_whitespace().nth(7)?.parse().ok()
+        })
+        .unwrap_or(0)
+}

@@ -9,6 +9,7 @@ mod birefnet_parity;
 mod birefnet_weights;
 mod common;
 mod kernels;
+mod memory;
 mod sd_errors;
 mod sd_full_configs;
 mod sd_img2img;

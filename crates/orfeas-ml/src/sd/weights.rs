@@ -93,6 +93,16 @@ pub(crate) fn read_safetensors(
     // In file order, so the reads are sequential.
     entries.sort_by_key(|(_, e)| e.data_offsets[0]);
     let data_start = header.data_start;
+    // On the CPU the f32 tensors stay in the file's pages (no copy), where the
+    // process allows it (`memory::MappedFile`).
+    let mapped = if device.is_cpu() {
+        let len = file.metadata().map_err(|e| SdError::io(path, e))?.len();
+        usize::try_from(len)
+            .ok()
+            .and_then(|len| crate::memory::MappedFile::map(&file, len))
+    } else {
+        None
+    };
     let mut bytes = Vec::new();
     let mut out = std::collections::HashMap::with_capacity(entries.len());
     for (name, e) in entries {
@@ -121,6 +131,15 @@ pub(crate) fn read_safetensors(
                     e.shape
                 ))
             })?;
+        let at = usize::try_from(data_start + start).ok();
+        if let (DType::F32, Some(map), Some(at)) = (dtype, &mapped, at)
+            && let Some(v) = map.vec_f32(at, n_bytes / 4)
+        {
+            let t = Tensor::from_vec(v, e.shape.as_slice(), device)
+                .map_err(|err| corrupt(format!("tensor {name}: {err}")))?;
+            out.insert(name, t);
+            continue;
+        }
         bytes.resize(n_bytes, 0);
         file.seek(SeekFrom::Start(data_start + start))
             .and_then(|_| file.read_exact(&mut bytes))

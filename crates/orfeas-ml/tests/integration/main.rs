@@ -24,3 +24,8 @@ mod triposr_inputs;
 mod triposr_parity;
 mod triposr_runner;
 mod triposr_weights;
+
+// The binaries' allocator, so weights load over their mapped files here too
+// (`memory::MappedFile`) and every parity test runs on such weights.
+#[global_allocator]
+static HEAP: orfeas_ml::memory::HugePageHeap = orfeas_ml::memory::HugePageHeap;

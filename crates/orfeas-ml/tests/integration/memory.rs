@@ -99,3 +99,90 @@ fn blocks_keep_their_contents_and_zeroes() {
         heap.dealloc(z, layout);
     }
 }
+
+/// A file of `floats` little-endian f32s after an 8-byte prefix, and its bytes.
+fn f32_file(dir: &std::path::Path, floats: &[f32]) -> (std::path::PathBuf, Vec<u8>) {
+    let mut bytes = b"PREFIX!!".to_vec();
+    for f in floats {
+        bytes.extend_from_slice(&f.to_le_bytes());
+    }
+    let path = dir.join("weights.bin");
+    std::fs::write(&path, &bytes).unwrap();
+    (path, bytes)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn mapped_floats_are_the_files_and_writes_stay_private() {
+    use orfeas_ml::memory::MappedFile;
+    assert!(
+        orfeas_ml::memory::is_global_allocator(),
+        "the test binary declares HugePageHeap as its allocator"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let floats: Vec<f32> = (0..300_000).map(|i| (i as f32).sin() * 1e3).collect();
+    let (path, bytes) = f32_file(dir.path(), &floats);
+    let file = std::fs::File::open(&path).unwrap();
+    let map = MappedFile::map(&file, bytes.len()).expect("a mapping on Linux");
+
+    let mut a = map.vec_f32(8, floats.len()).unwrap();
+    assert_eq!(a, floats);
+    let b = map.vec_f32(8 + 4 * 1000, 5).unwrap();
+    assert_eq!(b, floats[1000..1005]);
+    // Misaligned, past the end, empty: read those instead.
+    assert!(map.vec_f32(9, 4).is_none());
+    assert!(map.vec_f32(8, floats.len() + 1).is_none());
+    assert!(map.vec_f32(8, 0).is_none());
+
+    // Writing goes to private copies of the pages: the file keeps its bytes.
+    a[0] = -1.0;
+    a[299_999] = -2.0;
+    a.push(3.0); // moves it to the heap
+    assert_eq!(a.len(), floats.len() + 1);
+    assert_eq!(a[1..299_999], floats[1..299_999]);
+    assert_eq!((a[0], a[299_999], a[300_000]), (-1.0, -2.0, 3.0));
+    drop(a);
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+
+    // The mapping stays while anything holds it and goes with the last holder.
+    let mapped = || {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .contains(path.to_str().unwrap())
+    };
+    drop(map);
+    assert!(mapped(), "unmapped while a Vec still lives over it");
+    assert_eq!(b, floats[1000..1005]);
+    drop(b);
+    assert!(!mapped(), "still mapped after its last holder was dropped");
+}
+
+#[test]
+fn weights_load_the_same_mapped_or_read() {
+    // `load_weights` maps the file here (this binary's allocator is HugePageHeap);
+    // candle's own reader copies it.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/sd-tiny/vae/diffusion_pytorch_model-00001-of-00002.safetensors");
+    let device = candle_core::Device::Cpu;
+    let theirs = candle_core::safetensors::load(&path, &device).unwrap();
+    let vb = orfeas_ml::sd::weights::load_weights(
+        std::slice::from_ref(&path),
+        candle_core::DType::F32,
+        &device,
+    )
+    .unwrap();
+    assert!(!theirs.is_empty());
+    for (name, t) in &theirs {
+        let ours = vb.get(t.shape(), name).unwrap();
+        let (a, b) = (
+            ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            t.to_dtype(candle_core::DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+        );
+        assert_eq!(a, b, "tensor {name}");
+    }
+}

@@ -70,9 +70,10 @@ pub const HUGE_PAGE_MIN_BLOCK: usize = 4 << 20;
 /// Whether [`HugePageHeap`] advises (set by [`huge_pages_from_env`]).
 static HUGE_PAGES: AtomicBool = AtomicBool::new(true);
 
-/// Turns [`HugePageHeap`]'s advice off when `ORFEAS_HUGE_PAGES=0` (to measure
-/// without it, or where the kernel's compaction for huge pages stalls); call
-/// at the start of `main`. Returns whether the advice is on.
+/// Turns [`HugePageHeap`]'s advice and [`MappedFile`] off when
+/// `ORFEAS_HUGE_PAGES=0` (to measure without them, or where the kernel's
+/// compaction for huge pages stalls); call at the start of `main`. Returns
+/// whether they are on.
 pub fn huge_pages_from_env() -> bool {
     let on = std::env::var_os("ORFEAS_HUGE_PAGES").is_none_or(|v| v != "0");
     HUGE_PAGES.store(on, Ordering::Relaxed);

@@ -351,6 +351,22 @@ fn start_planes(
     true
 }
 
+/// A fresh copy of `residual` (NCHW planes of `plane` floats) plus `bias` per
+/// plane, as [`start_planes`] writes it: the starting values a GEMM adds into.
+fn residual_plus_bias(residual: &[f32], plane: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    if plane == 0 {
+        return residual.to_vec();
+    }
+    // SAFETY: with a residual as long as the output, start_planes writes every
+    // element (or panics on a partial plane before the Vec is handed out).
+    #[allow(unsafe_code)]
+    unsafe {
+        written_by(residual.len(), |out| {
+            start_planes(out, plane, bias, Some(residual));
+        })
+    }
+}
+
 /// Writes a GEMM's starting values into a row-major `out` of rows of `width`:
 /// each row gets `bias (width)` plus, with `residual` (`out`'s shape), that row of
 /// it. Written, never read first (see [`start_planes`]). Returns whether anything
@@ -1495,15 +1511,7 @@ impl Linear {
                 if bs.is_some_and(|b| b.len() != c) || rs.len() != b * c * plane {
                     candle_core::bail!("linear: bias or residual does not fit {c} channels");
                 }
-                // SAFETY: with a residual of the output's size (checked above),
-                // start_planes writes every element.
-                #[allow(unsafe_code)]
-                let out = unsafe {
-                    written_by(b * c * plane, |out| {
-                        start_planes(out, plane, bs, Some(rs));
-                    })
-                };
-                Ok(out)
+                Ok(residual_plus_bias(rs, plane, bs))
             })
         })?;
         with_f32(tokens, |ts| {
@@ -1884,15 +1892,7 @@ impl Conv2d {
                             skip.dims()
                         );
                     }
-                    // SAFETY: with a residual of the output's size (checked just
-                    // above), start_planes writes every element.
-                    #[allow(unsafe_code)]
-                    let start = unsafe {
-                        written_by(out_len, |o| {
-                            start_planes(o, oh * ow, bs, Some(sk));
-                        })
-                    };
-                    Ok(start)
+                    Ok(residual_plus_bias(sk, oh * ow, bs))
                 }
             })
         })?;

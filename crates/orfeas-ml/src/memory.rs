@@ -134,7 +134,7 @@ unsafe impl GlobalAlloc for HugePageHeap {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if mapping_of(ptr).is_some() {
+        if let Some(mapping) = mapping_of(ptr) {
             // A block over a mapped file moves to the heap.
             // SAFETY: `new_size` with the old alignment is the caller's valid layout.
             let new =
@@ -142,7 +142,7 @@ unsafe impl GlobalAlloc for HugePageHeap {
             if !new.is_null() {
                 // SAFETY: both blocks hold at least the smaller size and do not overlap.
                 unsafe { std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size)) };
-                release_mapped(ptr);
+                release(mapping);
             }
             return new;
         }

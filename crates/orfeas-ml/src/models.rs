@@ -529,6 +529,8 @@ pub fn safetensors_names(path: &Path) -> Result<Vec<String>> {
 pub(crate) struct SafetensorsHeader {
     /// Where the tensor data starts: past the length word and the header.
     pub data_start: u64,
+    /// The file's length, which the header accounts for exactly.
+    pub file_len: u64,
     /// `name → {dtype, shape, data_offsets}`, without `__metadata__`.
     pub tensors: serde_json::Map<String, serde_json::Value>,
 }
@@ -584,6 +586,7 @@ pub(crate) fn read_safetensors_header(path: &Path) -> Result<(std::fs::File, Saf
         file,
         SafetensorsHeader {
             data_start,
+            file_len,
             tensors,
         },
     ))

@@ -96,8 +96,7 @@ pub(crate) fn read_safetensors(
     // On the CPU the f32 tensors stay in the file's pages (no copy), where the
     // process allows it (`memory::MappedFile`).
     let mapped = if device.is_cpu() {
-        let len = file.metadata().map_err(|e| SdError::io(path, e))?.len();
-        usize::try_from(len)
+        usize::try_from(header.file_len)
             .ok()
             .and_then(|len| crate::memory::MappedFile::map(&file, len))
     } else {
